@@ -1,0 +1,213 @@
+"""The InstantStyle engine: diffusers' SDXL pipelines plus style-block injection.
+
+One engine holds one loaded model and runs one job at a time. It is
+deliberately thin over diffusers: ``set_ip_adapter_scale`` with a per-block map
+does the block targeting, ``ip_adapter_image_embeds`` carries the
+content-subtracted style embedding, and ``callback_on_step_end`` provides the
+per-step previews and the cancellation point. It knows nothing of sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from protocol.enums import Mode
+
+from .blocks import UNetAttentionLayout, build_scale_map
+from .loading import ModelSpec, load_models, pick_device, pick_dtype
+from .previews import StepPreview, latents_to_rgb
+from .request import GenerationRequest, GenerationResult, JobCancelled
+from .style_embedding import StyleEncoder, ip_adapter_embeds
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[StepPreview], None]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a client is told about the loaded model."""
+
+    label: str
+    is_test_model: bool
+    device: str
+    dtype: str
+
+
+class _DenoisedCapture:
+    """Remembers the scheduler's x0 estimate of the last step: a far better preview than x_t."""
+
+    def __init__(self) -> None:
+        self.latest: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def attached(self, scheduler: object) -> Iterator[None]:
+        original = scheduler.step  # type: ignore[attr-defined]
+
+        @functools.wraps(original)
+        def step(*args: object, **kwargs: object) -> object:
+            output = original(*args, **kwargs)
+            if isinstance(output, tuple):
+                self.latest = output[1] if len(output) > 1 else None
+            else:
+                self.latest = getattr(output, "pred_original_sample", None)
+            return output
+
+        scheduler.step = step  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            del scheduler.step  # type: ignore[attr-defined]  # back to the class's method
+            self.latest = None
+
+
+class InstantStyleEngine:
+    """Runs InstantStyle jobs on one loaded SDXL + IP-Adapter model."""
+
+    def __init__(self, pipeline: object, spec: ModelSpec, cache_size: int = 64) -> None:
+        from transformers import CLIPImageProcessorPil
+
+        self.pipeline = pipeline
+        self.spec = spec
+        self.layout = UNetAttentionLayout.of(pipeline.unet)  # type: ignore[attr-defined]
+        image_encoder = pipeline.image_encoder  # type: ignore[attr-defined]
+        size = image_encoder.config.image_size
+        processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        self.encoder = StyleEncoder(
+            image_encoder,
+            processor,
+            pipeline.text_encoder_2,  # type: ignore[attr-defined]
+            pipeline.tokenizer_2,  # type: ignore[attr-defined]
+            cache_size=cache_size,
+        )
+        self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, spec: ModelSpec, device: str | None = None, dtype: str | None = None) -> InstantStyleEngine:
+        torch_device = pick_device(device)
+        return cls(load_models(spec, torch_device, pick_dtype(torch_device, dtype)), spec)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.unet.device  # type: ignore[attr-defined]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.unet.dtype  # type: ignore[attr-defined]
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(self.spec.label, self.spec.is_test_model, str(self.device), str(self.dtype))
+
+    def pipeline_for(self, mode: Mode) -> object:
+        """The pipeline for a mode; img2img and inpaint share every module with the base."""
+        if mode not in self._pipelines:
+            from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+            kind = StableDiffusionXLImg2ImgPipeline if mode is Mode.IMG2IMG else StableDiffusionXLInpaintPipeline
+            pipe = kind.from_pipe(self.pipeline)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipelines[mode] = pipe
+        return self._pipelines[mode]
+
+    def scale_map(self, request: GenerationRequest) -> dict[str, object]:
+        return build_scale_map(self.layout, request.preset, request.style_scale, request.block_scales)
+
+    def pipeline_kwargs(self, request: GenerationRequest) -> dict[str, object]:
+        """Everything the diffusers pipeline is called with, except the callback."""
+        style = self.encoder.style_embedding(
+            [ref.image for ref in request.style_images],
+            [ref.weight for ref in request.style_images],
+            request.content_text,
+            request.content_scale,
+        )
+        kwargs: dict[str, object] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt or None,
+            "ip_adapter_image_embeds": ip_adapter_embeds(
+                style.to(device=self.device, dtype=self.dtype), request.guidance_scale > 1.0
+            ),
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+            "num_images_per_prompt": request.batch,
+            # CPU generators: the same seed gives the same noise on every device.
+            "generator": [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.batch)],
+            "width": request.width,
+            "height": request.height,
+            "output_type": "np",
+        }
+        size = (request.width, request.height)
+        if request.mode is not Mode.TXT2IMG:
+            assert request.init_image is not None
+            kwargs["image"] = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+            kwargs["strength"] = request.strength
+        if request.mode is Mode.IMG2IMG:
+            del kwargs["width"], kwargs["height"]
+        if request.mode is Mode.INPAINT:
+            assert request.mask is not None
+            kwargs["mask_image"] = request.mask.convert("L").resize(size, Image.Resampling.NEAREST)
+        return kwargs
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Run one job; ``on_step`` sees every step, ``cancel`` stops it at the next one."""
+        request.validate()
+        started = time.perf_counter()
+        with self._lock:
+            pipe = self.pipeline_for(request.mode)
+            scale_map = self.scale_map(request)
+            pipe.set_ip_adapter_scale(scale_map)  # type: ignore[attr-defined]
+            kwargs = self.pipeline_kwargs(request)
+            capture = _DenoisedCapture()
+
+            def step_end(p: object, index: int, _t: object, tensors: dict[str, torch.Tensor]) -> dict:
+                if cancel is not None and cancel.is_set():
+                    raise JobCancelled
+                if on_step is not None:
+                    latents = tensors["latents"]
+                    shown = capture.latest if capture.latest is not None else latents
+                    total = int(p.num_timesteps)  # type: ignore[attr-defined]
+                    on_step(StepPreview(index + 1, total, latents_to_rgb(shown), latents))
+                return tensors
+
+            if cancel is not None and cancel.is_set():
+                raise JobCancelled
+            try:
+                with capture.attached(pipe.scheduler), torch.inference_mode():  # type: ignore[attr-defined]
+                    output = pipe(  # type: ignore[operator]
+                        **kwargs,
+                        callback_on_step_end=step_end,
+                        callback_on_step_end_tensor_inputs=["latents"],
+                    )
+            finally:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        images = [to_uint8(image) for image in output.images]
+        return GenerationResult(
+            images=images,
+            seeds=[request.seed + i for i in range(request.batch)],
+            model_label=self.spec.label,
+            is_test_model=self.spec.is_test_model,
+            scale_map=scale_map,
+            seconds=time.perf_counter() - started,
+        )
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """diffusers' float [0, 1] HWC output as uint8, rounded like PIL does."""
+    return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)

@@ -1,0 +1,213 @@
+"""Loading SDXL, the IP-Adapter and its image encoder the ways artists have them.
+
+Three sources for the base model: a diffusers folder, a single-file
+``.safetensors`` checkpoint (what most artists download), or a Hugging Face repo
+id resolved through the hub cache. The IP-Adapter is a local ``.bin`` or
+``.safetensors`` file or a hub path; the image encoder a folder or a hub path.
+Every failure names the file and what was expected instead of surfacing a
+library traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+IP_ADAPTER_HUB_PATH = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
+IMAGE_ENCODER_HUB_PATH = "h94/IP-Adapter/sdxl_models/image_encoder"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+class ModelLoadError(RuntimeError):
+    """A model file is missing, corrupt or of the wrong kind."""
+
+    def __init__(self, path: str | os.PathLike[str], expected: str, cause: str = "") -> None:
+        self.path = str(path)
+        self.expected = expected
+        message = f"cannot load {self.path}: expected {expected}"
+        super().__init__(f"{message} ({cause})" if cause else message)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where each model comes from. Local paths and hub ids are both plain strings."""
+
+    base: str = SDXL_REPO
+    """A diffusers folder, a single-file checkpoint, or a hub repo id."""
+    ip_adapter: str = IP_ADAPTER_HUB_PATH
+    """A local ``.bin``/``.safetensors`` file, or ``owner/repo/sub/folders/file`` on the hub."""
+    image_encoder: str = IMAGE_ENCODER_HUB_PATH
+    """A local folder, or ``owner/repo/subfolder`` on the hub."""
+    base_config: str | None = None
+    """For a single-file base: a diffusers folder or repo id holding the component configs."""
+    cache_dir: str | None = None
+    local_files_only: bool = False
+    label: str = "SDXL base 1.0 + ip-adapter_sdxl"
+    is_test_model: bool = False
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A path inside a hub repo: ``owner/repo`` plus the rest."""
+
+    repo_id: str
+    subpath: str
+
+    @classmethod
+    def parse(cls, text: str) -> HubFile:
+        parts = text.strip("/").split("/")
+        if len(parts) < 2:
+            raise ModelLoadError(text, "a local path or a hub path of the form owner/repo[/sub/path]")
+        return cls("/".join(parts[:2]), "/".join(parts[2:]))
+
+
+def pick_device(preference: str | None = None) -> torch.device:
+    """``cuda`` if present, then Apple ``mps``, else ``cpu``; an explicit choice wins."""
+    if preference and preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, preference: str | None = None) -> torch.dtype:
+    """Half precision on accelerators (fp16; bf16 on request), fp32 on the CPU."""
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if preference and preference != "auto":
+        if preference not in names:
+            raise ValueError(f"unknown dtype {preference!r}: expected one of {', '.join(names)}")
+        return names[preference]
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def check_safetensors(path: Path, what: str) -> None:
+    """Read a ``.safetensors`` header and check the file holds every byte it promises."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ModelLoadError(path, what, "file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # safetensors raises its own error types, or OSError
+        raise ModelLoadError(path, what, f"corrupt or truncated safetensors file: {error}") from error
+
+
+def check_diffusers_folder(folder: Path) -> None:
+    """A diffusers pipeline folder: ``model_index.json`` plus intact weights."""
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(folder, "a diffusers SDXL folder with model_index.json", "model_index.json missing")
+    for weights in sorted(folder.rglob("*.safetensors")):
+        check_safetensors(weights, f"{weights.parent.name} weights in safetensors format")
+
+
+def _is_local(text: str) -> bool:
+    """A path on disk (even a missing one) rather than a hub id like ``owner/repo``."""
+    path = Path(text).expanduser()
+    return path.exists() or path.is_absolute() or text.startswith((".", "~"))
+
+
+def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
+    """The SDXL text-to-image pipeline from a folder, a single file or the hub."""
+    from diffusers import StableDiffusionXLPipeline
+
+    hub_kwargs = {"cache_dir": spec.cache_dir, "local_files_only": spec.local_files_only}
+    source = Path(spec.base).expanduser()
+    try:
+        if source.suffix in SINGLE_FILE_SUFFIXES:
+            if not source.is_file():
+                raise ModelLoadError(source, "an SDXL single-file checkpoint", "file not found")
+            if source.suffix == ".safetensors":
+                check_safetensors(source, "an SDXL single-file checkpoint")
+            return StableDiffusionXLPipeline.from_single_file(
+                str(source), config=spec.base_config, dtype=dtype, **hub_kwargs
+            )
+        if _is_local(spec.base):
+            if not source.is_dir():
+                raise ModelLoadError(source, "a diffusers SDXL folder or a .safetensors checkpoint", "not found")
+            check_diffusers_folder(source)
+            return StableDiffusionXLPipeline.from_pretrained(str(source), dtype=dtype)
+        return StableDiffusionXLPipeline.from_pretrained(spec.base, dtype=dtype, **hub_kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as error:
+        raise ModelLoadError(spec.base, "an SDXL model (diffusers folder, single file or repo id)", str(error)) from error
+
+
+def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
+    """The CLIP vision tower (with projection) whose space the IP-Adapter was trained in."""
+    from transformers import CLIPVisionModelWithProjection
+
+    try:
+        if _is_local(spec.image_encoder):
+            folder = Path(spec.image_encoder).expanduser()
+            if not (folder / "config.json").is_file():
+                raise ModelLoadError(folder, "a CLIP image encoder folder with config.json", "config.json missing")
+            for weights in folder.glob("*.safetensors"):
+                check_safetensors(weights, "CLIP image encoder weights")
+            return CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=dtype)
+        hub = HubFile.parse(spec.image_encoder)
+        return CLIPVisionModelWithProjection.from_pretrained(
+            hub.repo_id,
+            subfolder=hub.subpath,
+            dtype=dtype,
+            cache_dir=spec.cache_dir,
+            local_files_only=spec.local_files_only,
+        )
+    except ModelLoadError:
+        raise
+    except Exception as error:
+        raise ModelLoadError(spec.image_encoder, "a CLIP image encoder (CLIPVisionModelWithProjection)", str(error)) from error
+
+
+def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
+    """diffusers' own ``load_ip_adapter``, with the image encoder provided separately."""
+    source = spec.ip_adapter
+    try:
+        if _is_local(source):
+            path = Path(source).expanduser()
+            if path.suffix not in (".bin", ".safetensors"):
+                raise ModelLoadError(path, "an IP-Adapter weight file (.bin or .safetensors)")
+            if path.suffix == ".safetensors":
+                check_safetensors(path, "IP-Adapter weights (image_proj.* and ip_adapter.* tensors)")
+            elif not path.is_file():
+                raise ModelLoadError(path, "IP-Adapter weights (.bin)", "file not found")
+            pipe.load_ip_adapter(  # type: ignore[attr-defined]
+                str(path.parent), subfolder="", weight_name=path.name, image_encoder_folder=None
+            )
+            return
+        hub = HubFile.parse(source)
+        subfolder, _, weight_name = hub.subpath.rpartition("/")
+        pipe.load_ip_adapter(  # type: ignore[attr-defined]
+            hub.repo_id,
+            subfolder=subfolder,
+            weight_name=weight_name,
+            image_encoder_folder=None,
+            cache_dir=spec.cache_dir,
+            local_files_only=spec.local_files_only,
+        )
+    except ModelLoadError:
+        raise
+    except Exception as error:
+        raise ModelLoadError(source, "IP-Adapter weights for SDXL (image_proj + ip_adapter)", str(error)) from error
+
+
+def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> object:
+    """The SDXL pipeline with the IP-Adapter loaded and the image encoder attached, on ``device``."""
+    log.info("loading %s on %s (%s)", spec.label, device, dtype)
+    pipe = load_base_pipeline(spec, dtype)
+    image_encoder = load_image_encoder(spec, dtype)
+    pipe.register_modules(image_encoder=image_encoder)  # type: ignore[attr-defined]
+    load_ip_adapter(pipe, spec)
+    pipe.to(device)  # type: ignore[attr-defined]
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    return pipe

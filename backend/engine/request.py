@@ -1,0 +1,89 @@
+"""What a job asks for and what it returns: plain data, validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from protocol.enums import BlockPreset, Mode
+
+from .blocks import BlockScaleMap
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "text, watermark, lowres, low quality, worst quality, deformed, glitch, low contrast, noisy, "
+    "saturation, blurry"
+)
+
+
+class RequestError(ValueError):
+    """A request that cannot run as given (bad size, missing image...)."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its cancel event was set; the job stops at the next step."""
+
+
+@dataclass(frozen=True)
+class StyleReference:
+    image: Image.Image
+    weight: float = 1.0
+
+
+@dataclass
+class GenerationRequest:
+    """One InstantStyle job. Defaults follow the InstantStyle paper's examples."""
+
+    prompt: str
+    style_images: list[StyleReference]
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    content_text: str = ""
+    content_scale: float = 0.5
+    preset: BlockPreset = BlockPreset.STYLE
+    block_scales: BlockScaleMap | None = None
+    style_scale: float = 1.0
+    mode: Mode = Mode.TXT2IMG
+    init_image: Image.Image | None = None
+    mask: Image.Image | None = None
+    strength: float = 0.6
+    width: int = 1024
+    height: int = 1024
+    steps: int = 30
+    guidance_scale: float = 5.0
+    seed: int = 42
+    batch: int = 1
+
+    def validate(self) -> None:
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value < 8 or value % 8:
+                raise RequestError(f"{name} must be a positive multiple of 8, got {value}")
+        if self.steps < 1:
+            raise RequestError(f"steps must be at least 1, got {self.steps}")
+        if self.batch < 1:
+            raise RequestError(f"batch must be at least 1, got {self.batch}")
+        if not self.style_images:
+            raise RequestError("at least one style reference image is needed")
+        if sum(ref.weight for ref in self.style_images) <= 0:
+            raise RequestError("style reference weights must add up to more than 0")
+        if self.mode is not Mode.TXT2IMG:
+            if self.init_image is None:
+                raise RequestError(f"mode {self.mode.value} needs an init image")
+            if not 0.0 < self.strength <= 1.0:
+                raise RequestError(f"strength must be in (0, 1], got {self.strength}")
+        if self.mode is Mode.INPAINT and self.mask is None:
+            raise RequestError("mode inpaint needs a mask")
+        if self.preset is BlockPreset.CUSTOM and not self.block_scales:
+            raise RequestError("the custom preset needs block_scales")
+
+
+@dataclass
+class GenerationResult:
+    """Finished images (uint8 RGB, H x W x 3) with what made them."""
+
+    images: list[np.ndarray]
+    seeds: list[int]
+    model_label: str
+    is_test_model: bool
+    scale_map: dict[str, object] = field(default_factory=dict)
+    seconds: float = 0.0

@@ -1,0 +1,179 @@
+"""Style embeddings: CLIP image embeddings, blended, minus the reference's content.
+
+InstantStyle's second idea: CLIP's image and text embeddings share one space,
+so ``image_embeds - scale * text_embeds("a cat")`` removes the content "a cat"
+from a reference while keeping its style. The text tower must be the one that
+shares the image encoder's space (for ip-adapter_sdxl with ViT-bigG that is
+SDXL's ``text_encoder_2`` projection, 1280-d). Both encodings are cached by
+content so that a style image or a content text is never encoded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+
+class EmbeddingSpaceMismatch(ValueError):
+    """The image encoder and text encoder project into spaces of different sizes."""
+
+
+def subtract_content(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: float) -> torch.Tensor:
+    """``image_embeds - scale * text_embeds``; no normalisation on either side, as in the paper."""
+    if image_embeds.shape[-1] != text_embeds.shape[-1]:
+        raise EmbeddingSpaceMismatch(
+            f"cannot subtract content: the image encoder projects to {image_embeds.shape[-1]} dims but "
+            f"the text encoder to {text_embeds.shape[-1]}; use the text tower that matches the image "
+            "encoder (SDXL's text_encoder_2 for the ViT-bigG ip-adapter_sdxl)"
+        )
+    return image_embeds - scale * text_embeds.to(image_embeds.dtype)
+
+
+def blend(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Weighted mean of several (1, D) style embeddings; weights need not sum to one."""
+    if not embeds or len(embeds) != len(weights):
+        raise ValueError("blend needs one weight per embedding and at least one embedding")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("style reference weights must add up to more than 0")
+    stacked = torch.stack([e * (w / total) for e, w in zip(embeds, weights, strict=True)])
+    return stacked.sum(dim=0)
+
+
+def ip_adapter_embeds(style: torch.Tensor, classifier_free_guidance: bool) -> list[torch.Tensor]:
+    """The ``ip_adapter_image_embeds`` layout diffusers expects for one adapter.
+
+    Shape ``[2, 1, D]`` with CFG (zeros = unconditional first, style second) or
+    ``[1, 1, D]`` without; the pipeline repeats it for the batch itself.
+    """
+    positive = style.reshape(1, 1, -1)
+    if classifier_free_guidance:
+        return [torch.cat([torch.zeros_like(positive), positive])]
+    return [positive]
+
+
+def image_key(image: Image.Image) -> str:
+    """A content hash of the pixels (and their layout), the embedding cache's key."""
+    digest = hashlib.sha256()
+    digest.update(f"{image.mode}:{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class LRUCache:
+    """A small least-recently-used map of tensors."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> torch.Tensor | None:
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class EncodeCounts:
+    """How many times each encoder actually ran (the cache's effect, for tests and logs)."""
+
+    images: int = 0
+    texts: int = 0
+
+
+class StyleEncoder:
+    """Encodes style images and content texts into the IP-Adapter's space, with caching."""
+
+    def __init__(
+        self,
+        image_encoder: torch.nn.Module,
+        image_processor: object,
+        text_encoder: torch.nn.Module,
+        tokenizer: object,
+        cache_size: int = 64,
+    ) -> None:
+        image_dim = image_encoder.config.projection_dim  # type: ignore[union-attr]
+        text_dim = text_encoder.config.projection_dim  # type: ignore[union-attr]
+        if image_dim != text_dim:
+            raise EmbeddingSpaceMismatch(
+                f"image encoder projection_dim {image_dim} != text encoder projection_dim {text_dim}: "
+                "content subtraction would mix two embedding spaces"
+            )
+        self.image_encoder = image_encoder
+        self.image_processor = image_processor
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.image_cache = LRUCache(cache_size)
+        self.text_cache = LRUCache(cache_size)
+        self.counts = EncodeCounts()
+
+    @torch.inference_mode()
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """The projected CLIP image embedding, shape (1, D)."""
+        key = image_key(image)
+        cached = self.image_cache.get(key)
+        if cached is not None:
+            return cached
+        device, dtype = _placement(self.image_encoder)
+        pixels = self.image_processor(images=image.convert("RGB"), return_tensors="pt").pixel_values  # type: ignore[operator]
+        embeds = self.image_encoder(pixels.to(device=device, dtype=dtype)).image_embeds
+        self.counts.images += 1
+        self.image_cache.put(key, embeds)
+        return embeds
+
+    @torch.inference_mode()
+    def encode_text(self, text: str) -> torch.Tensor:
+        """The projected (pooled) CLIP text embedding, shape (1, D)."""
+        cached = self.text_cache.get(text)
+        if cached is not None:
+            return cached
+        device, _ = _placement(self.text_encoder)
+        tokens = self.tokenizer(  # type: ignore[operator]
+            text,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,  # type: ignore[attr-defined]
+            truncation=True,
+            return_tensors="pt",
+        )
+        embeds = self.text_encoder(tokens.input_ids.to(device)).text_embeds
+        self.counts.texts += 1
+        self.text_cache.put(text, embeds)
+        return embeds
+
+    def style_embedding(
+        self,
+        images: Sequence[Image.Image],
+        weights: Sequence[float],
+        content_text: str = "",
+        content_scale: float = 0.0,
+    ) -> torch.Tensor:
+        """Blend the references, then subtract the content text: the (1, D) style embedding."""
+        style = blend([self.encode_image(image) for image in images], weights)
+        if content_text.strip() and content_scale != 0.0:
+            style = subtract_content(style, self.encode_text(content_text), content_scale)
+        return style
+
+
+def _placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(module.parameters())
+    return parameter.device, parameter.dtype

@@ -1,0 +1,141 @@
+"""Save the tiny model in every on-disk layout a real user has.
+
+- ``diffusers/``: a ``save_pretrained`` pipeline folder;
+- ``hub/``: a Hugging Face cache (``models--owner--name/snapshots/<rev>``) for
+  ``from_pretrained(repo_id, cache_dir=..., local_files_only=True)``;
+- ``tiny-sdxl.safetensors``: one original-format (SGM) checkpoint file;
+- ``ip-adapter/``: the ``h94/IP-Adapter`` layout (``sdxl_models/ip-adapter_sdxl``
+  in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``).
+
+Everything is generated from a fixed seed, so one generator version always
+writes the same weights; a marker file lets callers reuse a finished folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from backend.engine.loading import ModelSpec
+from backend.tiny.components import TINY_LABEL, build_tiny_models
+from backend.tiny.single_file import save_single_file
+
+GENERATOR_VERSION = "1"
+TINY_REPO_ID = "instantstyle/tiny-sdxl"
+TINY_IP_REPO_ID = "instantstyle/tiny-ip-adapter"
+SNAPSHOT = "0" * 39 + GENERATOR_VERSION  # a commit-hash-shaped revision name
+_MARKER = "COMPLETE.json"
+
+
+@dataclass(frozen=True)
+class TinyModelPaths:
+    root: Path
+
+    @property
+    def diffusers_folder(self) -> Path:
+        return self.root / "diffusers"
+
+    @property
+    def hub_cache(self) -> Path:
+        return self.root / "hub"
+
+    @property
+    def single_file(self) -> Path:
+        return self.root / "tiny-sdxl.safetensors"
+
+    @property
+    def ip_adapter_folder(self) -> Path:
+        return self.root / "ip-adapter" / "sdxl_models"
+
+    @property
+    def ip_adapter_safetensors(self) -> Path:
+        return self.ip_adapter_folder / "ip-adapter_sdxl.safetensors"
+
+    @property
+    def ip_adapter_bin(self) -> Path:
+        return self.ip_adapter_folder / "ip-adapter_sdxl.bin"
+
+    @property
+    def image_encoder(self) -> Path:
+        return self.ip_adapter_folder / "image_encoder"
+
+    def spec(self, layout: str = "diffusers") -> ModelSpec:
+        """A ``ModelSpec`` loading the tiny model from one of its layouts."""
+        common = {"label": TINY_LABEL, "is_test_model": True}
+        local = {
+            "ip_adapter": str(self.ip_adapter_safetensors),
+            "image_encoder": str(self.image_encoder),
+        }
+        if layout == "diffusers":
+            return ModelSpec(base=str(self.diffusers_folder), **local, **common)
+        if layout == "single-file":
+            return ModelSpec(
+                base=str(self.single_file), base_config=str(self.diffusers_folder), **local, **common
+            )
+        if layout == "hub":
+            return ModelSpec(
+                base=TINY_REPO_ID,
+                ip_adapter=f"{TINY_IP_REPO_ID}/sdxl_models/ip-adapter_sdxl.safetensors",
+                image_encoder=f"{TINY_IP_REPO_ID}/sdxl_models/image_encoder",
+                cache_dir=str(self.hub_cache),
+                local_files_only=True,
+                **common,
+            )
+        raise ValueError(f"unknown layout {layout!r}: expected diffusers, single-file or hub")
+
+
+def default_root() -> Path:
+    """Where ``--model tiny`` keeps its generated files (``INSTANTSTYLE_HOME`` overrides)."""
+    home = os.environ.get("INSTANTSTYLE_HOME") or Path.home() / ".cache" / "instantstyle"
+    return Path(home) / f"tiny-sdxl-v{GENERATOR_VERSION}"
+
+
+def ensure_tiny_model(root: Path | None = None) -> TinyModelPaths:
+    """Generate the tiny model under ``root`` unless a finished copy is already there."""
+    paths = TinyModelPaths(Path(root) if root else default_root())
+    if (paths.root / _MARKER).is_file():
+        return paths
+    paths.root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=paths.root.parent))
+    try:
+        _write_all(TinyModelPaths(staging))
+        shutil.rmtree(paths.root, ignore_errors=True)
+        staging.rename(paths.root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paths
+
+
+def _write_all(paths: TinyModelPaths) -> None:
+    from safetensors.torch import save_file
+
+    models = build_tiny_models(paths.root / ".scratch")
+    models.pipeline.save_pretrained(paths.diffusers_folder)  # type: ignore[attr-defined]
+    save_single_file(models.pipeline, paths.single_file)
+
+    paths.ip_adapter_folder.mkdir(parents=True, exist_ok=True)
+    flat = {f"{part}.{key}": value for part, tensors in models.ip_adapter_state.items() for key, value in tensors.items()}
+    save_file(flat, str(paths.ip_adapter_safetensors))
+    torch.save(models.ip_adapter_state, paths.ip_adapter_bin)
+    models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]
+
+    _write_hub_snapshot(paths.hub_cache, TINY_REPO_ID, paths.diffusers_folder)
+    _write_hub_snapshot(paths.hub_cache, TINY_IP_REPO_ID, paths.ip_adapter_folder.parent)
+    shutil.rmtree(paths.root / ".scratch", ignore_errors=True)
+    (paths.root / _MARKER).write_text(
+        json.dumps({"label": TINY_LABEL, "generator_version": GENERATOR_VERSION}), encoding="utf-8"
+    )
+
+
+def _write_hub_snapshot(cache: Path, repo_id: str, source: Path) -> None:
+    """The layout ``huggingface_hub`` writes: ``refs/main`` names a snapshot folder."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(source, repo / "snapshots" / SNAPSHOT)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(SNAPSHOT, encoding="utf-8")
