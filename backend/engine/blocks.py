@@ -74,8 +74,8 @@ def scales_for_targets(layout: UNetAttentionLayout, targets: Mapping[str, float]
         "up": {f"block_{b}": block_list(f"up_blocks.{b}", n) for b, n in enumerate(layout.up) if n},
     }
     if layout.mid:
-        scale_map["mid"] = block_list("mid_block", layout.mid)[0] if layout.mid == 1 else block_list(
-            "mid_block", layout.mid
+        scale_map["mid"] = (
+            block_list("mid_block", layout.mid)[0] if layout.mid == 1 else block_list("mid_block", layout.mid)
         )
     return scale_map
 

@@ -82,7 +82,9 @@ class InstantStyleEngine:
         self.layout = UNetAttentionLayout.of(pipeline.unet)  # type: ignore[attr-defined]
         image_encoder = pipeline.image_encoder  # type: ignore[attr-defined]
         size = image_encoder.config.image_size
-        processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        processor = CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        )
         self.encoder = StyleEncoder(
             image_encoder,
             processor,
@@ -115,7 +117,9 @@ class InstantStyleEngine:
         if mode not in self._pipelines:
             from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
 
-            kind = StableDiffusionXLImg2ImgPipeline if mode is Mode.IMG2IMG else StableDiffusionXLInpaintPipeline
+            kind = (
+                StableDiffusionXLImg2ImgPipeline if mode is Mode.IMG2IMG else StableDiffusionXLInpaintPipeline
+            )
             pipe = kind.from_pipe(self.pipeline)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[mode] = pipe
@@ -159,6 +163,16 @@ class InstantStyleEngine:
             kwargs["mask_image"] = request.mask.convert("L").resize(size, Image.Resampling.NEAREST)
         return kwargs
 
+    def prepare(self, request: GenerationRequest) -> tuple[object, dict[str, object]]:
+        """Select the pipeline, set its per-block IP-Adapter scales, and build its call arguments.
+
+        Calling ``pipe(**kwargs)`` afterwards is exactly what ``generate`` runs, minus the callback.
+        """
+        request.validate()
+        pipe = self.pipeline_for(request.mode)
+        pipe.set_ip_adapter_scale(self.scale_map(request))  # type: ignore[attr-defined]
+        return pipe, self.pipeline_kwargs(request)
+
     def generate(
         self,
         request: GenerationRequest,
@@ -166,13 +180,9 @@ class InstantStyleEngine:
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
         """Run one job; ``on_step`` sees every step, ``cancel`` stops it at the next one."""
-        request.validate()
         started = time.perf_counter()
         with self._lock:
-            pipe = self.pipeline_for(request.mode)
-            scale_map = self.scale_map(request)
-            pipe.set_ip_adapter_scale(scale_map)  # type: ignore[attr-defined]
-            kwargs = self.pipeline_kwargs(request)
+            pipe, kwargs = self.prepare(request)
             capture = _DenoisedCapture()
 
             def step_end(p: object, index: int, _t: object, tensors: dict[str, torch.Tensor]) -> dict:
@@ -203,7 +213,7 @@ class InstantStyleEngine:
             seeds=[request.seed + i for i in range(request.batch)],
             model_label=self.spec.label,
             is_test_model=self.spec.is_test_model,
-            scale_map=scale_map,
+            scale_map=self.scale_map(request),
             seconds=time.perf_counter() - started,
         )
 

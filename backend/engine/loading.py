@@ -105,7 +105,9 @@ def check_safetensors(path: Path, what: str) -> None:
 def check_diffusers_folder(folder: Path) -> None:
     """A diffusers pipeline folder: ``model_index.json`` plus intact weights."""
     if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(folder, "a diffusers SDXL folder with model_index.json", "model_index.json missing")
+        raise ModelLoadError(
+            folder, "a diffusers SDXL folder with model_index.json", "model_index.json missing"
+        )
     for weights in sorted(folder.rglob("*.safetensors")):
         check_safetensors(weights, f"{weights.parent.name} weights in safetensors format")
 
@@ -133,14 +135,18 @@ def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
             )
         if _is_local(spec.base):
             if not source.is_dir():
-                raise ModelLoadError(source, "a diffusers SDXL folder or a .safetensors checkpoint", "not found")
+                raise ModelLoadError(
+                    source, "a diffusers SDXL folder or a .safetensors checkpoint", "not found"
+                )
             check_diffusers_folder(source)
             return StableDiffusionXLPipeline.from_pretrained(str(source), dtype=dtype)
         return StableDiffusionXLPipeline.from_pretrained(spec.base, dtype=dtype, **hub_kwargs)
     except ModelLoadError:
         raise
     except Exception as error:
-        raise ModelLoadError(spec.base, "an SDXL model (diffusers folder, single file or repo id)", str(error)) from error
+        raise ModelLoadError(
+            spec.base, "an SDXL model (diffusers folder, single file or repo id)", str(error)
+        ) from error
 
 
 def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
@@ -151,7 +157,9 @@ def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
         if _is_local(spec.image_encoder):
             folder = Path(spec.image_encoder).expanduser()
             if not (folder / "config.json").is_file():
-                raise ModelLoadError(folder, "a CLIP image encoder folder with config.json", "config.json missing")
+                raise ModelLoadError(
+                    folder, "a CLIP image encoder folder with config.json", "config.json missing"
+                )
             for weights in folder.glob("*.safetensors"):
                 check_safetensors(weights, "CLIP image encoder weights")
             return CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=dtype)
@@ -166,7 +174,9 @@ def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
     except ModelLoadError:
         raise
     except Exception as error:
-        raise ModelLoadError(spec.image_encoder, "a CLIP image encoder (CLIPVisionModelWithProjection)", str(error)) from error
+        raise ModelLoadError(
+            spec.image_encoder, "a CLIP image encoder (CLIPVisionModelWithProjection)", str(error)
+        ) from error
 
 
 def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
@@ -198,7 +208,9 @@ def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
     except ModelLoadError:
         raise
     except Exception as error:
-        raise ModelLoadError(source, "IP-Adapter weights for SDXL (image_proj + ip_adapter)", str(error)) from error
+        raise ModelLoadError(
+            source, "IP-Adapter weights for SDXL (image_proj + ip_adapter)", str(error)
+        ) from error
 
 
 def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> object:

@@ -136,7 +136,11 @@ def tiny_scheduler() -> object:
 
 def byte_symbols() -> list[str]:
     """The 256 printable stand-ins that byte-level BPE (GPT-2, CLIP) uses for bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     extra = iter(range(256, 512))
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
@@ -162,7 +166,9 @@ def tiny_tokenizer(scratch: Path) -> object:
     return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=77)
 
 
-def random_ip_adapter_state(unet: torch.nn.Module, generator: torch.Generator) -> dict[str, dict[str, torch.Tensor]]:
+def random_ip_adapter_state(
+    unet: torch.nn.Module, generator: torch.Generator
+) -> dict[str, dict[str, torch.Tensor]]:
     """An ip-adapter_sdxl-shaped state dict, numbered the way diffusers reads it."""
     tokens = 4
 

@@ -120,7 +120,11 @@ def _write_all(paths: TinyModelPaths) -> None:
     save_single_file(models.pipeline, paths.single_file)
 
     paths.ip_adapter_folder.mkdir(parents=True, exist_ok=True)
-    flat = {f"{part}.{key}": value for part, tensors in models.ip_adapter_state.items() for key, value in tensors.items()}
+    flat = {
+        f"{part}.{key}": value
+        for part, tensors in models.ip_adapter_state.items()
+        for key, value in tensors.items()
+    }
     save_file(flat, str(paths.ip_adapter_safetensors))
     torch.save(models.ip_adapter_state, paths.ip_adapter_bin)
     models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]

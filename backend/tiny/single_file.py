@@ -94,7 +94,9 @@ def vae_to_original(state: dict[str, torch.Tensor], config: dict[str, object]) -
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         name = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-        name = name.replace("mid_block.resnets.0", "mid.block_1").replace("mid_block.resnets.1", "mid.block_2")
+        name = name.replace("mid_block.resnets.0", "mid.block_1").replace(
+            "mid_block.resnets.1", "mid.block_2"
+        )
         if "mid_block.attentions.0" in name:
             name = name.replace("mid_block.attentions.0", "mid.attn_1")
             name = name.replace("group_norm", "norm").replace("to_out.0", "proj_out")

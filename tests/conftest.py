@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny offline model, generated once and cached under .cache/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.tiny.layouts import TinyModelPaths, ensure_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ROOT = REPO / ".cache" / "tiny-sdxl"
+
+
+@pytest.fixture(scope="session")
+def tiny_paths() -> TinyModelPaths:
+    return ensure_tiny_model(TINY_ROOT)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_paths: TinyModelPaths):
+    from backend.engine.engine import InstantStyleEngine
+
+    return InstantStyleEngine.load(tiny_paths.spec("diffusers"), device="cpu")
+
+
+def noise_image(seed: int, size: int = 64) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture
+def style_image() -> Image.Image:
+    return noise_image(1)

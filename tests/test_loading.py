@@ -1,0 +1,135 @@
+"""Model loading through the real diffusers code paths, from every on-disk layout."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from backend.engine.engine import InstantStyleEngine
+from backend.engine.loading import ModelLoadError, ModelSpec, pick_device, pick_dtype
+from backend.engine.request import GenerationRequest, StyleReference
+from backend.engine.style_embedding import EmbeddingSpaceMismatch, StyleEncoder
+
+
+def _image(engine, style_image) -> np.ndarray:
+    req = GenerationRequest(
+        prompt="a boat",
+        style_images=[StyleReference(style_image)],
+        width=64,
+        height=64,
+        steps=2,
+        seed=3,
+        content_text="a dog",
+    )
+    return engine.generate(req).images[0]
+
+
+@pytest.mark.parametrize("layout", ["hub", "single-file"])
+def test_every_layout_loads_the_same_model(engine, tiny_paths, style_image, layout):
+    other = InstantStyleEngine.load(tiny_paths.spec(layout), device="cpu")
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
+        mine, theirs = (
+            getattr(engine.pipeline, component).state_dict(),
+            getattr(other.pipeline, component).state_dict(),
+        )
+        assert mine.keys() == theirs.keys(), component
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), component
+    assert np.array_equal(_image(other, style_image), _image(engine, style_image))
+    assert other.info.is_test_model and "TEST" in other.info.label
+
+
+def test_ip_adapter_bin_loads_like_safetensors(engine, tiny_paths, style_image):
+    spec = replace(tiny_paths.spec(), ip_adapter=str(tiny_paths.ip_adapter_bin))
+    assert np.array_equal(
+        _image(InstantStyleEngine.load(spec, device="cpu"), style_image), _image(engine, style_image)
+    )
+
+
+def test_hub_layout_needs_the_cache_when_offline(tiny_paths, tmp_path):
+    spec = replace(tiny_paths.spec("hub"), cache_dir=str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelLoadError, match="instantstyle/tiny-sdxl"):
+        InstantStyleEngine.load(spec, device="cpu")
+
+
+@pytest.mark.parametrize("field", ["base", "ip_adapter", "image_encoder"])
+def test_missing_files_name_the_path(tiny_paths, tmp_path, field):
+    missing = tmp_path / ("nothing.safetensors" if field != "image_encoder" else "no-encoder")
+    spec = replace(tiny_paths.spec(), **{field: str(missing)})
+    with pytest.raises(ModelLoadError) as raised:
+        InstantStyleEngine.load(spec, device="cpu")
+    assert str(missing) in str(raised.value)
+    assert "expected" in str(raised.value)
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_diffusers_weights_name_the_file(tiny_paths, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_paths.diffusers_folder, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    _truncate(weights)
+    with pytest.raises(ModelLoadError, match="truncated") as raised:
+        InstantStyleEngine.load(replace(tiny_paths.spec(), base=str(folder)), device="cpu")
+    assert str(weights) in str(raised.value)
+
+
+@pytest.mark.parametrize("target", ["single_file", "ip_adapter_safetensors", "ip_adapter_bin"])
+def test_truncated_single_files_name_the_file(tiny_paths, tmp_path, target):
+    source = getattr(tiny_paths, target)
+    broken = tmp_path / source.name
+    shutil.copy(source, broken)
+    _truncate(broken)
+    field = "base" if target == "single_file" else "ip_adapter"
+    spec = replace(
+        tiny_paths.spec("single-file" if target == "single_file" else "diffusers"), **{field: str(broken)}
+    )
+    with pytest.raises(ModelLoadError) as raised:
+        InstantStyleEngine.load(spec, device="cpu")
+    assert str(broken) in str(raised.value)
+
+
+def test_not_a_diffusers_folder(tiny_paths, tmp_path):
+    with pytest.raises(ModelLoadError, match=r"model_index\.json"):
+        InstantStyleEngine.load(replace(tiny_paths.spec(), base=str(tmp_path)), device="cpu")
+
+
+def test_mismatched_embedding_spaces_fail_clearly(engine):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    other_text = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            projection_dim=24,
+        )
+    )
+    with pytest.raises(EmbeddingSpaceMismatch, match="32 != text encoder projection_dim 24"):
+        StyleEncoder(engine.pipeline.image_encoder, None, other_text, engine.pipeline.tokenizer_2)
+
+
+def test_device_and_dtype_selection():
+    cpu = torch.device("cpu")
+    assert pick_device("cpu") == cpu
+    assert pick_device() == (torch.device("cuda") if torch.cuda.is_available() else pick_device())
+    assert pick_dtype(cpu) == torch.float32
+    assert pick_dtype(torch.device("cuda")) == torch.float16
+    assert pick_dtype(torch.device("cuda"), "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        pick_dtype(cpu, "fp8")
+
+
+def test_default_spec_points_at_the_real_models():
+    spec = ModelSpec()
+    assert spec.base == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert spec.ip_adapter == "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
+    assert spec.image_encoder == "h94/IP-Adapter/sdxl_models/image_encoder"
+    assert not spec.is_test_model
