@@ -1,0 +1,189 @@
+"""Command line: ``python -m backend {generate,serve,make-tiny}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from protocol.enums import BlockPreset, Mode
+
+log = logging.getLogger("backend")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="tiny",
+        help="'tiny' (embedded random-weight TEST model), 'sdxl' (hub repo, needs network or a filled "
+        "cache), a diffusers folder, or a single-file .safetensors checkpoint (default: tiny)",
+    )
+    group.add_argument("--ip-adapter", help="IP-Adapter .bin/.safetensors file or hub path")
+    group.add_argument("--image-encoder", help="CLIP image encoder folder or hub path")
+    group.add_argument(
+        "--base-config", help="for a single-file model: a diffusers folder/repo with its configs"
+    )
+    group.add_argument("--cache-dir", help="Hugging Face cache folder")
+    group.add_argument("--offline", action="store_true", help="only use files already on disk")
+    group.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    group.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
+
+
+def model_spec(args: argparse.Namespace):  # -> ModelSpec
+    from dataclasses import replace
+
+    from backend.engine.loading import ModelSpec
+    from backend.tiny.layouts import ensure_tiny_model
+
+    if args.model == "tiny":
+        spec = ensure_tiny_model().spec("diffusers")
+    elif args.model == "sdxl":
+        spec = ModelSpec()
+    else:
+        spec = ModelSpec(base=args.model, label=Path(args.model).name)
+    overrides = {
+        "ip_adapter": args.ip_adapter,
+        "image_encoder": args.image_encoder,
+        "base_config": args.base_config,
+        "cache_dir": args.cache_dir,
+    }
+    spec = replace(spec, **{k: v for k, v in overrides.items() if v})
+    return replace(spec, local_files_only=True) if args.offline else spec
+
+
+def load_engine(args: argparse.Namespace):  # -> InstantStyleEngine
+    from backend.engine.engine import InstantStyleEngine
+
+    spec = model_spec(args)
+    if spec.is_test_model:
+        log.warning("using the %s", spec.label)
+    return InstantStyleEngine.load(spec, device=args.device, dtype=args.dtype)
+
+
+def _style_argument(text: str) -> tuple[Path, float]:
+    path, _, weight = text.partition("=")
+    return Path(path), float(weight) if weight else 1.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="run one InstantStyle job and write PNG files")
+    gen.add_argument(
+        "--style",
+        action="append",
+        required=True,
+        type=_style_argument,
+        metavar="IMAGE[=WEIGHT]",
+        help="style reference (repeat to blend several)",
+    )
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative", default=None, help="negative prompt (default: InstantStyle's)")
+    gen.add_argument("--content", default="", help="content of the reference to subtract, e.g. 'a cat'")
+    gen.add_argument("--content-scale", type=float, default=0.5)
+    gen.add_argument("--preset", choices=[p.value for p in BlockPreset], default=BlockPreset.STYLE.value)
+    gen.add_argument("--blocks", help='custom per-block map as JSON, e.g. \'{"up": {"block_0": [0, 1, 0]}}\'')
+    gen.add_argument("--style-scale", type=float, default=1.0)
+    gen.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.TXT2IMG.value)
+    gen.add_argument("--init", type=Path, help="image to stylize (img2img, inpaint)")
+    gen.add_argument("--mask", type=Path, help="inpaint mask (white = change)")
+    gen.add_argument("--strength", type=float, default=0.6)
+    gen.add_argument("--width", type=int, default=1024)
+    gen.add_argument("--height", type=int, default=1024)
+    gen.add_argument("--steps", type=int, default=30)
+    gen.add_argument("--cfg", type=float, default=5.0)
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--batch", type=int, default=1)
+    gen.add_argument("--out", type=Path, default=Path("out.png"))
+    gen.add_argument("--previews", type=Path, help="folder to write each step's preview PNG into")
+    add_model_arguments(gen)
+
+    serve = commands.add_parser("serve", help="run the WebSocket server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument(
+        "--token", help="required from clients (env INSTANTSTYLE_TOKEN); mandatory off loopback"
+    )
+    serve.add_argument("--max-side", type=int, default=2048, help="largest width/height accepted")
+    serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    add_model_arguments(serve)
+
+    tiny = commands.add_parser("make-tiny", help="write the tiny test model in every layout")
+    tiny.add_argument("--out", type=Path, help="folder (default: the user cache)")
+    return parser
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from PIL import Image, PngImagePlugin
+
+    from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StyleReference
+
+    engine = load_engine(args)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        style_images=[StyleReference(Image.open(path).convert("RGB"), weight) for path, weight in args.style],
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if args.negative is None else args.negative,
+        content_text=args.content,
+        content_scale=args.content_scale,
+        preset=BlockPreset(args.preset),
+        block_scales=json.loads(args.blocks) if args.blocks else None,
+        style_scale=args.style_scale,
+        mode=Mode(args.mode),
+        init_image=Image.open(args.init) if args.init else None,
+        mask=Image.open(args.mask) if args.mask else None,
+        strength=args.strength,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        guidance_scale=args.cfg,
+        seed=args.seed,
+        batch=args.batch,
+    )
+
+    def save_preview(preview) -> None:
+        Image.fromarray(preview.rgb).save(args.previews / f"step-{preview.step:03d}.png")
+        print(f"step {preview.step}/{preview.total}", file=sys.stderr)
+
+    if args.previews:
+        args.previews.mkdir(parents=True, exist_ok=True)
+    result = engine.generate(request, on_step=save_preview if args.previews else None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for index, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("instantstyle:model", result.model_label)
+        info.add_text("instantstyle:prompt", args.prompt)
+        info.add_text("instantstyle:seed", str(seed))
+        path = args.out if index == 0 else args.out.with_stem(f"{args.out.stem}-{index}")
+        Image.fromarray(pixels).save(path, pnginfo=info)
+        print(f"wrote {path} (seed {seed}, {result.model_label})")
+    if result.is_test_model:
+        print("note: made with the embedded TEST model (random weights): the picture is noise by design")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve" and args.log_json:
+        from backend.server.logs import configure_json_logging
+
+        configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    else:
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    if args.command == "make-tiny":
+        from backend.tiny.layouts import ensure_tiny_model
+
+        print(ensure_tiny_model(args.out).root)
+        return 0
+    if args.command == "generate":
+        return run_generate(args)
+    from backend.server.app import run_server
+
+    return run_server(args, load_engine(args))
