@@ -1,0 +1,64 @@
+"""The InstantStyle wire format: sans-I/O, standard library only.
+
+It runs inside Krita's Python as well as in the backend, so it holds no
+sockets, no asyncio and no Qt: only functions from text or bytes to typed
+messages and back, each validating everything it reads. See PROTOCOL.md.
+"""
+
+from .codec import PROTOCOL_VERSION, decode_client_message, decode_server_message, encode_message
+from .enums import BlockPreset, ErrorCode, FrameKind, MessageType, Mode, PixelFormat
+from .errors import ProtocolError
+from .frames import PixelFrame, decode_frame, encode_frame_header
+from .messages import (
+    Cancel,
+    Cancelled,
+    ClientMessage,
+    Error,
+    Generate,
+    Hello,
+    Limits,
+    ModelInfo,
+    Ping,
+    Pong,
+    Progress,
+    Queued,
+    Result,
+    ServerHello,
+    ServerMessage,
+    Started,
+    StyleImage,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "BlockPreset",
+    "Cancel",
+    "Cancelled",
+    "ClientMessage",
+    "Error",
+    "ErrorCode",
+    "FrameKind",
+    "Generate",
+    "Hello",
+    "Limits",
+    "MessageType",
+    "Mode",
+    "ModelInfo",
+    "Ping",
+    "PixelFormat",
+    "PixelFrame",
+    "Pong",
+    "Progress",
+    "ProtocolError",
+    "Queued",
+    "Result",
+    "ServerHello",
+    "ServerMessage",
+    "Started",
+    "StyleImage",
+    "decode_client_message",
+    "decode_frame",
+    "decode_server_message",
+    "encode_frame_header",
+    "encode_message",
+]

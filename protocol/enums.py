@@ -31,3 +31,68 @@ class Mode(str, Enum):
     """Stylize an existing image (a layer) with a denoising strength."""
     INPAINT = "inpaint"
     """Like img2img, but only inside a mask (a selection)."""
+
+
+class MessageType(str, Enum):
+    """The ``type`` of a JSON control message (text frame)."""
+
+    HELLO = "hello"
+    GENERATE = "generate"
+    CANCEL = "cancel"
+    PING = "ping"
+    QUEUED = "queued"
+    STARTED = "started"
+    PROGRESS = "progress"
+    RESULT = "result"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+    PONG = "pong"
+
+
+class ErrorCode(str, Enum):
+    """Machine-readable reason carried by ``error`` messages."""
+
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_TYPE = "unknown_type"
+    MISSING_FIELD = "missing_field"
+    BAD_FIELD = "bad_field"
+    OUT_OF_RANGE = "out_of_range"
+    TOO_LARGE = "too_large"
+    BAD_FRAME = "bad_frame"
+    BAD_VERSION = "bad_version"
+    UNAUTHORIZED = "unauthorized"
+    NOT_READY = "not_ready"
+    DUPLICATE_JOB = "duplicate_job"
+    UNKNOWN_JOB = "unknown_job"
+    MISSING_INPUT = "missing_input"
+    QUEUE_FULL = "queue_full"
+    BAD_REQUEST = "bad_request"
+    ENGINE_ERROR = "engine_error"
+    OUT_OF_MEMORY = "out_of_memory"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+class FrameKind(int, Enum):
+    """What a binary frame carries."""
+
+    INPUT = 1
+    """Client to server: an image a ``generate`` refers to (style reference, init image, mask)."""
+    PREVIEW = 2
+    """Server to client: one denoising step's preview at latent resolution."""
+    RESULT = 3
+    """Server to client: one finished image."""
+
+
+class PixelFormat(int, Enum):
+    """Layout of a binary frame's payload."""
+
+    RGB8 = 1
+    RGBA8 = 2
+    GRAY8 = 3
+    PNG = 4
+
+    @property
+    def channels(self) -> int:
+        return {PixelFormat.RGB8: 3, PixelFormat.RGBA8: 4, PixelFormat.GRAY8: 1}.get(self, 0)

@@ -213,8 +213,20 @@ def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
         ) from error
 
 
+def quiet_libraries() -> None:
+    """No download/loading progress bars or tokenizer-length chatter in a server's log."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> object:
     """The SDXL pipeline with the IP-Adapter loaded and the image encoder attached, on ``device``."""
+    quiet_libraries()
     log.info("loading %s on %s (%s)", spec.label, device, dtype)
     pipe = load_base_pipeline(spec, dtype)
     image_encoder = load_image_encoder(spec, dtype)

@@ -1,0 +1,234 @@
+"""A headless client: ``python -m backend.client``.
+
+It sends a style image and a prompt, streams the previews and writes the
+final PNG: the README's demo and the reference for what the Krita plugin does.
+``--serve-tiny`` starts a server on the embedded tiny model in the same
+process, so the whole round trip runs with one command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from websockets.asyncio.client import ClientConnection, connect
+
+from protocol import (
+    Cancel,
+    Cancelled,
+    Error,
+    FrameKind,
+    Generate,
+    Hello,
+    Limits,
+    PixelFormat,
+    PixelFrame,
+    Progress,
+    Queued,
+    Result,
+    ServerHello,
+    ServerMessage,
+    Started,
+    StyleImage,
+    decode_frame,
+    decode_server_message,
+    encode_frame_header,
+    encode_message,
+)
+
+_FORMATS = {"RGB": PixelFormat.RGB8, "RGBA": PixelFormat.RGBA8, "L": PixelFormat.GRAY8}
+
+
+class ServerError(RuntimeError):
+    """The server answered with an ``error`` message."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(f"{error.code.value}: {error.message}")
+        self.error = error
+
+
+def input_frame(job_id: int, index: int, image: Image.Image) -> bytes:
+    """An INPUT frame with raw pixels (RGB, RGBA or grayscale)."""
+    if image.mode not in _FORMATS:
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    header = encode_frame_header(
+        FrameKind.INPUT, job_id, index, image.width, image.height, _FORMATS[image.mode]
+    )
+    return header + image.tobytes()
+
+
+def frame_image(frame: PixelFrame) -> Image.Image:
+    mode = {PixelFormat.RGB8: "RGB", PixelFormat.RGBA8: "RGBA", PixelFormat.GRAY8: "L"}[frame.format]
+    return Image.frombytes(mode, (frame.width, frame.height), frame.payload)
+
+
+@dataclass
+class JobOutcome:
+    """Everything a job sent back, in arrival order."""
+
+    queued: Queued | None = None
+    started: Started | None = None
+    progress: list[Progress] = field(default_factory=list)
+    previews: list[PixelFrame] = field(default_factory=list)
+    result: Result | None = None
+    images: list[PixelFrame] = field(default_factory=list)
+    cancelled: Cancelled | None = None
+    error: Error | None = None
+    order: list[str] = field(default_factory=list)
+
+
+class InstantStyleClient:
+    """A thin asyncio client over the protocol."""
+
+    def __init__(self, connection: ClientConnection, hello: ServerHello) -> None:
+        self.connection = connection
+        self.hello = hello
+        self._next_job = 0
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls, url: str, token: str | None = None, client: str = "backend.client"
+    ) -> AsyncIterator[InstantStyleClient]:
+        limits = Limits()
+        async with connect(url, compression=None, max_size=limits.max_message_bytes, proxy=None) as ws:
+            await ws.send(encode_message(Hello(client=client, token=token)))
+            reply = decode_server_message(await ws.recv())
+            if isinstance(reply, Error):
+                raise ServerError(reply)
+            assert isinstance(reply, ServerHello)
+            yield cls(ws, reply)
+
+    def new_job_id(self) -> int:
+        self._next_job += 1
+        return self._next_job
+
+    async def submit(self, message: Generate, inputs: dict[int, Image.Image]) -> None:
+        """Send the INPUT frames, then the ``generate`` that refers to them."""
+        for index, image in inputs.items():
+            await self.connection.send(input_frame(message.job_id, index, image))
+        await self.connection.send(encode_message(message))
+
+    async def cancel(self, job_id: int) -> None:
+        await self.connection.send(encode_message(Cancel(job_id)))
+
+    async def receive(self) -> ServerMessage | PixelFrame:
+        data = await self.connection.recv()
+        if isinstance(data, bytes):
+            return decode_frame(data, self.hello.limits.max_side)
+        return decode_server_message(data)
+
+    async def follow(self, job_id: int, outcome: JobOutcome | None = None) -> JobOutcome:
+        """Collect one job's messages until its result images, cancellation or error."""
+        outcome = outcome or JobOutcome()
+        while True:
+            item = await self.receive()
+            if getattr(item, "job_id", job_id) != job_id:
+                continue  # another job on this connection
+            outcome.order.append(type(item).__name__ if not isinstance(item, PixelFrame) else item.kind.name)
+            if isinstance(item, Queued):
+                outcome.queued = item
+            elif isinstance(item, Started):
+                outcome.started = item
+            elif isinstance(item, Progress):
+                outcome.progress.append(item)
+            elif isinstance(item, PixelFrame) and item.kind is FrameKind.PREVIEW:
+                outcome.previews.append(item)
+            elif isinstance(item, Result):
+                outcome.result = item
+            elif isinstance(item, PixelFrame) and item.kind is FrameKind.RESULT:
+                outcome.images.append(item)
+                if outcome.result and len(outcome.images) == outcome.result.count:
+                    return outcome
+            elif isinstance(item, Cancelled):
+                outcome.cancelled = item
+                return outcome
+            elif isinstance(item, Error):
+                outcome.error = item
+                return outcome
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    server = None
+    url = args.url
+    if args.serve_tiny:
+        from backend.engine.engine import InstantStyleEngine
+        from backend.server.app import InstantStyleServer
+        from backend.server.config import ServerConfig
+        from backend.tiny.layouts import ensure_tiny_model
+        from protocol import ModelInfo
+
+        engine = InstantStyleEngine.load(ensure_tiny_model().spec(), device="cpu")
+        info = engine.info
+        server = InstantStyleServer(
+            engine, ModelInfo(info.label, True, info.device, info.dtype), ServerConfig(port=0)
+        )
+        await server.start()
+        url = server.url
+    try:
+        async with InstantStyleClient.connect(url, token=args.token) as client:
+            model = client.hello.model
+            print(f"connected to {url}: {model.label}{' [TEST MODEL]' if model.is_test_model else ''}")
+            job_id = client.new_job_id()
+            styles = [Image.open(path).convert("RGB") for path in args.style]
+            message = Generate(
+                job_id=job_id,
+                prompt=args.prompt,
+                style_images=[StyleImage(i) for i in range(len(styles))],
+                content_text=args.content,
+                content_scale=args.content_scale,
+                width=args.width,
+                height=args.height,
+                steps=args.steps,
+                seed=args.seed,
+            )
+            await client.submit(message, dict(enumerate(styles)))
+            outcome = JobOutcome()
+            if args.previews:
+                args.previews.mkdir(parents=True, exist_ok=True)
+            outcome = await client.follow(job_id, outcome)
+            for preview in outcome.previews if args.previews else []:
+                frame_image(preview).save(args.previews / f"step-{preview.index:03d}.png")
+            if outcome.error:
+                print(f"error: {outcome.error.message}", file=sys.stderr)
+                return 1
+            assert outcome.result is not None
+            for frame in outcome.images:
+                path = args.out if frame.index == 0 else args.out.with_stem(f"{args.out.stem}-{frame.index}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                frame_image(frame).save(path)
+                print(
+                    f"wrote {path} (seed {outcome.result.seeds[frame.index]}, {len(outcome.previews)} previews)"
+                )
+            return 0
+    finally:
+        if server is not None:
+            await server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.client", description=__doc__)
+    parser.add_argument("--url", default="ws://127.0.0.1:8765")
+    parser.add_argument("--serve-tiny", action="store_true", help="start a tiny-model server in this process")
+    parser.add_argument("--token")
+    parser.add_argument("--style", action="append", type=Path, required=True)
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--content", default="")
+    parser.add_argument("--content-scale", type=float, default=0.5)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", type=Path, default=Path("out.png"))
+    parser.add_argument("--previews", type=Path)
+    return asyncio.run(_demo(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""From wire messages to an engine request: decode INPUT frames into images."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+from PIL import Image
+
+from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StyleReference
+from protocol import ErrorCode, Generate, PixelFormat, PixelFrame, ProtocolError
+
+_MODES = {PixelFormat.RGB8: "RGB", PixelFormat.RGBA8: "RGBA", PixelFormat.GRAY8: "L"}
+
+
+def frame_to_image(frame: PixelFrame) -> Image.Image:
+    """An INPUT frame as a PIL image; PNGs are decoded and checked against the header's size."""
+    if frame.format is PixelFormat.PNG:
+        try:
+            with Image.open(io.BytesIO(frame.payload)) as image:
+                image.load()
+                decoded = image.copy()
+        except Exception as error:  # Pillow raises many types for broken files
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME, f"input {frame.index}: unreadable PNG ({error})", frame.job_id
+            ) from None
+        return decoded
+    return Image.frombytes(_MODES[frame.format], (frame.width, frame.height), frame.payload)
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB, with transparent areas over white (how a painter's reference reads)."""
+    if image.mode in ("RGBA", "LA") or "transparency" in image.info:
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def build_request(message: Generate, inputs: dict[int, PixelFrame]) -> GenerationRequest:
+    """The engine request for ``message``; every referenced INPUT frame must have arrived."""
+    missing = sorted(message.input_indices() - set(inputs))
+    if missing:
+        raise ProtocolError(
+            ErrorCode.MISSING_INPUT,
+            f"generate refers to input {missing[0]} but no INPUT frame with that index arrived for job "
+            f"{message.job_id}",
+            message.job_id,
+        )
+    images = {index: frame_to_image(inputs[index]) for index in message.input_indices()}
+    mask = images[message.mask].convert("L") if message.mask is not None else None
+    return GenerationRequest(
+        prompt=message.prompt,
+        style_images=[StyleReference(flatten(images[ref.input]), ref.weight) for ref in message.style_images],
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT
+        if message.negative_prompt is None
+        else message.negative_prompt,
+        content_text=message.content_text,
+        content_scale=message.content_scale,
+        preset=message.preset,
+        block_scales=message.block_scales,
+        style_scale=message.style_scale,
+        mode=message.mode,
+        init_image=flatten(images[message.init_image]) if message.init_image is not None else None,
+        mask=mask,
+        strength=message.strength,
+        width=message.width,
+        height=message.height,
+        steps=message.steps,
+        guidance_scale=message.guidance_scale,
+        seed=message.seed if message.seed is not None else random.randrange(2**31),
+        batch=message.batch,
+    )
+
+
+def rgba_bytes(image: np.ndarray) -> bytes:
+    """uint8 RGB (H, W, 3) as opaque RGBA bytes, for RESULT frames."""
+    height, width, _ = image.shape
+    rgba = np.empty((height, width, 4), dtype=np.uint8)
+    rgba[..., :3] = image
+    rgba[..., 3] = 255
+    return rgba.tobytes()

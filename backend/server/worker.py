@@ -1,0 +1,190 @@
+"""The job queue and the one thread that runs jobs on the GPU.
+
+The asyncio loop never waits on the GPU: it submits jobs here and receives
+events back through ``Job.emit``, which the connection makes thread-safe
+(``loop.call_soon_threadsafe``). Every job ends in exactly one terminal event:
+``JobFinished``, ``JobCancelled`` or ``JobFailed``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from backend.engine.blocks import BlockMapError
+from backend.engine.previews import StepPreview
+from backend.engine.request import GenerationRequest, GenerationResult, JobCancelled, RequestError
+from protocol import ErrorCode
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the server needs of an engine."""
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: Callable[[StepPreview], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult: ...
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    seed: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class JobStep:
+    preview: StepPreview
+    eta_seconds: float
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    result: GenerationResult
+
+
+@dataclass(frozen=True)
+class JobCancelledEvent:
+    last_step: int
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    code: ErrorCode
+    message: str
+
+
+JobEvent = JobStarted | JobStep | JobFinished | JobCancelledEvent | JobFailed
+
+
+@dataclass(eq=False)
+class Job:
+    job_id: int
+    request: GenerationRequest
+    emit: Callable[[JobEvent], None]
+    """Called from the worker thread; must be thread-safe."""
+    owner: object = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    last_step: int = 0
+
+
+def classify_failure(error: BaseException) -> tuple[ErrorCode, str]:
+    """An engine exception as an error code and a message fit for an artist."""
+    if isinstance(error, RequestError | BlockMapError | ValueError):
+        return ErrorCode.BAD_REQUEST, str(error)
+    text = str(error)
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory: try a smaller size or batch"
+    return ErrorCode.ENGINE_ERROR, f"the job failed: {type(error).__name__}: {text}"[:500]
+
+
+class GpuWorker:
+    """Runs queued jobs one at a time, first in first out, on its own thread."""
+
+    def __init__(self, engine: Engine, max_queued: int = 32) -> None:
+        self.engine = engine
+        self.max_queued = max_queued
+        self._queue: collections.deque[Job] = collections.deque()
+        self._condition = threading.Condition()
+        self._running: Job | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel everything and wait for the running job to stop at its next step."""
+        with self._condition:
+            self._stopping = True
+            for job in self._queue:
+                job.cancel_event.set()
+            if self._running is not None:
+                self._running.cancel_event.set()
+            self._condition.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, job: Job) -> int | None:
+        """Queue a job; returns how many jobs run before it, or None when the queue is full."""
+        with self._condition:
+            if self._stopping or len(self._queue) >= self.max_queued:
+                return None
+            position = len(self._queue) + (1 if self._running is not None else 0)
+            self._queue.append(job)
+            self._condition.notify()
+            return position
+
+    def cancel(self, job: Job) -> bool:
+        """Cancel a job. True if it was still queued (removed at once), False if it is running."""
+        job.cancel_event.set()
+        with self._condition:
+            if job in self._queue:
+                self._queue.remove(job)
+                return True
+        return False
+
+    @property
+    def busy(self) -> bool:
+        with self._condition:
+            return self._running is not None or bool(self._queue)
+
+    def _next(self) -> Job | None:
+        with self._condition:
+            while not self._queue and not self._stopping:
+                self._condition.wait()
+            if self._stopping:
+                return None
+            self._running = self._queue.popleft()
+            return self._running
+
+    def _run(self) -> None:
+        while (job := self._next()) is not None:
+            try:
+                self._execute(job)
+            finally:
+                with self._condition:
+                    self._running = None
+
+    def _execute(self, job: Job) -> None:
+        request = job.request
+        if job.cancel_event.is_set():
+            job.emit(JobCancelledEvent(0))
+            return
+        job.emit(JobStarted(request.seed, request.steps))
+        started = time.perf_counter()
+
+        def on_step(preview: StepPreview) -> None:
+            job.last_step = preview.step
+            per_step = (time.perf_counter() - started) / preview.step
+            job.emit(JobStep(preview, per_step * (preview.total - preview.step)))
+
+        try:
+            result = self.engine.generate(request, on_step=on_step, cancel=job.cancel_event)
+        except JobCancelled:
+            job.emit(JobCancelledEvent(job.last_step))
+        except Exception as error:  # one failed job must never stop the worker
+            code, message = classify_failure(error)
+            log.error("job %s failed: %s", job.job_id, message, exc_info=code is not ErrorCode.BAD_REQUEST)
+            _release_gpu_memory()
+            job.emit(JobFailed(code, message))
+        else:
+            job.emit(JobFinished(result))
+
+
+def _release_gpu_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # best effort only
+        log.debug("could not empty the CUDA cache", exc_info=True)

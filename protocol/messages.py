@@ -1,0 +1,237 @@
+"""Every JSON control message, as a dataclass.
+
+Field annotations give the type, ``bounds`` the hard limits that hold for every
+server; a server's own (usually tighter) limits are the ``Limits`` it announces
+in ``hello`` and are checked by ``Generate.check_limits``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .enums import BlockPreset, ErrorCode, MessageType, Mode
+from .errors import ProtocolError
+from .schema import bounds
+
+MAX_JOB_ID = 2**32 - 1
+MAX_SEED = 2**32 - 1
+MAX_TEXT = 4000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a server accepts; sent in ``hello`` so clients can check before sending."""
+
+    max_side: int = field(default=2048, metadata=bounds(8, 16384))
+    max_pixels: int = field(default=2048 * 2048, metadata=bounds(64, 16384 * 16384))
+    max_steps: int = field(default=150, metadata=bounds(1, 1000))
+    max_batch: int = field(default=8, metadata=bounds(1, 64))
+    max_style_images: int = field(default=4, metadata=bounds(1, 16))
+    max_message_bytes: int = field(default=2048 * 2048 * 4 + 64, metadata=bounds(1024, 2**31))
+    """Largest WebSocket message accepted: one RGBA image of max_side x max_side plus its header."""
+    max_queued_jobs: int = field(default=32, metadata=bounds(1, 10000))
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message from a client; the token is required when the server has one."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HELLO
+    client: str = field(default="", metadata=bounds(max_length=200))
+    token: str | None = field(default=None, metadata=bounds(max_length=1000))
+
+
+@dataclass(frozen=True)
+class StyleImage:
+    """A style reference: the index of an INPUT frame sent before ``generate``, and its weight."""
+
+    input: int = field(metadata=bounds(0, 63))
+    weight: float = field(default=1.0, metadata=bounds(0.0, 10.0))
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Start a job. Images travel as INPUT binary frames (same ``job_id``) sent just before."""
+
+    TYPE: ClassVar[MessageType] = MessageType.GENERATE
+    job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
+    prompt: str = field(metadata=bounds(max_length=MAX_TEXT))
+    style_images: list[StyleImage] = field(metadata=bounds(max_items=16))
+    negative_prompt: str | None = field(default=None, metadata=bounds(max_length=MAX_TEXT))
+    content_text: str = field(default="", metadata=bounds(max_length=MAX_TEXT))
+    content_scale: float = field(default=0.5, metadata=bounds(0.0, 2.0))
+    preset: BlockPreset = BlockPreset.STYLE
+    block_scales: dict[str, Any] | None = None
+    style_scale: float = field(default=1.0, metadata=bounds(0.0, 2.0))
+    mode: Mode = Mode.TXT2IMG
+    init_image: int | None = field(default=None, metadata=bounds(0, 63))
+    mask: int | None = field(default=None, metadata=bounds(0, 63))
+    strength: float = field(default=0.6, metadata=bounds(0.01, 1.0))
+    width: int = field(default=1024, metadata=bounds(8, 16384))
+    height: int = field(default=1024, metadata=bounds(8, 16384))
+    steps: int = field(default=30, metadata=bounds(1, 1000))
+    guidance_scale: float = field(default=5.0, metadata=bounds(0.0, 30.0))
+    seed: int | None = field(default=None, metadata=bounds(0, MAX_SEED))
+    batch: int = field(default=1, metadata=bounds(1, 64))
+
+    def input_indices(self) -> set[int]:
+        used = {ref.input for ref in self.style_images}
+        used.update(i for i in (self.init_image, self.mask) if i is not None)
+        return used
+
+    def check_limits(self, limits: Limits) -> None:
+        """Checks that need the server's limits or more than one field."""
+
+        def fail(code: ErrorCode, text: str) -> ProtocolError:
+            return ProtocolError(code, text, job_id=self.job_id)
+
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value % 8:
+                raise fail(ErrorCode.OUT_OF_RANGE, f"{name} must be a multiple of 8, got {value}")
+            if value > limits.max_side:
+                raise fail(
+                    ErrorCode.TOO_LARGE, f"{name} {value} is over this server's limit of {limits.max_side}"
+                )
+        if self.width * self.height > limits.max_pixels:
+            raise fail(ErrorCode.TOO_LARGE, f"{self.width}x{self.height} is over {limits.max_pixels} pixels")
+        if self.steps > limits.max_steps:
+            raise fail(
+                ErrorCode.OUT_OF_RANGE,
+                f"steps {self.steps} is over this server's limit of {limits.max_steps}",
+            )
+        if self.batch > limits.max_batch:
+            raise fail(
+                ErrorCode.OUT_OF_RANGE,
+                f"batch {self.batch} is over this server's limit of {limits.max_batch}",
+            )
+        if not self.style_images:
+            raise fail(ErrorCode.MISSING_FIELD, "style_images needs at least one style reference")
+        if len(self.style_images) > limits.max_style_images:
+            raise fail(ErrorCode.OUT_OF_RANGE, f"at most {limits.max_style_images} style images are allowed")
+        if sum(ref.weight for ref in self.style_images) <= 0:
+            raise fail(ErrorCode.OUT_OF_RANGE, "style image weights must add up to more than 0")
+        if self.mode is not Mode.TXT2IMG and self.init_image is None:
+            raise fail(ErrorCode.MISSING_FIELD, f"mode {self.mode.value} needs init_image")
+        if self.mode is Mode.INPAINT and self.mask is None:
+            raise fail(ErrorCode.MISSING_FIELD, "mode inpaint needs mask")
+        if self.preset is BlockPreset.CUSTOM and not self.block_scales:
+            raise fail(ErrorCode.MISSING_FIELD, "preset custom needs block_scales")
+
+
+@dataclass(frozen=True)
+class Cancel:
+    TYPE: ClassVar[MessageType] = MessageType.CANCEL
+    job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
+
+
+@dataclass(frozen=True)
+class Ping:
+    TYPE: ClassVar[MessageType] = MessageType.PING
+    nonce: int = field(default=0, metadata=bounds(0, MAX_JOB_ID))
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    label: str = field(metadata=bounds(max_length=500))
+    is_test_model: bool
+    device: str = field(default="", metadata=bounds(max_length=100))
+    dtype: str = field(default="", metadata=bounds(max_length=100))
+
+
+@dataclass(frozen=True)
+class ServerHello:
+    """The server's answer to ``hello``: who it is and what it accepts."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HELLO
+    server_version: str = field(metadata=bounds(max_length=100))
+    model: ModelInfo
+    limits: Limits
+    modes: list[Mode] = field(default_factory=lambda: list(Mode))
+    presets: list[BlockPreset] = field(default_factory=lambda: list(BlockPreset))
+
+
+@dataclass(frozen=True)
+class Queued:
+    TYPE: ClassVar[MessageType] = MessageType.QUEUED
+    job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
+    position: int = field(metadata=bounds(0, None))
+    """Jobs ahead of this one (0 = runs next)."""
+
+
+@dataclass(frozen=True)
+class Started:
+    TYPE: ClassVar[MessageType] = MessageType.STARTED
+    job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
+    seed: int = field(metadata=bounds(0, MAX_SEED))
+    total_steps: int = field(metadata=bounds(0, None))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One denoising step done; a PREVIEW frame with ``index == step`` follows."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PROGRESS
+    job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
+    step: int = field(metadata=bounds(1, None))
+    total: int = field(metadata=bounds(1, None))
+    eta_seconds: float = field(default=0.0, metadata=bounds(0.0, None))
+
+
+@dataclass(frozen=True)
+class Result:
+    """The job finished; ``count`` RESULT frames with index 0..count-1 follow."""
+
+    TYPE: ClassVar[MessageType] = MessageType.RESULT
+    job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
+    count: int = field(metadata=bounds(1, None))
+    width: int = field(metadata=bounds(1, None))
+    height: int = field(metadata=bounds(1, None))
+    seeds: list[int]
+    model: str = field(default="", metadata=bounds(max_length=500))
+    is_test_model: bool = False
+    seconds: float = field(default=0.0, metadata=bounds(0.0, None))
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    TYPE: ClassVar[MessageType] = MessageType.CANCELLED
+    job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
+    step: int = field(default=0, metadata=bounds(0, None))
+    """The last step that ran (0 = cancelled while queued)."""
+
+
+@dataclass(frozen=True)
+class Error:
+    """Something failed; with a ``job_id`` it ended that job only."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ERROR
+    code: ErrorCode
+    message: str = field(metadata=bounds(max_length=MAX_TEXT))
+    job_id: int | None = field(default=None, metadata=bounds(0, MAX_JOB_ID))
+
+    @classmethod
+    def from_exception(cls, error: ProtocolError) -> Error:
+        return cls(error.code, error.message[:MAX_TEXT], error.job_id)
+
+
+@dataclass(frozen=True)
+class Pong:
+    TYPE: ClassVar[MessageType] = MessageType.PONG
+    nonce: int = field(default=0, metadata=bounds(0, MAX_JOB_ID))
+
+
+ClientMessage = Hello | Generate | Cancel | Ping
+ServerMessage = ServerHello | Queued | Started | Progress | Result | Cancelled | Error | Pong
+
+CLIENT_MESSAGES: dict[MessageType, type] = {m.TYPE: m for m in (Hello, Generate, Cancel, Ping)}
+SERVER_MESSAGES: dict[MessageType, type] = {
+    m.TYPE: m for m in (ServerHello, Queued, Started, Progress, Result, Cancelled, Error, Pong)
+}
