@@ -203,9 +203,8 @@ async def _demo(args: argparse.Namespace) -> int:
                 path = args.out if frame.index == 0 else args.out.with_stem(f"{args.out.stem}-{frame.index}")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 frame_image(frame).save(path)
-                print(
-                    f"wrote {path} (seed {outcome.result.seeds[frame.index]}, {len(outcome.previews)} previews)"
-                )
+                seed = outcome.result.seeds[frame.index]
+                print(f"wrote {path} (seed {seed}, {len(outcome.previews)} previews)")
             return 0
     finally:
         if server is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -95,10 +96,9 @@ def run_server(args: argparse.Namespace, engine: object) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
+            # On Windows there are no signal handlers: KeyboardInterrupt ends asyncio.run instead.
+            with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
-            except NotImplementedError:  # Windows: KeyboardInterrupt ends asyncio.run instead
-                pass
         await server.start()
         print(f"InstantStyle backend ready on {server.url}", flush=True)
         await stop.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -222,10 +223,9 @@ class Connection:
         def emit(event: JobEvent) -> None:
             items = self._encode_event(job_id, event)
             terminal = isinstance(event, JobFinished | JobCancelledEvent | JobFailed)
-            try:
+            # RuntimeError: the loop is closed, nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(self._deliver, job_id, items, terminal)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
 
         return emit
 
