@@ -1,0 +1,90 @@
+"""Helpers for tests that run a real server on 127.0.0.1 with the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+
+from backend.engine.request import GenerationRequest, JobCancelled
+from backend.server.app import InstantStyleServer
+from backend.server.config import ServerConfig
+from protocol import Generate, ModelInfo, StyleImage
+
+
+@dataclass
+class JobRecord:
+    prompt: str
+    steps_run: int = 0
+    total: int = 0
+    outcome: str = "running"
+
+
+@dataclass
+class SpyEngine:
+    """Forwards to the real engine and records what each job did; can fail on request."""
+
+    engine: object
+    jobs: list[JobRecord] = field(default_factory=list)
+    fail_with: Callable[[GenerationRequest], Exception | None] = lambda _request: None
+
+    def generate(self, request, on_step=None, cancel=None):
+        record = JobRecord(request.prompt)
+        self.jobs.append(record)
+        failure = self.fail_with(request)
+        if failure is not None:
+            record.outcome = "failed"
+            raise failure
+
+        def spy(preview):
+            record.steps_run, record.total = preview.step, preview.total
+            if on_step is not None:
+                on_step(preview)
+
+        try:
+            result = self.engine.generate(request, on_step=spy, cancel=cancel)
+        except JobCancelled:
+            record.outcome = "cancelled"
+            raise
+        record.outcome = "finished"
+        return result
+
+
+@contextlib.asynccontextmanager
+async def running_server(engine, **config) -> AsyncIterator[InstantStyleServer]:
+    model = ModelInfo("tiny random-weight SDXL (TEST/DEMO model)", True, "cpu", "float32")
+    server = InstantStyleServer(engine, model, replace(ServerConfig(port=0), **config))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def generate_message(job_id: int, **overrides) -> Generate:
+    fields = {
+        "job_id": job_id,
+        "prompt": "a lighthouse",
+        "style_images": [StyleImage(0)],
+        "width": 64,
+        "height": 64,
+        "steps": 3,
+        "seed": 5,
+    }
+    fields.update(overrides)
+    return Generate(**fields)
+
+
+def run(coroutine, timeout: float = 120.0):
+    """Run an async scenario with a hard time limit, so a hang fails instead of blocking CI."""
+
+    async def bounded():
+        return await asyncio.wait_for(coroutine, timeout)
+
+    return asyncio.run(bounded())
+
+
+class Flag(threading.Event):
+    pass
