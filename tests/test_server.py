@@ -164,14 +164,16 @@ def test_an_engine_failure_ends_only_that_job(engine):
 
 def test_a_client_that_stops_reading_does_not_stall_others(engine):
     async def scenario():
-        async with running_server(engine) as server:
-            async with InstantStyleClient.connect(server.url, client="sleepy") as sleepy:
-                await sleepy.submit(generate_message(1, steps=30, width=512, height=512, batch=2), {0: STYLE})
-                async with InstantStyleClient.connect(server.url, client="busy") as busy:
-                    await busy.submit(generate_message(1, steps=2), {0: STYLE})
-                    other = await busy.follow(1)  # completes although "sleepy" reads nothing
-                late = await sleepy.follow(1)
-                return other, late
+        async with (
+            running_server(engine) as server,
+            InstantStyleClient.connect(server.url, client="sleepy") as sleepy,
+        ):
+            await sleepy.submit(generate_message(1, steps=30, width=512, height=512, batch=2), {0: STYLE})
+            async with InstantStyleClient.connect(server.url, client="busy") as busy:
+                await busy.submit(generate_message(1, steps=2), {0: STYLE})
+                other = await busy.follow(1)  # completes although "sleepy" reads nothing
+            late = await sleepy.follow(1)
+            return other, late
 
     other, late = run(scenario())
     assert other.error is None and len(other.images) == 1
