@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from backend.engine.engine import InstantStyleEngine  # noqa: E402
-from backend.engine.previews import latents_to_rgb  # noqa: E402
-from backend.engine.request import GenerationRequest, StyleReference  # noqa: E402
-from backend.tiny.layouts import ensure_tiny_model  # noqa: E402
+from backend.engine.engine import InstantStyleEngine
+from backend.engine.previews import latents_to_rgb
+from backend.engine.request import GenerationRequest, StyleReference
+from backend.tiny.layouts import ensure_tiny_model
 
 
 def main() -> None:
@@ -36,8 +36,14 @@ def main() -> None:
 
     engine = InstantStyleEngine.load(ensure_tiny_model().spec(), device="cpu")
     style = Image.open(Path(__file__).resolve().parents[1] / "examples" / "style.png").convert("RGB")
-    request = GenerationRequest(prompt="a lighthouse", style_images=[StyleReference(style)], content_text="stripes",
-                                width=args.size, height=args.size, steps=args.steps)
+    request = GenerationRequest(
+        prompt="a lighthouse",
+        style_images=[StyleReference(style)],
+        content_text="stripes",
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+    )
     previews: list[int] = []
     engine.generate(request, on_step=lambda p: previews.append(p.step))  # warm-up, fills the caches
 
@@ -66,8 +72,10 @@ def main() -> None:
     print(f"raw diffusers pipeline : {raw * 1000:8.1f} ms")
     print(f"InstantStyleEngine     : {eng * 1000:8.1f} ms  (previews on every step)")
     print(f"engine overhead        : {(eng / raw - 1) * 100:+8.2f} %")
-    print(f"preview 1024x1024 (128x128 latents -> RGB): median {statistics.median(preview_times) * 1000:.3f} ms, "
-          f"p95 {sorted(preview_times)[189] * 1000:.3f} ms")
+    print(
+        f"preview 1024x1024 (128x128 latents -> RGB): median {statistics.median(preview_times) * 1000:.3f} ms, "
+        f"p95 {sorted(preview_times)[189] * 1000:.3f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -21,25 +21,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.asyncio.server import serve  # noqa: E402
+from PIL import Image
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 
-from backend.client import InstantStyleClient  # noqa: E402
-from backend.engine.engine import InstantStyleEngine  # noqa: E402
-from backend.engine.request import GenerationRequest, StyleReference  # noqa: E402
-from backend.server.app import InstantStyleServer  # noqa: E402
-from backend.server.config import ServerConfig  # noqa: E402
-from backend.server.worker import Job, JobFinished  # noqa: E402
-from backend.tiny.layouts import ensure_tiny_model  # noqa: E402
-from protocol import FrameKind, Generate, ModelInfo, PixelFormat, StyleImage, encode_frame_header  # noqa: E402
+from backend.client import InstantStyleClient
+from backend.engine.engine import InstantStyleEngine
+from backend.engine.request import GenerationRequest, StyleReference
+from backend.server.app import InstantStyleServer
+from backend.server.config import ServerConfig
+from backend.server.worker import Job, JobFinished
+from backend.tiny.layouts import ensure_tiny_model
+from protocol import FrameKind, Generate, ModelInfo, PixelFormat, StyleImage, encode_frame_header
 
 
 async def streaming(args: argparse.Namespace) -> None:
     engine = InstantStyleEngine.load(ensure_tiny_model().spec(), device="cpu")
     style = Image.open(Path(__file__).resolve().parents[1] / "examples" / "style.png").convert("RGB")
-    request = GenerationRequest(prompt="a lighthouse", style_images=[StyleReference(style)], seed=1,
-                                width=args.size, height=args.size, steps=args.steps)
+    request = GenerationRequest(
+        prompt="a lighthouse",
+        style_images=[StyleReference(style)],
+        seed=1,
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+    )
     server = InstantStyleServer(engine, ModelInfo("tiny", True), ServerConfig(port=0))
     await server.start()
     direct, through, previews = [], [], 0
@@ -50,12 +56,21 @@ async def streaming(args: argparse.Namespace) -> None:
             # comparison must use the thread the server uses.)
             done = threading.Event()
             start = time.perf_counter()
-            server.worker.submit(Job(0, request, emit=lambda e: done.set() if isinstance(e, JobFinished) else None))
+            server.worker.submit(
+                Job(0, request, emit=lambda e: done.set() if isinstance(e, JobFinished) else None)
+            )
             await asyncio.to_thread(done.wait)
             direct_time = time.perf_counter() - start
             start = time.perf_counter()
-            message = Generate(job_id=job_id + 1, prompt="a lighthouse", style_images=[StyleImage(0)], seed=1,
-                               width=args.size, height=args.size, steps=args.steps)
+            message = Generate(
+                job_id=job_id + 1,
+                prompt="a lighthouse",
+                style_images=[StyleImage(0)],
+                seed=1,
+                width=args.size,
+                height=args.size,
+                steps=args.steps,
+            )
             await client.submit(message, {0: style})
             outcome = await client.follow(job_id + 1)
             through_time = time.perf_counter() - start
@@ -67,7 +82,9 @@ async def streaming(args: argparse.Namespace) -> None:
     d, t = statistics.median(direct), statistics.median(through)
     print(f"tiny model, {args.size}x{args.size}, {args.steps} steps, CPU, median of {args.repeats}")
     print(f"engine on the worker thread  : {d * 1000:8.1f} ms")
-    print(f"through the server (loopback): {t * 1000:8.1f} ms, {previews / args.repeats:.0f} previews per job")
+    print(
+        f"through the server (loopback): {t * 1000:8.1f} ms, {previews / args.repeats:.0f} previews per job"
+    )
     print(f"streaming overhead           : {(t / d - 1) * 100:+8.2f} %")
 
 
@@ -82,7 +99,9 @@ async def throughput(compression: str | None, frames: int = 20) -> float:
 
     async with serve(handler, "127.0.0.1", 0, compression=compression, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}", compression=compression, max_size=None, proxy=None) as ws:
+        async with connect(
+            f"ws://127.0.0.1:{port}", compression=compression, max_size=None, proxy=None
+        ) as ws:
             start = time.perf_counter()
             for _ in range(frames):
                 await ws.recv()

@@ -88,3 +88,49 @@ def run(coroutine, timeout: float = 120.0):
 
 class Flag(threading.Event):
     pass
+
+
+class ServerThread:
+    """A real server with its own event loop on a background thread, for blocking (threaded) clients."""
+
+    def __init__(self, engine, **config) -> None:
+        self.engine = engine
+        self.config = config
+        self.server: InstantStyleServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("server did not start")
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with running_server(self.engine, **self.config) as server:
+                self.server = server
+                self._ready.set()
+                await self._stop.wait()
+
+        asyncio.run(main())

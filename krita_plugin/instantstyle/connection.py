@@ -1,0 +1,240 @@
+"""The connection to the backend, on a background thread, with automatic reconnect.
+
+Why threads and not asyncio or QtWebSockets: Krita's Python has PyQt5 but no
+QtWebSockets on Linux distributions, and bridging asyncio into Qt's event loop
+needs a timer-driven private loop that is easy to starve. The ``websockets``
+package's threaded client (pure Python, vendored by the installer) works the
+same on Linux, Windows and macOS. This thread only does I/O; it never touches
+Qt or Krita: everything it learns becomes an event in a queue, which the UI
+thread drains with ``poll()`` from a timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from .deps import protocol
+
+log = logging.getLogger(__name__)
+
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Seconds between attempts; the last one repeats."""
+
+
+class ConnectionState(str, Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    UNAUTHORIZED = "unauthorized"
+    """The server refused the token: no retries until the settings change."""
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    state: ConnectionState
+    message: str = ""
+    """Why, in words for the artist (empty when connected)."""
+
+
+@dataclass(frozen=True)
+class Connected:
+    hello: protocol.ServerHello
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message or frame from the server."""
+
+    item: protocol.ServerMessage | protocol.PixelFrame
+
+
+ConnectionEvent = StateChanged | Connected | Received
+
+
+def _websockets_client():  # -> module; imported lazily so that errors are reported, not raised at import
+    from websockets.sync import client
+
+    return client
+
+
+class Connection:
+    """One backend connection. Thread-safe: ``send_*`` and ``poll`` may be called from any thread."""
+
+    def __init__(self, url: str, token: str = "", client_name: str = "krita-instantstyle") -> None:
+        self.url = url
+        self.token = token or None
+        self.client_name = client_name
+        self.state = ConnectionState.DISCONNECTED
+        self.hello: protocol.ServerHello | None = None
+        self._events: queue.Queue[ConnectionEvent] = queue.Queue()
+        self._outgoing: queue.Queue[str | bytes] = queue.Queue()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="instantstyle-connection", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._set_state(ConnectionState.STOPPED)
+
+    def reconnect_now(self) -> None:
+        """Skip the current back-off wait (e.g. the artist pressed "Connect")."""
+        self._wake.set()
+
+    def poll(self) -> list[ConnectionEvent]:
+        """Every event since the last call, in order (call from the UI thread)."""
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def send_message(self, message: protocol.ClientMessage) -> None:
+        self._outgoing.put(protocol.encode_message(message))
+
+    def send_frame(self, data: bytes) -> None:
+        self._outgoing.put(data)
+
+    # ------------------------------------------------------------------ the I/O thread
+
+    def _set_state(self, state: ConnectionState, message: str = "") -> None:
+        if state != self.state or message:
+            self.state = state
+            self._events.put(StateChanged(state, message))
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            self._set_state(ConnectionState.CONNECTING)
+            try:
+                outcome = self._session()
+            except Exception as error:  # anything unexpected: report, retry
+                log.exception("connection error")
+                outcome = f"connection error: {error}"
+            else:
+                attempt = 0 if outcome is None else attempt
+            if self._stop.is_set():
+                break
+            if self.state is ConnectionState.UNAUTHORIZED:
+                self._wake.clear()
+                self._wake.wait()  # until the settings change (a new Connection) or stop()
+                continue
+            delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+            attempt += 1
+            self._set_state(
+                ConnectionState.DISCONNECTED, f"{outcome or 'disconnected'}; retrying in {delay:g} s"
+            )
+            self._wake.clear()
+            self._wake.wait(delay)
+
+    def _session(self) -> str | None:
+        """One connection's life. Returns why it ended, for the artist."""
+        client = _websockets_client()
+        limits = protocol.Limits()
+        try:
+            ws = client.connect(
+                self.url,
+                compression=None,
+                max_size=limits.max_message_bytes,
+                open_timeout=5,
+                proxy=None,
+                user_agent_header=self.client_name,
+            )
+        except OSError as error:
+            return f"the backend at {self.url} is not reachable ({error.strerror or error})"
+        except Exception as error:
+            return f"could not connect to {self.url}: {error}"
+        with ws:
+            try:
+                ws.send(protocol.encode_message(protocol.Hello(client=self.client_name, token=self.token)))
+                reply = protocol.decode_server_message(ws.recv(timeout=10))
+            except Exception as error:
+                return f"the backend did not answer hello: {error}"
+            if isinstance(reply, protocol.Error):
+                if reply.code is protocol.ErrorCode.UNAUTHORIZED:
+                    self._set_state(
+                        ConnectionState.UNAUTHORIZED,
+                        "the backend refused the token: check the token in the InstantStyle settings",
+                    )
+                    return None
+                return f"the backend refused the connection: {reply.message}"
+            if not isinstance(reply, protocol.ServerHello):
+                return "the backend answered with an unexpected message"
+            self.hello = reply
+            self._drop_stale_outgoing()
+            self._events.put(Connected(reply))
+            self._set_state(ConnectionState.CONNECTED)
+            return self._pump(ws, reply.limits.max_side)
+
+    def _drop_stale_outgoing(self) -> None:
+        """Messages queued while disconnected belong to jobs the session already failed."""
+        while True:
+            try:
+                self._outgoing.get_nowait()
+            except queue.Empty:
+                return
+
+    def _pump(self, ws: object, max_side: int) -> str:
+        from websockets.exceptions import ConnectionClosed
+
+        while not self._stop.is_set():
+            try:
+                while True:
+                    ws.send(self._outgoing.get_nowait())  # type: ignore[attr-defined]
+            except queue.Empty:
+                pass
+            except ConnectionClosed as closed:
+                return _closed_reason(closed)
+            try:
+                data = ws.recv(timeout=0.02)  # type: ignore[attr-defined]
+            except TimeoutError:
+                continue
+            except ConnectionClosed as closed:
+                return _closed_reason(closed)
+            try:
+                item = (
+                    protocol.decode_frame(data, max_side)
+                    if isinstance(data, bytes)
+                    else protocol.decode_server_message(data)
+                )
+            except protocol.ProtocolError as error:
+                log.warning("ignoring a malformed message from the backend: %s", error)
+                continue
+            self._events.put(Received(item))
+        return "stopped"
+
+
+def _closed_reason(closed: Exception) -> str:
+    received = getattr(closed, "rcvd", None)
+    if received is not None and received.code == 1001:
+        return "the backend shut down"
+    return "the connection to the backend was lost"
+
+
+def wait_for(connection: Connection, predicate, timeout: float = 30.0) -> list[ConnectionEvent]:
+    """Poll until ``predicate(events_so_far)`` is true (for scripts and tests, not the UI)."""
+    events: list[ConnectionEvent] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events.extend(connection.poll())
+        if predicate(events):
+            return events
+        time.sleep(0.01)
+    raise TimeoutError(f"timed out after {timeout} s; events so far: {events[-5:]}")

@@ -1,0 +1,296 @@
+"""Jobs as the artist sees them: submitted, queued, running with previews, done.
+
+Qt-free and Krita-free: it turns settings plus input images into protocol
+messages, and connection events into ``JobUpdate``s that the Krita layer
+applies to the canvas. Tests drive it directly against a real backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .connection import Connected, Connection, ConnectionEvent, ConnectionState, Received, StateChanged
+from .deps import protocol
+from .errors import describe_error
+from .settings import GenerationSettings, JobKind
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.CANCELLED, JobState.FAILED)
+
+
+@dataclass(frozen=True)
+class Image:
+    """Raw 8-bit pixels; ``channels`` 1 (gray), 3 (RGB) or 4 (RGBA)."""
+
+    width: int
+    height: int
+    channels: int
+    data: bytes
+
+    @property
+    def pixel_format(self) -> protocol.PixelFormat:
+        return {1: protocol.PixelFormat.GRAY8, 3: protocol.PixelFormat.RGB8, 4: protocol.PixelFormat.RGBA8}[
+            self.channels
+        ]
+
+    @classmethod
+    def from_frame(cls, frame: protocol.PixelFrame) -> Image:
+        return cls(frame.width, frame.height, frame.format.channels, frame.payload)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the result goes: an area of a document, above a layer."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    document_id: object = None
+    above_layer: str = ""
+    """uniqueId of the layer the result goes above (empty: top)."""
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    styles: list[tuple[Image, float]]
+    init_image: Image | None = None
+    mask: Image | None = None
+
+
+@dataclass
+class Job:
+    job_id: int
+    prompt: str
+    seed: int
+    target: Target
+    width: int
+    height: int
+    state: JobState = JobState.QUEUED
+    position: int = 0
+    step: int = 0
+    total: int = 0
+    eta_seconds: float = 0.0
+    preview: Image | None = None
+    result: protocol.Result | None = None
+    images: list[Image] = field(default_factory=list)
+    message: str = ""
+    is_test_model: bool = False
+
+    @property
+    def layer_names(self) -> list[str]:
+        label = self.prompt.strip().replace("\n", " ")[:40] or "untitled"
+        suffix = " [TEST MODEL]" if self.is_test_model else ""
+        seeds = self.result.seeds if self.result else [self.seed]
+        return [f"InstantStyle: {label} (seed {seed}){suffix}" for seed in seeds]
+
+
+class UpdateKind(str, Enum):
+    CONNECTION = "connection"
+    QUEUED = "queued"
+    PROGRESS = "progress"
+    PREVIEW = "preview"
+    RESULT = "result"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    kind: UpdateKind
+    job: Job | None = None
+    message: str = ""
+
+
+class SubmitError(ValueError):
+    """The job cannot be sent as set up; the message is for the artist."""
+
+
+class Session:
+    """All jobs of one connection, and the history of finished results."""
+
+    def __init__(self, connection: Connection, history_size: int = 12) -> None:
+        self.connection = connection
+        self.jobs: dict[int, Job] = {}
+        self.history: list[Job] = []
+        self.history_size = history_size
+        self.hello: protocol.ServerHello | None = None
+        self.status = "not connected"
+        self._ids = itertools.count(1)
+
+    @property
+    def connected(self) -> bool:
+        return self.connection.state is ConnectionState.CONNECTED and self.hello is not None
+
+    @property
+    def active_jobs(self) -> list[Job]:
+        return [job for job in self.jobs.values() if not job.state.finished]
+
+    def generation_size(self, target: Target, settings: GenerationSettings) -> tuple[int, int]:
+        from .pixels import fit_generation_size
+
+        limits = self.hello.limits if self.hello else protocol.Limits()
+        width, height = (
+            (target.width, target.height) if settings.auto_size else (settings.width, settings.height)
+        )
+        return fit_generation_size(width, height, limits.max_side, limits.max_pixels)
+
+    def submit(self, settings: GenerationSettings, inputs: JobInputs, target: Target) -> Job:
+        """Send a job; raises ``SubmitError`` with an artist-facing message if it cannot be sent."""
+        if not self.connected:
+            raise SubmitError(f"not connected to the backend ({self.status})")
+        if not inputs.styles:
+            raise SubmitError("pick a style reference first")
+        if settings.kind is JobKind.STYLIZE and inputs.init_image is None:
+            raise SubmitError("stylize needs a layer to start from")
+        try:
+            block_scales = settings.custom_block_scales()
+        except ValueError as error:
+            raise SubmitError(str(error)) from None
+        width, height = self.generation_size(target, settings)
+        mode = protocol.Mode.TXT2IMG
+        if settings.kind is JobKind.STYLIZE:
+            mode = protocol.Mode.INPAINT if inputs.mask is not None else protocol.Mode.IMG2IMG
+        job_id = next(self._ids)
+        frames: dict[int, Image] = {index: image for index, (image, _) in enumerate(inputs.styles)}
+        init_index = mask_index = None
+        if mode is not protocol.Mode.TXT2IMG:
+            init_index = len(frames)
+            frames[init_index] = inputs.init_image  # type: ignore[assignment]
+        if mode is protocol.Mode.INPAINT:
+            mask_index = len(frames)
+            frames[mask_index] = inputs.mask  # type: ignore[assignment]
+        seed = settings.next_seed()
+        message = protocol.Generate(
+            job_id=job_id,
+            prompt=settings.prompt,
+            style_images=[protocol.StyleImage(i, weight) for i, (_, weight) in enumerate(inputs.styles)],
+            negative_prompt=settings.negative_prompt,
+            content_text=settings.content_text,
+            content_scale=settings.content_scale,
+            preset=protocol.BlockPreset(settings.preset),
+            block_scales=block_scales,
+            style_scale=settings.style_scale,
+            mode=mode,
+            init_image=init_index,
+            mask=mask_index,
+            strength=settings.strength,
+            width=width,
+            height=height,
+            steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            seed=seed,
+            batch=settings.batch,
+        )
+        try:  # the same checks the server makes, with the server's limits, before sending anything
+            protocol.decode_client_message(protocol.encode_message(message), self.hello.limits)  # type: ignore[union-attr]
+        except protocol.ProtocolError as error:
+            raise SubmitError(describe_error(error.code, error.message)) from None
+        for index, image in frames.items():
+            header = protocol.encode_frame_header(
+                protocol.FrameKind.INPUT, job_id, index, image.width, image.height, image.pixel_format
+            )
+            self.connection.send_frame(header + image.data)
+        self.connection.send_message(message)
+        job = Job(
+            job_id, settings.prompt, seed, target, width, height, is_test_model=self.hello.model.is_test_model
+        )  # type: ignore[union-attr]
+        self.jobs[job_id] = job
+        return job
+
+    def cancel(self, job: Job) -> None:
+        if not job.state.finished and self.connected:
+            self.connection.send_message(protocol.Cancel(job.job_id))
+
+    def cancel_all(self) -> None:
+        for job in self.active_jobs:
+            self.cancel(job)
+
+    def discard(self, job: Job) -> None:
+        """Forget a finished result (the layers it made stay)."""
+        if job in self.history:
+            self.history.remove(job)
+
+    # ------------------------------------------------------------------ events
+
+    def update(self) -> list[JobUpdate]:
+        """Drain the connection's events into job updates (call from the UI thread)."""
+        updates: list[JobUpdate] = []
+        for event in self.connection.poll():
+            updates.extend(self._apply(event))
+        return updates
+
+    def _apply(self, event: ConnectionEvent) -> list[JobUpdate]:
+        if isinstance(event, Connected):
+            self.hello = event.hello
+            return []
+        if isinstance(event, StateChanged):
+            return self._connection_changed(event)
+        return self._received(event.item) if isinstance(event, Received) else []
+
+    def _connection_changed(self, event: StateChanged) -> list[JobUpdate]:
+        if event.state is ConnectionState.CONNECTED:
+            model = self.hello.model if self.hello else None
+            self.status = "connected" + (f" — {model.label}" if model else "")
+        else:
+            self.status = event.message or event.state.value
+        updates = [JobUpdate(UpdateKind.CONNECTION, message=self.status)]
+        if event.state is not ConnectionState.CONNECTED:
+            self.hello = None
+            for job in self.active_jobs:  # the server cancels a lost client's jobs
+                job.state, job.message = JobState.FAILED, "the connection to the backend was lost"
+                updates.append(JobUpdate(UpdateKind.FAILED, job, job.message))
+        return updates
+
+    def _received(self, item: protocol.ServerMessage | protocol.PixelFrame) -> list[JobUpdate]:
+        job = self.jobs.get(getattr(item, "job_id", None) or 0)
+        if job is None or job.state.finished:
+            if isinstance(item, protocol.Error) and item.job_id is None:
+                return [JobUpdate(UpdateKind.FAILED, None, describe_error(item.code, item.message))]
+            return []
+        if isinstance(item, protocol.Queued):
+            job.position = item.position
+            return [JobUpdate(UpdateKind.QUEUED, job)]
+        if isinstance(item, protocol.Started):
+            job.state, job.total = JobState.RUNNING, item.total_steps
+            return [JobUpdate(UpdateKind.PROGRESS, job)]
+        if isinstance(item, protocol.Progress):
+            job.state, job.step, job.total, job.eta_seconds = (
+                JobState.RUNNING,
+                item.step,
+                item.total,
+                item.eta_seconds,
+            )
+            return [JobUpdate(UpdateKind.PROGRESS, job)]
+        if isinstance(item, protocol.PixelFrame) and item.kind is protocol.FrameKind.PREVIEW:
+            job.preview = Image.from_frame(item)
+            return [JobUpdate(UpdateKind.PREVIEW, job)]
+        if isinstance(item, protocol.Result):
+            job.result, job.is_test_model = item, item.is_test_model
+            return []
+        if isinstance(item, protocol.PixelFrame) and item.kind is protocol.FrameKind.RESULT:
+            job.images.append(Image.from_frame(item))
+            if job.result is not None and len(job.images) == job.result.count:
+                job.state = JobState.DONE
+                self.history.insert(0, job)
+                del self.history[self.history_size :]
+                return [JobUpdate(UpdateKind.RESULT, job)]
+            return []
+        if isinstance(item, protocol.Cancelled):
+            job.state, job.step, job.message = JobState.CANCELLED, item.step, "cancelled"
+            return [JobUpdate(UpdateKind.CANCELLED, job, "cancelled")]
+        if isinstance(item, protocol.Error):
+            job.state, job.message = JobState.FAILED, describe_error(item.code, item.message)
+            return [JobUpdate(UpdateKind.FAILED, job, job.message)]
+        return []

@@ -1,0 +1,160 @@
+"""The docker's settings as typed data, persisted through a small key/value store.
+
+Inside Krita the store is ``Krita.instance().readSetting/writeSetting``; tests use
+a dict. Values are kept as JSON so that a missing or corrupt entry falls back
+to the default instead of breaking the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any, Protocol
+
+from .deps import protocol
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+SETTINGS_GROUP = "instantstyle"
+
+
+class StyleSourceKind(str, Enum):
+    ACTIVE_LAYER = "active_layer"
+    LAYER = "layer"
+    FILE = "file"
+
+
+class JobKind(str, Enum):
+    NEW_IMAGE = "new_image"
+    """A new image in the style of the reference (txt2img)."""
+    STYLIZE = "stylize"
+    """Restyle the current layer (img2img), or only the selection (inpaint)."""
+
+
+@dataclass
+class StyleSource:
+    kind: StyleSourceKind = StyleSourceKind.ACTIVE_LAYER
+    layer: str = ""
+    """Layer name for ``LAYER``."""
+    path: str = ""
+    """Image file for ``FILE``."""
+    weight: float = 1.0
+
+
+@dataclass
+class GenerationSettings:
+    """Everything the docker shows; defaults follow the InstantStyle paper's examples."""
+
+    server_url: str = DEFAULT_URL
+    token: str = ""
+    styles: list[StyleSource] = field(default_factory=lambda: [StyleSource()])
+    prompt: str = ""
+    negative_prompt: str = (
+        "text, watermark, lowres, low quality, worst quality, deformed, glitch, low contrast, noisy, "
+        "saturation, blurry"
+    )
+    content_text: str = ""
+    content_scale: float = 0.5
+    preset: str = protocol.BlockPreset.STYLE.value
+    block_scales: str = ""
+    """JSON for the custom preset, e.g. ``{"up": {"block_0": [0, 1, 0]}}``."""
+    style_scale: float = 1.0
+    kind: JobKind = JobKind.STYLIZE
+    strength: float = 0.6
+    auto_size: bool = True
+    """Generate at the canvas or selection size (fitted to the server's limits)."""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 30
+    guidance_scale: float = 5.0
+    seed: int = 42
+    seed_locked: bool = False
+    batch: int = 1
+
+    def next_seed(self) -> int:
+        """The seed for the next job: the locked one, or a fresh random one (remembered)."""
+        if not self.seed_locked:
+            self.seed = random.randrange(2**31)
+        return self.seed
+
+    def custom_block_scales(self) -> dict[str, Any] | None:
+        if self.preset != protocol.BlockPreset.CUSTOM.value:
+            return None
+        try:
+            value = json.loads(self.block_scales or "{}")
+        except ValueError as error:
+            raise ValueError(f"the custom block scales are not valid JSON: {error}") from None
+        if not isinstance(value, dict) or not value:
+            raise ValueError(
+                'custom block scales must be a JSON object such as {"up": {"block_0": [0, 1, 0]}}'
+            )
+        return value
+
+
+class SettingsStore(Protocol):
+    def read(self, key: str, default: str) -> str: ...
+
+    def write(self, key: str, value: str) -> None: ...
+
+
+class DictStore:
+    """An in-memory store (tests, and a fallback outside Krita)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def read(self, key: str, default: str) -> str:
+        return self.values.get(key, default)
+
+    def write(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+
+def load_settings(store: SettingsStore) -> GenerationSettings:
+    settings = GenerationSettings()
+    for spec in fields(GenerationSettings):
+        raw = store.read(spec.name, "")
+        if not raw:
+            continue
+        try:
+            value = _typed(getattr(settings, spec.name), json.loads(raw), spec.name)
+        except (ValueError, KeyError, TypeError):
+            continue  # a corrupt entry keeps its default
+        settings = replace(settings, **{spec.name: value})
+    return settings
+
+
+def _typed(default: object, value: Any, name: str) -> Any:
+    """``value`` as the type of ``default``; raises ValueError/TypeError/KeyError if it cannot be."""
+    if name == "styles":
+        styles = [
+            StyleSource(
+                StyleSourceKind(s["kind"]),
+                str(s.get("layer", "")),
+                str(s.get("path", "")),
+                float(s.get("weight", 1.0)),
+            )
+            for s in value
+        ]
+        return styles or [StyleSource()]
+    if isinstance(default, Enum):
+        return type(default)(value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is not type(default):
+            raise TypeError(name)
+        return value
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, type(default)):
+        raise TypeError(name)
+    return value
+
+
+def save_settings(store: SettingsStore, settings: GenerationSettings) -> None:
+    for name, value in asdict(settings).items():
+        if isinstance(value, Enum):
+            value = value.value
+        if name == "styles":
+            value = [{**s, "kind": StyleSourceKind(s["kind"]).value} for s in value]
+        store.write(name, json.dumps(value))

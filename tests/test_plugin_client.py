@@ -1,0 +1,222 @@
+"""The plugin's Qt-free client and job model against a real backend on 127.0.0.1 (tiny model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.engine.request import GenerationRequest, StyleReference
+from krita_plugin.instantstyle.connection import Connection, ConnectionState
+from krita_plugin.instantstyle.session import (
+    Image,
+    JobInputs,
+    JobState,
+    Session,
+    SubmitError,
+    Target,
+    UpdateKind,
+)
+from krita_plugin.instantstyle.settings import GenerationSettings, JobKind
+from tests.conftest import noise_image
+from tests.server_helpers import ServerThread, SpyEngine
+
+TIMEOUT = 60.0
+STYLE = noise_image(8, size=32)
+
+
+def as_image(pil) -> Image:
+    return Image(pil.width, pil.height, 3, pil.convert("RGB").tobytes())
+
+
+def settings(**overrides) -> GenerationSettings:
+    values = {"prompt": "a fox", "kind": JobKind.NEW_IMAGE, "steps": 4, "seed": 11, "seed_locked": True}
+    values.update(overrides)
+    return GenerationSettings(**values)
+
+
+TARGET = Target(0, 0, 64, 64)
+
+
+def pump(session: Session, until, timeout: float = TIMEOUT) -> list:
+    """Call session.update() until ``until(updates)`` holds."""
+    import time
+
+    updates: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        updates.extend(session.update())
+        if until(updates):
+            return updates
+        time.sleep(0.01)
+    raise TimeoutError(f"no match; last updates {updates[-5:]}")
+
+
+def connect(url: str, token: str = "") -> Session:
+    session = Session(Connection(url, token))
+    session.connection.start()
+    pump(session, lambda _u: session.connected)
+    return session
+
+
+def test_previews_arrive_in_order_and_the_result_matches_the_engine(engine):
+    with ServerThread(engine) as server:
+        session = connect(server.url)
+        try:
+            assert session.hello.model.is_test_model
+            job = session.submit(settings(content_text="a dog"), JobInputs([(as_image(STYLE), 1.0)]), TARGET)
+            updates = pump(session, lambda u: any(x.kind is UpdateKind.RESULT for x in u))
+        finally:
+            session.connection.stop()
+    kinds = [u.kind for u in updates if u.job is job]
+    previews = [u for u in updates if u.kind is UpdateKind.PREVIEW]
+    assert kinds[0] is UpdateKind.QUEUED and kinds[-1] is UpdateKind.RESULT
+    assert len(previews) == 4 and kinds.count(UpdateKind.PROGRESS) == 5  # started + 4 steps
+    assert job.state is JobState.DONE and job.step == 4 and job.preview.width == 8
+    assert job.layer_names == ["InstantStyle: a fox (seed 11) [TEST MODEL]"]
+    assert session.history == [job]
+
+    expected = engine.generate(
+        GenerationRequest(
+            prompt="a fox",
+            style_images=[StyleReference(STYLE)],
+            content_text="a dog",
+            width=64,
+            height=64,
+            steps=4,
+            seed=11,
+        )
+    ).images[0]
+    (image,) = job.images
+    rgba = np.frombuffer(image.data, np.uint8).reshape(64, 64, 4)
+    assert np.array_equal(rgba[..., :3], expected)
+
+
+def test_stylize_sends_the_layer_and_selection_mask(engine):
+    spy = SpyEngine(engine)
+    init = noise_image(9)
+    mask = Image(64, 64, 1, bytes([255]) * (64 * 32) + bytes(64 * 32))
+    with ServerThread(spy) as server:
+        session = connect(server.url)
+        try:
+            job = session.submit(
+                settings(kind=JobKind.STYLIZE, strength=0.5),
+                JobInputs([(as_image(STYLE), 1.0)], as_image(init), mask),
+                TARGET,
+            )
+            pump(session, lambda _u: job.state.finished)
+            plain = session.submit(
+                settings(kind=JobKind.STYLIZE, strength=0.5),
+                JobInputs([(as_image(STYLE), 1.0)], as_image(init)),
+                TARGET,
+            )
+            pump(session, lambda _u: plain.state.finished)
+        finally:
+            session.connection.stop()
+    assert job.state is JobState.DONE and plain.state is JobState.DONE
+    assert job.total == 2 and plain.total == 2  # strength 0.5 of 4 steps
+
+
+def test_cancel_a_running_job(engine):
+    with ServerThread(engine) as server:
+        session = connect(server.url)
+        try:
+            job = session.submit(
+                settings(steps=100, auto_size=False, width=256, height=256),
+                JobInputs([(as_image(STYLE), 1.0)]),
+                TARGET,
+            )
+            pump(session, lambda u: any(x.kind is UpdateKind.PREVIEW for x in u))
+            session.cancel(job)
+            updates = pump(session, lambda _u: job.state.finished)
+        finally:
+            session.connection.stop()
+    assert job.state is JobState.CANCELLED and 1 <= job.step < 100
+    assert any(u.kind is UpdateKind.CANCELLED for u in updates) and session.history == []
+
+
+def test_reconnects_after_the_server_restarts(engine):
+    with ServerThread(engine) as first:
+        session = connect(first.url)
+        port = first.port
+    try:
+        pump(session, lambda _u: session.connection.state is not ConnectionState.CONNECTED)
+        assert not session.connected and "retrying" in session.status
+        with pytest.raises(SubmitError, match="not connected"):
+            session.submit(settings(), JobInputs([(as_image(STYLE), 1.0)]), TARGET)
+        with ServerThread(engine, port=port) as second:
+            session.connection.reconnect_now()
+            pump(session, lambda _u: session.connected)
+            job = session.submit(settings(steps=2), JobInputs([(as_image(STYLE), 1.0)]), TARGET)
+            pump(session, lambda _u: job.state.finished)
+            assert second.port == port
+    finally:
+        session.connection.stop()
+    assert job.state is JobState.DONE
+
+
+def test_a_job_in_flight_fails_clearly_when_the_server_goes_away(engine):
+    server = ServerThread(engine).__enter__()
+    session = connect(server.url)
+    try:
+        job = session.submit(
+            settings(steps=150, auto_size=False, width=256, height=256),
+            JobInputs([(as_image(STYLE), 1.0)]),
+            TARGET,
+        )
+        pump(session, lambda u: any(x.kind is UpdateKind.PREVIEW for x in u))
+        server.stop()
+        updates = pump(session, lambda _u: job.state.finished)
+    finally:
+        session.connection.stop()
+    assert job.state in (JobState.FAILED, JobState.CANCELLED)
+    messages = " ".join(u.message for u in updates)
+    assert "Traceback" not in messages and ("shutting down" in messages.lower() or "lost" in messages)
+
+
+def test_wrong_token_is_reported_and_not_retried(engine):
+    with ServerThread(engine, token="the-right-token") as server:
+        session = Session(Connection(server.url, token="a-wrong-token"))
+        session.connection.start()
+        try:
+            updates = pump(session, lambda _u: session.connection.state is ConnectionState.UNAUTHORIZED)
+            assert "refused the token" in updates[-1].message and not session.connected
+            good = connect(server.url, token="the-right-token")
+            good.connection.stop()
+        finally:
+            session.connection.stop()
+
+
+def test_unreachable_backend_gives_a_clear_message():
+    session = Session(Connection("ws://127.0.0.1:9"))  # the discard port: nothing listens
+    session.connection.start()
+    try:
+        updates = pump(session, lambda u: any("not reachable" in x.message for x in u), timeout=20)
+    finally:
+        session.connection.stop()
+    assert "ws://127.0.0.1:9" in updates[-1].message and "Traceback" not in updates[-1].message
+
+
+def test_bad_custom_blocks_and_limits_are_caught_before_sending(engine):
+    with ServerThread(engine) as server:
+        session = connect(server.url)
+        try:
+            with pytest.raises(SubmitError, match="not valid JSON"):
+                session.submit(
+                    settings(preset="custom", block_scales="{oops"),
+                    JobInputs([(as_image(STYLE), 1.0)]),
+                    TARGET,
+                )
+            with pytest.raises(SubmitError, match="(?i)steps"):
+                session.submit(settings(steps=5000), JobInputs([(as_image(STYLE), 1.0)]), TARGET)
+            with pytest.raises(SubmitError, match="style reference"):
+                session.submit(settings(), JobInputs([]), TARGET)
+            job = session.submit(
+                settings(preset="custom", block_scales='{"down": {"block_0": 1}}'),
+                JobInputs([(as_image(STYLE), 1.0)]),
+                TARGET,
+            )
+            updates = pump(session, lambda _u: job.state.finished)
+        finally:
+            session.connection.stop()
+    assert job.state is JobState.FAILED and "down.block_0" in job.message
+    assert any(u.kind is UpdateKind.FAILED for u in updates)

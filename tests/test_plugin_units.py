@@ -1,0 +1,89 @@
+"""Qt-free plugin helpers: pixels, sizes, settings persistence, error wording."""
+
+from __future__ import annotations
+
+import pytest
+
+from krita_plugin.instantstyle.errors import describe_error
+from krita_plugin.instantstyle.pixels import alpha_of_bgra, fit_generation_size, rgb_to_bgra, swap_red_blue
+from krita_plugin.instantstyle.settings import (
+    DictStore,
+    GenerationSettings,
+    JobKind,
+    StyleSource,
+    StyleSourceKind,
+    load_settings,
+    save_settings,
+)
+from protocol import ErrorCode
+
+
+def test_channel_swaps():
+    assert swap_red_blue(bytes([1, 2, 3, 4, 5, 6, 7, 8])) == bytes([3, 2, 1, 4, 7, 6, 5, 8])
+    assert swap_red_blue(swap_red_blue(bytes(range(16)))) == bytes(range(16))
+    assert rgb_to_bgra(bytes([10, 20, 30])) == bytes([30, 20, 10, 255])
+    assert alpha_of_bgra(bytes([0, 0, 0, 9, 1, 1, 1, 7])) == bytes([9, 7])
+    with pytest.raises(ValueError):
+        swap_red_blue(b"abc")
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((64, 64), (64, 64)),
+        ((100, 60), (104, 64)),
+        ((4000, 3000), (2048, 1536)),
+        ((2048, 2048), (2048, 2048)),
+        ((3, 5), (8, 8)),
+    ],
+)
+def test_generation_size_fits_limits(size, expected):
+    width, height = fit_generation_size(*size, max_side=2048, max_pixels=2048 * 2048)
+    assert (width, height) == expected and width % 8 == 0 and height % 8 == 0
+
+
+def test_settings_round_trip_and_survive_corruption():
+    store = DictStore()
+    original = GenerationSettings(
+        prompt="a fox",
+        kind=JobKind.NEW_IMAGE,
+        steps=12,
+        content_scale=0.3,
+        styles=[StyleSource(StyleSourceKind.FILE, path="/tmp/ref.png", weight=0.5)],
+        seed_locked=True,
+    )
+    save_settings(store, original)
+    assert load_settings(store) == original
+    store.values["steps"] = '"twelve"'
+    store.values["kind"] = '"sideways"'
+    store.values["styles"] = "{not json"
+    store.values["seed_locked"] = "1"
+    loaded = load_settings(store)
+    defaults = GenerationSettings()
+    assert (loaded.steps, loaded.kind, loaded.styles, loaded.seed_locked) == (
+        defaults.steps,
+        defaults.kind,
+        defaults.styles,
+        defaults.seed_locked,
+    )
+    assert loaded.prompt == "a fox"
+
+
+def test_seed_lock():
+    settings = GenerationSettings(seed=5, seed_locked=True)
+    assert settings.next_seed() == 5 == settings.seed
+    settings.seed_locked = False
+    seeds = {settings.next_seed() for _ in range(5)}
+    assert len(seeds) > 1 and settings.seed in seeds
+
+
+def test_error_wording_is_for_artists():
+    text = describe_error(
+        ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory\nTraceback (most recent call last):"
+    )
+    assert text.startswith("The GPU ran out of memory") and "Traceback" not in text
+    assert (
+        describe_error(ErrorCode.OUT_OF_RANGE, "steps must be between 1 and 150")
+        == "steps must be between 1 and 150"
+    )
+    assert describe_error(ErrorCode.BAD_FIELD, "") == "bad field"
