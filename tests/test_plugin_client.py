@@ -206,7 +206,7 @@ def test_bad_custom_blocks_and_limits_are_caught_before_sending(engine):
                     JobInputs([(as_image(STYLE), 1.0)]),
                     TARGET,
                 )
-            with pytest.raises(SubmitError, match="(?i)steps"):
+            with pytest.raises(SubmitError, match=r"(?i)steps"):
                 session.submit(settings(steps=5000), JobInputs([(as_image(STYLE), 1.0)]), TARGET)
             with pytest.raises(SubmitError, match="style reference"):
                 session.submit(settings(), JobInputs([]), TARGET)

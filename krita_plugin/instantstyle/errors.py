@@ -9,7 +9,9 @@ _ADVICE = {
     protocol.ErrorCode.QUEUE_FULL: "The backend is busy with many jobs. Try again in a moment.",
     protocol.ErrorCode.UNAUTHORIZED: "The backend refused the token. Check it in the settings.",
     protocol.ErrorCode.SHUTTING_DOWN: "The backend is shutting down.",
-    protocol.ErrorCode.BAD_VERSION: "The backend speaks another protocol version. Update the plugin or backend.",
+    protocol.ErrorCode.BAD_VERSION: (
+        "The backend speaks another protocol version. Update the plugin or the backend."
+    ),
     protocol.ErrorCode.ENGINE_ERROR: "The backend could not run the job.",
     protocol.ErrorCode.INTERNAL: "The backend hit an internal error.",
 }
