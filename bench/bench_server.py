@@ -57,7 +57,7 @@ async def streaming(args: argparse.Namespace) -> None:
             done = threading.Event()
             start = time.perf_counter()
             server.worker.submit(
-                Job(0, request, emit=lambda e: done.set() if isinstance(e, JobFinished) else None)
+                Job(0, request, emit=lambda e, done=done: isinstance(e, JobFinished) and done.set())
             )
             await asyncio.to_thread(done.wait)
             direct_time = time.perf_counter() - start
