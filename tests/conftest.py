@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The tiny model is generated once into the repository's ignored .cache/, shared with
+# subprocesses (``python -m backend serve --model tiny``) started by tests.
+os.environ.setdefault("INSTANTSTYLE_HOME", str(REPO / ".cache"))
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from backend.tiny.layouts import TinyModelPaths, ensure_tiny_model
+from backend.tiny.layouts import TinyModelPaths, default_root, ensure_tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_ROOT = REPO / ".cache" / "tiny-sdxl"
+TINY_ROOT = default_root()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,226 @@
+"""Everything that reads from or writes to Krita documents and layers.
+
+Rules this module keeps: it never modifies or deletes a layer it did not
+create; the preview layer is one temporary layer per job, always removed on
+result, cancel, failure or shutdown; all pixel work is bytes/QImage operations
+(no per-pixel Python), so big canvases stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from krita import Krita  # type: ignore[import-not-found]
+from PyQt5.QtCore import Qt
+from PyQt5.QtGui import QImage
+
+from .pixels import swap_red_blue
+from .session import Image, Job, JobInputs, Target
+from .settings import GenerationSettings, JobKind, StyleSourceKind
+
+PREVIEW_LAYER_NAME = "InstantStyle preview"
+
+
+class CanvasError(ValueError):
+    """Something about the document stops the job; the message is for the artist."""
+
+
+@dataclass(frozen=True)
+class Area:
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+def _require_rgba8(node) -> None:
+    if node.colorModel() != "RGBA" or node.colorDepth() != "U8":
+        raise CanvasError(
+            f"layer '{node.name()}' is {node.colorModel()} {node.colorDepth()}: InstantStyle reads "
+            "8-bit RGBA layers for now (Image > Convert Image Color Space)"
+        )
+
+
+def read_rgba(node, area: Area) -> Image:
+    """A layer's pixels in ``area`` as RGBA (Krita hands out BGRA)."""
+    _require_rgba8(node)
+    data = bytes(node.pixelData(area.x, area.y, area.width, area.height))
+    return Image(area.width, area.height, 4, swap_red_blue(data))
+
+
+def read_file(path: str) -> Image:
+    image = QImage(path)
+    if image.isNull():
+        raise CanvasError(f"cannot open the style image {path}")
+    return qimage_to_rgba(image)
+
+
+def qimage_to_rgba(image: QImage) -> Image:
+    image = image.convertToFormat(QImage.Format_RGBA8888)
+    width, height = image.width(), image.height()
+    bits = image.constBits()
+    bits.setsize(image.byteCount())
+    data = bytes(bits)
+    stride = image.bytesPerLine()
+    if stride != width * 4:
+        data = b"".join(data[row * stride : row * stride + width * 4] for row in range(height))
+    return Image(width, height, 4, data)
+
+
+def _bgra_bytes(image: QImage) -> bytes:
+    image = image.convertToFormat(QImage.Format_ARGB32)  # B, G, R, A in memory on little-endian
+    bits = image.constBits()
+    bits.setsize(image.byteCount())
+    return bytes(bits)
+
+
+def to_bgra(image: Image, width: int, height: int) -> bytes:
+    """Pixels for ``setPixelData``: BGRA at ``width`` x ``height`` (scaled smoothly if needed)."""
+    if image.channels == 4 and (image.width, image.height) == (width, height):
+        return swap_red_blue(image.data)
+    fmt = {3: QImage.Format_RGB888, 4: QImage.Format_RGBA8888}[image.channels]
+    qimage = QImage(image.data, image.width, image.height, image.width * image.channels, fmt)
+    if (image.width, image.height) != (width, height):
+        qimage = qimage.scaled(width, height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+    return _bgra_bytes(qimage)
+
+
+def find_layer(document, name: str):
+    """The first layer called ``name``, depth first from the top."""
+
+    def walk(node):
+        for child in reversed(node.childNodes()):
+            if child.name() == name:
+                return child
+            found = walk(child)
+            if found is not None:
+                return found
+        return None
+
+    return walk(document.rootNode())
+
+
+def find_node(document, unique_id: str):
+    """The node with this uniqueId. (Krita 5.1's ``nodeByUniqueID`` returns a bare QObject, so walk.)"""
+
+    def walk(node):
+        for child in node.childNodes():
+            if child.uniqueId().toString() == unique_id:
+                return child
+            found = walk(child)
+            if found is not None:
+                return found
+        return None
+
+    return walk(document.rootNode()) if unique_id else None
+
+
+def target_area(document) -> Area:
+    selection = document.selection()
+    if selection is not None and selection.width() > 0 and selection.height() > 0:
+        return Area(selection.x(), selection.y(), selection.width(), selection.height())
+    return Area(0, 0, document.width(), document.height())
+
+
+def capture(document, settings: GenerationSettings) -> tuple[JobInputs, Target]:
+    """Read the style references, source layer and selection for a job."""
+    if document is None:
+        raise CanvasError("open a document first")
+    source = document.activeNode()
+    if source is None:
+        raise CanvasError("select a layer first")
+    area = target_area(document)
+    styles = []
+    for style in settings.styles:
+        if style.kind is StyleSourceKind.FILE:
+            styles.append((read_file(style.path), style.weight))
+            continue
+        node = source if style.kind is StyleSourceKind.ACTIVE_LAYER else find_layer(document, style.layer)
+        if node is None:
+            raise CanvasError(f"there is no layer called '{style.layer}'")
+        bounds = node.bounds()
+        if bounds.isEmpty():
+            raise CanvasError(f"the style layer '{node.name()}' is empty")
+        styles.append(
+            (read_rgba(node, Area(bounds.x(), bounds.y(), bounds.width(), bounds.height())), style.weight)
+        )
+    init_image = mask = None
+    if settings.kind is JobKind.STYLIZE:
+        init_image = read_rgba(source, area)
+        selection = document.selection()
+        if selection is not None and selection.width() > 0:
+            data = bytes(selection.pixelData(area.x, area.y, area.width, area.height))
+            mask = Image(area.width, area.height, 1, data)
+    target = Target(area.x, area.y, area.width, area.height, document, source.uniqueId().toString())
+    return JobInputs(styles, init_image, mask), target
+
+
+class CanvasWriter:
+    """Preview and result layers for jobs; only ever touches layers it created."""
+
+    def __init__(self) -> None:
+        self._previews: dict[int, str] = {}  # job id -> uniqueId of its preview layer
+        self._masks: dict[int, bytes] = {}
+
+    def remember_mask(self, job: Job, mask: Image | None) -> None:
+        if mask is not None:
+            self._masks[job.job_id] = mask.data
+
+    @staticmethod
+    def _document(job: Job):
+        """The job's document if it is still open, else None (closing it mid-job is fine)."""
+        document = job.target.document_id
+        return document if document is not None and document in Krita.instance().documents() else None
+
+    def _place(self, document, job: Job, name: str):
+        node = document.createNode(name, "paintlayer")
+        source = find_node(document, job.target.above_layer)
+        parent = source.parentNode() if source is not None else document.rootNode()
+        parent.addChildNode(node, source)
+        return node
+
+    def show_preview(self, job: Job) -> None:
+        document = self._document(job)
+        if document is None or job.preview is None:
+            return
+        target = job.target
+        node = self._preview_node(document, job)
+        if node is None:
+            node = self._place(document, job, PREVIEW_LAYER_NAME)
+            self._previews[job.job_id] = node.uniqueId().toString()
+        node.setPixelData(
+            to_bgra(job.preview, target.width, target.height), target.x, target.y, target.width, target.height
+        )
+        document.refreshProjection()
+
+    def _preview_node(self, document, job: Job):
+        return find_node(document, self._previews.get(job.job_id, ""))
+
+    def remove_preview(self, job: Job) -> None:
+        uid = self._previews.pop(job.job_id, None)
+        document = self._document(job)
+        if uid is None or document is None:
+            return
+        node = find_node(document, uid)
+        if node is not None:
+            node.remove()
+            document.refreshProjection()
+
+    def apply_result(self, job: Job, index: int = 0) -> str | None:
+        """Add image ``index`` of a finished job as a new layer; returns the layer's name."""
+        self.remove_preview(job)
+        document = self._document(job)
+        if document is None or index >= len(job.images):
+            return None
+        target = job.target
+        pixels = to_bgra(job.images[index], target.width, target.height)
+        mask = self._masks.get(job.job_id)
+        if mask is not None and len(mask) * 4 == len(pixels):  # inpaint: only the selection shows
+            pixels = bytearray(pixels)
+            pixels[3::4] = mask
+            pixels = bytes(pixels)
+        name = job.layer_names[index]
+        node = self._place(document, job, name)
+        node.setPixelData(pixels, target.x, target.y, target.width, target.height)
+        document.refreshProjection()
+        return name

@@ -1,0 +1,162 @@
+"""Glue between the job session, the canvas and the docker, driven by a Qt timer.
+
+One controller per Krita session. It owns the connection, drains its events
+every 30 ms on the UI thread, and turns them into canvas changes and a
+``changed`` signal for the docker. Every error reaches the artist as a
+sentence in the docker, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from krita import Krita  # type: ignore[import-not-found]
+from PyQt5.QtCore import QObject, QTimer, pyqtSignal
+
+from .canvas import CanvasError, CanvasWriter, capture
+from .connection import Connection
+from .session import Job, JobUpdate, Session, SubmitError, UpdateKind
+from .settings import SETTINGS_GROUP, GenerationSettings, JobKind, load_settings, save_settings
+
+log = logging.getLogger(__name__)
+
+
+class KritaStore:
+    """Settings persisted in kritarc through Krita's own API."""
+
+    def read(self, key: str, default: str) -> str:
+        return Krita.instance().readSetting(SETTINGS_GROUP, key, default)
+
+    def write(self, key: str, value: str) -> None:
+        Krita.instance().writeSetting(SETTINGS_GROUP, key, value)
+
+
+class Controller(QObject):
+    changed = pyqtSignal()
+    """Connection state, jobs or history changed: the docker refreshes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = KritaStore()
+        self.settings: GenerationSettings = load_settings(self.store)
+        self.canvas = CanvasWriter()
+        self.session = Session(Connection(self.settings.server_url, self.settings.token))
+        self.message = ""
+        """The last thing the artist should read (errors included)."""
+        self.settings_sources: list = []
+        """Callables that copy UI state into ``settings`` before a job (the docker registers one)."""
+        self._in_tick = False
+        self.timer = QTimer(self)
+        self.timer.setInterval(30)
+        self.timer.timeout.connect(self.tick)
+
+    # ------------------------------------------------------------------ connection
+
+    def start(self) -> None:
+        self.session.connection.start()
+        self.timer.start()
+
+    def shutdown(self) -> None:
+        self.timer.stop()
+        for job in self.session.active_jobs:
+            self.session.cancel(job)
+            self._safely(self.canvas.remove_preview, job)
+        self.session.connection.stop(timeout=2.0)
+
+    def reconnect(self, url: str, token: str) -> None:
+        """New server address or token: save them and start a fresh connection."""
+        self.settings.server_url, self.settings.token = url.strip(), token.strip()
+        self.save()
+        self.session.connection.stop(timeout=2.0)
+        self.session = Session(Connection(self.settings.server_url, self.settings.token))
+        self.session.connection.start()
+        self.changed.emit()
+
+    def save(self) -> None:
+        save_settings(self.store, self.settings)
+
+    # ------------------------------------------------------------------ actions
+
+    def stylize_active_layer(self) -> Job | None:
+        """The "Stylize Layer" action: restyle the active layer (or selection) with the docker's settings."""
+        return self.generate(JobKind.STYLIZE)
+
+    def generate(self, kind: JobKind | None = None) -> Job | None:
+        for source in self.settings_sources:
+            source()
+        settings = self.settings
+        if kind is not None:
+            settings.kind = kind
+        try:
+            inputs, target = capture(Krita.instance().activeDocument(), settings)
+            job = self.session.submit(settings, inputs, target)
+        except (CanvasError, SubmitError) as error:
+            self._say(str(error))
+            return None
+        except Exception as error:  # never a traceback for the artist; the log keeps it
+            log.exception("could not start a job")
+            self._say(f"could not start the job: {error}")
+            return None
+        self.canvas.remember_mask(job, inputs.mask)
+        self.save()  # remembers the seed actually used, among others
+        self._say(f"job {job.job_id} sent (seed {job.seed})")
+        return job
+
+    def cancel(self) -> None:
+        self.session.cancel_all()
+
+    def apply(self, job: Job, index: int = 0) -> None:
+        self._safely(self.canvas.apply_result, job, index)
+
+    def discard(self, job: Job) -> None:
+        self.session.discard(job)
+        self.changed.emit()
+
+    # ------------------------------------------------------------------ events
+
+    def tick(self) -> None:
+        # Krita runs nested event loops (saving, exporting, modal dialogs) that fire this timer
+        # inside another tick or inside Krita's own document work: never re-enter.
+        if self._in_tick:
+            return
+        self._in_tick = True
+        try:
+            updates = self.session.update()
+            for update in updates:
+                self._safely(self._handle, update)
+            if updates:
+                self.changed.emit()
+        except Exception:
+            log.exception("processing backend events failed")
+        finally:
+            self._in_tick = False
+
+    def _handle(self, update: JobUpdate) -> None:
+        job = update.job
+        if update.kind is UpdateKind.CONNECTION:
+            self.message = update.message
+        elif job is None:
+            self._say(update.message)
+        elif update.kind is UpdateKind.PREVIEW:
+            self.canvas.show_preview(job)
+        elif update.kind is UpdateKind.RESULT:
+            name = self.canvas.apply_result(job, 0)
+            self._say(
+                f"added layer '{name}'"
+                if name
+                else "the job's document was closed; the result is in the history"
+            )
+        elif update.kind in (UpdateKind.CANCELLED, UpdateKind.FAILED):
+            self.canvas.remove_preview(job)
+            self._say(update.message)
+
+    def _say(self, message: str) -> None:
+        self.message = message
+        self.changed.emit()
+
+    def _safely(self, function, *args) -> None:
+        try:
+            function(*args)
+        except Exception as error:  # e.g. a document closed between two events
+            log.exception("canvas update failed")
+            self._say(f"could not update the canvas: {error}")

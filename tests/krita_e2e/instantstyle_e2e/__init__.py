@@ -1,0 +1,268 @@
+"""Test hook that runs inside real Krita (never shipped): drives the InstantStyle plugin like an artist.
+
+Scenarios, one Krita session:
+1. paint a layer, run the "Stylize Layer" action against the backend, wait for the result;
+2. cancel a running job from the "InstantStyle: Cancel" action;
+3. close a document while its job runs.
+Everything observed goes to ``report.json`` in ``INSTANTSTYLE_E2E_OUT``; then Krita quits.
+"""
+
+import faulthandler
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from krita import InfoObject, Krita
+from PyQt5.QtCore import QTimer
+from PyQt5.QtWidgets import QApplication, QDockWidget
+
+OUT = Path(os.environ["INSTANTSTYLE_E2E_OUT"])
+SIZE = 64
+report = {"steps": []}
+
+
+def log(message):
+    report["steps"].append(f"{time.monotonic():.2f} {message}")
+    (OUT / "report.json").write_text(json.dumps(report, indent=1))
+
+
+def pattern(size):
+    """An opaque painted-looking pattern, RGBA."""
+    data = bytearray()
+    for y in range(size):
+        for x in range(size):
+            data += bytes(((x * 4) % 256, (y * 4) % 256, ((x + y) * 2) % 256, 255))
+    return bytes(data)
+
+
+def rgba(bgra):
+    data = bytearray(bgra)
+    data[0::4], data[2::4] = bgra[2::4], bgra[0::4]
+    return bytes(data)
+
+
+def layer_names(document):
+    return [node.name() for node in document.rootNode().childNodes()]
+
+
+def new_document(window, name, size):
+    app = Krita.instance()
+    document = app.createDocument(size, size, name, "RGBA", "U8", "", 72.0)
+    window.addView(document)
+    layer = document.createNode("Painted", "paintlayer")
+    document.rootNode().addChildNode(layer, None)
+    layer.setPixelData(rgba(pattern(size)), 0, 0, size, size)  # the pattern's BGRA is rgba() of its RGBA
+    document.setActiveNode(layer)
+    document.refreshProjection()
+    return document, layer
+
+
+class Runner:
+    def __init__(self):
+        self.app = Krita.instance()
+        budget = float(os.environ.get("INSTANTSTYLE_E2E_TIMEOUT", "150"))
+        self.deadline = time.monotonic() + budget
+        # If Krita's event loop ever hangs, leave every thread's Python stack behind for the test.
+        self._stacks = (OUT / "stacks.txt").open("w")
+        faulthandler.dump_traceback_later(budget + 20, file=self._stacks)
+        self.state = self.wait_for_window
+        self.timer = QTimer()
+        self.timer.timeout.connect(self.tick)
+        self.timer.start(50)
+
+    def tick(self):
+        try:
+            if time.monotonic() > self.deadline:
+                raise TimeoutError(f"harness timed out in {self.state.__name__}")
+            self.state()
+        except Exception:
+            report["error"] = traceback.format_exc()
+            self.finish()
+
+    # -------------------------------------------------------------- scenario 1: stylize a layer
+
+    def wait_for_window(self):
+        self.window = self.app.activeWindow()
+        if self.window is None:
+            return
+        self.app.setBatchmode(True)  # before createDocument: documents copy the flag when created
+        from instantstyle import extension
+
+        self.controller = extension.controller()
+        report["dockers"] = [d.objectName() for d in self.app.dockers()]
+        report["settings_loaded"] = {
+            "prompt": self.controller.settings.prompt,
+            "seed": self.controller.settings.seed,
+            "url": self.controller.settings.server_url,
+        }
+        self.document, self.layer = new_document(self.window, "e2e", SIZE)
+        self.source_before = bytes(self.layer.pixelData(0, 0, SIZE, SIZE))
+        log("document ready")
+        self.state = self.wait_for_connection
+
+    def wait_for_connection(self):
+        if not self.controller.session.connected:
+            return
+        report["status"] = self.controller.session.status
+        # Room for the docker in the screenshots: a maximised window with only Layers beside it.
+        self.window.qwindow().showMaximized()
+        for other in self.window.qwindow().findChildren(QDockWidget):
+            if other.objectName() not in ("instantstyle_docker", "KisLayerBox", "ToolBox"):
+                other.hide()
+        dock = self.docker()
+        dock.show()
+        dock.raise_()
+        self.layers_before = layer_names(self.document)
+        self.preview_seen = False
+        self.app.action("instantstyle_stylize_layer").trigger()
+        log(f"stylize triggered: {self.controller.message}")
+        self.state = self.wait_for_result
+
+    def wait_for_result(self):
+        names = layer_names(self.document)
+        self.preview_seen = self.preview_seen or "InstantStyle preview" in names
+        history = self.controller.session.history
+        new_layers = [n for n in names if n not in self.layers_before and n != "InstantStyle preview"]
+        # Krita's layer operations can spin nested event loops, so this tick may run while the
+        # controller is still applying the result: wait until the layer is really there.
+        if not history or not new_layers or self.controller._in_tick:
+            return
+        job = history[0]
+        report["stylize"] = {
+            "layers_before": self.layers_before,
+            "layers_after": names,
+            "new_layers": new_layers,
+            "preview_seen": self.preview_seen,
+            "message": self.controller.message,
+            "seed": job.seed,
+            "job_size": [job.width, job.height],
+            "source_unchanged": bytes(self.layer.pixelData(0, 0, SIZE, SIZE)) == self.source_before,
+        }
+        result_layer = next(n for n in self.document.rootNode().childNodes() if n.name() in new_layers)
+        result_rgba = rgba(bytes(result_layer.pixelData(0, 0, SIZE, SIZE)))
+        (OUT / "source.rgba").write_bytes(rgba(self.source_before))
+        (OUT / "layer.rgba").write_bytes(result_rgba)
+        (OUT / "received.rgba").write_bytes(job.images[0].data)
+        report["stylize"]["layer_equals_received"] = result_rgba == job.images[0].data
+        # Batch mode is per document (fixed when it is created): without it, the PNG options
+        # dialog opens modally, invisibly under Xvfb, and exportImage never returns.
+        if hasattr(self.document, "setBatchmode"):
+            self.document.setBatchmode(True)
+        self.document.refreshProjection()
+        self.document.waitForDone()
+        log("exporting")
+        # exportImage spins a nested event loop: without stopping our timer, tick() would re-enter
+        # this state and start a second export inside the first, which never returns.
+        self.timer.stop()
+        report["exported"] = self.document.exportImage(str(OUT / "canvas.png"), InfoObject())
+        self.timer.start(50)
+        log("exported")
+        self.settle_until = time.monotonic() + 1.0
+        self.state = self.screenshot
+        log("stylize done")
+
+    def docker(self):
+        return next(
+            d
+            for d in self.window.qwindow().findChildren(QDockWidget)
+            if d.objectName() == "instantstyle_docker"
+        )
+
+    def screenshot(self):
+        if time.monotonic() < self.settle_until:
+            return
+        QApplication.processEvents()
+        self.window.qwindow().grab().save(str(OUT / "krita-window.png"))
+        dock = self.docker()
+        dock.setFloating(True)
+        dock.resize(460, 1000)
+        self.settle_until = time.monotonic() + 0.7
+        self.state = self.screenshot_docker
+
+    def screenshot_docker(self):
+        if time.monotonic() < self.settle_until:
+            return
+        QApplication.processEvents()
+        dock = self.docker()
+        dock.grab().save(str(OUT / "krita-docker.png"))
+        dock.setFloating(False)
+        log("screenshots saved")
+        self.start_cancel_scenario()
+
+    # -------------------------------------------------------------- scenario 2: cancel from the action
+
+    def start_cancel_scenario(self):
+        self.document2, _ = new_document(self.window, "cancel", 256)
+        self.docker().steps.setValue(150)  # the docker's values are what a job uses
+        self.app.action("instantstyle_stylize_layer").trigger()
+        self.state = self.cancel_after_preview
+        log("cancel scenario started")
+
+    def cancel_after_preview(self):
+        if "InstantStyle preview" not in layer_names(self.document2):
+            return
+        self.app.action("instantstyle_cancel").trigger()
+        self.state = self.wait_cancelled
+
+    def wait_cancelled(self):
+        jobs = list(self.controller.session.jobs.values())
+        if not jobs[-1].state.finished:
+            return
+        report["cancel"] = {
+            "state": jobs[-1].state.value,
+            "step": jobs[-1].step,
+            "total": jobs[-1].total,
+            "layers_after": layer_names(self.document2),
+            "message": self.controller.message,
+        }
+        log("cancel scenario done")
+        self.start_close_scenario()
+
+    # -------------------------------------------------------------- scenario 3: close the document mid-job
+
+    def start_close_scenario(self):
+        self.document3, _ = new_document(self.window, "closing", 256)
+        self.docker().steps.setValue(60)
+        self.app.action("instantstyle_stylize_layer").trigger()
+        self.state = self.close_after_preview
+        log("close scenario started")
+
+    def close_after_preview(self):
+        if "InstantStyle preview" not in layer_names(self.document3):
+            return
+        self.document3.setModified(False)
+        self.document3.close()
+        self.state = self.wait_closed_job
+        log("document closed mid-job")
+
+    def wait_closed_job(self):
+        jobs = list(self.controller.session.jobs.values())
+        if not jobs[-1].state.finished:
+            return
+        report["close"] = {
+            "state": jobs[-1].state.value,
+            "message": self.controller.message,
+            "krita_alive": self.app.activeWindow() is not None,
+            "documents": len(self.app.documents()),
+        }
+        log("close scenario done")
+        self.finish()
+
+    # -------------------------------------------------------------- the end
+
+    def finish(self):
+        self.timer.stop()
+        faulthandler.cancel_dump_traceback_later()
+        report["finished"] = True
+        (OUT / "report.json").write_text(json.dumps(report, indent=1))
+        self.app.setBatchmode(True)
+        for document in self.app.documents():
+            document.setModified(False)
+            document.close()
+        QTimer.singleShot(200, lambda: self.app.action("file_quit").trigger())
+
+
+if os.environ.get("INSTANTSTYLE_E2E_OUT"):
+    _runner = Runner()

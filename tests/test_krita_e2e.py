@@ -1,0 +1,257 @@
+"""End to end in real Krita (Debian's package, under xvfb-run) against a real backend on the tiny model.
+
+The installer installs the plugin into a throw-away Krita home; a test-only
+plugin (tests/krita_e2e) drives it like an artist and reports what it saw.
+Artifacts (exported canvas, screenshots, Krita's log) go to artifacts/krita-e2e/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.engine.request import GenerationRequest, StyleReference
+from krita_plugin.instantstyle.settings import GenerationSettings, JobKind, save_settings
+from protocol import Mode
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.krita
+
+ARTIFACTS = REPO / "artifacts" / "krita-e2e"
+KRITA_TIMEOUT = 200
+PROMPT = "a lighthouse at dusk"
+SEED = 1234
+STEPS = 5
+STRENGTH = 0.6
+
+
+def _krita_missing() -> str | None:
+    missing = [tool for tool in ("krita", "xvfb-run", "xauth") if shutil.which(tool) is None]
+    return f"not installed: {', '.join(missing)} (apt-get install krita xvfb xauth)" if missing else None
+
+
+@pytest.fixture(scope="module")
+def krita_available() -> None:
+    reason = _krita_missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-Krita test, but {reason}")
+        pytest.skip(reason)
+
+
+class KritarcStore:
+    """Writes the plugin's settings into kritarc's [instantstyle] group, as Krita's writeSetting does."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = ["[instantstyle]"]
+
+    def read(self, key: str, default: str) -> str:
+        return default
+
+    def write(self, key: str, value: str) -> None:
+        self.lines.append(f"{key}={value}")
+
+
+@pytest.fixture(scope="module")
+def backend_url(krita_available, tiny_paths):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend", "serve", "--model", "tiny", "--port", "0", "--device", "cpu"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
+    )
+    lines = []
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            match = re.search(r"ready on (ws://\S+)", line)
+            if match:
+                yield match.group(1)
+                break
+        else:
+            pytest.fail("the backend did not start:\n" + "".join(lines))
+    finally:
+        process.terminate()  # SIGTERM: the server shuts down cleanly
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def krita_run(backend_url, tmp_path_factory):
+    home = tmp_path_factory.mktemp("krita-home")
+    # Krita embeds the system Python (with PyQt5); a virtual environment or pyenv on PATH would
+    # make it pick up another prefix without PyQt5, so Krita gets a plain system environment.
+    keep = ("LANG", "LC_ALL", "TZ")
+    env = {
+        **{key: os.environ[key] for key in keep if key in os.environ},
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_RUNTIME_DIR": str(home / "runtime"),
+        "INSTANTSTYLE_E2E_OUT": str(ARTIFACTS),
+    }
+    (home / "runtime").mkdir(mode=0o700)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    resources, kritarc = home / ".local" / "share" / "krita", home / ".config" / "kritarc"
+
+    # The real installer, as an artist would run it.
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "installer/install_plugin.py",
+            "install",
+            "--resources",
+            str(resources),
+            "--kritarc",
+            str(kritarc),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # The test hook plugin, and the docker settings a returning artist would have saved.
+    shutil.copytree(
+        REPO / "tests" / "krita_e2e" / "instantstyle_e2e", resources / "pykrita" / "instantstyle_e2e"
+    )
+    shutil.copy(REPO / "tests" / "krita_e2e" / "kritapykrita_instantstyle_e2e.desktop", resources / "pykrita")
+    store = KritarcStore()
+    save_settings(
+        store,
+        GenerationSettings(
+            server_url=backend_url,
+            prompt=PROMPT,
+            content_text="stripes",
+            seed=SEED,
+            seed_locked=True,
+            steps=STEPS,
+            strength=STRENGTH,
+            kind=JobKind.STYLIZE,
+        ),
+    )
+    text = kritarc.read_text().replace("[python]\n", "[python]\nenable_instantstyle_e2e=true\n")
+    kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
+
+    log_path = ARTIFACTS / "krita.log"
+    # A timeout is judged by the report below; Krita sometimes lingers after quitting.
+    with log_path.open("w") as log, contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(
+            ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "krita", "--nosplash"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=KRITA_TIMEOUT,
+            cwd=home,
+        )
+    report_path = ARTIFACTS / "report.json"
+    assert report_path.exists(), "Krita never ran the test hook; see " + str(log_path)
+    report = json.loads(report_path.read_text())
+    assert "error" not in report, report["error"]
+    assert report.get("finished"), f"the hook did not finish: {report['steps'][-3:]}"
+    return {"report": report, "installed": installed.stdout, "resources": resources, "kritarc": kritarc}
+
+
+def _rgba(name: str) -> np.ndarray:
+    return np.frombuffer((ARTIFACTS / name).read_bytes(), np.uint8).reshape(64, 64, 4)
+
+
+def test_plugin_installs_and_registers_in_real_krita(krita_run):
+    report = krita_run["report"]
+    assert "installed" in krita_run["installed"]
+    assert "instantstyle_docker" in report["dockers"]
+    assert report["settings_loaded"] == {
+        "prompt": PROMPT,
+        "seed": SEED,
+        "url": report["settings_loaded"]["url"],
+    }
+    assert report["status"].startswith("connected") and "TEST/DEMO" in report["status"]
+
+
+def test_stylize_layer_adds_the_exact_result_and_keeps_the_artists_layer(krita_run, engine):
+    stylize = krita_run["report"]["stylize"]
+    assert stylize["preview_seen"], "no preview layer appeared while the job ran"
+    assert "InstantStyle preview" not in stylize["layers_after"]
+    assert stylize["new_layers"] == [f"InstantStyle: {PROMPT} (seed {SEED}) [TEST MODEL]"]
+    assert (
+        stylize["layers_after"].index(stylize["new_layers"][0])
+        == stylize["layers_after"].index("Painted") + 1
+    )
+    assert stylize["source_unchanged"]
+    assert stylize["layer_equals_received"]
+
+    # The layer holds exactly what the engine makes for the same request.
+    source = Image.fromarray(_rgba("source.rgba"), "RGBA").convert("RGB")
+    expected = engine.generate(
+        GenerationRequest(
+            prompt=PROMPT,
+            style_images=[StyleReference(source)],
+            content_text="stripes",
+            mode=Mode.IMG2IMG,
+            init_image=source,
+            strength=STRENGTH,
+            width=64,
+            height=64,
+            steps=STEPS,
+            seed=SEED,
+        )
+    ).images[0]
+    layer = _rgba("layer.rgba")
+    assert np.array_equal(layer[..., :3], expected) and (layer[..., 3] == 255).all()
+    assert krita_run["report"]["exported"] and (ARTIFACTS / "canvas.png").stat().st_size > 0
+    assert Image.open(ARTIFACTS / "canvas.png").size == (64, 64)
+
+
+def test_cancel_and_closing_a_document_mid_job(krita_run):
+    cancel = krita_run["report"]["cancel"]
+    assert cancel["state"] == "cancelled" and cancel["step"] < cancel["total"]
+    assert cancel["layers_after"] == ["Background", "Painted"] or cancel["layers_after"] == ["Painted"]
+    closing = krita_run["report"]["close"]
+    assert closing["krita_alive"] and closing["state"] in ("done", "failed", "cancelled")
+    assert "Traceback" not in closing["message"]
+
+
+def test_screenshots_of_the_docker(krita_run):
+    for name in ("krita-window.png", "krita-docker.png"):
+        image = Image.open(ARTIFACTS / name)
+        assert image.width > 100 and image.height > 100
+        assert len(set(image.convert("L").getdata())) > 10, f"{name} is blank"
+
+
+def test_uninstall_removes_exactly_what_was_installed(krita_run):
+    resources, kritarc = krita_run["resources"], krita_run["kritarc"]
+    hook = resources / "pykrita" / "instantstyle_e2e"
+    subprocess.run(
+        [
+            sys.executable,
+            "installer/install_plugin.py",
+            "uninstall",
+            "--resources",
+            str(resources),
+            "--kritarc",
+            str(kritarc),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    assert not (resources / "pykrita" / "instantstyle").exists()
+    assert not (resources / "pykrita" / "kritapykrita_instantstyle.desktop").exists()
+    assert hook.is_dir()  # not ours: left alone
+    text = kritarc.read_text()
+    assert "enable_instantstyle=true" not in text and "enable_instantstyle_e2e=true" in text
