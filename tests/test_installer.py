@@ -81,15 +81,20 @@ def test_installed_core_runs_on_a_python_without_websockets_or_numpy(krita_home,
         "assert 'pykrita' in websockets.__file__, websockets.__file__\n"
         "print(p.encode_message(p.Ping(1)))\n"
     )
-    isolated = subprocess.run(["/usr/bin/python3", "-I", "-c", script, str(resources / "pykrita")],
-                              capture_output=True, text=True, cwd=tmp_path)
+    isolated = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", script, str(resources / "pykrita")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert isolated.returncode == 0, isolated.stderr
     assert '"type":"ping"' in isolated.stdout
 
 
 def test_command_line(tmp_path):
     out = tmp_path / "dist" / "plugin.zip"
-    result = subprocess.run([sys.executable, "installer/install_plugin.py", "zip", "--out", str(out)],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "installer/install_plugin.py", "zip", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=repo, check=True)
     assert out.is_file() and str(out) in result.stdout
     shutil.rmtree(tmp_path / "dist")
