@@ -167,6 +167,29 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; expected failures (bad input, missing files) print one line, not a traceback."""
+    from backend.engine.blocks import BlockMapError
+    from backend.engine.loading import ModelLoadError
+    from backend.engine.request import RequestError
+    from backend.engine.style_embedding import EmbeddingSpaceMismatch
+    from backend.server.config import ConfigError
+
+    try:
+        return _run(argv)
+    except (
+        RequestError,
+        BlockMapError,
+        ModelLoadError,
+        EmbeddingSpaceMismatch,
+        ConfigError,
+        OSError,
+        json.JSONDecodeError,
+    ) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve" and args.log_json:
         from backend.server.logs import configure_json_logging

@@ -1,0 +1,153 @@
+"""The command lines, as a user runs them: generate, serve (with SIGTERM), JSON logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+
+from PIL import Image
+
+from backend.client import InstantStyleClient
+from backend.server.logs import JsonFormatter
+from protocol import Error, ErrorCode
+from tests.conftest import REPO
+from tests.server_helpers import generate_message, run
+
+STYLE = REPO / "examples" / "style.png"
+
+
+def test_generate_writes_the_image_previews_and_test_label(tmp_path, tiny_paths):
+    out, previews = tmp_path / "out.png", tmp_path / "previews"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend",
+            "generate",
+            "--model",
+            "tiny",
+            "--style",
+            str(STYLE),
+            "--prompt",
+            "a cat",
+            "--content",
+            "stripes",
+            "--width",
+            "64",
+            "--height",
+            "96",
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--out",
+            str(out),
+            "--previews",
+            str(previews),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    image = Image.open(out)
+    assert image.size == (64, 96) and "TEST" in image.text["instantstyle:model"]
+    assert (
+        image.text["instantstyle:seed"] == "42"
+        and Image.open(tmp_path / "out-1.png").text["instantstyle:seed"] == "43"
+    )
+    assert sorted(p.name for p in previews.iterdir()) == ["step-001.png", "step-002.png", "step-003.png"]
+    assert "TEST model" in result.stdout
+
+
+def test_generate_reports_bad_input_without_a_traceback(tmp_path, tiny_paths):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend",
+            "generate",
+            "--model",
+            "tiny",
+            "--style",
+            str(STYLE),
+            "--prompt",
+            "x",
+            "--width",
+            "60",
+            "--out",
+            str(tmp_path / "o.png"),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "multiple of 8" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_shuts_down_cleanly_on_sigterm_telling_clients(tiny_paths):
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "backend",
+            "serve",
+            "--model",
+            "tiny",
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            "--log-json",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = None
+        for line in server.stdout:
+            match = re.search(r"ready on (ws://\S+)", line)
+            if match:
+                url = match.group(1)
+                break
+        assert url, server.stderr.read()
+
+        async def scenario():
+            async with InstantStyleClient.connect(url) as client:
+                await client.submit(generate_message(1, steps=2), {0: Image.open(STYLE).convert("RGB")})
+                done = await client.follow(1)
+                server.send_signal(signal.SIGTERM)
+                return done, await client.receive()
+
+        done, goodbye = run(scenario(), timeout=120)
+        assert done.error is None and len(done.images) == 1
+        assert isinstance(goodbye, Error) and goodbye.code is ErrorCode.SHUTTING_DOWN
+        assert server.wait(30) == 0
+        logs = [json.loads(line) for line in server.stderr.read().splitlines() if line.startswith("{")]
+        assert any(entry["message"].startswith("listening on") for entry in logs)
+        assert {"time", "level", "logger", "message"} <= set(logs[0])
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def test_json_log_lines():
+    record = logging.LogRecord("backend", logging.WARNING, __file__, 1, "job %s failed", (3,), None)
+    record.job_id = 3
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "warning" and entry["message"] == "job 3 failed" and entry["job_id"] == 3
