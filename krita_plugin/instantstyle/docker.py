@@ -70,6 +70,18 @@ def _row(*widgets: QWidget) -> QWidget:
     return holder
 
 
+class LayerCombo(QComboBox):
+    """Lists the document's paint layers, refreshed each time it opens (Krita has no layer events)."""
+
+    def __init__(self, fill) -> None:
+        super().__init__()
+        self._fill = fill
+
+    def showPopup(self) -> None:
+        self._fill()
+        super().showPopup()
+
+
 class InstantStyleDocker(DockWidget):
     def __init__(self) -> None:
         super().__init__()
@@ -111,7 +123,7 @@ class InstantStyleDocker(DockWidget):
         self.source = QComboBox()
         for label, kind in SOURCES:
             self.source.addItem(label, kind)
-        self.style_layer = QComboBox()
+        self.style_layer = LayerCombo(self._fill_layers)
         self.style_file = QLineEdit()
         browse = QToolButton()
         browse.setText("…")
