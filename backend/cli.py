@@ -63,9 +63,42 @@ def load_engine(args: argparse.Namespace):  # -> InstantStyleEngine
     return InstantStyleEngine.load(spec, device=args.device, dtype=args.dtype)
 
 
-def _style_argument(text: str) -> tuple[Path, float]:
+def style_argument(text: str) -> tuple[Path, float]:
     path, _, weight = text.partition("=")
     return Path(path), float(weight) if weight else 1.0
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of one job, shared by ``generate`` and the headless client."""
+    parser.add_argument(
+        "--style",
+        action="append",
+        required=True,
+        type=style_argument,
+        metavar="IMAGE[=WEIGHT]",
+        help="style reference (repeat to blend several)",
+    )
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative", default=None, help="negative prompt (default: InstantStyle's)")
+    parser.add_argument("--content", default="", help="content of the reference to subtract, e.g. 'a cat'")
+    parser.add_argument("--content-scale", type=float, default=0.5)
+    parser.add_argument("--preset", choices=[p.value for p in BlockPreset], default=BlockPreset.STYLE.value)
+    parser.add_argument(
+        "--blocks", help='custom per-block map as JSON, e.g. \'{"up": {"block_0": [0, 1, 0]}}\''
+    )
+    parser.add_argument("--style-scale", type=float, default=1.0)
+    parser.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.TXT2IMG.value)
+    parser.add_argument("--init", type=Path, help="image to stylize (img2img, inpaint)")
+    parser.add_argument("--mask", type=Path, help="inpaint mask (white = change)")
+    parser.add_argument("--strength", type=float, default=0.6)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("out.png"))
+    parser.add_argument("--previews", type=Path, help="folder to write each step's preview PNG into")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,33 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="run one InstantStyle job and write PNG files")
-    gen.add_argument(
-        "--style",
-        action="append",
-        required=True,
-        type=_style_argument,
-        metavar="IMAGE[=WEIGHT]",
-        help="style reference (repeat to blend several)",
-    )
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative", default=None, help="negative prompt (default: InstantStyle's)")
-    gen.add_argument("--content", default="", help="content of the reference to subtract, e.g. 'a cat'")
-    gen.add_argument("--content-scale", type=float, default=0.5)
-    gen.add_argument("--preset", choices=[p.value for p in BlockPreset], default=BlockPreset.STYLE.value)
-    gen.add_argument("--blocks", help='custom per-block map as JSON, e.g. \'{"up": {"block_0": [0, 1, 0]}}\'')
-    gen.add_argument("--style-scale", type=float, default=1.0)
-    gen.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.TXT2IMG.value)
-    gen.add_argument("--init", type=Path, help="image to stylize (img2img, inpaint)")
-    gen.add_argument("--mask", type=Path, help="inpaint mask (white = change)")
-    gen.add_argument("--strength", type=float, default=0.6)
-    gen.add_argument("--width", type=int, default=1024)
-    gen.add_argument("--height", type=int, default=1024)
-    gen.add_argument("--steps", type=int, default=30)
-    gen.add_argument("--cfg", type=float, default=5.0)
-    gen.add_argument("--seed", type=int, default=42)
-    gen.add_argument("--batch", type=int, default=1)
-    gen.add_argument("--out", type=Path, default=Path("out.png"))
-    gen.add_argument("--previews", type=Path, help="folder to write each step's preview PNG into")
+    add_job_arguments(gen)
     add_model_arguments(gen)
 
     serve = commands.add_parser("serve", help="run the WebSocket server")

@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 
+from backend.cli import add_job_arguments
 from protocol import (
+    BlockPreset,
     Cancel,
     Cancelled,
     Error,
@@ -27,6 +29,7 @@ from protocol import (
     Generate,
     Hello,
     Limits,
+    Mode,
     PixelFormat,
     PixelFrame,
     Progress,
@@ -154,6 +157,42 @@ class InstantStyleClient:
                 return outcome
 
 
+def job_from_arguments(args: argparse.Namespace, job_id: int) -> tuple[Generate, dict[int, Image.Image]]:
+    """A ``generate`` message and its INPUT images from ``add_job_arguments``' options."""
+    inputs: dict[int, Image.Image] = {
+        i: Image.open(path).convert("RGB") for i, (path, _) in enumerate(args.style)
+    }
+    init_index = mask_index = None
+    if args.init:
+        init_index = len(inputs)
+        inputs[init_index] = Image.open(args.init).convert("RGB")
+    if args.mask:
+        mask_index = len(inputs)
+        inputs[mask_index] = Image.open(args.mask).convert("L")
+    message = Generate(
+        job_id=job_id,
+        prompt=args.prompt,
+        style_images=[StyleImage(i, weight) for i, (_, weight) in enumerate(args.style)],
+        negative_prompt=args.negative,
+        content_text=args.content,
+        content_scale=args.content_scale,
+        preset=BlockPreset(args.preset),
+        block_scales=json.loads(args.blocks) if args.blocks else None,
+        style_scale=args.style_scale,
+        mode=Mode(args.mode),
+        init_image=init_index,
+        mask=mask_index,
+        strength=args.strength,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        guidance_scale=args.cfg,
+        seed=args.seed,
+        batch=args.batch,
+    )
+    return message, inputs
+
+
 async def _demo(args: argparse.Namespace) -> int:
     server = None
     url = args.url
@@ -175,24 +214,11 @@ async def _demo(args: argparse.Namespace) -> int:
         async with InstantStyleClient.connect(url, token=args.token) as client:
             model = client.hello.model
             print(f"connected to {url}: {model.label}{' [TEST MODEL]' if model.is_test_model else ''}")
-            job_id = client.new_job_id()
-            styles = [Image.open(path).convert("RGB") for path in args.style]
-            message = Generate(
-                job_id=job_id,
-                prompt=args.prompt,
-                style_images=[StyleImage(i) for i in range(len(styles))],
-                content_text=args.content,
-                content_scale=args.content_scale,
-                width=args.width,
-                height=args.height,
-                steps=args.steps,
-                seed=args.seed,
-            )
-            await client.submit(message, dict(enumerate(styles)))
-            outcome = JobOutcome()
+            message, inputs = job_from_arguments(args, client.new_job_id())
+            await client.submit(message, inputs)
             if args.previews:
                 args.previews.mkdir(parents=True, exist_ok=True)
-            outcome = await client.follow(job_id, outcome)
+            outcome = await client.follow(message.job_id)
             for preview in outcome.previews if args.previews else []:
                 frame_image(preview).save(args.previews / f"step-{preview.index:03d}.png")
             if outcome.error:
@@ -216,16 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="ws://127.0.0.1:8765")
     parser.add_argument("--serve-tiny", action="store_true", help="start a tiny-model server in this process")
     parser.add_argument("--token")
-    parser.add_argument("--style", action="append", type=Path, required=True)
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--content", default="")
-    parser.add_argument("--content-scale", type=float, default=0.5)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", type=Path, default=Path("out.png"))
-    parser.add_argument("--previews", type=Path)
+    add_job_arguments(parser)
     return asyncio.run(_demo(parser.parse_args(argv)))
 
 

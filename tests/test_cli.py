@@ -21,37 +21,18 @@ from tests.server_helpers import generate_message, run
 STYLE = REPO / "examples" / "style.png"
 
 
+def backend(arguments: str) -> list[str]:
+    """``python -m backend ARGUMENTS`` (paths here have no spaces)."""
+    return [sys.executable, "-m", "backend", *arguments.split()]
+
+
 def test_generate_writes_the_image_previews_and_test_label(tmp_path, tiny_paths):
     out, previews = tmp_path / "out.png", tmp_path / "previews"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backend",
-            "generate",
-            "--model",
-            "tiny",
-            "--style",
-            str(STYLE),
-            "--prompt",
-            "a cat",
-            "--content",
-            "stripes",
-            "--width",
-            "64",
-            "--height",
-            "96",
-            "--steps",
-            "3",
-            "--batch",
-            "2",
-            "--out",
-            str(out),
-            "--previews",
-            str(previews),
-            "--device",
-            "cpu",
-        ],
+        backend(
+            f"generate --model tiny --style {STYLE} --prompt cat --content stripes --width 64 --height 96 "
+            f"--steps 3 --batch 2 --out {out} --previews {previews} --device cpu"
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -71,24 +52,9 @@ def test_generate_writes_the_image_previews_and_test_label(tmp_path, tiny_paths)
 
 def test_generate_reports_bad_input_without_a_traceback(tmp_path, tiny_paths):
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backend",
-            "generate",
-            "--model",
-            "tiny",
-            "--style",
-            str(STYLE),
-            "--prompt",
-            "x",
-            "--width",
-            "60",
-            "--out",
-            str(tmp_path / "o.png"),
-            "--device",
-            "cpu",
-        ],
+        backend(
+            f"generate --model tiny --style {STYLE} --prompt x --width 60 --out {tmp_path}/o.png --device cpu"
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -100,19 +66,7 @@ def test_generate_reports_bad_input_without_a_traceback(tmp_path, tiny_paths):
 
 def test_serve_shuts_down_cleanly_on_sigterm_telling_clients(tiny_paths):
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "backend",
-            "serve",
-            "--model",
-            "tiny",
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-            "--log-json",
-        ],
+        backend("serve --model tiny --port 0 --device cpu --log-json"),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -10,8 +10,10 @@ library traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +114,17 @@ def check_diffusers_folder(folder: Path) -> None:
         check_safetensors(weights, f"{weights.parent.name} weights in safetensors format")
 
 
+@contextlib.contextmanager
+def load_errors(source: str, expected: str) -> Iterator[None]:
+    """Turn whatever a library raises while loading ``source`` into a ``ModelLoadError``."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as error:  # diffusers, transformers, huggingface_hub and safetensors raise many types
+        raise ModelLoadError(source, expected, str(error)) from error
+
+
 def _is_local(text: str) -> bool:
     """A path on disk (even a missing one) rather than a hub id like ``owner/repo``."""
     path = Path(text).expanduser()
@@ -124,7 +137,7 @@ def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
 
     hub_kwargs = {"cache_dir": spec.cache_dir, "local_files_only": spec.local_files_only}
     source = Path(spec.base).expanduser()
-    try:
+    with load_errors(spec.base, "an SDXL model (diffusers folder, single file or repo id)"):
         if source.suffix in SINGLE_FILE_SUFFIXES:
             if not source.is_file():
                 raise ModelLoadError(source, "an SDXL single-file checkpoint", "file not found")
@@ -141,19 +154,13 @@ def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
             check_diffusers_folder(source)
             return StableDiffusionXLPipeline.from_pretrained(str(source), dtype=dtype)
         return StableDiffusionXLPipeline.from_pretrained(spec.base, dtype=dtype, **hub_kwargs)
-    except ModelLoadError:
-        raise
-    except Exception as error:
-        raise ModelLoadError(
-            spec.base, "an SDXL model (diffusers folder, single file or repo id)", str(error)
-        ) from error
 
 
 def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
     """The CLIP vision tower (with projection) whose space the IP-Adapter was trained in."""
     from transformers import CLIPVisionModelWithProjection
 
-    try:
+    with load_errors(spec.image_encoder, "a CLIP image encoder (CLIPVisionModelWithProjection)"):
         if _is_local(spec.image_encoder):
             folder = Path(spec.image_encoder).expanduser()
             if not (folder / "config.json").is_file():
@@ -171,18 +178,12 @@ def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
             cache_dir=spec.cache_dir,
             local_files_only=spec.local_files_only,
         )
-    except ModelLoadError:
-        raise
-    except Exception as error:
-        raise ModelLoadError(
-            spec.image_encoder, "a CLIP image encoder (CLIPVisionModelWithProjection)", str(error)
-        ) from error
 
 
 def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
     """diffusers' own ``load_ip_adapter``, with the image encoder provided separately."""
     source = spec.ip_adapter
-    try:
+    with load_errors(source, "IP-Adapter weights for SDXL (image_proj + ip_adapter)"):
         if _is_local(source):
             path = Path(source).expanduser()
             if path.suffix not in (".bin", ".safetensors"):
@@ -205,12 +206,6 @@ def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
             cache_dir=spec.cache_dir,
             local_files_only=spec.local_files_only,
         )
-    except ModelLoadError:
-        raise
-    except Exception as error:
-        raise ModelLoadError(
-            source, "IP-Adapter weights for SDXL (image_proj + ip_adapter)", str(error)
-        ) from error
 
 
 def quiet_libraries() -> None:
