@@ -254,3 +254,24 @@ def test_result_frame_kinds_and_sizes(engine):
     assert all(
         isinstance(frame_image(f), Image.Image) and frame_image(f).size == (96, 64) for f in outcome.images
     )
+
+
+def test_an_internal_error_costs_one_message_not_the_connection(engine, monkeypatch):
+    import backend.server.connection as connection_module
+
+    def broken(message, inputs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(connection_module, "build_request", broken)
+
+    async def scenario():
+        async with running_server(engine) as server, InstantStyleClient.connect(server.url) as client:
+            await client.submit(generate_message(1), {0: STYLE})
+            failed = await client.follow(1)
+            monkeypatch.undo()
+            await client.submit(generate_message(2, steps=1), {0: STYLE})
+            return failed, await client.follow(2)
+
+    failed, fine = run(scenario())
+    assert failed.error.code is ErrorCode.INTERNAL and "a bug" not in failed.error.message
+    assert fine.error is None and len(fine.images) == 1  # the same connection still works

@@ -141,11 +141,13 @@ class Connection:
     # ------------------------------------------------------------------ requests
 
     def _handle(self, message: str | bytes) -> None:
+        job_id = None
         try:
             if isinstance(message, bytes):
                 self._store_input(decode_frame(message, self.context.config.limits.max_side))
                 return
             request = decode_client_message(message, self.context.config.limits)
+            job_id = getattr(request, "job_id", None)
             if isinstance(request, Generate):
                 self._generate(request)
             elif isinstance(request, Cancel):
@@ -157,6 +159,11 @@ class Connection:
         except ProtocolError as error:
             log.info("bad message from %s: %s", self.name, error.message)
             self.outbox.put(encode_message(Error.from_exception(error)))
+        except Exception:  # a bug must cost one message, not the connection
+            log.exception("internal error handling a message from %s", self.name)
+            self.outbox.put(
+                encode_message(Error(ErrorCode.INTERNAL, "internal error: please report it", job_id))
+            )
 
     def _store_input(self, frame: PixelFrame) -> None:
         if frame.kind is not FrameKind.INPUT:
