@@ -1,10 +1,12 @@
-"""A tiny SDXL-shaped model with random weights, built offline.
+"""SDXL-shaped models with random weights, built offline: a tiny one for tests, the full size for benchmarks.
 
 Same block topology as SDXL (three UNet levels, cross-attention in
 ``down_blocks.1/2`` and ``up_blocks.0/1``, ``text_time`` added conditioning, a
 VAE with scale factor 8, two CLIP text towers, a ViT image encoder whose
 projection matches ``text_encoder_2``), so the real InstantStyle code paths run,
-just at toy sizes. Its pictures are noise: it is a TEST/DEMO model only.
+just at toy sizes. Its pictures are noise: it is a TEST/DEMO model only. The
+same builders at SDXL's own sizes give the real compute and memory cost, for
+GPU benchmarks (random weights cost the same as trained ones).
 """
 
 from __future__ import annotations
@@ -16,21 +18,103 @@ from pathlib import Path
 import torch
 
 TINY_LABEL = "tiny random-weight SDXL (TEST/DEMO model, not for real images)"
+FULL_LABEL = "full-size SDXL architecture with random weights (BENCHMARK model, not for real images)"
 
-HIDDEN = 32  # text_encoder's width (CLIP ViT-L's 768 in SDXL)
-HIDDEN_2 = 48  # text_encoder_2's width (OpenCLIP bigG's 1280); must differ from HIDDEN, as in SDXL,
-# or diffusers' single-file loader cannot tell the two towers apart
-PROJECTION_DIM = 32  # text_encoder_2 projection == image encoder projection
-CROSS_ATTENTION_DIM = HIDDEN + HIDDEN_2  # SDXL concatenates both text towers' hidden states
-TIME_EMBED_DIM = 8
-IMAGE_SIZE = 224
 VOCAB_SIZE = 256 * 2 + 2  # byte-level symbols, their word-final forms, <|startoftext|>, <|endoftext|>
 BOS_ID, EOS_ID = VOCAB_SIZE - 2, VOCAB_SIZE - 1
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """Every size that differs between the tiny test model and SDXL itself; the topology is shared."""
+
+    unet_channels: tuple[int, int, int]
+    unet_transformer_layers: tuple[int, int, int]
+    unet_head_dim: tuple[int, int, int]
+    norm_groups: int
+    sample_size: int
+    """Latent side of the default resolution (x8 for pixels)."""
+    time_embed_dim: int
+    vae_channels: tuple[int, int, int, int]
+    vae_layers: int
+    vae_force_upcast: bool
+    text_hidden: int
+    """text_encoder's width; must differ from text2_hidden, as in SDXL, or diffusers' single-file
+    loader cannot tell the two towers apart."""
+    text_layers: int
+    text_heads: int
+    text2_hidden: int
+    text2_layers: int
+    text2_heads: int
+    projection_dim: int
+    """text_encoder_2's projection == the image encoder's: content subtraction needs one space."""
+    image_hidden: int
+    image_layers: int
+    image_heads: int
+    image_intermediate: int
+    image_patch: int
+    text_mlp_ratio: int = 4
+    vocab_size: int = VOCAB_SIZE
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return self.text_hidden + self.text2_hidden  # SDXL concatenates both towers' hidden states
+
+
+TINY = ModelShape(
+    unet_channels=(16, 32, 64),
+    unet_transformer_layers=(1, 1, 2),
+    unet_head_dim=(2, 4, 8),
+    norm_groups=8,
+    sample_size=8,
+    time_embed_dim=8,
+    vae_channels=(8, 16, 16, 16),
+    vae_layers=1,
+    vae_force_upcast=False,
+    text_hidden=32,
+    text_layers=2,
+    text_heads=4,
+    text2_hidden=48,
+    text2_layers=2,
+    text2_heads=4,
+    projection_dim=32,
+    image_hidden=32,
+    image_layers=2,
+    image_heads=4,
+    image_intermediate=64,
+    image_patch=32,
+    text_mlp_ratio=2,
+)
+SDXL = ModelShape(
+    unet_channels=(320, 640, 1280),
+    unet_transformer_layers=(1, 2, 10),
+    unet_head_dim=(5, 10, 20),
+    norm_groups=32,
+    sample_size=128,
+    time_embed_dim=256,
+    vae_channels=(128, 256, 512, 512),
+    vae_layers=2,
+    vae_force_upcast=True,
+    text_hidden=768,
+    text_layers=12,
+    text_heads=12,
+    text2_hidden=1280,
+    text2_layers=32,
+    text2_heads=20,
+    projection_dim=1280,
+    image_hidden=1664,
+    image_layers=48,
+    image_heads=16,
+    image_intermediate=8192,
+    image_patch=14,
+    vocab_size=49408,
+)
+"""SDXL base 1.0 and the ViT-bigG image encoder of ip-adapter_sdxl, for benchmarks on a GPU."""
+
+
 @dataclass
 class TinyModels:
-    """Every component of the tiny model, in memory."""
+    """Every component of a generated model, in memory."""
 
     pipeline: object
     """A ``StableDiffusionXLPipeline`` without IP-Adapter."""
@@ -38,29 +122,29 @@ class TinyModels:
     ip_adapter_state: dict[str, dict[str, torch.Tensor]]
 
 
-def tiny_unet() -> torch.nn.Module:
+def build_unet(shape: ModelShape = TINY) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8,
+        sample_size=shape.sample_size,
         in_channels=4,
         out_channels=4,
         layers_per_block=2,
-        block_out_channels=(16, 32, 64),
+        block_out_channels=shape.unet_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 1, 2),
-        attention_head_dim=(2, 4, 8),
-        cross_attention_dim=CROSS_ATTENTION_DIM,
-        norm_num_groups=8,
+        transformer_layers_per_block=shape.unet_transformer_layers,
+        attention_head_dim=shape.unet_head_dim,
+        cross_attention_dim=shape.cross_attention_dim,
+        norm_num_groups=shape.norm_groups,
         use_linear_projection=True,
         addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=TIME_EMBED_DIM * 6 + PROJECTION_DIM,
+        addition_time_embed_dim=shape.time_embed_dim,
+        projection_class_embeddings_input_dim=shape.time_embed_dim * 6 + shape.projection_dim,
     )
 
 
-def tiny_vae() -> torch.nn.Module:
+def build_vae(shape: ModelShape = TINY) -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -68,52 +152,52 @@ def tiny_vae() -> torch.nn.Module:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
+        block_out_channels=shape.vae_channels,
+        layers_per_block=shape.vae_layers,
         latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
+        norm_num_groups=shape.norm_groups,
+        sample_size=shape.sample_size * 8,
         scaling_factor=0.13025,
-        force_upcast=False,
+        force_upcast=shape.vae_force_upcast,
     )
 
 
-def _text_config(with_projection: bool) -> object:
+def _text_config(shape: ModelShape, second: bool) -> object:
     from transformers import CLIPTextConfig
 
-    hidden = HIDDEN_2 if with_projection else HIDDEN
+    hidden = shape.text2_hidden if second else shape.text_hidden
     return CLIPTextConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=shape.vocab_size,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        intermediate_size=shape.text_mlp_ratio * hidden,
+        num_hidden_layers=shape.text2_layers if second else shape.text_layers,
+        num_attention_heads=shape.text2_heads if second else shape.text_heads,
         max_position_embeddings=77,
-        projection_dim=PROJECTION_DIM if with_projection else hidden,
-        hidden_act="gelu",
+        projection_dim=shape.projection_dim if second else hidden,
+        hidden_act="gelu" if second else "quick_gelu",
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=EOS_ID,
     )
 
 
-def tiny_text_encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_text_encoders(shape: ModelShape = TINY) -> tuple[torch.nn.Module, torch.nn.Module]:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    return CLIPTextModel(_text_config(False)), CLIPTextModelWithProjection(_text_config(True))
+    return CLIPTextModel(_text_config(shape, False)), CLIPTextModelWithProjection(_text_config(shape, True))
 
 
-def tiny_image_encoder() -> torch.nn.Module:
+def build_image_encoder(shape: ModelShape = TINY) -> torch.nn.Module:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = CLIPVisionConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=32,
-        projection_dim=PROJECTION_DIM,
+        hidden_size=shape.image_hidden,
+        intermediate_size=shape.image_intermediate,
+        num_hidden_layers=shape.image_layers,
+        num_attention_heads=shape.image_heads,
+        image_size=224,
+        patch_size=shape.image_patch,
+        projection_dim=shape.projection_dim,
         hidden_act="gelu",
     )
     return CLIPVisionModelWithProjection(config)
@@ -167,19 +251,20 @@ def tiny_tokenizer(scratch: Path) -> object:
 
 
 def random_ip_adapter_state(
-    unet: torch.nn.Module, generator: torch.Generator
+    unet: torch.nn.Module, generator: torch.Generator, shape: ModelShape = TINY
 ) -> dict[str, dict[str, torch.Tensor]]:
     """An ip-adapter_sdxl-shaped state dict, numbered the way diffusers reads it."""
     tokens = 4
+    cross = shape.cross_attention_dim
 
-    def randn(*shape: int, std: float) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * std
+    def randn(*size: int, std: float) -> torch.Tensor:
+        return torch.randn(*size, generator=generator) * std
 
     image_proj = {
-        "proj.weight": randn(CROSS_ATTENTION_DIM * tokens, PROJECTION_DIM, std=0.2),
-        "proj.bias": randn(CROSS_ATTENTION_DIM * tokens, std=0.02),
-        "norm.weight": torch.ones(CROSS_ATTENTION_DIM),
-        "norm.bias": torch.zeros(CROSS_ATTENTION_DIM),
+        "proj.weight": randn(cross * tokens, shape.projection_dim, std=0.2),
+        "proj.bias": randn(cross * tokens, std=0.02),
+        "norm.weight": torch.ones(cross),
+        "norm.bias": torch.zeros(cross),
     }
     ip_adapter: dict[str, torch.Tensor] = {}
     channels = unet.config.block_out_channels  # type: ignore[attr-defined]
@@ -193,21 +278,21 @@ def random_ip_adapter_state(
             hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
         else:
             hidden = channels[int(name[len("down_blocks.")])]
-        ip_adapter[f"{key_id}.to_k_ip.weight"] = randn(hidden, CROSS_ATTENTION_DIM, std=0.3)
-        ip_adapter[f"{key_id}.to_v_ip.weight"] = randn(hidden, CROSS_ATTENTION_DIM, std=0.3)
+        ip_adapter[f"{key_id}.to_k_ip.weight"] = randn(hidden, cross, std=0.3)
+        ip_adapter[f"{key_id}.to_v_ip.weight"] = randn(hidden, cross, std=0.3)
         key_id += 2
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
-def build_tiny_models(scratch: Path, seed: int = 0) -> TinyModels:
+def build_models(scratch: Path, shape: ModelShape = TINY, seed: int = 0) -> TinyModels:
     """Build every component with weights drawn from ``seed``: same seed, same model."""
     from diffusers import StableDiffusionXLPipeline
 
     torch.manual_seed(seed)
-    text_encoder, text_encoder_2 = tiny_text_encoders()
-    unet = tiny_unet()
+    text_encoder, text_encoder_2 = build_text_encoders(shape)
+    unet = build_unet(shape)
     pipeline = StableDiffusionXLPipeline(
-        vae=tiny_vae(),
+        vae=build_vae(shape),
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
         tokenizer=tiny_tokenizer(scratch / "tokenizer"),
@@ -216,6 +301,6 @@ def build_tiny_models(scratch: Path, seed: int = 0) -> TinyModels:
         scheduler=tiny_scheduler(),
         force_zeros_for_empty_prompt=True,
     )
-    image_encoder = tiny_image_encoder()
-    state = random_ip_adapter_state(unet, torch.Generator().manual_seed(seed + 1))
+    image_encoder = build_image_encoder(shape)
+    state = random_ip_adapter_state(unet, torch.Generator().manual_seed(seed + 1), shape)
     return TinyModels(pipeline=pipeline, image_encoder=image_encoder, ip_adapter_state=state)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from backend.engine.loading import ModelSpec
-from backend.tiny.components import TINY_LABEL, build_tiny_models
+from backend.tiny.components import TINY_LABEL, build_models
 from backend.tiny.single_file import save_single_file
 
 GENERATOR_VERSION = "1"
@@ -115,7 +115,7 @@ def ensure_tiny_model(root: Path | None = None) -> TinyModelPaths:
 def _write_all(paths: TinyModelPaths) -> None:
     from safetensors.torch import save_file
 
-    models = build_tiny_models(paths.root / ".scratch")
+    models = build_models(paths.root / ".scratch")
     models.pipeline.save_pretrained(paths.diffusers_folder)  # type: ignore[attr-defined]
     save_single_file(models.pipeline, paths.single_file)
 
