@@ -212,6 +212,7 @@ def test_several_style_references_blend(engine):
         ({"style_images": []}, "style reference"),
         ({"mode": Mode.IMG2IMG}, "init image"),
         ({"preset": BlockPreset.CUSTOM}, "block_scales"),
+        ({"mode": Mode.IMG2IMG, "init_image": noise_image(2), "steps": 1, "strength": 0.5}, "runs no step"),
     ],
 )
 def test_bad_requests_are_rejected_clearly(engine, style_image, overrides, message):

@@ -32,6 +32,7 @@ def test_round_trip_streams_every_step_then_the_exact_result(engine):
     assert outcome.error is None and outcome.queued is not None and outcome.queued.position == 0
     steps = ["Progress", "PREVIEW"] * 5
     assert outcome.order == ["Queued", "Started", *steps, "Result", "RESULT"]
+    assert outcome.started.total_steps == 5 and outcome.started.seed == 5
     assert [p.step for p in outcome.progress] == [1, 2, 3, 4, 5]
     assert [f.index for f in outcome.previews] == [1, 2, 3, 4, 5]
     assert all((f.width, f.height, f.format) == (8, 8, PixelFormat.RGB8) for f in outcome.previews)

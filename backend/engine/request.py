@@ -71,10 +71,22 @@ class GenerationRequest:
                 raise RequestError(f"mode {self.mode.value} needs an init image")
             if not 0.0 < self.strength <= 1.0:
                 raise RequestError(f"strength must be in (0, 1], got {self.strength}")
+            if self.effective_steps < 1:
+                raise RequestError(
+                    f"strength {self.strength} of {self.steps} steps runs no step: "
+                    "raise the strength or the steps"
+                )
         if self.mode is Mode.INPAINT and self.mask is None:
             raise RequestError("mode inpaint needs a mask")
         if self.preset is BlockPreset.CUSTOM and not self.block_scales:
             raise RequestError("the custom preset needs block_scales")
+
+    @property
+    def effective_steps(self) -> int:
+        """Denoising steps that actually run: img2img and inpaint skip the first ``1 - strength``."""
+        if self.mode is Mode.TXT2IMG:
+            return self.steps
+        return min(int(self.steps * self.strength), self.steps)
 
 
 @dataclass

@@ -251,8 +251,8 @@ class InstantStyleDocker(DockWidget):
         self.seed.setValue(s.seed)
         self.seed_locked.setChecked(s.seed_locked)
         self.batch.setValue(s.batch)
-        self._source_changed()
         self._layer_name = style.layer
+        self._source_changed()
 
     def store(self) -> None:
         """Copy the widgets into the controller's settings (before a job, and on close)."""
