@@ -226,6 +226,12 @@ def test_cancel_and_closing_a_document_mid_job(krita_run):
     assert "Traceback" not in closing["message"]
 
 
+def test_a_16_bit_document_gets_an_exact_16_bit_result(krita_run):
+    deep = krita_run["report"]["deep"]
+    assert deep["depth"] == "U16" and len(deep["new_layers"]) == 1
+    assert deep["layer_equals_received"] and deep["exact_16_bit"] and deep["source_unchanged"]
+
+
 def test_screenshots_of_the_docker(krita_run):
     for name in ("krita-window.png", "krita-docker.png"):
         image = Image.open(ARTIFACTS / name)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from krita_plugin.instantstyle.errors import describe_error
-from krita_plugin.instantstyle.pixels import alpha_of_bgra, fit_generation_size, rgb_to_bgra, swap_red_blue
+from krita_plugin.instantstyle.pixels import (
+    alpha_of_bgra,
+    fit_generation_size,
+    rgb_to_bgra,
+    swap_red_blue,
+    to_8bit,
+    to_16bit,
+)
 from krita_plugin.instantstyle.settings import (
     DictStore,
     GenerationSettings,
@@ -25,6 +32,15 @@ def test_channel_swaps():
     assert alpha_of_bgra(bytes([0, 0, 0, 9, 1, 1, 1, 7])) == bytes([9, 7])
     with pytest.raises(ValueError):
         swap_red_blue(b"abc")
+
+
+def test_16_bit_conversions_are_exact():
+    eight = bytes([0, 1, 128, 255])
+    sixteen = to_16bit(eight)
+    assert sixteen == bytes([0, 0, 1, 1, 128, 128, 255, 255])  # little-endian v * 257
+    assert int.from_bytes(sixteen[6:8], "little") == 65535
+    assert to_8bit(sixteen) == eight
+    assert to_8bit((300).to_bytes(2, "little")) == bytes([1])  # keeps the high byte
 
 
 @pytest.mark.parametrize(

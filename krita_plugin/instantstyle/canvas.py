@@ -14,7 +14,7 @@ from krita import Krita  # type: ignore[import-not-found]
 from PyQt5.QtCore import Qt
 from PyQt5.QtGui import QImage
 
-from .pixels import swap_red_blue
+from .pixels import swap_red_blue, to_8bit, to_16bit
 from .session import Image, Job, JobInputs, Target
 from .settings import GenerationSettings, JobKind, StyleSourceKind
 
@@ -33,19 +33,31 @@ class Area:
     height: int
 
 
-def _require_rgba8(node) -> None:
-    if node.colorModel() != "RGBA" or node.colorDepth() != "U8":
+SUPPORTED_DEPTHS = ("U8", "U16")
+
+
+def _require_rgba(node) -> None:
+    if node.colorModel() != "RGBA" or node.colorDepth() not in SUPPORTED_DEPTHS:
         raise CanvasError(
-            f"layer '{node.name()}' is {node.colorModel()} {node.colorDepth()}: InstantStyle reads "
-            "8-bit RGBA layers for now (Image > Convert Image Color Space)"
+            f"layer '{node.name()}' is {node.colorModel()} {node.colorDepth()}: InstantStyle works with "
+            "8- and 16-bit integer RGBA for now (Image > Convert Image Color Space)"
         )
 
 
 def read_rgba(node, area: Area) -> Image:
-    """A layer's pixels in ``area`` as RGBA (Krita hands out BGRA)."""
-    _require_rgba8(node)
+    """A layer's pixels in ``area`` as 8-bit RGBA (Krita hands out BGRA, 8 or 16 bits a channel)."""
+    _require_rgba(node)
     data = bytes(node.pixelData(area.x, area.y, area.width, area.height))
+    if node.colorDepth() == "U16":
+        data = to_8bit(data)
     return Image(area.width, area.height, 4, swap_red_blue(data))
+
+
+def write_bgra(node, bgra8: bytes, target: Target) -> None:
+    """8-bit BGRA into a layer of its own depth (new layers take the document's)."""
+    _require_rgba(node)
+    data = to_16bit(bgra8) if node.colorDepth() == "U16" else bgra8
+    node.setPixelData(data, target.x, target.y, target.width, target.height)
 
 
 def read_file(path: str) -> Image:
@@ -188,9 +200,7 @@ class CanvasWriter:
         if node is None:
             node = self._place(document, job, PREVIEW_LAYER_NAME)
             self._previews[job.job_id] = node.uniqueId().toString()
-        node.setPixelData(
-            to_bgra(job.preview, target.width, target.height), target.x, target.y, target.width, target.height
-        )
+        write_bgra(node, to_bgra(job.preview, target.width, target.height), target)
         document.refreshProjection()
 
     def _preview_node(self, document, job: Job):
@@ -221,6 +231,6 @@ class CanvasWriter:
             pixels = bytes(pixels)
         name = job.layer_names[index]
         node = self._place(document, job, name)
-        node.setPixelData(pixels, target.x, target.y, target.width, target.height)
+        write_bgra(node, pixels, target)
         document.refreshProjection()
         return name

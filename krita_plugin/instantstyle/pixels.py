@@ -30,6 +30,19 @@ def rgb_to_bgra(pixels: bytes | bytearray) -> bytes:
     return bytes(out)
 
 
+def to_8bit(pixels: bytes | bytearray) -> bytes:
+    """16-bit little-endian channels (Krita's U16) to 8-bit: keep each high byte."""
+    return bytes(pixels[1::2])
+
+
+def to_16bit(pixels: bytes | bytearray) -> bytes:
+    """8-bit channels to 16-bit little-endian, scaled exactly (v * 257), so 255 stays full white."""
+    out = bytearray(len(pixels) * 2)
+    out[0::2] = pixels
+    out[1::2] = pixels
+    return bytes(out)
+
+
 def alpha_of_bgra(pixels: bytes | bytearray) -> bytes:
     """The alpha channel of BGRA/RGBA data as 8-bit gray."""
     return bytes(pixels[3::4])

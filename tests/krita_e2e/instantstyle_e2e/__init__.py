@@ -3,7 +3,8 @@
 Scenarios, one Krita session:
 1. paint a layer, run the "Stylize Layer" action against the backend, wait for the result;
 2. cancel a running job from the "InstantStyle: Cancel" action;
-3. close a document while its job runs.
+3. close a document while its job runs;
+4. stylize a layer of a 16-bit document.
 Everything observed goes to ``report.json`` in ``INSTANTSTYLE_E2E_OUT``; then Krita quits.
 """
 
@@ -47,13 +48,22 @@ def layer_names(document):
     return [node.name() for node in document.rootNode().childNodes()]
 
 
-def new_document(window, name, size):
+def sixteen(data):
+    """8-bit channels as Krita's U16 (little-endian, v * 257)."""
+    out = bytearray(len(data) * 2)
+    out[0::2] = data
+    out[1::2] = data
+    return bytes(out)
+
+
+def new_document(window, name, size, depth="U8"):
     app = Krita.instance()
-    document = app.createDocument(size, size, name, "RGBA", "U8", "", 72.0)
+    document = app.createDocument(size, size, name, "RGBA", depth, "", 72.0)
     window.addView(document)
     layer = document.createNode("Painted", "paintlayer")
     document.rootNode().addChildNode(layer, None)
-    layer.setPixelData(rgba(pattern(size)), 0, 0, size, size)  # the pattern's BGRA is rgba() of its RGBA
+    bgra = rgba(pattern(size))  # the pattern's BGRA is rgba() of its RGBA
+    layer.setPixelData(sixteen(bgra) if depth == "U16" else bgra, 0, 0, size, size)
     document.setActiveNode(layer)
     document.refreshProjection()
     return document, layer
@@ -248,6 +258,35 @@ class Runner:
             "documents": len(self.app.documents()),
         }
         log("close scenario done")
+        self.start_deep_scenario()
+
+    # -------------------------------------------------------------- scenario 4: a 16-bit document
+
+    def start_deep_scenario(self):
+        self.document4, self.layer4 = new_document(self.window, "deep", SIZE, depth="U16")
+        self.source4 = bytes(self.layer4.pixelData(0, 0, SIZE, SIZE))
+        self.docker().steps.setValue(5)
+        self.layers4_before = layer_names(self.document4)
+        self.app.action("instantstyle_stylize_layer").trigger()
+        self.state = self.wait_deep_result
+        log("16-bit scenario started")
+
+    def wait_deep_result(self):
+        jobs = list(self.controller.session.jobs.values())
+        names = layer_names(self.document4)
+        new_layers = [n for n in names if n not in self.layers4_before and n != "InstantStyle preview"]
+        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+            return
+        node = next(n for n in self.document4.rootNode().childNodes() if n.name() == new_layers[0])
+        data16 = bytes(node.pixelData(0, 0, SIZE, SIZE))
+        report["deep"] = {
+            "depth": node.colorDepth(),
+            "new_layers": new_layers,
+            "layer_equals_received": rgba(data16[1::2]) == jobs[-1].images[0].data,
+            "exact_16_bit": data16 == sixteen(rgba(jobs[-1].images[0].data)),
+            "source_unchanged": bytes(self.layer4.pixelData(0, 0, SIZE, SIZE)) == self.source4,
+        }
+        log("16-bit scenario done")
         self.finish()
 
     # -------------------------------------------------------------- the end
