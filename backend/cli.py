@@ -125,24 +125,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from PIL import Image, PngImagePlugin
+def _open(path: Path):  # -> PIL.Image.Image
+    from PIL import Image
 
-    from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StyleReference
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
 
-    engine = load_engine(args)
-    request = GenerationRequest(
+
+def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, {index: PIL image})
+    """A ``generate`` message and its INPUT images from ``add_job_arguments``' options."""
+    from protocol import Generate, StyleImage
+
+    inputs = {i: _open(path) for i, (path, _) in enumerate(args.style)}
+    init_index = mask_index = None
+    if args.init:
+        init_index = len(inputs)
+        inputs[init_index] = _open(args.init)
+    if args.mask:
+        mask_index = len(inputs)
+        inputs[mask_index] = _open(args.mask).convert("L")
+    message = Generate(
+        job_id=job_id,
         prompt=args.prompt,
-        style_images=[StyleReference(Image.open(path).convert("RGB"), weight) for path, weight in args.style],
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if args.negative is None else args.negative,
+        style_images=[StyleImage(i, weight) for i, (_, weight) in enumerate(args.style)],
+        negative_prompt=args.negative,
         content_text=args.content,
         content_scale=args.content_scale,
         preset=BlockPreset(args.preset),
         block_scales=json.loads(args.blocks) if args.blocks else None,
         style_scale=args.style_scale,
         mode=Mode(args.mode),
-        init_image=Image.open(args.init) if args.init else None,
-        mask=Image.open(args.mask) if args.mask else None,
+        init_image=init_index,
+        mask=mask_index,
         strength=args.strength,
         width=args.width,
         height=args.height,
@@ -151,6 +166,17 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch=args.batch,
     )
+    return message, inputs
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from PIL import Image, PngImagePlugin
+
+    from backend.server.inputs import build_request
+
+    engine = load_engine(args)
+    message, images = job_from_arguments(args, job_id=1)
+    request = build_request(message, images)
 
     def save_preview(preview) -> None:
         Image.fromarray(preview.rgb).save(args.previews / f"step-{preview.step:03d}.png")

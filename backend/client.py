@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,9 +18,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 
-from backend.cli import add_job_arguments
+from backend.cli import add_job_arguments, job_from_arguments
 from protocol import (
-    BlockPreset,
     Cancel,
     Cancelled,
     Error,
@@ -29,7 +27,6 @@ from protocol import (
     Generate,
     Hello,
     Limits,
-    Mode,
     PixelFormat,
     PixelFrame,
     Progress,
@@ -38,7 +35,6 @@ from protocol import (
     ServerHello,
     ServerMessage,
     Started,
-    StyleImage,
     decode_frame,
     decode_server_message,
     encode_frame_header,
@@ -155,42 +151,6 @@ class InstantStyleClient:
             elif isinstance(item, Error):
                 outcome.error = item
                 return outcome
-
-
-def job_from_arguments(args: argparse.Namespace, job_id: int) -> tuple[Generate, dict[int, Image.Image]]:
-    """A ``generate`` message and its INPUT images from ``add_job_arguments``' options."""
-    inputs: dict[int, Image.Image] = {
-        i: Image.open(path).convert("RGB") for i, (path, _) in enumerate(args.style)
-    }
-    init_index = mask_index = None
-    if args.init:
-        init_index = len(inputs)
-        inputs[init_index] = Image.open(args.init).convert("RGB")
-    if args.mask:
-        mask_index = len(inputs)
-        inputs[mask_index] = Image.open(args.mask).convert("L")
-    message = Generate(
-        job_id=job_id,
-        prompt=args.prompt,
-        style_images=[StyleImage(i, weight) for i, (_, weight) in enumerate(args.style)],
-        negative_prompt=args.negative,
-        content_text=args.content,
-        content_scale=args.content_scale,
-        preset=BlockPreset(args.preset),
-        block_scales=json.loads(args.blocks) if args.blocks else None,
-        style_scale=args.style_scale,
-        mode=Mode(args.mode),
-        init_image=init_index,
-        mask=mask_index,
-        strength=args.strength,
-        width=args.width,
-        height=args.height,
-        steps=args.steps,
-        guidance_scale=args.cfg,
-        seed=args.seed,
-        batch=args.batch,
-    )
-    return message, inputs
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -86,10 +86,6 @@ def run(coroutine, timeout: float = 120.0):
     return asyncio.run(bounded())
 
 
-class Flag(threading.Event):
-    pass
-
-
 class ServerThread:
     """A real server with its own event loop on a background thread, for blocking (threaded) clients."""
 

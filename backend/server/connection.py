@@ -35,7 +35,7 @@ from protocol import (
 )
 
 from .config import ServerConfig
-from .inputs import build_request, rgba_bytes
+from .inputs import build_request, input_images, rgba_bytes
 from .outbox import Outbox, OutboxItem, StepUpdate
 from .worker import (
     GpuWorker,
@@ -194,7 +194,7 @@ class Connection:
             raise ProtocolError(
                 ErrorCode.DUPLICATE_JOB, f"job {message.job_id} already exists", message.job_id
             )
-        request = build_request(message, self._discard_inputs(message.job_id))
+        request = build_request(message, input_images(message, self._discard_inputs(message.job_id)))
         try:
             request.validate()
         except RequestError as error:

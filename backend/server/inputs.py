@@ -38,9 +38,9 @@ def flatten(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def build_request(message: Generate, inputs: dict[int, PixelFrame]) -> GenerationRequest:
-    """The engine request for ``message``; every referenced INPUT frame must have arrived."""
-    missing = sorted(message.input_indices() - set(inputs))
+def input_images(message: Generate, frames: dict[int, PixelFrame]) -> dict[int, Image.Image]:
+    """The images a ``generate`` refers to, decoded; every referenced INPUT frame must have arrived."""
+    missing = sorted(message.input_indices() - set(frames))
     if missing:
         raise ProtocolError(
             ErrorCode.MISSING_INPUT,
@@ -48,7 +48,11 @@ def build_request(message: Generate, inputs: dict[int, PixelFrame]) -> Generatio
             f"{message.job_id}",
             message.job_id,
         )
-    images = {index: frame_to_image(inputs[index]) for index in message.input_indices()}
+    return {index: frame_to_image(frames[index]) for index in message.input_indices()}
+
+
+def build_request(message: Generate, images: dict[int, Image.Image]) -> GenerationRequest:
+    """The engine request for a ``generate`` message and its input images (server and CLI alike)."""
     mask = images[message.mask].convert("L") if message.mask is not None else None
     return GenerationRequest(
         prompt=message.prompt,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from enum import Enum
 
@@ -226,15 +225,3 @@ def _closed_reason(closed: Exception) -> str:
     if received is not None and received.code == 1001:
         return "the backend shut down"
     return "the connection to the backend was lost"
-
-
-def wait_for(connection: Connection, predicate, timeout: float = 30.0) -> list[ConnectionEvent]:
-    """Poll until ``predicate(events_so_far)`` is true (for scripts and tests, not the UI)."""
-    events: list[ConnectionEvent] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events.extend(connection.poll())
-        if predicate(events):
-            return events
-        time.sleep(0.01)
-    raise TimeoutError(f"timed out after {timeout} s; events so far: {events[-5:]}")
