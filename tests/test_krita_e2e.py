@@ -230,6 +230,29 @@ def test_a_16_bit_document_gets_an_exact_16_bit_result(krita_run):
     deep = krita_run["report"]["deep"]
     assert deep["depth"] == "U16" and len(deep["new_layers"]) == 1
     assert deep["layer_equals_received"] and deep["exact_16_bit"] and deep["source_unchanged"]
+    assert deep["equals_8_bit_result"]
+
+
+def test_two_weighted_references_blend_exactly_as_the_engine_does(krita_run, engine):
+    two = krita_run["report"]["two_references"]
+    assert two == {"styles": ["active_layer", "file"], "weights": [1.0, 0.5]}
+    source = Image.fromarray(_rgba("source.rgba"), "RGBA").convert("RGB")
+    second = Image.open(ARTIFACTS / "second-style.png").convert("RGB")
+    expected = engine.generate(
+        GenerationRequest(
+            prompt=PROMPT,
+            style_images=[StyleReference(source, 1.0), StyleReference(second, 0.5)],
+            content_text="stripes",
+            mode=Mode.IMG2IMG,
+            init_image=source,
+            strength=STRENGTH,
+            width=64,
+            height=64,
+            steps=STEPS,
+            seed=SEED,
+        )
+    ).images[0]
+    assert np.array_equal(_rgba("two-refs-layer.rgba")[..., :3], expected)
 
 
 def test_screenshots_of_the_docker(krita_run):

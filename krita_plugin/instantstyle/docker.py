@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from krita import DockWidget, Krita  # type: ignore[import-not-found]
+from krita import DockWidget  # type: ignore[import-not-found]
 from PyQt5.QtCore import QSize, Qt
 from PyQt5.QtGui import QIcon, QImage, QPixmap
 from PyQt5.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -29,7 +28,8 @@ from PyQt5.QtWidgets import (
 
 from .controller import Controller
 from .session import Job, JobState
-from .settings import JobKind, StyleSource, StyleSourceKind
+from .settings import JobKind, StyleSource
+from .style_rows import StyleRow
 
 PRESETS = [
     ("Style", "style"),
@@ -38,11 +38,6 @@ PRESETS = [
     ("Custom", "custom"),
 ]
 KINDS = [("Stylize layer / selection", JobKind.STYLIZE), ("New image from the style", JobKind.NEW_IMAGE)]
-SOURCES = [
-    ("Active layer", StyleSourceKind.ACTIVE_LAYER),
-    ("Layer", StyleSourceKind.LAYER),
-    ("Image file", StyleSourceKind.FILE),
-]
 DOCKER_TITLE = "InstantStyle"
 
 
@@ -68,18 +63,6 @@ def _row(*widgets: QWidget) -> QWidget:
     for widget in widgets:
         layout.addWidget(widget)
     return holder
-
-
-class LayerCombo(QComboBox):
-    """Lists the document's paint layers, refreshed each time it opens (Krita has no layer events)."""
-
-    def __init__(self, fill) -> None:
-        super().__init__()
-        self._fill = fill
-
-    def showPopup(self) -> None:
-        self._fill()
-        super().showPopup()
 
 
 class InstantStyleDocker(DockWidget):
@@ -118,22 +101,16 @@ class InstantStyleDocker(DockWidget):
         form.addRow("Token", self.token)
         column.addWidget(connection)
 
-        style = QGroupBox("Style reference")
-        form = QFormLayout(style)
-        self.source = QComboBox()
-        for label, kind in SOURCES:
-            self.source.addItem(label, kind)
-        self.style_layer = LayerCombo(self._fill_layers)
-        self.style_file = QLineEdit()
-        browse = QToolButton()
-        browse.setText("…")
-        browse.clicked.connect(self._browse)
-        self.style_weight = _spin(0.0, 10.0, 0.1)
-        self.source.currentIndexChanged.connect(self._source_changed)
-        form.addRow("Source", self.source)
-        form.addRow("Layer", self.style_layer)
-        form.addRow("File", _row(self.style_file, browse))
-        form.addRow("Weight", self.style_weight)
+        style = QGroupBox("Style references")
+        box = QVBoxLayout(style)
+        self.style_rows_box = QVBoxLayout()
+        self.style_rows: list[StyleRow] = []
+        add = QPushButton("Add reference")
+        add.clicked.connect(lambda: self.add_style_row(StyleSource()))
+        box.addLayout(self.style_rows_box)
+        box.addWidget(add)
+        form = QFormLayout()
+        box.addLayout(form)
         self.content = QLineEdit()
         self.content.setPlaceholderText("what the reference shows, e.g. 'a cat'")
         self.content_scale = _spin(0.0, 2.0, 0.05)
@@ -229,10 +206,10 @@ class InstantStyleDocker(DockWidget):
     def _load(self, s) -> None:
         self.url.setText(s.server_url)
         self.token.setText(s.token)
-        style = s.styles[0] if s.styles else StyleSource()
-        self.source.setCurrentIndex(self.source.findData(style.kind))
-        self.style_file.setText(style.path)
-        self.style_weight.setValue(style.weight)
+        for row in list(self.style_rows):
+            self._remove_style_row(row)
+        for style in s.styles or [StyleSource()]:
+            self.add_style_row(style)
         self.content.setText(s.content_text)
         self.content_scale.setValue(s.content_scale)
         self.prompt.setPlainText(s.prompt)
@@ -251,15 +228,11 @@ class InstantStyleDocker(DockWidget):
         self.seed.setValue(s.seed)
         self.seed_locked.setChecked(s.seed_locked)
         self.batch.setValue(s.batch)
-        self._layer_name = style.layer
-        self._source_changed()
 
     def store(self) -> None:
         """Copy the widgets into the controller's settings (before a job, and on close)."""
         s = self.controller.settings
-        kind = self.source.currentData()
-        layer = self.style_layer.currentText() if kind is StyleSourceKind.LAYER else ""
-        s.styles = [StyleSource(kind, layer, self.style_file.text(), self.style_weight.value())]
+        s.styles = [row.value() for row in self.style_rows]
         s.content_text, s.content_scale = self.content.text(), self.content_scale.value()
         s.prompt, s.negative_prompt = self.prompt.toPlainText(), self.negative.toPlainText()
         s.kind, s.strength = self.kind.currentData(), self.strength.value()
@@ -288,40 +261,22 @@ class InstantStyleDocker(DockWidget):
 
         self.seed.setValue(random.randrange(2**31))
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Style reference", "", "Images (*.png *.jpg *.jpeg *.webp *.kra)"
-        )
-        if path:
-            self.style_file.setText(path)
+    def add_style_row(self, source: StyleSource) -> StyleRow:
+        row = StyleRow(source)
+        row.removed.connect(self._remove_style_row)
+        self.style_rows.append(row)
+        self.style_rows_box.addWidget(row)
+        return row
 
-    def _source_changed(self) -> None:
-        kind = self.source.currentData()
-        self.style_layer.setEnabled(kind is StyleSourceKind.LAYER)
-        self.style_file.setEnabled(kind is StyleSourceKind.FILE)
-        self._fill_layers()
-
-    def _fill_layers(self) -> None:
-        document = Krita.instance().activeDocument()
-        current = self.style_layer.currentText() or getattr(self, "_layer_name", "")
-        self.style_layer.clear()
-        if document is None:
-            return
-        names: list[str] = []
-
-        def walk(node) -> None:
-            for child in reversed(node.childNodes()):
-                if child.type() == "paintlayer":
-                    names.append(child.name())
-                walk(child)
-
-        walk(document.rootNode())
-        self.style_layer.addItems(names)
-        if current in names:
-            self.style_layer.setCurrentText(current)
+    def _remove_style_row(self, row: StyleRow) -> None:
+        if row in self.style_rows:
+            self.style_rows.remove(row)
+            row.setParent(None)
+            row.deleteLater()
 
     def canvasChanged(self, canvas) -> None:  # Krita calls this when the active view changes
-        self._fill_layers()
+        for row in self.style_rows:
+            row.layer.refill()
 
     def refresh(self) -> None:
         session = self.controller.session

@@ -4,7 +4,8 @@ Scenarios, one Krita session:
 1. paint a layer, run the "Stylize Layer" action against the backend, wait for the result;
 2. cancel a running job from the "InstantStyle: Cancel" action;
 3. close a document while its job runs;
-4. stylize a layer of a 16-bit document.
+4. stylize a layer of a 16-bit document;
+5. stylize with two weighted references (the layer and an image file).
 Everything observed goes to ``report.json`` in ``INSTANTSTYLE_E2E_OUT``; then Krita quits.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from krita import InfoObject, Krita
 from PyQt5.QtCore import QTimer
+from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QApplication, QDockWidget
 
 OUT = Path(os.environ["INSTANTSTYLE_E2E_OUT"])
@@ -201,13 +203,24 @@ class Runner:
         log("screenshots saved")
         self.start_cancel_scenario()
 
+    def stylize_when_active(self, document, then):
+        """Krita applies a new view and setActiveNode asynchronously: trigger once they took effect."""
+
+        def wait():
+            node = document.activeNode()
+            if self.app.activeDocument() != document or node is None or node.name() != "Painted":
+                return
+            self.app.action("instantstyle_stylize_layer").trigger()
+            self.state = then
+
+        self.state = wait
+
     # -------------------------------------------------------------- scenario 2: cancel from the action
 
     def start_cancel_scenario(self):
         self.document2, _ = new_document(self.window, "cancel", 256)
         self.docker().steps.setValue(150)  # the docker's values are what a job uses
-        self.app.action("instantstyle_stylize_layer").trigger()
-        self.state = self.cancel_after_preview
+        self.stylize_when_active(self.document2, self.cancel_after_preview)
         log("cancel scenario started")
 
     def cancel_after_preview(self):
@@ -235,8 +248,7 @@ class Runner:
     def start_close_scenario(self):
         self.document3, _ = new_document(self.window, "closing", 256)
         self.docker().steps.setValue(60)
-        self.app.action("instantstyle_stylize_layer").trigger()
-        self.state = self.close_after_preview
+        self.stylize_when_active(self.document3, self.close_after_preview)
         log("close scenario started")
 
     def close_after_preview(self):
@@ -267,8 +279,7 @@ class Runner:
         self.source4 = bytes(self.layer4.pixelData(0, 0, SIZE, SIZE))
         self.docker().steps.setValue(5)
         self.layers4_before = layer_names(self.document4)
-        self.app.action("instantstyle_stylize_layer").trigger()
-        self.state = self.wait_deep_result
+        self.stylize_when_active(self.document4, self.wait_deep_result)
         log("16-bit scenario started")
 
     def wait_deep_result(self):
@@ -285,8 +296,45 @@ class Runner:
             "layer_equals_received": rgba(data16[1::2]) == jobs[-1].images[0].data,
             "exact_16_bit": data16 == sixteen(rgba(jobs[-1].images[0].data)),
             "source_unchanged": bytes(self.layer4.pixelData(0, 0, SIZE, SIZE)) == self.source4,
+            # Same pattern and settings as scenario 1, read from 16 bits: the same picture.
+            "equals_8_bit_result": rgba(data16[1::2]) == (OUT / "layer.rgba").read_bytes(),
         }
         log("16-bit scenario done")
+        self.start_two_references_scenario()
+
+    # -------------------------------------------------------------- scenario 5: two weighted references
+
+    def start_two_references_scenario(self):
+        from instantstyle.settings import StyleSource, StyleSourceKind
+
+        checker = bytes(
+            v
+            for y in range(32)
+            for x in range(32)
+            for v in ((255, 40, 40, 255) if (x // 8 + y // 8) % 2 else (20, 20, 200, 255))
+        )
+        path = OUT / "second-style.png"
+        QImage(checker, 32, 32, 32 * 4, QImage.Format_RGBA8888).save(str(path))
+        self.document5, self.layer5 = new_document(self.window, "two references", SIZE)
+        self.layers5_before = layer_names(self.document5)
+        self.row5 = self.docker().add_style_row(StyleSource(StyleSourceKind.FILE, path=str(path), weight=0.5))
+        self.stylize_when_active(self.document5, self.wait_two_references)
+        log("two-references scenario started")
+
+    def wait_two_references(self):
+        jobs = list(self.controller.session.jobs.values())
+        names = layer_names(self.document5)
+        new_layers = [n for n in names if n not in self.layers5_before and n != "InstantStyle preview"]
+        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+            return
+        node = next(n for n in self.document5.rootNode().childNodes() if n.name() == new_layers[0])
+        (OUT / "two-refs-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        report["two_references"] = {
+            "styles": [s.kind.value for s in self.controller.settings.styles],
+            "weights": [s.weight for s in self.controller.settings.styles],
+        }
+        self.docker()._remove_style_row(self.row5)
+        log("two-references scenario done")
         self.finish()
 
     # -------------------------------------------------------------- the end

@@ -1,0 +1,126 @@
+"""The docker's style references: one row each (active layer, a layer, or a file) with a weight."""
+
+from __future__ import annotations
+
+from krita import Krita  # type: ignore[import-not-found]
+from PyQt5.QtCore import pyqtSignal
+from PyQt5.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QToolButton,
+    QWidget,
+)
+
+from .settings import StyleSource, StyleSourceKind
+
+SOURCES = [
+    ("Active layer", StyleSourceKind.ACTIVE_LAYER),
+    ("Layer", StyleSourceKind.LAYER),
+    ("Image file", StyleSourceKind.FILE),
+]
+
+
+def paint_layer_names(document) -> list[str]:
+    names: list[str] = []
+
+    def walk(node) -> None:
+        for child in reversed(node.childNodes()):
+            if child.type() == "paintlayer":
+                names.append(child.name())
+            walk(child)
+
+    if document is not None:
+        walk(document.rootNode())
+    return names
+
+
+class LayerCombo(QComboBox):
+    """The active document's paint layers, listed afresh each time it opens (Krita has no layer events)."""
+
+    def __init__(self, selected: str = "") -> None:
+        super().__init__()
+        self.refill(selected)
+
+    def refill(self, selected: str = "") -> None:
+        current = self.currentText() or selected
+        self.clear()
+        names = paint_layer_names(Krita.instance().activeDocument())
+        if current and current not in names:
+            names.insert(0, current)  # keep the artist's choice visible even in another document
+        self.addItems(names)
+        if current:
+            self.setCurrentText(current)
+
+    def showPopup(self) -> None:
+        self.refill()
+        super().showPopup()
+
+
+class StyleRow(QWidget):
+    """One style reference; ``removed`` asks the docker to drop it."""
+
+    removed = pyqtSignal(object)
+
+    def __init__(self, source: StyleSource) -> None:
+        super().__init__()
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.kind = QComboBox()
+        for label, kind in SOURCES:
+            self.kind.addItem(label, kind)
+        self.kind.setCurrentIndex(max(0, self.kind.findData(source.kind)))
+        self.weight = QDoubleSpinBox()
+        self.weight.setRange(0.0, 10.0)
+        self.weight.setSingleStep(0.1)
+        self.weight.setValue(source.weight)
+        self.weight.setToolTip("weight of this reference in the blend")
+        remove = QToolButton()
+        remove.setText("✕")
+        remove.setToolTip("remove this reference")
+        remove.clicked.connect(lambda: self.removed.emit(self))
+        self.layer = LayerCombo(source.layer)
+        self.file = QLineEdit(source.path)
+        self.file.setPlaceholderText("image file")
+        browse = QToolButton()
+        browse.setText("…")
+        browse.clicked.connect(self._browse)
+        self.file_row = QWidget()
+        file_layout = QHBoxLayout(self.file_row)
+        file_layout.setContentsMargins(0, 0, 0, 0)
+        file_layout.addWidget(self.file)
+        file_layout.addWidget(browse)
+        grid.addWidget(self.kind, 0, 0)
+        grid.addWidget(self.weight, 0, 1)
+        grid.addWidget(remove, 0, 2)
+        grid.addWidget(self.layer, 1, 0, 1, 3)
+        grid.addWidget(self.file_row, 2, 0, 1, 3)
+        grid.setColumnStretch(0, 1)
+        self.kind.currentIndexChanged.connect(self._kind_changed)
+        self._kind_changed()
+
+    def value(self) -> StyleSource:
+        kind = self.kind.currentData()
+        return StyleSource(
+            kind,
+            self.layer.currentText() if kind is StyleSourceKind.LAYER else "",
+            self.file.text() if kind is StyleSourceKind.FILE else "",
+            self.weight.value(),
+        )
+
+    def _kind_changed(self) -> None:
+        kind = self.kind.currentData()
+        self.layer.setVisible(kind is StyleSourceKind.LAYER)
+        self.file_row.setVisible(kind is StyleSourceKind.FILE)
+        if kind is StyleSourceKind.LAYER:
+            self.layer.refill()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Style reference", "", "Images (*.png *.jpg *.jpeg *.webp)"
+        )
+        if path:
+            self.file.setText(path)
