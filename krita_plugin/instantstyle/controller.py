@@ -9,6 +9,7 @@ sentence in the docker, never as a traceback.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from krita import Krita  # type: ignore[import-not-found]
 from PyQt5.QtCore import QObject, QTimer, pyqtSignal
@@ -84,12 +85,12 @@ class Controller(QObject):
     def generate(self, kind: JobKind | None = None) -> Job | None:
         for source in self.settings_sources:
             source()
-        settings = self.settings
-        if kind is not None:
-            settings.kind = kind
+        # The action's kind applies to this job only; the docker's own choice stays saved.
+        settings = replace(self.settings, kind=kind) if kind is not None else self.settings
         try:
             inputs, target = capture(Krita.instance().activeDocument(), settings)
             job = self.session.submit(settings, inputs, target)
+            self.settings.seed = settings.seed  # the seed actually used (random unless locked)
         except (CanvasError, SubmitError) as error:
             self._say(str(error))
             return None

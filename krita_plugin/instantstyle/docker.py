@@ -254,7 +254,6 @@ class InstantStyleDocker(DockWidget):
 
     def _generate(self) -> None:
         self.controller.generate()
-        self.seed.setValue(self.controller.settings.seed)
 
     def _randomise_seed(self) -> None:
         import random
@@ -282,6 +281,8 @@ class InstantStyleDocker(DockWidget):
         session = self.controller.session
         self.status.setText(session.status)
         self.message.setText(self.controller.message)
+        if not self.seed_locked.isChecked():  # show the seed the last job used, to lock it if liked
+            self.seed.setValue(self.controller.settings.seed)
         active = session.active_jobs
         running = next((job for job in active if job.state is JobState.RUNNING), None)
         self.cancel_button.setEnabled(bool(active))
