@@ -6,9 +6,7 @@ import pytest
 
 from krita_plugin.instantstyle.errors import describe_error
 from krita_plugin.instantstyle.pixels import (
-    alpha_of_bgra,
     fit_generation_size,
-    rgb_to_bgra,
     swap_red_blue,
     to_8bit,
     to_16bit,
@@ -28,8 +26,6 @@ from protocol import ErrorCode
 def test_channel_swaps():
     assert swap_red_blue(bytes([1, 2, 3, 4, 5, 6, 7, 8])) == bytes([3, 2, 1, 4, 7, 6, 5, 8])
     assert swap_red_blue(swap_red_blue(bytes(range(16)))) == bytes(range(16))
-    assert rgb_to_bgra(bytes([10, 20, 30])) == bytes([30, 20, 10, 255])
-    assert alpha_of_bgra(bytes([0, 0, 0, 9, 1, 1, 1, 7])) == bytes([9, 7])
     with pytest.raises(ValueError):
         swap_red_blue(b"abc")
 

@@ -71,16 +71,11 @@ class LRUCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> torch.Tensor | None:
         value = self._items.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
+        if value is not None:
+            self._items.move_to_end(key)
         return value
 
     def put(self, key: str, value: torch.Tensor) -> None:

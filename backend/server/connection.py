@@ -199,7 +199,7 @@ class Connection:
             request.validate()
         except RequestError as error:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(error), message.job_id) from None
-        job = Job(message.job_id, request, emit=self._emitter(message.job_id), owner=self)
+        job = Job(message.job_id, request, emit=self._emitter(message.job_id))
         position = self.context.worker.submit(job)
         if position is None:
             raise ProtocolError(

@@ -72,7 +72,6 @@ class Job:
     request: GenerationRequest
     emit: Callable[[JobEvent], None]
     """Called from the worker thread; must be thread-safe."""
-    owner: object = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     last_step: int = 0
 
@@ -131,11 +130,6 @@ class GpuWorker:
                 self._queue.remove(job)
                 return True
         return False
-
-    @property
-    def busy(self) -> bool:
-        with self._condition:
-            return self._running is not None or bool(self._queue)
 
     def _next(self) -> Job | None:
         with self._condition:

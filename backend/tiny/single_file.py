@@ -44,7 +44,7 @@ def _replace_first(key: str, mapping: dict[str, str]) -> str:
     return key
 
 
-def _unet_key(key: str, layers_per_block: int, num_levels: int) -> str:
+def _unet_key(key: str, layers_per_block: int) -> str:
     parts = key.split(".")
     top = _replace_first(key, _UNET_TOP)
     if top != key:
@@ -77,11 +77,10 @@ def _unet_key(key: str, layers_per_block: int, num_levels: int) -> str:
 
 def unet_to_original(state: dict[str, torch.Tensor], config: dict[str, object]) -> dict[str, torch.Tensor]:
     layers = int(config["layers_per_block"])  # type: ignore[arg-type]
-    levels = len(config["block_out_channels"])  # type: ignore[arg-type]
     up_types = list(config["up_block_types"])  # type: ignore[arg-type]
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        name = _unet_key(key, layers, levels)
+        name = _unet_key(key, layers)
         if "{up}" in name:
             level = int(key.split(".")[1])
             name = name.replace("{up}", "2" if "CrossAttn" in up_types[level] else "1")

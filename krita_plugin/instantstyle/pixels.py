@@ -18,18 +18,6 @@ def swap_red_blue(pixels: bytes | bytearray) -> bytes:
     return bytes(swapped)
 
 
-def rgb_to_bgra(pixels: bytes | bytearray) -> bytes:
-    """Opaque BGRA from RGB."""
-    if len(pixels) % 3:
-        raise ValueError(f"RGB pixel data must be a multiple of 3 bytes, got {len(pixels)}")
-    count = len(pixels) // 3
-    out = bytearray(b"\xff" * (count * 4))
-    out[0::4] = pixels[2::3]
-    out[1::4] = pixels[1::3]
-    out[2::4] = pixels[0::3]
-    return bytes(out)
-
-
 def to_8bit(pixels: bytes | bytearray) -> bytes:
     """16-bit little-endian channels (Krita's U16) to 8-bit: keep each high byte."""
     return bytes(pixels[1::2])
@@ -41,11 +29,6 @@ def to_16bit(pixels: bytes | bytearray) -> bytes:
     out[0::2] = pixels
     out[1::2] = pixels
     return bytes(out)
-
-
-def alpha_of_bgra(pixels: bytes | bytearray) -> bytes:
-    """The alpha channel of BGRA/RGBA data as 8-bit gray."""
-    return bytes(pixels[3::4])
 
 
 def round_to_multiple(value: int, multiple: int = 8) -> int:
