@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -69,9 +70,12 @@ def test_zip_has_the_layout_krita_imports(tmp_path):
     assert not [n for n in names if n.endswith((".so", ".pyc")) or "__pycache__" in n]
 
 
-@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system Python")
 def test_installed_core_runs_on_a_python_without_websockets_or_numpy(krita_home, tmp_path):
-    """Krita's Python has neither: the installed plugin must bring what it needs."""
+    """Krita's Python (Debian's /usr/bin/python3) has neither: the plugin must bring what it needs."""
+    if not Path("/usr/bin/python3").exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Krita and with it Debian's python3, but /usr/bin/python3 is missing")
+        pytest.skip("no system Python here")
     resources, kritarc = krita_home
     install(resources, kritarc)
     script = (
