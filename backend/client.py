@@ -72,6 +72,8 @@ class JobOutcome:
     """Everything a job sent back, in arrival order."""
 
     queued: Queued | None = None
+    positions: list[int] = field(default_factory=list)
+    """Every queue position announced, first to last."""
     started: Started | None = None
     progress: list[Progress] = field(default_factory=list)
     previews: list[PixelFrame] = field(default_factory=list)
@@ -80,6 +82,31 @@ class JobOutcome:
     cancelled: Cancelled | None = None
     error: Error | None = None
     order: list[str] = field(default_factory=list)
+
+    def record(self, item: ServerMessage | PixelFrame) -> bool:
+        """Add one of this job's messages; True once the job has ended."""
+        self.order.append(item.kind.name if isinstance(item, PixelFrame) else type(item).__name__)
+        if isinstance(item, Queued):
+            self.queued = item
+            self.positions.append(item.position)
+        elif isinstance(item, Started):
+            self.started = item
+        elif isinstance(item, Progress):
+            self.progress.append(item)
+        elif isinstance(item, PixelFrame) and item.kind is FrameKind.PREVIEW:
+            self.previews.append(item)
+        elif isinstance(item, Result):
+            self.result = item
+        elif isinstance(item, PixelFrame) and item.kind is FrameKind.RESULT:
+            self.images.append(item)
+            return self.result is not None and len(self.images) == self.result.count
+        elif isinstance(item, Cancelled):
+            self.cancelled = item
+            return True
+        elif isinstance(item, Error):
+            self.error = item
+            return True
+        return False
 
 
 class InstantStyleClient:
@@ -123,34 +150,23 @@ class InstantStyleClient:
             return decode_frame(data, self.hello.limits.max_side)
         return decode_server_message(data)
 
-    async def follow(self, job_id: int, outcome: JobOutcome | None = None) -> JobOutcome:
-        """Collect one job's messages until its result images, cancellation or error."""
-        outcome = outcome or JobOutcome()
-        while True:
+    async def follow(self, job_id: int) -> JobOutcome:
+        """Collect one job's messages until its result images, cancellation or error.
+
+        Messages of other jobs on this connection are dropped: use ``follow_all`` for several.
+        """
+        return (await self.follow_all([job_id]))[job_id]
+
+    async def follow_all(self, job_ids: list[int]) -> dict[int, JobOutcome]:
+        """Collect several jobs' messages, each into its own outcome, until every one has ended."""
+        outcomes = {job_id: JobOutcome() for job_id in job_ids}
+        running = set(job_ids)
+        while running:
             item = await self.receive()
-            if getattr(item, "job_id", job_id) != job_id:
-                continue  # another job on this connection
-            outcome.order.append(type(item).__name__ if not isinstance(item, PixelFrame) else item.kind.name)
-            if isinstance(item, Queued):
-                outcome.queued = item
-            elif isinstance(item, Started):
-                outcome.started = item
-            elif isinstance(item, Progress):
-                outcome.progress.append(item)
-            elif isinstance(item, PixelFrame) and item.kind is FrameKind.PREVIEW:
-                outcome.previews.append(item)
-            elif isinstance(item, Result):
-                outcome.result = item
-            elif isinstance(item, PixelFrame) and item.kind is FrameKind.RESULT:
-                outcome.images.append(item)
-                if outcome.result and len(outcome.images) == outcome.result.count:
-                    return outcome
-            elif isinstance(item, Cancelled):
-                outcome.cancelled = item
-                return outcome
-            elif isinstance(item, Error):
-                outcome.error = item
-                return outcome
+            job_id = getattr(item, "job_id", None)
+            if job_id in running and outcomes[job_id].record(item):
+                running.discard(job_id)
+        return outcomes
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -98,8 +98,8 @@ def test_cancel_mid_job_stops_within_one_step_and_the_next_job_runs(engine, monk
                     long_job.progress.append(item)
             seen = long_job.progress[-1].step
             await client.cancel(1)
-            cancelled = await client.follow(1)
-            return seen, cancelled, await client.follow(2)
+            outcomes = await client.follow_all([1, 2])
+            return seen, outcomes[1], outcomes[2]
 
     seen, cancelled, next_job = run(scenario())
     assert cancelled.cancelled is not None and cancelled.result is None
@@ -119,9 +119,8 @@ def test_cancel_a_queued_job(engine):
             await client.submit(generate_message(1, steps=20, width=128, height=128), {0: STYLE})
             await client.submit(generate_message(2, prompt="never runs"), {0: STYLE})
             await client.cancel(2)
-            second = await client.follow(2)
-            first = await client.follow(1)
-            return first, second
+            outcomes = await client.follow_all([1, 2])
+            return outcomes[1], outcomes[2]
 
     first, second = run(scenario())
     assert second.cancelled is not None and second.cancelled.step == 0 and second.queued.position == 1
@@ -276,3 +275,20 @@ def test_an_internal_error_costs_one_message_not_the_connection(engine, monkeypa
     failed, fine = run(scenario())
     assert failed.error.code is ErrorCode.INTERNAL and "a bug" not in failed.error.message
     assert fine.error is None and len(fine.images) == 1  # the same connection still works
+
+
+def test_queued_jobs_hear_when_they_move_up(engine):
+    async def scenario():
+        async with running_server(engine) as server, InstantStyleClient.connect(server.url) as client:
+            for job_id in (1, 2, 3, 4):
+                await client.submit(generate_message(job_id, steps=2, width=128, height=128), {0: STYLE})
+            await client.cancel(2)
+            return await client.follow_all([1, 2, 3, 4])
+
+    outcomes = run(scenario())
+    assert outcomes[1].positions == [0]
+    assert outcomes[2].cancelled is not None
+    # Job 3: 2 ahead, then 1 when job 2 was cancelled; job 4 likewise, and both again as jobs start.
+    assert outcomes[3].positions[:2] == [2, 1] and outcomes[3].positions[-1] == 1
+    assert outcomes[4].positions[:2] == [3, 2] and outcomes[4].positions[-1] == 1
+    assert all(len(outcomes[j].images) == 1 for j in (1, 3, 4))

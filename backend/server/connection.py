@@ -44,6 +44,7 @@ from .worker import (
     JobEvent,
     JobFailed,
     JobFinished,
+    JobMoved,
     JobStarted,
     JobStep,
 )
@@ -244,6 +245,8 @@ class Connection:
 
     @staticmethod
     def _encode_event(job_id: int, event: JobEvent) -> list[OutboxItem]:
+        if isinstance(event, JobMoved):
+            return [encode_message(Queued(job_id, event.position))]
         if isinstance(event, JobStarted):
             return [encode_message(Started(job_id, event.seed, event.total_steps))]
         if isinstance(event, JobStep):

@@ -36,6 +36,13 @@ class Engine(Protocol):
 
 
 @dataclass(frozen=True)
+class JobMoved:
+    """The job moved up the queue: ``position`` jobs now run before it."""
+
+    position: int
+
+
+@dataclass(frozen=True)
 class JobStarted:
     seed: int
     total_steps: int
@@ -63,7 +70,7 @@ class JobFailed:
     message: str
 
 
-JobEvent = JobStarted | JobStep | JobFinished | JobCancelledEvent | JobFailed
+JobEvent = JobMoved | JobStarted | JobStep | JobFinished | JobCancelledEvent | JobFailed
 
 
 @dataclass(eq=False)
@@ -127,9 +134,17 @@ class GpuWorker:
         job.cancel_event.set()
         with self._condition:
             if job in self._queue:
+                index = self._queue.index(job)
                 self._queue.remove(job)
+                self._announce_positions(start=index)
                 return True
         return False
+
+    def _announce_positions(self, start: int = 0) -> None:
+        """Tell the queued jobs from ``start`` on where they now stand (call with the lock held)."""
+        ahead = 1 if self._running is not None else 0
+        for index in range(start, len(self._queue)):
+            self._queue[index].emit(JobMoved(index + ahead))
 
     def _next(self) -> Job | None:
         with self._condition:
@@ -138,6 +153,7 @@ class GpuWorker:
             if self._stopping:
                 return None
             self._running = self._queue.popleft()
+            self._announce_positions()
             return self._running
 
     def _run(self) -> None:
