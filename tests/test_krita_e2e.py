@@ -255,6 +255,35 @@ def test_two_weighted_references_blend_exactly_as_the_engine_does(krita_run, eng
     assert np.array_equal(_rgba("two-refs-layer.rgba")[..., :3], expected)
 
 
+def test_stylizing_a_selection_inpaints_and_places_the_result_at_its_bounds(krita_run, engine):
+    selection = krita_run["report"]["selection"]
+    assert selection["target"] == [8, 24, 32, 32] and selection["job_size"] == [32, 32]
+    assert selection["bounds"] == [8, 24, 32, 32]  # the new layer covers exactly the selection
+    source = _rgba("source.rgba")
+    crop = Image.fromarray(source[24:56, 8:40], "RGBA").convert("RGB")
+    expected = engine.generate(
+        GenerationRequest(
+            prompt=PROMPT,
+            style_images=[StyleReference(Image.fromarray(source, "RGBA").convert("RGB"))],
+            content_text="stripes",
+            mode=Mode.INPAINT,
+            init_image=crop,
+            mask=Image.new("L", (32, 32), 255),
+            strength=STRENGTH,
+            width=32,
+            height=32,
+            steps=STEPS,
+            seed=SEED,
+        )
+    ).images[0]
+    layer = _rgba("selection-layer.rgba")
+    assert np.array_equal(layer[24:56, 8:40, :3], expected)
+    assert (layer[24:56, 8:40, 3] == 255).all()
+    outside = np.ones((64, 64), bool)
+    outside[24:56, 8:40] = False
+    assert (layer[..., 3][outside] == 0).all()
+
+
 def test_screenshots_of_the_docker(krita_run):
     for name in ("krita-window.png", "krita-docker.png"):
         image = Image.open(ARTIFACTS / name)

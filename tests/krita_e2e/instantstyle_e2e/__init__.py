@@ -5,7 +5,8 @@ Scenarios, one Krita session:
 2. cancel a running job from the "InstantStyle: Cancel" action;
 3. close a document while its job runs;
 4. stylize a layer of a 16-bit document;
-5. stylize with two weighted references (the layer and an image file).
+5. stylize with two weighted references (the layer and an image file);
+6. stylize only a selection (inpaint inside it, result placed at its bounds).
 Everything observed goes to ``report.json`` in ``INSTANTSTYLE_E2E_OUT``; then Krita quits.
 """
 
@@ -23,6 +24,7 @@ from PyQt5.QtWidgets import QApplication, QDockWidget
 
 OUT = Path(os.environ["INSTANTSTYLE_E2E_OUT"])
 SIZE = 64
+SELECTION = (8, 24, 32, 32)  # x, y, width, height
 report = {"steps": []}
 
 
@@ -335,6 +337,37 @@ class Runner:
         }
         self.docker()._remove_style_row(self.row5)
         log("two-references scenario done")
+        self.start_selection_scenario()
+
+    # -------------------------------------------------------------- scenario 6: only the selection
+
+    def start_selection_scenario(self):
+        from krita import Selection
+
+        self.document6, self.layer6 = new_document(self.window, "selection", SIZE)
+        selection = Selection()
+        selection.select(*SELECTION, 255)
+        self.document6.setSelection(selection)
+        self.layers6_before = layer_names(self.document6)
+        self.stylize_when_active(self.document6, self.wait_selection_result)
+        log("selection scenario started")
+
+    def wait_selection_result(self):
+        jobs = list(self.controller.session.jobs.values())
+        names = layer_names(self.document6)
+        new_layers = [n for n in names if n not in self.layers6_before and n != "InstantStyle preview"]
+        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+            return
+        node = next(n for n in self.document6.rootNode().childNodes() if n.name() == new_layers[0])
+        bounds = node.bounds()
+        (OUT / "selection-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        job = jobs[-1]
+        report["selection"] = {
+            "bounds": [bounds.x(), bounds.y(), bounds.width(), bounds.height()],
+            "job_size": [job.width, job.height],
+            "target": [job.target.x, job.target.y, job.target.width, job.target.height],
+        }
+        log("selection scenario done")
         self.finish()
 
     # -------------------------------------------------------------- the end
