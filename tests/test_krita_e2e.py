@@ -284,6 +284,24 @@ def test_stylizing_a_selection_inpaints_and_places_the_result_at_its_bounds(krit
     assert (layer[..., 3][outside] == 0).all()
 
 
+def test_generate_button_makes_a_new_image_in_the_layers_style(krita_run, engine):
+    new_image = krita_run["report"]["new_image"]
+    assert new_image == {"saved_kind": "new_image", "total": STEPS}  # txt2img runs every step
+    source = Image.fromarray(_rgba("source.rgba"), "RGBA").convert("RGB")
+    expected = engine.generate(
+        GenerationRequest(
+            prompt=PROMPT,
+            style_images=[StyleReference(source)],
+            content_text="stripes",
+            width=64,
+            height=64,
+            steps=STEPS,
+            seed=SEED,
+        )
+    ).images[0]
+    assert np.array_equal(_rgba("new-image-layer.rgba")[..., :3], expected)
+
+
 def test_screenshots_of_the_docker(krita_run):
     for name in ("krita-window.png", "krita-docker.png"):
         image = Image.open(ARTIFACTS / name)

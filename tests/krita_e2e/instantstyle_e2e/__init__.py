@@ -6,7 +6,8 @@ Scenarios, one Krita session:
 3. close a document while its job runs;
 4. stylize a layer of a 16-bit document;
 5. stylize with two weighted references (the layer and an image file);
-6. stylize only a selection (inpaint inside it, result placed at its bounds).
+6. stylize only a selection (inpaint inside it, result placed at its bounds);
+7. a new image in the style of the layer, from the docker's Generate button.
 Everything observed goes to ``report.json`` in ``INSTANTSTYLE_E2E_OUT``; then Krita quits.
 """
 
@@ -368,6 +369,39 @@ class Runner:
             "target": [job.target.x, job.target.y, job.target.width, job.target.height],
         }
         log("selection scenario done")
+        self.document6.setSelection(None)
+        self.start_new_image_scenario()
+
+    # -------------------------------------------------------------- scenario 7: a new image, from the button
+
+    def start_new_image_scenario(self):
+        from instantstyle.settings import JobKind
+
+        self.document7, _ = new_document(self.window, "new image", SIZE)
+        self.layers7_before = layer_names(self.document7)
+        docker = self.docker()
+        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.NEW_IMAGE))
+
+        def click():
+            node = self.document7.activeNode()
+            if self.app.activeDocument() != self.document7 or node is None or node.name() != "Painted":
+                return
+            docker.generate_button.click()
+            self.state = self.wait_new_image
+
+        self.state = click
+        log("new-image scenario started")
+
+    def wait_new_image(self):
+        jobs = list(self.controller.session.jobs.values())
+        names = layer_names(self.document7)
+        new_layers = [n for n in names if n not in self.layers7_before and n != "InstantStyle preview"]
+        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+            return
+        node = next(n for n in self.document7.rootNode().childNodes() if n.name() == new_layers[0])
+        (OUT / "new-image-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        report["new_image"] = {"saved_kind": self.controller.settings.kind.value, "total": jobs[-1].total}
+        log("new-image scenario done")
         self.finish()
 
     # -------------------------------------------------------------- the end
