@@ -229,3 +229,10 @@ def test_embedding_cache_encodes_each_input_once(engine):
     assert (counts.images, counts.texts) == (before[0] + 1, before[1] + 1)
     generate(engine, noise_image(100), content_text="a tiny unique teapot", steps=1)
     assert (counts.images, counts.texts) == (before[0] + 2, before[1] + 1)
+
+
+def test_large_canvases_decode_in_tiles(engine, style_image):
+    engine.prepare(request(style_image, width=2048, height=1024))
+    assert engine.pipeline.vae.use_tiling
+    engine.prepare(request(style_image, width=1024, height=1024))
+    assert not engine.pipeline.vae.use_tiling

@@ -32,6 +32,8 @@ from .style_embedding import StyleEncoder, ip_adapter_embeds
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepPreview], None]
+VAE_TILING_ABOVE = 1536
+"""Pixels a side above which the VAE decodes in tiles."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,13 @@ class InstantStyleEngine:
         request.validate()
         pipe = self.pipeline_for(request.mode)
         pipe.set_ip_adapter_scale(self.scale_map(request))  # type: ignore[attr-defined]
+        # A full VAE decode above ~1.5k pixels a side needs more memory than the UNet: tile it there
+        # (the VAE is shared by every mode's pipeline, so this is per job).
+        vae = self.pipeline.vae  # type: ignore[attr-defined]
+        if max(request.width, request.height) > VAE_TILING_ABOVE:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
         return pipe, self.pipeline_kwargs(request)
 
     def generate(
