@@ -133,3 +133,30 @@ def test_default_spec_points_at_the_real_models():
     assert spec.ip_adapter == "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
     assert spec.image_encoder == "h94/IP-Adapter/sdxl_models/image_encoder"
     assert not spec.is_test_model
+
+
+def test_fp16_hub_loading_prefers_the_fp16_variant_and_falls_back(tiny_paths, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from backend.engine.loading import load_base_pipeline
+    from backend.tiny.layouts import write_hub_snapshot
+
+    # A repo with both precisions; the fp16 files are marked (conv_in doubled) to tell them apart.
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_paths.diffusers_folder))
+    folder = tmp_path / "repo"
+    pipe.save_pretrained(folder)
+    original = pipe.unet.conv_in.weight.detach().clone()
+    with torch.no_grad():
+        pipe.unet.conv_in.weight.mul_(2)
+    pipe.save_pretrained(folder, variant="fp16")
+    write_hub_snapshot(tmp_path / "hub", "someone/sdxl-both", folder)
+    spec = ModelSpec(base="someone/sdxl-both", cache_dir=str(tmp_path / "hub"), local_files_only=True)
+
+    half = load_base_pipeline(spec, torch.float16)
+    assert half.unet.dtype == torch.float16
+    assert torch.equal(half.unet.conv_in.weight, (original * 2).half())
+    full = load_base_pipeline(spec, torch.float32)
+    assert torch.equal(full.unet.conv_in.weight, original)
+    # The tiny hub repo has no fp16 files: fp16 loading falls back to the full-precision weights.
+    fallback = load_base_pipeline(tiny_paths.spec("hub"), torch.float16)
+    assert torch.equal(fallback.unet.conv_in.weight, original.half())

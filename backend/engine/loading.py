@@ -153,6 +153,14 @@ def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
                 )
             check_diffusers_folder(source)
             return StableDiffusionXLPipeline.from_pretrained(str(source), dtype=dtype)
+        if dtype == torch.float16:
+            # Hub repos such as SDXL base publish fp16 weights too: half the download.
+            try:
+                return StableDiffusionXLPipeline.from_pretrained(
+                    spec.base, dtype=dtype, variant="fp16", **hub_kwargs
+                )
+            except (OSError, ValueError) as error:
+                log.info("no fp16 variant of %s (%s); loading the full-precision weights", spec.base, error)
         return StableDiffusionXLPipeline.from_pretrained(spec.base, dtype=dtype, **hub_kwargs)
 
 

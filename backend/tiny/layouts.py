@@ -129,15 +129,15 @@ def _write_all(paths: TinyModelPaths) -> None:
     torch.save(models.ip_adapter_state, paths.ip_adapter_bin)
     models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]
 
-    _write_hub_snapshot(paths.hub_cache, TINY_REPO_ID, paths.diffusers_folder)
-    _write_hub_snapshot(paths.hub_cache, TINY_IP_REPO_ID, paths.ip_adapter_folder.parent)
+    write_hub_snapshot(paths.hub_cache, TINY_REPO_ID, paths.diffusers_folder)
+    write_hub_snapshot(paths.hub_cache, TINY_IP_REPO_ID, paths.ip_adapter_folder.parent)
     shutil.rmtree(paths.root / ".scratch", ignore_errors=True)
     (paths.root / _MARKER).write_text(
         json.dumps({"label": TINY_LABEL, "generator_version": GENERATOR_VERSION}), encoding="utf-8"
     )
 
 
-def _write_hub_snapshot(cache: Path, repo_id: str, source: Path) -> None:
+def write_hub_snapshot(cache: Path, repo_id: str, source: Path) -> None:
     """The layout ``huggingface_hub`` writes: ``refs/main`` names a snapshot folder."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     shutil.copytree(source, repo / "snapshots" / SNAPSHOT)
