@@ -99,3 +99,18 @@ def test_error_wording_is_for_artists():
         == "steps must be between 1 and 150"
     )
     assert describe_error(ErrorCode.BAD_FIELD, "") == "bad field"
+
+
+def test_only_the_newest_preview_of_each_job_is_painted():
+    from krita_plugin.instantstyle.session import Job, JobUpdate, Target, UpdateKind, drop_stale_previews
+
+    a, b = (Job(i, "p", 1, Target(0, 0, 8, 8), 8, 8) for i in (1, 2))
+    updates = [
+        JobUpdate(UpdateKind.PREVIEW, a),
+        JobUpdate(UpdateKind.PROGRESS, a),
+        JobUpdate(UpdateKind.PREVIEW, b),
+        JobUpdate(UpdateKind.PREVIEW, a),
+        JobUpdate(UpdateKind.RESULT, b),
+    ]
+    kept = drop_stale_previews(updates)
+    assert kept == [updates[1], updates[2], updates[3], updates[4]]

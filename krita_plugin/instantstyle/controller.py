@@ -16,7 +16,7 @@ from PyQt5.QtCore import QObject, QTimer, pyqtSignal
 
 from .canvas import CanvasError, CanvasWriter, capture
 from .connection import Connection
-from .session import Job, JobUpdate, Session, SubmitError, UpdateKind
+from .session import Job, JobUpdate, Session, SubmitError, UpdateKind, drop_stale_previews
 from .settings import SETTINGS_GROUP, GenerationSettings, JobKind, load_settings, save_settings
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Controller(QObject):
         self._in_tick = True
         try:
             updates = self.session.update()
-            for update in updates:
+            for update in drop_stale_previews(updates):
                 self._safely(self._handle, update)
             if updates:
                 self.changed.emit()

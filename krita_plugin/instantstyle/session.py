@@ -113,6 +113,14 @@ class JobUpdate:
     message: str = ""
 
 
+def drop_stale_previews(updates: list[JobUpdate]) -> list[JobUpdate]:
+    """Keep only each job's newest preview: painting older ones would only slow the canvas down."""
+    newest = {id(u.job): index for index, u in enumerate(updates) if u.kind is UpdateKind.PREVIEW}
+    return [
+        u for index, u in enumerate(updates) if u.kind is not UpdateKind.PREVIEW or newest[id(u.job)] == index
+    ]
+
+
 class SubmitError(ValueError):
     """The job cannot be sent as set up; the message is for the artist."""
 
