@@ -122,13 +122,14 @@ class Connection:
         attempt = 0
         while not self._stop.is_set():
             self._set_state(ConnectionState.CONNECTING)
+            self.hello = None
             try:
                 outcome = self._session()
             except Exception as error:  # anything unexpected: report, retry
                 log.exception("connection error")
                 outcome = f"connection error: {error}"
-            else:
-                attempt = 0 if outcome is None else attempt
+            if self.hello is not None:
+                attempt = 0  # it was connected: a backend restart starts the back-off afresh
             if self._stop.is_set():
                 break
             if self.state is ConnectionState.UNAUTHORIZED:
