@@ -24,6 +24,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ip-adapter", help="IP-Adapter .bin/.safetensors file or hub path")
     group.add_argument("--image-encoder", help="CLIP image encoder folder or hub path")
     group.add_argument(
+        "--controlnet",
+        help="canny ControlNet folder or repo id (e.g. diffusers/controlnet-canny-sdxl-1.0) for mode control",
+    )
+    group.add_argument(
         "--base-config", help="for a single-file model: a diffusers folder/repo with its configs"
     )
     group.add_argument("--cache-dir", help="Hugging Face cache folder")
@@ -47,6 +51,7 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
     overrides = {
         "ip_adapter": args.ip_adapter,
         "image_encoder": args.image_encoder,
+        "controlnet": args.controlnet,
         "base_config": args.base_config,
         "cache_dir": args.cache_dir,
     }
@@ -88,9 +93,10 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--style-scale", type=float, default=1.0)
     parser.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.TXT2IMG.value)
-    parser.add_argument("--init", type=Path, help="image to stylize (img2img, inpaint)")
+    parser.add_argument("--init", type=Path, help="image to stylize (img2img, inpaint, control)")
     parser.add_argument("--mask", type=Path, help="inpaint mask (white = change)")
     parser.add_argument("--strength", type=float, default=0.6)
+    parser.add_argument("--control-scale", type=float, default=0.6, help="ControlNet scale (mode control)")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
@@ -159,6 +165,7 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
         init_image=init_index,
         mask=mask_index,
         strength=args.strength,
+        control_scale=args.control_scale,
         width=args.width,
         height=args.height,
         steps=args.steps,

@@ -31,6 +31,8 @@ class Mode(str, Enum):
     """Stylize an existing image (a layer) with a denoising strength."""
     INPAINT = "inpaint"
     """Like img2img, but only inside a mask (a selection)."""
+    CONTROL = "control"
+    """A new image that follows the Canny edges of an init image (ControlNet): restyle, keep the lines."""
 
 
 class MessageType(str, Enum):

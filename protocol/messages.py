@@ -71,6 +71,7 @@ class Generate:
     init_image: int | None = field(default=None, metadata=bounds(0, 63))
     mask: int | None = field(default=None, metadata=bounds(0, 63))
     strength: float = field(default=0.6, metadata=bounds(0.01, 1.0))
+    control_scale: float = field(default=0.6, metadata=bounds(0.0, 2.0))
     width: int = field(default=1024, metadata=bounds(8, 16384))
     height: int = field(default=1024, metadata=bounds(8, 16384))
     steps: int = field(default=30, metadata=bounds(1, 1000))

@@ -302,6 +302,27 @@ def test_generate_button_makes_a_new_image_in_the_layers_style(krita_run, engine
     assert np.array_equal(_rgba("new-image-layer.rgba")[..., :3], expected)
 
 
+def test_keep_the_lines_restyles_through_the_controlnet(krita_run, engine):
+    keep = krita_run["report"]["keep_lines"]
+    assert keep["state"] == "done" and keep["total"] == STEPS and "control" in keep["modes"]
+    source = Image.fromarray(_rgba("source.rgba"), "RGBA").convert("RGB")
+    expected = engine.generate(
+        GenerationRequest(
+            prompt=PROMPT,
+            style_images=[StyleReference(source)],
+            content_text="stripes",
+            mode=Mode.CONTROL,
+            init_image=source,
+            control_scale=0.8,
+            width=64,
+            height=64,
+            steps=STEPS,
+            seed=SEED,
+        )
+    ).images[0]
+    assert np.array_equal(_rgba("keep-lines-layer.rgba")[..., :3], expected)
+
+
 def test_screenshots_of_the_docker(krita_run):
     for name in ("krita-window.png", "krita-docker.png"):
         image = Image.open(ARTIFACTS / name)

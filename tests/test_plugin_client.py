@@ -220,3 +220,25 @@ def test_bad_custom_blocks_and_limits_are_caught_before_sending(engine):
             session.connection.stop()
     assert job.state is JobState.FAILED and "down.block_0" in job.message
     assert any(u.kind is UpdateKind.FAILED for u in updates)
+
+
+def test_keep_the_lines_uses_the_controlnet_and_is_refused_without_one(engine):
+    from backend.engine.engine import InstantStyleEngine
+
+    lines = Image(64, 64, 3, bytes(range(256)) * 48)
+    inputs = JobInputs([(as_image(STYLE), 1.0)], lines)
+    with ServerThread(engine) as server:
+        session = connect(server.url)
+        try:
+            job = session.submit(settings(kind=JobKind.KEEP_LINES, control_scale=0.8), inputs, TARGET)
+            pump(session, lambda _u: job.state.finished)
+        finally:
+            session.connection.stop()
+    assert job.state is JobState.DONE and job.total == 4  # every step runs, unlike img2img
+    with ServerThread(InstantStyleEngine(engine.pipeline, engine.spec)) as bare:
+        session = connect(bare.url)
+        try:
+            with pytest.raises(SubmitError, match="--controlnet"):
+                session.submit(settings(kind=JobKind.KEEP_LINES), inputs, TARGET)
+        finally:
+            session.connection.stop()

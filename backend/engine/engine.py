@@ -24,9 +24,10 @@ from PIL import Image
 from protocol.enums import Mode
 
 from .blocks import UNetAttentionLayout, build_scale_map
-from .loading import ModelSpec, load_models, pick_device, pick_dtype
+from .canny import canny
+from .loading import ModelSpec, load_controlnet, load_models, pick_device, pick_dtype
 from .previews import StepPreview, latents_to_rgb
-from .request import GenerationRequest, GenerationResult, JobCancelled
+from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError
 from .style_embedding import StyleEncoder, ip_adapter_embeds
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,13 @@ class _DenoisedCapture:
 class InstantStyleEngine:
     """Runs InstantStyle jobs on one loaded SDXL + IP-Adapter model."""
 
-    def __init__(self, pipeline: object, spec: ModelSpec, cache_size: int = 64) -> None:
+    def __init__(
+        self,
+        pipeline: object,
+        spec: ModelSpec,
+        cache_size: int = 64,
+        controlnet: torch.nn.Module | None = None,
+    ) -> None:
         from transformers import CLIPImageProcessorPil
 
         self.pipeline = pipeline
@@ -94,13 +101,22 @@ class InstantStyleEngine:
             pipeline.tokenizer_2,  # type: ignore[attr-defined]
             cache_size=cache_size,
         )
+        self.controlnet = controlnet
         self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str | None = None, dtype: str | None = None) -> InstantStyleEngine:
         torch_device = pick_device(device)
-        return cls(load_models(spec, torch_device, pick_dtype(torch_device, dtype)), spec)
+        torch_dtype = pick_dtype(torch_device, dtype)
+        pipeline = load_models(spec, torch_device, torch_dtype)
+        controlnet = load_controlnet(spec, torch_dtype)
+        return cls(pipeline, spec, controlnet=controlnet.to(torch_device) if controlnet is not None else None)
+
+    @property
+    def modes(self) -> list[Mode]:
+        """What this engine can run: ``control`` needs a ControlNet."""
+        return [mode for mode in Mode if mode is not Mode.CONTROL or self.controlnet is not None]
 
     @property
     def device(self) -> torch.device:
@@ -117,12 +133,25 @@ class InstantStyleEngine:
     def pipeline_for(self, mode: Mode) -> object:
         """The pipeline for a mode; img2img and inpaint share every module with the base."""
         if mode not in self._pipelines:
-            from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
-
-            kind = (
-                StableDiffusionXLImg2ImgPipeline if mode is Mode.IMG2IMG else StableDiffusionXLInpaintPipeline
+            from diffusers import (
+                StableDiffusionXLControlNetPipeline,
+                StableDiffusionXLImg2ImgPipeline,
+                StableDiffusionXLInpaintPipeline,
             )
-            pipe = kind.from_pipe(self.pipeline)
+
+            if mode is Mode.CONTROL:
+                if self.controlnet is None:
+                    raise RequestError(
+                        "this backend has no ControlNet loaded: start it with --controlnet "
+                        "(e.g. diffusers/controlnet-canny-sdxl-1.0) to restyle while keeping the lines"
+                    )
+                pipe = StableDiffusionXLControlNetPipeline.from_pipe(
+                    self.pipeline, controlnet=self.controlnet
+                )
+            elif mode is Mode.IMG2IMG:
+                pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(self.pipeline)
+            else:
+                pipe = StableDiffusionXLInpaintPipeline.from_pipe(self.pipeline)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[mode] = pipe
         return self._pipelines[mode]
@@ -154,6 +183,11 @@ class InstantStyleEngine:
             "output_type": "np",
         }
         size = (request.width, request.height)
+        if request.mode is Mode.CONTROL:
+            assert request.init_image is not None
+            kwargs["image"] = canny(request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
+            kwargs["controlnet_conditioning_scale"] = request.control_scale
+            return kwargs
         if request.mode is not Mode.TXT2IMG:
             assert request.init_image is not None
             kwargs["image"] = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)

@@ -47,6 +47,9 @@ class ModelSpec:
     """A local ``.bin``/``.safetensors`` file, or ``owner/repo/sub/folders/file`` on the hub."""
     image_encoder: str = IMAGE_ENCODER_HUB_PATH
     """A local folder, or ``owner/repo/subfolder`` on the hub."""
+    controlnet: str | None = None
+    """A canny ControlNet (folder or repo id, e.g. ``diffusers/controlnet-canny-sdxl-1.0``), optional:
+    it enables the ``control`` mode (restyle a picture while keeping its lines)."""
     base_config: str | None = None
     """For a single-file base: a diffusers folder or repo id holding the component configs."""
     cache_dir: str | None = None
@@ -213,6 +216,25 @@ def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
             image_encoder_folder=None,
             cache_dir=spec.cache_dir,
             local_files_only=spec.local_files_only,
+        )
+
+
+def load_controlnet(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | None:
+    """The optional canny ControlNet, from a folder or the hub."""
+    if not spec.controlnet:
+        return None
+    from diffusers import ControlNetModel
+
+    with load_errors(spec.controlnet, "an SDXL ControlNet (canny), diffusers format"):
+        if _is_local(spec.controlnet):
+            folder = Path(spec.controlnet).expanduser()
+            if not (folder / "config.json").is_file():
+                raise ModelLoadError(folder, "a ControlNet folder with config.json", "config.json missing")
+            for weights in folder.glob("*.safetensors"):
+                check_safetensors(weights, "ControlNet weights")
+            return ControlNetModel.from_pretrained(str(folder), dtype=dtype)
+        return ControlNetModel.from_pretrained(
+            spec.controlnet, dtype=dtype, cache_dir=spec.cache_dir, local_files_only=spec.local_files_only
         )
 
 

@@ -47,6 +47,8 @@ class GenerationRequest:
     init_image: Image.Image | None = None
     mask: Image.Image | None = None
     strength: float = 0.6
+    control_scale: float = 0.6
+    """ControlNet conditioning scale for ``Mode.CONTROL`` (the InstantStyle code's 0.6)."""
     width: int = 1024
     height: int = 1024
     steps: int = 30
@@ -66,9 +68,9 @@ class GenerationRequest:
             raise RequestError("at least one style reference image is needed")
         if sum(ref.weight for ref in self.style_images) <= 0:
             raise RequestError("style reference weights must add up to more than 0")
-        if self.mode is not Mode.TXT2IMG:
-            if self.init_image is None:
-                raise RequestError(f"mode {self.mode.value} needs an init image")
+        if self.mode is not Mode.TXT2IMG and self.init_image is None:
+            raise RequestError(f"mode {self.mode.value} needs an init image")
+        if self.mode in (Mode.IMG2IMG, Mode.INPAINT):
             if not 0.0 < self.strength <= 1.0:
                 raise RequestError(f"strength must be in (0, 1], got {self.strength}")
             if self.effective_steps < 1:
@@ -84,7 +86,7 @@ class GenerationRequest:
     @property
     def effective_steps(self) -> int:
         """Denoising steps that actually run: img2img and inpaint skip the first ``1 - strength``."""
-        if self.mode is Mode.TXT2IMG:
+        if self.mode in (Mode.TXT2IMG, Mode.CONTROL):
             return self.steps
         return min(int(self.steps * self.strength), self.steps)
 

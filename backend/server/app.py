@@ -13,7 +13,7 @@ from dataclasses import replace
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from backend import __version__
-from protocol import Limits, ModelInfo
+from protocol import Limits, Mode, ModelInfo
 
 from .config import ServerConfig
 from .connection import Connection, ServerContext
@@ -30,7 +30,8 @@ class InstantStyleServer:
         self.config.check()
         self.model = model
         self.worker = GpuWorker(engine, self.config.limits.max_queued_jobs)
-        self.context = ServerContext(self.config, self.worker, model, __version__)
+        modes = tuple(getattr(engine, "modes", [m for m in Mode if m is not Mode.CONTROL]))
+        self.context = ServerContext(self.config, self.worker, model, __version__, modes)
         self.connections: set[Connection] = set()
         self._server: Server | None = None
 

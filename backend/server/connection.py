@@ -17,6 +17,7 @@ from protocol import (
     FrameKind,
     Generate,
     Hello,
+    Mode,
     ModelInfo,
     Ping,
     PixelFormat,
@@ -61,6 +62,8 @@ class ServerContext:
     worker: GpuWorker
     model: ModelInfo
     version: str
+    modes: tuple[Mode, ...] = tuple(Mode)
+    """What the engine can run (``control`` only with a ControlNet loaded)."""
 
 
 class Connection:
@@ -121,7 +124,7 @@ class Connection:
         except Exception:  # the client went away during the handshake
             return False
         self.name = hello.client or "client"
-        reply = ServerHello(self.context.version, self.context.model, config.limits)
+        reply = ServerHello(self.context.version, self.context.model, config.limits, list(self.context.modes))
         await self.ws.send(encode_message(reply))  # type: ignore[attr-defined]
         log.info("client %s connected", self.name)
         return True
@@ -150,6 +153,13 @@ class Connection:
             request = decode_client_message(message, self.context.config.limits)
             job_id = getattr(request, "job_id", None)
             if isinstance(request, Generate):
+                if request.mode not in self.context.modes:
+                    raise ProtocolError(
+                        ErrorCode.BAD_REQUEST,
+                        f"this backend cannot run mode {request.mode.value}"
+                        + (" (it has no ControlNet loaded)" if request.mode is Mode.CONTROL else ""),
+                        request.job_id,
+                    )
                 self._generate(request)
             elif isinstance(request, Cancel):
                 self._cancel(request.job_id)

@@ -69,6 +69,7 @@ def build_request(message: Generate, images: dict[int, Image.Image]) -> Generati
         init_image=flatten(images[message.init_image]) if message.init_image is not None else None,
         mask=mask,
         strength=message.strength,
+        control_scale=message.control_scale,
         width=message.width,
         height=message.height,
         steps=message.steps,

@@ -120,6 +120,8 @@ class TinyModels:
     """A ``StableDiffusionXLPipeline`` without IP-Adapter."""
     image_encoder: torch.nn.Module
     ip_adapter_state: dict[str, dict[str, torch.Tensor]]
+    controlnet: torch.nn.Module
+    """A canny-style ControlNet for this UNet (random; its zero convolutions made non-zero)."""
 
 
 def build_unet(shape: ModelShape = TINY) -> torch.nn.Module:
@@ -303,4 +305,25 @@ def build_models(scratch: Path, shape: ModelShape = TINY, seed: int = 0) -> Tiny
     )
     image_encoder = build_image_encoder(shape)
     state = random_ip_adapter_state(unet, torch.Generator().manual_seed(seed + 1), shape)
-    return TinyModels(pipeline=pipeline, image_encoder=image_encoder, ip_adapter_state=state)
+    controlnet = build_controlnet(unet, torch.Generator().manual_seed(seed + 2))
+    return TinyModels(
+        pipeline=pipeline, image_encoder=image_encoder, ip_adapter_state=state, controlnet=controlnet
+    )
+
+
+def build_controlnet(unet: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """diffusers' ``ControlNetModel.from_unet``. Its zero convolutions (the condition's embedding output
+    and every residual output) start at zero, i.e. no effect at all; here they get small random
+    weights so that tests can see the edges steer the picture."""
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet)
+    with torch.no_grad():
+        zero_convs = (
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+            controlnet.controlnet_cond_embedding.conv_out,
+        )
+        for block in zero_convs:
+            block.weight.copy_(torch.randn(block.weight.shape, generator=generator) * 0.05)
+    return controlnet

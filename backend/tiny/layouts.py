@@ -5,7 +5,8 @@
   ``from_pretrained(repo_id, cache_dir=..., local_files_only=True)``;
 - ``tiny-sdxl.safetensors``: one original-format (SGM) checkpoint file;
 - ``ip-adapter/``: the ``h94/IP-Adapter`` layout (``sdxl_models/ip-adapter_sdxl``
-  in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``).
+  in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``);
+- ``controlnet-canny/``: a ControlNet folder, as ``diffusers/controlnet-canny-sdxl-1.0`` has.
 
 Everything is generated from a fixed seed, so one generator version always
 writes the same weights; a marker file lets callers reuse a finished folder.
@@ -26,9 +27,10 @@ from backend.engine.loading import ModelSpec
 from backend.tiny.components import TINY_LABEL, build_models
 from backend.tiny.single_file import save_single_file
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "3"
 TINY_REPO_ID = "instantstyle/tiny-sdxl"
 TINY_IP_REPO_ID = "instantstyle/tiny-ip-adapter"
+TINY_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-canny"
 SNAPSHOT = "0" * 39 + GENERATOR_VERSION  # a commit-hash-shaped revision name
 _MARKER = "COMPLETE.json"
 
@@ -65,12 +67,17 @@ class TinyModelPaths:
     def image_encoder(self) -> Path:
         return self.ip_adapter_folder / "image_encoder"
 
+    @property
+    def controlnet(self) -> Path:
+        return self.root / "controlnet-canny"
+
     def spec(self, layout: str = "diffusers") -> ModelSpec:
         """A ``ModelSpec`` loading the tiny model from one of its layouts."""
         common = {"label": TINY_LABEL, "is_test_model": True}
         local = {
             "ip_adapter": str(self.ip_adapter_safetensors),
             "image_encoder": str(self.image_encoder),
+            "controlnet": str(self.controlnet),
         }
         if layout == "diffusers":
             return ModelSpec(base=str(self.diffusers_folder), **local, **common)
@@ -83,6 +90,7 @@ class TinyModelPaths:
                 base=TINY_REPO_ID,
                 ip_adapter=f"{TINY_IP_REPO_ID}/sdxl_models/ip-adapter_sdxl.safetensors",
                 image_encoder=f"{TINY_IP_REPO_ID}/sdxl_models/image_encoder",
+                controlnet=TINY_CONTROLNET_REPO_ID,
                 cache_dir=str(self.hub_cache),
                 local_files_only=True,
                 **common,
@@ -128,9 +136,11 @@ def _write_all(paths: TinyModelPaths) -> None:
     save_file(flat, str(paths.ip_adapter_safetensors))
     torch.save(models.ip_adapter_state, paths.ip_adapter_bin)
     models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]
+    models.controlnet.save_pretrained(paths.controlnet)  # type: ignore[attr-defined]
 
     write_hub_snapshot(paths.hub_cache, TINY_REPO_ID, paths.diffusers_folder)
     write_hub_snapshot(paths.hub_cache, TINY_IP_REPO_ID, paths.ip_adapter_folder.parent)
+    write_hub_snapshot(paths.hub_cache, TINY_CONTROLNET_REPO_ID, paths.controlnet)
     shutil.rmtree(paths.root / ".scratch", ignore_errors=True)
     (paths.root / _MARKER).write_text(
         json.dumps({"label": TINY_LABEL, "generator_version": GENERATOR_VERSION}), encoding="utf-8"

@@ -157,7 +157,7 @@ def capture(document, settings: GenerationSettings) -> tuple[JobInputs, Target]:
             (read_rgba(node, Area(bounds.x(), bounds.y(), bounds.width(), bounds.height())), style.weight)
         )
     init_image = mask = None
-    if settings.kind is JobKind.STYLIZE:
+    if settings.kind is not JobKind.NEW_IMAGE:
         init_image = read_rgba(source, area)
         selection = document.selection()
         if selection is not None and selection.width() > 0:

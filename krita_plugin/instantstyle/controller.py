@@ -79,8 +79,12 @@ class Controller(QObject):
     # ------------------------------------------------------------------ actions
 
     def stylize_active_layer(self) -> Job | None:
-        """The "Stylize Layer" action: restyle the active layer (or selection) with the docker's settings."""
-        return self.generate(JobKind.STYLIZE)
+        """The "Stylize Layer" action: restyle the active layer (or selection) with the docker's settings,
+        keeping its lines if the docker says so."""
+        for source in self.settings_sources:
+            source()
+        keep_lines = self.settings.kind is JobKind.KEEP_LINES
+        return self.generate(JobKind.KEEP_LINES if keep_lines else JobKind.STYLIZE)
 
     def generate(self, kind: JobKind | None = None) -> Job | None:
         for source in self.settings_sources:

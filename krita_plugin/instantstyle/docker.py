@@ -37,7 +37,11 @@ PRESETS = [
     ("All blocks", "all"),
     ("Custom", "custom"),
 ]
-KINDS = [("Stylize layer / selection", JobKind.STYLIZE), ("New image from the style", JobKind.NEW_IMAGE)]
+KINDS = [
+    ("Stylize layer / selection", JobKind.STYLIZE),
+    ("Stylize, keep the lines (ControlNet)", JobKind.KEEP_LINES),
+    ("New image from the style", JobKind.NEW_IMAGE),
+]
 DOCKER_TITLE = "InstantStyle"
 
 
@@ -135,6 +139,8 @@ class InstantStyleDocker(DockWidget):
         for label, kind in KINDS:
             self.kind.addItem(label, kind)
         self.strength = _spin(0.01, 1.0, 0.05)
+        self.control_scale = _spin(0.0, 2.0, 0.05)
+        self.control_scale.setToolTip("how strictly 'keep the lines' follows the layer's edges")
         self.preset = QComboBox()
         for label, value in PRESETS:
             self.preset.addItem(label, value)
@@ -159,6 +165,7 @@ class InstantStyleDocker(DockWidget):
         self.batch = _int_spin(1, 8)
         form.addRow("Mode", self.kind)
         form.addRow("Strength", self.strength)
+        form.addRow("Line strength", self.control_scale)
         form.addRow("Blocks", self.preset)
         form.addRow("Custom scales", self.block_scales)
         form.addRow("Style strength", self.style_scale)
@@ -216,6 +223,7 @@ class InstantStyleDocker(DockWidget):
         self.negative.setPlainText(s.negative_prompt)
         self.kind.setCurrentIndex(self.kind.findData(s.kind))
         self.strength.setValue(s.strength)
+        self.control_scale.setValue(s.control_scale)
         self.preset.setCurrentIndex(max(0, self.preset.findData(s.preset)))
         self.block_scales.setText(s.block_scales)
         self.block_scales.setEnabled(s.preset == "custom")
@@ -235,7 +243,11 @@ class InstantStyleDocker(DockWidget):
         s.styles = [row.value() for row in self.style_rows]
         s.content_text, s.content_scale = self.content.text(), self.content_scale.value()
         s.prompt, s.negative_prompt = self.prompt.toPlainText(), self.negative.toPlainText()
-        s.kind, s.strength = self.kind.currentData(), self.strength.value()
+        s.kind, s.strength, s.control_scale = (
+            self.kind.currentData(),
+            self.strength.value(),
+            self.control_scale.value(),
+        )
         s.preset, s.block_scales, s.style_scale = (
             self.preset.currentData(),
             self.block_scales.text(),

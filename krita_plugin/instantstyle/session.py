@@ -160,8 +160,13 @@ class Session:
             raise SubmitError(f"not connected to the backend ({self.status})")
         if not inputs.styles:
             raise SubmitError("pick a style reference first")
-        if settings.kind is JobKind.STYLIZE and inputs.init_image is None:
+        if settings.kind is not JobKind.NEW_IMAGE and inputs.init_image is None:
             raise SubmitError("stylize needs a layer to start from")
+        if settings.kind is JobKind.KEEP_LINES and protocol.Mode.CONTROL not in self.hello.modes:  # type: ignore[union-attr]
+            raise SubmitError(
+                "the backend has no ControlNet for keeping lines: start it with --controlnet, "
+                "or choose plain stylize"
+            )
         try:
             block_scales = settings.custom_block_scales()
         except ValueError as error:
@@ -170,6 +175,8 @@ class Session:
         mode = protocol.Mode.TXT2IMG
         if settings.kind is JobKind.STYLIZE:
             mode = protocol.Mode.INPAINT if inputs.mask is not None else protocol.Mode.IMG2IMG
+        elif settings.kind is JobKind.KEEP_LINES:
+            mode = protocol.Mode.CONTROL  # a selection still limits where the result shows (its alpha)
         job_id = next(self._ids)
         frames: dict[int, Image] = {index: image for index, (image, _) in enumerate(inputs.styles)}
         init_index = mask_index = None
@@ -194,6 +201,7 @@ class Session:
             init_image=init_index,
             mask=mask_index,
             strength=settings.strength,
+            control_scale=settings.control_scale,
             width=width,
             height=height,
             steps=settings.steps,

@@ -30,6 +30,8 @@ class JobKind(str, Enum):
     """A new image in the style of the reference (txt2img)."""
     STYLIZE = "stylize"
     """Restyle the current layer (img2img), or only the selection (inpaint)."""
+    KEEP_LINES = "keep_lines"
+    """Repaint the current layer (or selection) in the style, following its edges (ControlNet canny)."""
 
 
 @dataclass
@@ -62,6 +64,8 @@ class GenerationSettings:
     style_scale: float = 1.0
     kind: JobKind = JobKind.STYLIZE
     strength: float = 0.6
+    control_scale: float = 0.6
+    """How strictly ``KEEP_LINES`` follows the layer's edges (ControlNet scale)."""
     auto_size: bool = True
     """Generate at the canvas or selection size (fitted to the server's limits)."""
     width: int = 1024

@@ -7,7 +7,8 @@ Scenarios, one Krita session:
 4. stylize a layer of a 16-bit document;
 5. stylize with two weighted references (the layer and an image file);
 6. stylize only a selection (inpaint inside it, result placed at its bounds);
-7. a new image in the style of the layer, from the docker's Generate button.
+7. a new image in the style of the layer, from the docker's Generate button;
+8. restyle keeping the layer's lines (Canny + ControlNet) from the Stylize Layer action.
 Everything observed goes to ``report.json`` in ``INSTANTSTYLE_E2E_OUT``; then Krita quits.
 """
 
@@ -402,6 +403,35 @@ class Runner:
         (OUT / "new-image-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
         report["new_image"] = {"saved_kind": self.controller.settings.kind.value, "total": jobs[-1].total}
         log("new-image scenario done")
+        self.start_keep_lines_scenario()
+
+    # -------------------------------------------------------------- scenario 8: keep the lines (ControlNet)
+
+    def start_keep_lines_scenario(self):
+        from instantstyle.settings import JobKind
+
+        self.document8, _ = new_document(self.window, "keep lines", SIZE)
+        self.layers8_before = layer_names(self.document8)
+        docker = self.docker()
+        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.KEEP_LINES))
+        docker.control_scale.setValue(0.8)
+        self.stylize_when_active(self.document8, self.wait_keep_lines)
+        log("keep-lines scenario started")
+
+    def wait_keep_lines(self):
+        jobs = list(self.controller.session.jobs.values())
+        names = layer_names(self.document8)
+        new_layers = [n for n in names if n not in self.layers8_before and n != "InstantStyle preview"]
+        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+            return
+        node = next(n for n in self.document8.rootNode().childNodes() if n.name() == new_layers[0])
+        (OUT / "keep-lines-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        report["keep_lines"] = {
+            "state": jobs[-1].state.value,
+            "total": jobs[-1].total,
+            "modes": [m.value for m in self.controller.session.hello.modes],
+        }
+        log("keep-lines scenario done")
         self.finish()
 
     # -------------------------------------------------------------- the end
