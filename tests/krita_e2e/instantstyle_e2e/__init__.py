@@ -123,7 +123,8 @@ class Runner:
             return
         report["status"] = self.controller.session.status
         # Room for the docker in the screenshots: a maximised window with only Layers beside it.
-        self.window.qwindow().showMaximized()
+        # Xvfb has no window manager to maximise with: size the window to the screen directly.
+        self.window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
         for other in self.window.qwindow().findChildren(QDockWidget):
             if other.objectName() not in ("instantstyle_docker", "KisLayerBox", "ToolBox"):
                 other.hide()
