@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -149,22 +150,44 @@ def krita_run(backend_url, tmp_path_factory):
     kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
 
     log_path = ARTIFACTS / "krita.log"
-    # A timeout is judged by the report below; Krita sometimes lingers after quitting.
-    with log_path.open("w") as log, contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(
+    # Its own process group, so that nothing outlives the test: on a timeout, killing xvfb-run alone
+    # would leave Krita and Xvfb running. A timeout is judged by the report below.
+    with log_path.open("w") as log:
+        krita = subprocess.Popen(
             ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "krita", "--nosplash"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            timeout=KRITA_TIMEOUT,
             cwd=home,
+            start_new_session=True,
         )
+        try:
+            krita.wait(KRITA_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(krita.pid, signal.SIGKILL)
+            krita.wait()
     report_path = ARTIFACTS / "report.json"
     assert report_path.exists(), "Krita never ran the test hook; see " + str(log_path)
     report = json.loads(report_path.read_text())
     assert "error" not in report, report["error"]
     assert report.get("finished"), f"the hook did not finish: {report['steps'][-3:]}"
     return {"report": report, "installed": installed.stdout, "resources": resources, "kritarc": kritarc}
+
+
+def expected_pixels(engine, **fields) -> np.ndarray:
+    """What the engine makes for the e2e settings (prompt, content, seed, steps, 64x64) plus ``fields``."""
+    request = {
+        "prompt": PROMPT,
+        "content_text": "stripes",
+        "width": 64,
+        "height": 64,
+        "steps": STEPS,
+        "seed": SEED,
+    }
+    return engine.generate(GenerationRequest(**{**request, **fields})).images[0]
 
 
 def _rgba(name: str) -> np.ndarray:
@@ -197,20 +220,9 @@ def test_stylize_layer_adds_the_exact_result_and_keeps_the_artists_layer(krita_r
 
     # The layer holds exactly what the engine makes for the same request.
     source = Image.fromarray(_rgba("source.rgba"), "RGBA").convert("RGB")
-    expected = engine.generate(
-        GenerationRequest(
-            prompt=PROMPT,
-            style_images=[StyleReference(source)],
-            content_text="stripes",
-            mode=Mode.IMG2IMG,
-            init_image=source,
-            strength=STRENGTH,
-            width=64,
-            height=64,
-            steps=STEPS,
-            seed=SEED,
-        )
-    ).images[0]
+    expected = expected_pixels(
+        engine, style_images=[StyleReference(source)], mode=Mode.IMG2IMG, init_image=source, strength=STRENGTH
+    )
     layer = _rgba("layer.rgba")
     assert np.array_equal(layer[..., :3], expected) and (layer[..., 3] == 255).all()
     assert krita_run["report"]["exported"] and (ARTIFACTS / "canvas.png").stat().st_size > 0
@@ -238,20 +250,13 @@ def test_two_weighted_references_blend_exactly_as_the_engine_does(krita_run, eng
     assert two == {"styles": ["active_layer", "file"], "weights": [1.0, 0.5]}
     source = Image.fromarray(_rgba("source.rgba"), "RGBA").convert("RGB")
     second = Image.open(ARTIFACTS / "second-style.png").convert("RGB")
-    expected = engine.generate(
-        GenerationRequest(
-            prompt=PROMPT,
-            style_images=[StyleReference(source, 1.0), StyleReference(second, 0.5)],
-            content_text="stripes",
-            mode=Mode.IMG2IMG,
-            init_image=source,
-            strength=STRENGTH,
-            width=64,
-            height=64,
-            steps=STEPS,
-            seed=SEED,
-        )
-    ).images[0]
+    expected = expected_pixels(
+        engine,
+        style_images=[StyleReference(source, 1.0), StyleReference(second, 0.5)],
+        mode=Mode.IMG2IMG,
+        init_image=source,
+        strength=STRENGTH,
+    )
     assert np.array_equal(_rgba("two-refs-layer.rgba")[..., :3], expected)
 
 
@@ -261,21 +266,16 @@ def test_stylizing_a_selection_inpaints_and_places_the_result_at_its_bounds(krit
     assert selection["bounds"] == [8, 24, 32, 32]  # the new layer covers exactly the selection
     source = _rgba("source.rgba")
     crop = Image.fromarray(source[24:56, 8:40], "RGBA").convert("RGB")
-    expected = engine.generate(
-        GenerationRequest(
-            prompt=PROMPT,
-            style_images=[StyleReference(Image.fromarray(source, "RGBA").convert("RGB"))],
-            content_text="stripes",
-            mode=Mode.INPAINT,
-            init_image=crop,
-            mask=Image.new("L", (32, 32), 255),
-            strength=STRENGTH,
-            width=32,
-            height=32,
-            steps=STEPS,
-            seed=SEED,
-        )
-    ).images[0]
+    expected = expected_pixels(
+        engine,
+        style_images=[StyleReference(Image.fromarray(source, "RGBA").convert("RGB"))],
+        mode=Mode.INPAINT,
+        init_image=crop,
+        mask=Image.new("L", (32, 32), 255),
+        strength=STRENGTH,
+        width=32,
+        height=32,
+    )
     layer = _rgba("selection-layer.rgba")
     assert np.array_equal(layer[24:56, 8:40, :3], expected)
     assert (layer[24:56, 8:40, 3] == 255).all()
@@ -288,17 +288,7 @@ def test_generate_button_makes_a_new_image_in_the_layers_style(krita_run, engine
     new_image = krita_run["report"]["new_image"]
     assert new_image == {"saved_kind": "new_image", "total": STEPS}  # txt2img runs every step
     source = Image.fromarray(_rgba("source.rgba"), "RGBA").convert("RGB")
-    expected = engine.generate(
-        GenerationRequest(
-            prompt=PROMPT,
-            style_images=[StyleReference(source)],
-            content_text="stripes",
-            width=64,
-            height=64,
-            steps=STEPS,
-            seed=SEED,
-        )
-    ).images[0]
+    expected = expected_pixels(engine, style_images=[StyleReference(source)])
     assert np.array_equal(_rgba("new-image-layer.rgba")[..., :3], expected)
 
 
@@ -306,20 +296,9 @@ def test_keep_the_lines_restyles_through_the_controlnet(krita_run, engine):
     keep = krita_run["report"]["keep_lines"]
     assert keep["state"] == "done" and keep["total"] == STEPS and "control" in keep["modes"]
     source = Image.fromarray(_rgba("source.rgba"), "RGBA").convert("RGB")
-    expected = engine.generate(
-        GenerationRequest(
-            prompt=PROMPT,
-            style_images=[StyleReference(source)],
-            content_text="stripes",
-            mode=Mode.CONTROL,
-            init_image=source,
-            control_scale=0.8,
-            width=64,
-            height=64,
-            steps=STEPS,
-            seed=SEED,
-        )
-    ).images[0]
+    expected = expected_pixels(
+        engine, style_images=[StyleReference(source)], mode=Mode.CONTROL, init_image=source, control_scale=0.8
+    )
     assert np.array_equal(_rgba("keep-lines-layer.rgba")[..., :3], expected)
 
 

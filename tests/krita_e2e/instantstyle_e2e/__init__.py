@@ -133,6 +133,15 @@ class Runner:
         dock.raise_()
         self.layers_before = layer_names(self.document)
         self.preview_seen = False
+        # A 3-step tiny job can start and finish between two polls: watch the preview layer appear
+        # right where the plugin paints it.
+        show_preview = self.controller.canvas.show_preview
+
+        def watched_show_preview(job):
+            show_preview(job)
+            self.preview_seen = self.preview_seen or "InstantStyle preview" in layer_names(self.document)
+
+        self.controller.canvas.show_preview = watched_show_preview
         self.app.action("instantstyle_stylize_layer").trigger()
         log(f"stylize triggered: {self.controller.message}")
         self.state = self.wait_for_result
@@ -208,6 +217,16 @@ class Runner:
         log("screenshots saved")
         self.start_cancel_scenario()
 
+    def finished_result(self, document, layers_before):
+        """(job, result layer) once the newest job has finished and its layer is in ``document``."""
+        jobs = list(self.controller.session.jobs.values())
+        names = layer_names(document)
+        new_layers = [n for n in names if n not in layers_before and n != "InstantStyle preview"]
+        # Krita's layer operations can spin nested event loops: wait until the controller is done.
+        if not jobs or not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+            return None
+        return jobs[-1], next(n for n in document.rootNode().childNodes() if n.name() == new_layers[0])
+
     def stylize_when_active(self, document, then):
         """Krita applies a new view and setActiveNode asynchronously: trigger once they took effect."""
 
@@ -235,13 +254,13 @@ class Runner:
         self.state = self.wait_cancelled
 
     def wait_cancelled(self):
-        jobs = list(self.controller.session.jobs.values())
-        if not jobs[-1].state.finished:
+        job = list(self.controller.session.jobs.values())[-1]
+        if not job.state.finished:
             return
         report["cancel"] = {
-            "state": jobs[-1].state.value,
-            "step": jobs[-1].step,
-            "total": jobs[-1].total,
+            "state": job.state.value,
+            "step": job.step,
+            "total": job.total,
             "layers_after": layer_names(self.document2),
             "message": self.controller.message,
         }
@@ -265,11 +284,11 @@ class Runner:
         log("document closed mid-job")
 
     def wait_closed_job(self):
-        jobs = list(self.controller.session.jobs.values())
-        if not jobs[-1].state.finished:
+        job = list(self.controller.session.jobs.values())[-1]
+        if not job.state.finished:
             return
         report["close"] = {
-            "state": jobs[-1].state.value,
+            "state": job.state.value,
             "message": self.controller.message,
             "krita_alive": self.app.activeWindow() is not None,
             "documents": len(self.app.documents()),
@@ -288,18 +307,16 @@ class Runner:
         log("16-bit scenario started")
 
     def wait_deep_result(self):
-        jobs = list(self.controller.session.jobs.values())
-        names = layer_names(self.document4)
-        new_layers = [n for n in names if n not in self.layers4_before and n != "InstantStyle preview"]
-        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+        finished = self.finished_result(self.document4, self.layers4_before)
+        if finished is None:
             return
-        node = next(n for n in self.document4.rootNode().childNodes() if n.name() == new_layers[0])
+        job, node = finished
         data16 = bytes(node.pixelData(0, 0, SIZE, SIZE))
         report["deep"] = {
             "depth": node.colorDepth(),
-            "new_layers": new_layers,
-            "layer_equals_received": rgba(data16[1::2]) == jobs[-1].images[0].data,
-            "exact_16_bit": data16 == sixteen(rgba(jobs[-1].images[0].data)),
+            "new_layers": [node.name()],
+            "layer_equals_received": rgba(data16[1::2]) == job.images[0].data,
+            "exact_16_bit": data16 == sixteen(rgba(job.images[0].data)),
             "source_unchanged": bytes(self.layer4.pixelData(0, 0, SIZE, SIZE)) == self.source4,
             # Same pattern and settings as scenario 1, read from 16 bits: the same picture.
             "equals_8_bit_result": rgba(data16[1::2]) == (OUT / "layer.rgba").read_bytes(),
@@ -327,12 +344,10 @@ class Runner:
         log("two-references scenario started")
 
     def wait_two_references(self):
-        jobs = list(self.controller.session.jobs.values())
-        names = layer_names(self.document5)
-        new_layers = [n for n in names if n not in self.layers5_before and n != "InstantStyle preview"]
-        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+        finished = self.finished_result(self.document5, self.layers5_before)
+        if finished is None:
             return
-        node = next(n for n in self.document5.rootNode().childNodes() if n.name() == new_layers[0])
+        _, node = finished
         (OUT / "two-refs-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
         report["two_references"] = {
             "styles": [s.kind.value for s in self.controller.settings.styles],
@@ -356,15 +371,13 @@ class Runner:
         log("selection scenario started")
 
     def wait_selection_result(self):
-        jobs = list(self.controller.session.jobs.values())
-        names = layer_names(self.document6)
-        new_layers = [n for n in names if n not in self.layers6_before and n != "InstantStyle preview"]
-        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+        finished = self.finished_result(self.document6, self.layers6_before)
+        if finished is None:
             return
-        node = next(n for n in self.document6.rootNode().childNodes() if n.name() == new_layers[0])
+        job, node = finished
         bounds = node.bounds()
         (OUT / "selection-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
-        job = jobs[-1]
+        job = job
         report["selection"] = {
             "bounds": [bounds.x(), bounds.y(), bounds.width(), bounds.height()],
             "job_size": [job.width, job.height],
@@ -395,14 +408,12 @@ class Runner:
         log("new-image scenario started")
 
     def wait_new_image(self):
-        jobs = list(self.controller.session.jobs.values())
-        names = layer_names(self.document7)
-        new_layers = [n for n in names if n not in self.layers7_before and n != "InstantStyle preview"]
-        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+        finished = self.finished_result(self.document7, self.layers7_before)
+        if finished is None:
             return
-        node = next(n for n in self.document7.rootNode().childNodes() if n.name() == new_layers[0])
+        job, node = finished
         (OUT / "new-image-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
-        report["new_image"] = {"saved_kind": self.controller.settings.kind.value, "total": jobs[-1].total}
+        report["new_image"] = {"saved_kind": self.controller.settings.kind.value, "total": job.total}
         log("new-image scenario done")
         self.start_keep_lines_scenario()
 
@@ -420,16 +431,14 @@ class Runner:
         log("keep-lines scenario started")
 
     def wait_keep_lines(self):
-        jobs = list(self.controller.session.jobs.values())
-        names = layer_names(self.document8)
-        new_layers = [n for n in names if n not in self.layers8_before and n != "InstantStyle preview"]
-        if not jobs[-1].state.finished or not new_layers or self.controller._in_tick:
+        finished = self.finished_result(self.document8, self.layers8_before)
+        if finished is None:
             return
-        node = next(n for n in self.document8.rootNode().childNodes() if n.name() == new_layers[0])
+        job, node = finished
         (OUT / "keep-lines-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
         report["keep_lines"] = {
-            "state": jobs[-1].state.value,
-            "total": jobs[-1].total,
+            "state": job.state.value,
+            "total": job.total,
             "modes": [m.value for m in self.controller.session.hello.modes],
         }
         log("keep-lines scenario done")
