@@ -81,6 +81,8 @@ class Job:
     """Called from the worker thread; must be thread-safe."""
     cancel_event: threading.Event = field(default_factory=threading.Event)
     last_step: int = 0
+    position: int = 0
+    """Jobs ahead of this one, as last told to its client."""
 
 
 def classify_failure(error: BaseException) -> tuple[ErrorCode, str]:
@@ -125,6 +127,7 @@ class GpuWorker:
             if self._stopping or len(self._queue) >= self.max_queued:
                 return None
             position = len(self._queue) + (1 if self._running is not None else 0)
+            job.position = position
             self._queue.append(job)
             self._condition.notify()
             return position
@@ -144,7 +147,10 @@ class GpuWorker:
         """Tell the queued jobs from ``start`` on where they now stand (call with the lock held)."""
         ahead = 1 if self._running is not None else 0
         for index in range(start, len(self._queue)):
-            self._queue[index].emit(JobMoved(index + ahead))
+            job = self._queue[index]
+            if job.position != index + ahead:  # only real moves are news
+                job.position = index + ahead
+                job.emit(JobMoved(job.position))
 
     def _next(self) -> Job | None:
         with self._condition:
