@@ -1,4 +1,4 @@
-"""End to end in real Krita (Debian's package, under xvfb-run) against a real backend on the tiny model.
+"""End to end in real Krita (Debian's package, on an Xvfb display) against a real backend on the tiny model.
 
 The installer installs the plugin into a throw-away Krita home; a test-only
 plugin (tests/krita_e2e) drives it like an artist and reports what it saw.
@@ -11,10 +11,14 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +40,7 @@ STRENGTH = 0.6
 
 
 def _krita_missing() -> str | None:
-    missing = [tool for tool in ("krita", "xvfb-run", "xauth") if shutil.which(tool) is None]
+    missing = [tool for tool in ("krita", "Xvfb") if shutil.which(tool) is None]
     return f"not installed: {', '.join(missing)} (apt-get install krita xvfb xauth)" if missing else None
 
 
@@ -47,6 +51,55 @@ def krita_available() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the real-Krita test, but {reason}")
         pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def virtual_display(log) -> Iterator[str]:
+    """An Xvfb server, ready when this yields its display name.
+
+    ``Xvfb -displayfd`` picks a free display and reports it only once it accepts clients: xvfb-run's
+    own readiness wait can lose that race on a busy machine, and Krita then finds no display.
+    """
+    read_end, write_end = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    try:
+        number = b""
+        deadline = time.monotonic() + 30
+        while not number.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], 1.0)
+            if ready:
+                chunk = os.read(read_end, 16)
+                if not chunk:
+                    break
+                number += chunk
+        assert number.strip().isdigit(), f"Xvfb did not start (it said {number!r}); see {log.name}"
+        yield f":{number.strip().decode()}"
+    finally:
+        os.close(read_end)
+        stop_group(xvfb)
+
+
+def run_until_done(command: list[str], env: dict[str, str], log, cwd: Path) -> None:
+    """Run in its own process group, so that nothing outlives the test (a timeout is judged by the report)."""
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+    )
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(KRITA_TIMEOUT)
+    stop_group(process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 class KritarcStore:
@@ -150,25 +203,8 @@ def krita_run(backend_url, tmp_path_factory):
     kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
 
     log_path = ARTIFACTS / "krita.log"
-    # Its own process group, so that nothing outlives the test: on a timeout, killing xvfb-run alone
-    # would leave Krita and Xvfb running. A timeout is judged by the report below.
-    with log_path.open("w") as log:
-        krita = subprocess.Popen(
-            ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "krita", "--nosplash"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=home,
-            start_new_session=True,
-        )
-        try:
-            krita.wait(KRITA_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(krita.pid, signal.SIGKILL)
-            krita.wait()
+    with log_path.open("w") as log, virtual_display(log) as display:
+        run_until_done(["krita", "--nosplash"], {**env, "DISPLAY": display}, log, home)
     report_path = ARTIFACTS / "report.json"
     assert report_path.exists(), "Krita never ran the test hook; see " + str(log_path)
     report = json.loads(report_path.read_text())
