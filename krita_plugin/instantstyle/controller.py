@@ -81,30 +81,30 @@ class Controller(QObject):
     def stylize_active_layer(self) -> Job | None:
         """The "Stylize Layer" action: restyle the active layer (or selection) with the docker's settings,
         keeping its lines if the docker says so."""
-        for source in self.settings_sources:
-            source()
-        keep_lines = self.settings.kind is JobKind.KEEP_LINES
-        return self.generate(JobKind.KEEP_LINES if keep_lines else JobKind.STYLIZE)
+        return self.generate(stylize=True)
 
-    def generate(self, kind: JobKind | None = None) -> Job | None:
+    def generate(self, stylize: bool = False) -> Job | None:
+        """Start a job with the docker's settings; ``stylize`` forces a restyle of the active layer."""
         for source in self.settings_sources:
             source()
-        # The action's kind applies to this job only; the docker's own choice stays saved.
-        settings = replace(self.settings, kind=kind) if kind is not None else self.settings
+        settings = self.settings
+        if stylize:  # for this job only: the docker's own choice stays saved
+            keep_lines = settings.kind is JobKind.KEEP_LINES
+            settings = replace(settings, kind=JobKind.KEEP_LINES if keep_lines else JobKind.STYLIZE)
+        job = None
         try:
             inputs, target = capture(Krita.instance().activeDocument(), settings)
             job = self.session.submit(settings, inputs, target)
-            self.settings.seed = settings.seed  # the seed actually used (random unless locked)
         except (CanvasError, SubmitError) as error:
             self._say(str(error))
-            return None
         except Exception as error:  # never a traceback for the artist; the log keeps it
             log.exception("could not start a job")
             self._say(f"could not start the job: {error}")
-            return None
-        self.canvas.remember_mask(job, inputs.mask)
-        self.save()  # remembers the seed actually used, among others
-        self._say(f"job {job.job_id} sent (seed {job.seed})")
+        else:
+            self.settings.seed = settings.seed  # the seed actually used (random unless locked)
+            self.canvas.remember_mask(job, inputs.mask)
+            self._say(f"job {job.job_id} sent (seed {job.seed})")
+        self.save()  # once per job: the docker's values and the seed used
         return job
 
     def cancel(self) -> None:

@@ -238,7 +238,7 @@ class InstantStyleDocker(DockWidget):
         self.batch.setValue(s.batch)
 
     def store(self) -> None:
-        """Copy the widgets into the controller's settings (before a job, and on close)."""
+        """Copy the widgets into the controller's settings (before each job, which saves them)."""
         s = self.controller.settings
         s.styles = [row.value() for row in self.style_rows]
         s.content_text, s.content_scale = self.content.text(), self.content_scale.value()
@@ -260,7 +260,6 @@ class InstantStyleDocker(DockWidget):
         )
         s.steps, s.guidance_scale, s.batch = self.steps.value(), self.guidance.value(), self.batch.value()
         s.seed, s.seed_locked = self.seed.value(), self.seed_locked.isChecked()
-        self.controller.save()
 
     # ------------------------------------------------------------------ events
 
