@@ -7,11 +7,21 @@
 ``install`` copies the plugin, the ``protocol`` package and a vendored copy of
 the pure-Python ``websockets`` package (Krita's Python has neither) into
 ``pykrita/`` in Krita's resource folder, writes the ``.desktop`` file, enables
-the plugin in ``kritarc``, and records every file it wrote. ``uninstall``
-removes exactly those files, and the kritarc line if install added it. ``zip``
-builds the file that "Tools > Scripts > Import Python Plugin from File" takes,
+the plugin in ``kritarc``, and records every file and folder it created.
+``uninstall`` puts back the state before install: those files and folders go,
+and kritarc loses exactly the edit install made (every other line keeps its
+bytes; a kritarc install created is removed). ``zip`` builds the file that
+"Tools > Scripts > Import Python Plugin from File" takes (Krita 5.1 to 6.0),
 with the same contents (vendored files are plain files, not submodules).
-Standard library only: it runs with any Python 3.10+.
+
+Krita's folders (the same for Krita 5 and 6): on Linux ~/.local/share/krita and
+~/.config/kritarc (or under $XDG_DATA_HOME / $XDG_CONFIG_HOME); on Windows
+%APPDATA%\\krita and %LOCALAPPDATA%\\kritarc; on macOS ~/Library/Application
+Support/krita and ~/Library/Preferences/kritarc.
+
+Needs Python 3.10+ with the ``websockets`` package installed (it is vendored
+from there): the backend's environment has it, so run this with
+``.venv/bin/python`` after ``installer/setup_backend.sh``.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kritarc import KritarcEdit, enable, undo  # run as a script, not as a package
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_NAME = "instantstyle"
@@ -56,7 +69,10 @@ def websockets_source() -> Path:
     try:
         import websockets
     except ImportError:
-        sys.exit("the websockets package is needed to build the plugin: run installer/setup_backend.sh first")
+        sys.exit(
+            "the websockets package is needed to build the plugin: run installer/setup_backend.sh, "
+            "then this script with .venv/bin/python"
+        )
     return Path(websockets.__file__).resolve().parent
 
 
@@ -80,72 +96,57 @@ def plugin_files() -> dict[str, Path]:
 @dataclass
 class Manifest:
     files: list[str] = field(default_factory=list)
-    kritarc: str | None = None
-    """The kritarc we added the enable line to, if we added it."""
+    """Paths relative to ``pykrita/``."""
+    folders: list[str] = field(default_factory=list)
+    """Folders outside the plugin's own that install created (resources, pykrita, kritarc's)."""
+    kritarc: KritarcEdit | None = None
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(list(data["files"]), data.get("kritarc"))
+        edit = data.get("kritarc")
+        if isinstance(edit, str):  # written by an older installer: the path of the enabled kritarc
+            edit = {"path": edit}
+        return cls(list(data["files"]), list(data.get("folders", [])), edit and KritarcEdit.from_json(edit))
 
     def write(self, path: Path) -> None:
-        path.write_text(
-            json.dumps({"files": self.files, "kritarc": self.kritarc}, indent=1), encoding="utf-8"
-        )
+        edit = self.kritarc and self.kritarc.to_json()
+        data = {"files": self.files, "folders": self.folders, "kritarc": edit}
+        path.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
-def set_kritarc_enabled(kritarc: Path, enabled: bool) -> bool:
-    """Add (or remove) ``enable_instantstyle=true`` in the [python] section. Returns whether it changed."""
-    lines = kritarc.read_text(encoding="utf-8").splitlines() if kritarc.exists() else []
-    start = next((i for i, line in enumerate(lines) if line.strip() == "[python]"), None)
-    end = (
-        len(lines)
-        if start is None
-        else next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
-    )
-    existing = (
-        None
-        if start is None
-        else next((i for i in range(start + 1, end) if lines[i].split("=", 1)[0].strip() == ENABLE_KEY), None)
-    )
-    if enabled:
-        if existing is not None and lines[existing].split("=", 1)[1].strip() == "true":
-            return False
-        if existing is not None:
-            lines[existing] = f"{ENABLE_KEY}=true"
-        elif start is not None:
-            lines.insert(start + 1, f"{ENABLE_KEY}=true")
-        else:
-            lines += (["", "[python]"] if lines else ["[python]"]) + [f"{ENABLE_KEY}=true"]
-    else:
-        if existing is None:
-            return False
-        del lines[existing]
-    kritarc.parent.mkdir(parents=True, exist_ok=True)
-    kritarc.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return True
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
 
 
 def install(resources: Path, kritarc: Path) -> Manifest:
     pykrita = resources / "pykrita"
     manifest_path = pykrita / PLUGIN_NAME / MANIFEST_NAME
+    folders: list[Path] = []
     if manifest_path.exists():
-        uninstall(resources, kritarc, quiet=True)  # an upgrade replaces exactly the old files
+        folders = [Path(f) for f in Manifest.read(manifest_path).folders]  # still ours after the upgrade
+        # An upgrade replaces exactly the old files.
+        uninstall(resources, kritarc, quiet=True, keep_folders=True)
     elif (pykrita / PLUGIN_NAME).exists():
         sys.exit(f"{pykrita / PLUGIN_NAME} exists but was not installed by this installer: remove it first")
-    manifest = Manifest()
+    folders += missing_folders(pykrita) + missing_folders(kritarc.parent)
+    manifest = Manifest(folders=[str(f) for f in dict.fromkeys(folders)])
     for relative, source in plugin_files().items():
         target = pykrita / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
         manifest.files.append(relative)
-    if set_kritarc_enabled(kritarc, True):
-        manifest.kritarc = str(kritarc)
+    manifest.kritarc = enable(kritarc, ENABLE_KEY)
     manifest.write(manifest_path)
     return manifest
 
 
-def uninstall(resources: Path, kritarc: Path, quiet: bool = False) -> list[Path]:
+def uninstall(resources: Path, kritarc: Path, quiet: bool = False, keep_folders: bool = False) -> list[Path]:
     pykrita = resources / "pykrita"
     manifest_path = pykrita / PLUGIN_NAME / MANIFEST_NAME
     if not manifest_path.exists():
@@ -171,19 +172,33 @@ def uninstall(resources: Path, kritarc: Path, quiet: bool = False) -> list[Path]
         if folder != pykrita and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
     if manifest.kritarc:
-        set_kritarc_enabled(Path(manifest.kritarc), False)
+        undo(manifest.kritarc, ENABLE_KEY)
+    for folder in () if keep_folders else sorted(map(Path, manifest.folders), key=lambda p: -len(p.parts)):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     return removed
 
 
 def build_zip(out: Path) -> Path:
-    """The zip for Krita's "Import Python Plugin from File": the .desktop file and the folder at its root."""
+    """The zip for Krita's "Import Python Plugin from File": the .desktop file and the folder at its root.
+
+    Krita's importer finds the plugin's folder by its directory entry (``instantstyle/``), so every
+    folder gets one; the file is readable by everyone, like any download.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, delete=False, suffix=".zip") as handle:
         temporary = Path(handle.name)
+    files = plugin_files()
+    folders = sorted({parent.as_posix() for r in files for parent in Path(r).parents if parent != Path(".")})
     with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
-        for relative, source in plugin_files().items():
+        for folder in folders:
+            entry = zipfile.ZipInfo(folder + "/")
+            entry.external_attr = (0o40755 << 16) | 0x10  # a directory, rwxr-xr-x
+            archive.writestr(entry, b"")
+        for relative, source in files.items():
             name = f"{PLUGIN_NAME}.desktop" if relative == DESKTOP_NAME else relative
             archive.write(source, name)
+    temporary.chmod(0o644)
     temporary.replace(out)
     return out
 

@@ -6,12 +6,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from installer.install_plugin import build_zip, install, set_kritarc_enabled, uninstall
+from installer.install_plugin import build_zip, install, uninstall
+from installer.kritarc import enable, undo
+from tests.krita_versions import BY_NAME
 
 KRITARC = "[General]\nfoo=bar\n\n[python]\nenable_other=true\n"
 
@@ -53,31 +56,95 @@ def test_install_refuses_to_overwrite_a_folder_it_did_not_create(krita_home):
         install(resources, kritarc)
 
 
+def test_a_fresh_home_is_left_as_it_was_found(tmp_path):
+    """Install into a home without Krita folders or kritarc; uninstall removes all of it again."""
+    home = tmp_path / "home"
+    home.mkdir()
+    resources, kritarc = home / ".local" / "share" / "krita", home / ".config" / "kritarc"
+    install(resources, kritarc)
+    assert kritarc.read_text() == "[python]\nenable_instantstyle=true\n"
+    uninstall(resources, kritarc)
+    assert list(home.iterdir()) == []
+
+
+def test_a_folder_krita_wrote_into_is_kept(tmp_path):
+    resources, kritarc = tmp_path / "krita", tmp_path / "kritarc"
+    install(resources, kritarc)
+    (resources / "pykrita" / "someone_else.py").write_text("")  # not ours: the folder stays
+    uninstall(resources, kritarc)
+    assert [p.name for p in (resources / "pykrita").iterdir()] == ["someone_else.py"]
+    assert not kritarc.exists()
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        "[General]\r\nfoo=bar\r\n\r\n[python]\r\nenable_other=true\r\n",  # Windows line endings
+        "[General]\nfoo=bar",  # no final newline
+        "[General]\nfoo = bar  \n# a comment\n\n\n",  # spacing, comments, blank lines
+        "[python]\nenable_instantstyle=false\n[other]\nx=1\n",  # the artist had switched it off
+        "",
+    ],
+)
+def test_kritarc_keeps_every_other_byte(tmp_path, before):
+    kritarc = tmp_path / "kritarc"
+    kritarc.write_bytes(before.encode())
+    edit = enable(kritarc, "enable_instantstyle")
+    after = kritarc.read_bytes()
+    assert b"enable_instantstyle=true" in after and b"enable_instantstyle=false" not in after
+    if b"\r\n" in before.encode():
+        assert after.count(b"\r\n") == after.count(b"\n")  # our line in the file's own line endings
+    else:
+        assert b"\r" not in after
+    undo(edit, "enable_instantstyle")
+    assert kritarc.read_bytes() == before.encode()
+
+
+def test_kritarc_rewritten_by_krita_loses_only_our_section(tmp_path):
+    """Krita rewrites kritarc on exit (new keys, other order): the undo still removes only our edit."""
+    kritarc = tmp_path / "kritarc"
+    kritarc.write_text("[General]\nfoo=bar\n")
+    edit = enable(kritarc, "enable_instantstyle")
+    kritarc.write_text("[General]\nfoo=bar\nnew=1\n\n[python]\nenable_instantstyle=true\n\n[Zeta]\nz=2\n")
+    undo(edit, "enable_instantstyle")
+    assert kritarc.read_text() == "[General]\nfoo=bar\nnew=1\n\n[Zeta]\nz=2\n"
+
+
 def test_an_enable_line_the_artist_had_is_kept(tmp_path):
     kritarc = tmp_path / "kritarc"
     kritarc.write_text("[python]\nenable_instantstyle=true\n")
-    assert not set_kritarc_enabled(kritarc, True)
-    fresh = tmp_path / "fresh" / "kritarc"
-    assert set_kritarc_enabled(fresh, True) and fresh.read_text() == "[python]\nenable_instantstyle=true\n"
-    assert set_kritarc_enabled(fresh, False) and "enable_instantstyle" not in fresh.read_text()
+    assert enable(kritarc, "enable_instantstyle") is None  # nothing changed, nothing to undo
+    resources = tmp_path / "krita"
+    install(resources, kritarc)
+    uninstall(resources, kritarc)
+    assert kritarc.read_text() == "[python]\nenable_instantstyle=true\n"
 
 
 def test_zip_has_the_layout_krita_imports(tmp_path):
-    names = zipfile.ZipFile(build_zip(tmp_path / "instantstyle.zip")).namelist()
+    out = build_zip(tmp_path / "instantstyle.zip")
+    assert out.stat().st_mode & 0o777 == 0o644  # readable by everyone, like any download
+    names = zipfile.ZipFile(out).namelist()
     assert "instantstyle.desktop" in names and "instantstyle/__init__.py" in names
+    # Krita's importer finds the plugin by its folder's own entry; every folder has one.
+    folders = {n.rsplit("/", 1)[0] + "/" for n in names if "/" in n.rstrip("/")}
+    assert "instantstyle/" in names and folders <= set(names)
     assert "instantstyle/protocol/codec.py" in names
     assert "instantstyle/vendor/websockets/sync/client.py" in names
     assert not [n for n in names if n.endswith((".so", ".pyc")) or "__pycache__" in n]
 
 
-def test_installed_core_runs_on_a_python_without_websockets_or_numpy(krita_home, tmp_path):
-    """Krita's Python (Debian's /usr/bin/python3) has neither: the plugin must bring what it needs."""
-    if not Path("/usr/bin/python3").exists():
+@pytest.mark.parametrize("krita", ["5.1", "6.0"])
+def test_installed_core_runs_on_a_python_without_websockets_or_numpy(krita, tmp_path):
+    """Krita's Python (the system's: 3.11 beside Krita 5.1, 3.14 beside Krita 6.0) has neither: the plugin
+    must bring what it needs, and use nothing the newest Python deprecated or removed."""
+    version = BY_NAME[krita]
+    if not version.ready:
         if os.environ.get("CI"):
-            pytest.fail("CI installs Krita and with it Debian's python3, but /usr/bin/python3 is missing")
-        pytest.skip("no system Python here")
-    resources, kritarc = krita_home
-    install(resources, kritarc)
+            pytest.fail(f"CI prepares Krita {krita} and its Python, but it is missing")
+        pytest.skip(f"Krita {krita} is not prepared here")
+    top = tmp_path if version.root is None else Path(tempfile.mkdtemp(dir=version.root / "tmp"))
+    resources = top / "krita"
+    install(resources, top / "kritarc")
     script = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "from instantstyle import connection, session, settings\n"
@@ -85,12 +152,15 @@ def test_installed_core_runs_on_a_python_without_websockets_or_numpy(krita_home,
         "assert 'pykrita' in websockets.__file__, websockets.__file__\n"
         "print(p.encode_message(p.Ping(1)))\n"
     )
-    isolated = subprocess.run(
-        ["/usr/bin/python3", "-I", "-c", script, str(resources / "pykrita")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    guest = resources if version.root is None else Path("/") / resources.relative_to(version.root)
+    command = ["/usr/bin/python3", "-I", "-W", "error", "-c", script, str(guest / "pykrita")]
+    if version.root is not None:
+        command = ["chroot", str(version.root), *command]
+    try:
+        isolated = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    finally:
+        if version.root is not None:
+            shutil.rmtree(top)
     assert isolated.returncode == 0, isolated.stderr
     assert '"type":"ping"' in isolated.stdout
 

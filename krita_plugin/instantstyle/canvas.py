@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from krita import Krita  # type: ignore[import-not-found]
-from PyQt5.QtCore import Qt
-from PyQt5.QtGui import QImage
 
 from .pixels import swap_red_blue, to_8bit, to_16bit
+from .qt import QImage, Qt, image_bytes
 from .session import Image, Job, JobInputs, Target
 from .settings import GenerationSettings, JobKind, StyleSourceKind
 
@@ -68,11 +67,9 @@ def read_file(path: str) -> Image:
 
 
 def qimage_to_rgba(image: QImage) -> Image:
-    image = image.convertToFormat(QImage.Format_RGBA8888)
+    image = image.convertToFormat(QImage.Format.Format_RGBA8888)
     width, height = image.width(), image.height()
-    bits = image.constBits()
-    bits.setsize(image.byteCount())
-    data = bytes(bits)
+    data = image_bytes(image)
     stride = image.bytesPerLine()
     if stride != width * 4:
         data = b"".join(data[row * stride : row * stride + width * 4] for row in range(height))
@@ -80,20 +77,20 @@ def qimage_to_rgba(image: QImage) -> Image:
 
 
 def _bgra_bytes(image: QImage) -> bytes:
-    image = image.convertToFormat(QImage.Format_ARGB32)  # B, G, R, A in memory on little-endian
-    bits = image.constBits()
-    bits.setsize(image.byteCount())
-    return bytes(bits)
+    image = image.convertToFormat(QImage.Format.Format_ARGB32)  # B, G, R, A in memory on little-endian
+    return image_bytes(image)
 
 
 def to_bgra(image: Image, width: int, height: int) -> bytes:
     """Pixels for ``setPixelData``: BGRA at ``width`` x ``height`` (scaled smoothly if needed)."""
     if image.channels == 4 and (image.width, image.height) == (width, height):
         return swap_red_blue(image.data)
-    fmt = {3: QImage.Format_RGB888, 4: QImage.Format_RGBA8888}[image.channels]
+    fmt = {3: QImage.Format.Format_RGB888, 4: QImage.Format.Format_RGBA8888}[image.channels]
     qimage = QImage(image.data, image.width, image.height, image.width * image.channels, fmt)
     if (image.width, image.height) != (width, height):
-        qimage = qimage.scaled(width, height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+        qimage = qimage.scaled(
+            width, height, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
+        )
     return _bgra_bytes(qimage)
 
 

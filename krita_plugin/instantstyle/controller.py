@@ -12,10 +12,10 @@ import logging
 from dataclasses import replace
 
 from krita import Krita  # type: ignore[import-not-found]
-from PyQt5.QtCore import QObject, QTimer, pyqtSignal
 
 from .canvas import CanvasError, CanvasWriter, capture
 from .connection import Connection
+from .qt import QObject, QTimer, pyqtSignal
 from .session import Job, JobUpdate, Session, SubmitError, UpdateKind, drop_stale_previews
 from .settings import SETTINGS_GROUP, GenerationSettings, JobKind, load_settings, save_settings
 

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 from krita import DockWidget  # type: ignore[import-not-found]
-from PyQt5.QtCore import QSize, Qt
-from PyQt5.QtGui import QIcon, QImage, QPixmap
-from PyQt5.QtWidgets import (
+
+from .controller import Controller
+from .qt import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QIcon,
+    QImage,
     QLabel,
     QLineEdit,
+    QListView,
     QListWidget,
     QListWidgetItem,
+    QPixmap,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSize,
     QSpinBox,
+    Qt,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
-
-from .controller import Controller
 from .session import Job, JobState
 from .settings import JobKind, StyleSource
 from .style_rows import StyleRow
@@ -94,7 +98,7 @@ class InstantStyleDocker(DockWidget):
         self.status.setWordWrap(True)
         self.url = QLineEdit()
         self.token = QLineEdit()
-        self.token.setEchoMode(QLineEdit.Password)
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("only if the backend has one")
         self.connect_button = QPushButton("Connect")
         self.connect_button.clicked.connect(
@@ -192,7 +196,7 @@ class InstantStyleDocker(DockWidget):
         history = QGroupBox("Recent results")
         box = QVBoxLayout(history)
         self.history = QListWidget()
-        self.history.setViewMode(QListWidget.IconMode)
+        self.history.setViewMode(QListView.ViewMode.IconMode)
         self.history.setIconSize(QSize(72, 72))
         self.history.setFixedHeight(100)
         apply_button, discard_button = QPushButton("Apply as layer"), QPushButton("Discard")
@@ -312,7 +316,7 @@ class InstantStyleDocker(DockWidget):
         self._refresh_history(session.history)
 
     def _refresh_history(self, jobs: list[Job]) -> None:
-        if [self.history.item(i).data(Qt.UserRole) for i in range(self.history.count())] == [
+        if [self.history.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.history.count())] == [
             (job.job_id, i) for job in jobs for i in range(len(job.images))
         ]:
             return
@@ -320,20 +324,20 @@ class InstantStyleDocker(DockWidget):
         for job in jobs:
             for index, image in enumerate(job.images):
                 qimage = QImage(
-                    image.data, image.width, image.height, image.width * 4, QImage.Format_RGBA8888
+                    image.data, image.width, image.height, image.width * 4, QImage.Format.Format_RGBA8888
                 )
                 item = QListWidgetItem(
-                    QIcon(QPixmap.fromImage(qimage.scaled(72, 72, Qt.KeepAspectRatio))), ""
+                    QIcon(QPixmap.fromImage(qimage.scaled(72, 72, Qt.AspectRatioMode.KeepAspectRatio))), ""
                 )
                 item.setToolTip(job.layer_names[index])
-                item.setData(Qt.UserRole, (job.job_id, index))
+                item.setData(Qt.ItemDataRole.UserRole, (job.job_id, index))
                 self.history.addItem(item)
 
     def _selected(self) -> tuple[Job, int] | None:
         item = self.history.currentItem()
         if item is None:
             return None
-        job_id, index = item.data(Qt.UserRole)
+        job_id, index = item.data(Qt.ItemDataRole.UserRole)
         job = next((j for j in self.controller.session.history if j.job_id == job_id), None)
         return (job, index) if job is not None else None
 

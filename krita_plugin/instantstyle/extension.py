@@ -5,6 +5,7 @@ from __future__ import annotations
 from krita import DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita  # type: ignore[import-not-found]
 
 from .controller import Controller
+from .qt import dock_right
 
 STYLIZE_ACTION = "instantstyle_stylize_layer"
 GENERATE_ACTION = "instantstyle_generate"
@@ -45,5 +46,5 @@ def register() -> None:
     app = Krita.instance()
     app.addExtension(InstantStyleExtension(app))
     app.addDockWidgetFactory(
-        DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, InstantStyleDocker)
+        DockWidgetFactory(DOCKER_ID, dock_right(DockWidgetFactoryBase), InstantStyleDocker)
     )

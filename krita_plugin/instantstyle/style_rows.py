@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from krita import Krita  # type: ignore[import-not-found]
-from PyQt5.QtCore import pyqtSignal
-from PyQt5.QtWidgets import (
+
+from .qt import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -13,8 +13,8 @@ from PyQt5.QtWidgets import (
     QLineEdit,
     QToolButton,
     QWidget,
+    pyqtSignal,
 )
-
 from .settings import StyleSource, StyleSourceKind
 
 SOURCES = [
