@@ -80,12 +80,38 @@ VERSIONS = (
 BY_NAME = {version.name: version for version in VERSIONS}
 
 
+def mount_points_under(root: Path) -> list[Path]:
+    """Mount points at or below ``root``, deepest first (from /proc/mounts; octal escapes decoded)."""
+    points = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        point = Path(line.split()[1].encode().decode("unicode_escape"))
+        if point == root or root in point.parents:
+            points.append(point)
+    return sorted(set(points), key=lambda p: -len(p.parts))
+
+
+def unmount_all(root: Path) -> None:
+    """Unmount whatever a killed run left mounted inside ``root``; refuse to go on while anything is."""
+    for point in mount_points_under(root):
+        subprocess.run(["umount", "--recursive", "--lazy", str(point)], check=False)
+    left = mount_points_under(root)
+    if left:
+        raise RuntimeError(f"still mounted inside {root}: {', '.join(map(str, left))}")
+
+
+def remove_root(root: Path) -> None:
+    """Delete a root file system, never following a bind mount into the host's /dev, /proc or /sys."""
+    if root.exists():
+        unmount_all(root)
+        shutil.rmtree(root)
+
+
 def build(version: KritaVersion) -> None:
     """Build ``version``'s root file system from Debian's archive (as root; a few minutes)."""
     assert version.root is not None
     partial = version.root.with_name(version.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(version.root, ignore_errors=True)
+    remove_root(partial)
+    remove_root(version.root)
     partial.parent.mkdir(parents=True, exist_ok=True)
     sources = [f"deb {MIRROR} {version.suite} main"]
     install = [f"--include={','.join(PACKAGES)}"]
@@ -125,6 +151,7 @@ def build(version: KritaVersion) -> None:
 @contextlib.contextmanager
 def mounted(root: Path) -> Iterator[None]:
     """/proc, /dev and /sys of the host inside ``root`` while Krita runs there; unmounted afterwards."""
+    unmount_all(root)  # a run that was killed could not unmount
     done: list[Path] = []
     try:
         for name in ("proc", "sys", "dev"):

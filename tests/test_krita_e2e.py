@@ -321,6 +321,12 @@ def test_keep_the_lines_restyles_through_the_controlnet(krita: KritaRun, engine)
     assert np.array_equal(krita.rgba("keep-lines-layer.rgba")[..., :3], expected)
 
 
+def test_a_recent_result_applies_again_as_a_layer(krita: KritaRun):
+    applied = krita.scenario("apply_from_history")
+    assert applied["history_stable"] and applied["job_is_newest"]
+    assert len(applied["added"]) == 1 and applied["same_pixels"]
+
+
 def test_the_zip_imports_through_kritas_own_importer(krita: KritaRun):
     """Tools > Scripts > Import Python Plugin from File runs Krita's own plugin_importer on the zip."""
     imported = krita.scenario("zip_import")

@@ -1,6 +1,6 @@
 """The connection to the backend, on a background thread, with automatic reconnect.
 
-Why threads and not asyncio or QtWebSockets: Krita's Python has PyQt5 but no
+Why threads and not asyncio or QtWebSockets: Krita's Python has PyQt5 or PyQt6 but no
 QtWebSockets on Linux distributions, and bridging asyncio into Qt's event loop
 needs a timer-driven private loop that is easy to starve. The ``websockets``
 package's threaded client (pure Python, vendored by the installer) works the

@@ -10,7 +10,8 @@ Scenarios, one Krita session, each with its own time budget:
 6. stylize only a selection (inpaint inside it, result placed at its bounds);
 7. a new image in the style of the layer, from the docker's Generate button;
 8. restyle keeping the layer's lines (Canny + ControlNet) from the Stylize Layer action;
-9. import the plugin's zip with Krita's own "Import Python Plugin from File" code.
+9. apply the newest of the docker's recent results as a layer once more;
+10. import the plugin's zip with Krita's own "Import Python Plugin from File" code.
 Everything observed goes to ``report.json`` in ``INSTANTSTYLE_E2E_OUT``, each scenario's part once it
 finished; ``where`` says which scenario is running and in which state, or where it stopped. Then Krita quits.
 """
@@ -473,9 +474,36 @@ class Runner:
                 "modes": [m.value for m in self.controller.session.hello.modes],
             }
         )
+        self.begin("apply_from_history", self.apply_from_history)
+
+    # ------------------------------------------------------- scenario 9: a recent result, applied again
+
+    def apply_from_history(self):
+        """Select the newest of the docker's recent results and apply it as a layer once more."""
+        docker = self.docker()
+        docker.refresh()
+        first = docker.history.item(0)
+        docker.refresh()  # nothing changed: the list must keep its items (not rebuild them every tick)
+        stable = docker.history.item(0) is first
+        before = layer_names(self.document8)
+        docker.history.setCurrentRow(0)
+        job, index = docker._selected()
+        docker._apply_selected()
+        added = [n for n in layer_names(self.document8)[len(before) :]]
+        nodes = [n for n in self.document8.rootNode().childNodes() if n.name() == job.layer_names[index]]
+        self.done(
+            {
+                "history_stable": stable,
+                "job_is_newest": job is self.controller.session.history[0] and index == 0,
+                "added": added,
+                "same_pixels": len(nodes) == 2
+                and bytes(nodes[0].pixelData(0, 0, SIZE, SIZE))
+                == bytes(nodes[1].pixelData(0, 0, SIZE, SIZE)),
+            }
+        )
         self.begin("zip_import", self.import_zip)
 
-    # -------------------------------------------------------------- scenario 9: Krita's zip importer
+    # -------------------------------------------------------------- scenario 10: Krita's zip importer
 
     def import_zip(self):
         """What Tools > Scripts > Import Python Plugin from File does with the zip, into a spare folder."""
