@@ -38,7 +38,11 @@ def test_every_layout_loads_the_same_model(engine, tiny_paths, style_image, layo
         )
         assert mine.keys() == theirs.keys(), component
         assert all(torch.equal(mine[k], theirs[k]) for k in mine), component
-    assert np.array_equal(_image(other, style_image), _image(engine, style_image))
+    # The same bits in every weight; the pictures agree to float round-off only: safetensors' memory
+    # map leaves weights at other alignments than a copy (text_encoder_2: 56 vs 0 mod 64 bytes), and
+    # the CPU's BLAS then sums in another order (1e-7 in the content embedding, one level in a pixel).
+    difference = np.abs(_image(other, style_image).astype(int) - _image(engine, style_image))
+    assert difference.max() <= 1
     assert other.info.is_test_model and "TEST" in other.info.label
 
 
