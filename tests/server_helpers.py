@@ -29,6 +29,11 @@ class SpyEngine:
     engine: object
     jobs: list[JobRecord] = field(default_factory=list)
     fail_with: Callable[[GenerationRequest], Exception | None] = lambda _request: None
+    releases: int = 0
+
+    def release_memory(self) -> None:
+        self.releases += 1
+        self.engine.release_memory()
 
     def generate(self, request, on_step=None, cancel=None):
         record = JobRecord(request.prompt)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend.engine.decode import decode
 from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest, JobCancelled, RequestError, StyleReference
 from protocol.enums import BlockPreset, Mode
@@ -48,7 +49,7 @@ def test_scale_zero_equals_sdxl_without_ip_adapter(engine, tiny_paths, style_ima
         output_type="np",
     ).images[0]
     pipe, kwargs = engine.prepare(req)
-    got = pipe(**kwargs).images[0]
+    got = decode(pipe, pipe(**kwargs).images)[0]  # the engine's own decode equals the pipeline's
     assert np.abs(got - expected).max() <= 1e-6
     assert np.array_equal(
         engine.generate(req).images[0], (np.clip(expected, 0, 1) * 255).round().astype(np.uint8)

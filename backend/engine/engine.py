@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from protocol.enums import Mode
 
 from .blocks import UNetAttentionLayout, build_scale_map
 from .canny import canny
+from .decode import check_finite, decode
 from .loading import ModelSpec, load_controlnet, load_models, pick_device, pick_dtype
 from .previews import StepPreview, latents_to_rgb
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError
@@ -180,7 +182,8 @@ class InstantStyleEngine:
             "generator": [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.batch)],
             "width": request.width,
             "height": request.height,
-            "output_type": "np",
+            # The engine decodes itself (decode.py): the VAE's dtype survives a failed decode.
+            "output_type": "latent",
         }
         size = (request.width, request.height)
         if request.mode is Mode.CONTROL:
@@ -202,7 +205,8 @@ class InstantStyleEngine:
     def prepare(self, request: GenerationRequest) -> tuple[object, dict[str, object]]:
         """Select the pipeline, set its per-block IP-Adapter scales, and build its call arguments.
 
-        Calling ``pipe(**kwargs)`` afterwards is exactly what ``generate`` runs, minus the callback.
+        Calling ``pipe(**kwargs)`` afterwards is exactly what ``generate`` runs, minus the callback; it
+        returns latents, which ``decode.decode(pipe, latents)`` turns into the pictures.
         """
         request.validate()
         pipe = self.pipeline_for(request.mode)
@@ -240,17 +244,15 @@ class InstantStyleEngine:
 
             if cancel is not None and cancel.is_set():
                 raise JobCancelled
-            try:
-                with capture.attached(pipe.scheduler), torch.inference_mode():  # type: ignore[attr-defined]
-                    output = pipe(  # type: ignore[operator]
-                        **kwargs,
-                        callback_on_step_end=step_end,
-                        callback_on_step_end_tensor_inputs=["latents"],
-                    )
-            finally:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-        images = [to_uint8(image) for image in output.images]
+            with capture.attached(pipe.scheduler), torch.inference_mode():  # type: ignore[attr-defined]
+                latents = pipe(  # type: ignore[operator]
+                    **kwargs,
+                    callback_on_step_end=step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                ).images
+                check_finite(latents, "latents")
+                decoded = decode(pipe, latents)
+        images = [to_uint8(image) for image in decoded]
         return GenerationResult(
             images=images,
             seeds=[request.seed + i for i in range(request.batch)],
@@ -259,6 +261,18 @@ class InstantStyleEngine:
             scale_map=self.scale_map(request),
             seconds=time.perf_counter() - started,
         )
+
+    def release_memory(self) -> None:
+        """Give the accelerator's cached blocks back after a failed job.
+
+        Call it once the failure's exception (and its traceback, which holds the job's tensors) is gone,
+        never after a successful job: re-allocating gigabytes for the next job costs time.
+        """
+        gc.collect()  # tensors caught in reference cycles of the failed call
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

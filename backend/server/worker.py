@@ -12,11 +12,13 @@ import collections
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from backend.engine.blocks import BlockMapError
+from backend.engine.decode import NonFiniteOutput
 from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest, GenerationResult, JobCancelled, RequestError
 from protocol import ErrorCode
@@ -33,6 +35,9 @@ class Engine(Protocol):
         on_step: Callable[[StepPreview], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult: ...
+
+    def release_memory(self) -> None:
+        """Free what a failed job left cached on the accelerator."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def classify_failure(error: BaseException) -> tuple[ErrorCode, str]:
     """An engine exception as an error code and a message fit for an artist."""
     if isinstance(error, RequestError | BlockMapError | ValueError):
         return ErrorCode.BAD_REQUEST, str(error)
+    if isinstance(error, NonFiniteOutput):
+        return ErrorCode.ENGINE_ERROR, str(error)
     text = str(error)
     if type(error).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
         return ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory: try a smaller size or batch"
@@ -183,24 +190,23 @@ class GpuWorker:
             per_step = (time.perf_counter() - started) / preview.step
             job.emit(JobStep(preview, per_step * (preview.total - preview.step)))
 
+        failed = False
         try:
             result = self.engine.generate(request, on_step=on_step, cancel=job.cancel_event)
         except JobCancelled:
             job.emit(JobCancelledEvent(job.last_step))
         except Exception as error:  # one failed job must never stop the worker
             code, message = classify_failure(error)
-            log.error("job %s failed: %s", job.job_id, message, exc_info=code is not ErrorCode.BAD_REQUEST)
-            _release_gpu_memory()
+            # The traceback as text: a live one in a log record (kept by some handlers) would keep
+            # every tensor of the failed call alive.
+            trace = "" if code is ErrorCode.BAD_REQUEST else "\n" + "".join(traceback.format_exception(error))
+            log.error("job %s failed: %s%s", job.job_id, message, trace)
             job.emit(JobFailed(code, message))
+            failed = True
         else:
             job.emit(JobFinished(result))
-
-
-def _release_gpu_memory() -> None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # best effort only
-        log.debug("could not empty the CUDA cache", exc_info=True)
+        if failed:  # only here is the exception, with the job's tensors in its traceback, gone
+            try:
+                self.engine.release_memory()
+            except Exception:  # best effort only
+                log.debug("could not release accelerator memory", exc_info=True)

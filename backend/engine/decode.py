@@ -1,0 +1,71 @@
+"""Latents to pixels, in the engine rather than inside diffusers' pipeline call.
+
+Two reasons. diffusers upcasts an fp16 SDXL VAE to fp32 for the decode and
+casts it back only when the decode succeeds: one out-of-memory error there left
+the VAE in fp32 and every later job failed with a dtype mismatch. Here the
+VAE's dtype is restored in ``finally``. And NaN latents or pixels (fp16
+overflow, known on GTX 16xx cards) would otherwise become a black picture
+without a word: they are refused with what to do about them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN or infinite values: the picture would be black."""
+
+
+NON_FINITE_ADVICE = (
+    "start the backend with --dtype fp32, or give it an fp16-safe VAE (--vae madebyollin/sdxl-vae-fp16-fix)"
+)
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteOutput(
+            f"the model produced NaN values in the {what} (a black image): {NON_FINITE_ADVICE}"
+        )
+
+
+def _execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` runs: its accelerate offload hook's device if it has one, else its weights'."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    return torch.device(device) if device is not None else next(module.parameters()).device
+
+
+def unscale(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Undo the VAE's latent scaling (and normalisation, where its config has one), as diffusers does."""
+    config = vae.config  # type: ignore[attr-defined]
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        return latents * std_t / config.scaling_factor + mean_t
+    return latents / config.scaling_factor
+
+
+@torch.no_grad()
+def decode(pipeline: object, latents: torch.Tensor) -> list[np.ndarray]:
+    """Final latents to float [0, 1] HWC images, exactly as the SDXL pipelines' own decode."""
+    check_finite(latents, "latents")
+    vae = pipeline.vae  # type: ignore[attr-defined]
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and vae.config.force_upcast
+    try:
+        if upcast:  # fp16 SDXL VAE overflows: decode in fp32
+            vae.to(dtype=torch.float32)
+            latents = latents.to(torch.float32)
+        latents = unscale(vae, latents).to(_execution_device(vae))
+        image = vae.decode(latents, return_dict=False)[0]
+    finally:
+        if vae.dtype != dtype:
+            vae.to(dtype=dtype)
+    check_finite(image, "decoded image")
+    watermark = getattr(pipeline, "watermark", None)
+    if watermark is not None:
+        image = watermark.apply_watermark(image)
+    return list(pipeline.image_processor.postprocess(image, output_type="np"))  # type: ignore[attr-defined]
