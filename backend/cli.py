@@ -28,6 +28,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="canny ControlNet folder or repo id (e.g. diffusers/controlnet-canny-sdxl-1.0) for mode control",
     )
     group.add_argument(
+        "--vae",
+        help="a separate SDXL VAE: folder, .safetensors file or repo id (e.g. madebyollin/sdxl-vae-fp16-fix, "
+        "which decodes in fp16 without NaN and without the fp32 upcast)",
+    )
+    group.add_argument(
         "--base-config", help="for a single-file model: a diffusers folder/repo with its configs"
     )
     group.add_argument("--cache-dir", help="Hugging Face cache folder")
@@ -52,6 +57,7 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
         "ip_adapter": args.ip_adapter,
         "image_encoder": args.image_encoder,
         "controlnet": args.controlnet,
+        "vae": args.vae,
         "base_config": args.base_config,
         "cache_dir": args.cache_dir,
     }

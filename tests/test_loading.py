@@ -164,3 +164,35 @@ def test_fp16_hub_loading_prefers_the_fp16_variant_and_falls_back(tiny_paths, tm
     # The tiny hub repo has no fp16 files: fp16 loading falls back to the full-precision weights.
     fallback = load_base_pipeline(tiny_paths.spec("hub"), torch.float16)
     assert torch.equal(fallback.unet.conv_in.weight, original.half())
+
+
+def test_a_separate_vae_replaces_the_models_own(engine, tiny_paths, style_image, tmp_path):
+    """--vae: a folder or a single file; the same VAE gives the same picture, another VAE another one."""
+    from diffusers import AutoencoderKL
+
+    own = tiny_paths.diffusers_folder / "vae"
+    same = InstantStyleEngine.load(replace(tiny_paths.spec("diffusers"), vae=str(own)), device="cpu")
+    assert np.array_equal(_image(same, style_image), _image(engine, style_image))
+
+    other = AutoencoderKL.from_pretrained(str(own))
+    with torch.no_grad():
+        for weight in other.decoder.parameters():
+            weight.mul_(1.5)
+    other.save_pretrained(str(tmp_path / "other-vae"))
+    changed = InstantStyleEngine.load(
+        replace(tiny_paths.spec("diffusers"), vae=str(tmp_path / "other-vae")), device="cpu"
+    )
+    assert changed.pipeline.vae is not engine.pipeline.vae
+    assert not np.array_equal(_image(changed, style_image), _image(engine, style_image))
+
+
+def test_a_missing_or_broken_vae_names_the_file(tiny_paths, tmp_path):
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    for vae, reason in [
+        (tmp_path / "nowhere", "config.json missing"),
+        (tmp_path / "broken.safetensors", "corrupt"),
+    ]:
+        spec = replace(tiny_paths.spec("diffusers"), vae=str(vae))
+        with pytest.raises(ModelLoadError, match=reason) as raised:
+            InstantStyleEngine.load(spec, device="cpu")
+        assert str(vae) in str(raised.value)

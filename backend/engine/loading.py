@@ -50,6 +50,9 @@ class ModelSpec:
     controlnet: str | None = None
     """A canny ControlNet (folder or repo id, e.g. ``diffusers/controlnet-canny-sdxl-1.0``), optional:
     it enables the ``control`` mode (restyle a picture while keeping its lines)."""
+    vae: str | None = None
+    """A VAE to use instead of the base model's own: a folder, a ``.safetensors`` file or a repo id
+    (``madebyollin/sdxl-vae-fp16-fix`` decodes in fp16 without NaN and needs no fp32 upcast)."""
     base_config: str | None = None
     """For a single-file base: a diffusers folder or repo id holding the component configs."""
     cache_dir: str | None = None
@@ -238,6 +241,28 @@ def load_controlnet(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | No
         )
 
 
+def load_vae(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | None:
+    """The separate VAE, if one is given: a diffusers folder, a single ``.safetensors`` file, or the hub."""
+    if not spec.vae:
+        return None
+    from diffusers import AutoencoderKL
+
+    with load_errors(spec.vae, "an SDXL VAE (AutoencoderKL): folder, .safetensors file or repo id"):
+        if _is_local(spec.vae):
+            path = Path(spec.vae).expanduser()
+            if path.suffix == ".safetensors":
+                check_safetensors(path, "SDXL VAE weights")
+                return AutoencoderKL.from_single_file(str(path), dtype=dtype)
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(path, "a VAE folder with config.json", "config.json missing")
+            for weights in path.glob("*.safetensors"):
+                check_safetensors(weights, "VAE weights")
+            return AutoencoderKL.from_pretrained(str(path), dtype=dtype)
+        return AutoencoderKL.from_pretrained(
+            spec.vae, dtype=dtype, cache_dir=spec.cache_dir, local_files_only=spec.local_files_only
+        )
+
+
 def quiet_libraries() -> None:
     """No download/loading progress bars or tokenizer-length chatter in a server's log."""
     import diffusers
@@ -254,6 +279,9 @@ def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> ob
     quiet_libraries()
     log.info("loading %s on %s (%s)", spec.label, device, dtype)
     pipe = load_base_pipeline(spec, dtype)
+    vae = load_vae(spec, dtype)
+    if vae is not None:
+        pipe.register_modules(vae=vae)  # type: ignore[attr-defined]
     image_encoder = load_image_encoder(spec, dtype)
     pipe.register_modules(image_encoder=image_encoder)  # type: ignore[attr-defined]
     load_ip_adapter(pipe, spec)
