@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from backend.engine.blocks import UNetAttentionLayout
 from backend.tiny.components import (
     SDXL,
     TINY,
     build_image_encoder,
+    build_models,
     build_text_encoders,
     build_unet,
     build_vae,
@@ -37,3 +39,37 @@ def test_tiny_model_has_the_same_block_layout():
     with torch.device("meta"):
         tiny, full = build_unet(TINY), build_unet(SDXL)
     assert UNetAttentionLayout.of(tiny) == UNetAttentionLayout.of(full)
+
+
+class GeneratorDeviceCheck(TorchFunctionMode):
+    """Records every call that draws from a generator on another device than the tensor it makes.
+
+    A CPU generator drawing while models are built under ``torch.device("cuda")`` fails on a GPU
+    ("Expected a 'cuda' device type for generator"); on the meta device it passes silently, so the
+    build path is checked here instead of trusting meta.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mismatches: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        generator = kwargs.get("generator")
+        if isinstance(generator, torch.Generator):
+            target = kwargs.get("device")
+            if target is None:
+                tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                target = tensor.device if tensor is not None else torch.get_default_device()
+            if torch.device(target).type != generator.device.type:
+                self.mismatches.append(f"{getattr(func, '__name__', func)}: {generator.device} -> {target}")
+        return func(*args, **kwargs)
+
+
+def test_building_the_full_size_models_draws_every_random_number_where_it_lands(tmp_path):
+    """What bench/bench_gpu_sdxl.py does on a GPU, on the meta device: build the full SDXL shapes."""
+    with torch.device("meta"), GeneratorDeviceCheck() as check:
+        models = build_models(tmp_path, SDXL)
+    assert check.mismatches == []
+    assert models.pipeline.unet.device.type == "meta"
+    assert {t.device.type for part in models.ip_adapter_state.values() for t in part.values()} == {"meta"}

@@ -87,6 +87,9 @@ class LRUCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        self._items.clear()
+
 
 @dataclass
 class EncodeCounts:

@@ -12,6 +12,7 @@ GPU benchmarks (random weights cost the same as trained ones).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,6 +253,13 @@ def tiny_tokenizer(scratch: Path) -> object:
     return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=77)
 
 
+def seeded_randn(size: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Normal noise from ``generator``, drawn on the generator's own device (a CPU generator cannot
+    draw on CUDA) and then placed where models are being built (``torch.device(...)`` context)."""
+    noise = torch.randn(*size, generator=generator, device=generator.device)
+    return noise.to(torch.get_default_device())
+
+
 def random_ip_adapter_state(
     unet: torch.nn.Module, generator: torch.Generator, shape: ModelShape = TINY
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -260,7 +268,7 @@ def random_ip_adapter_state(
     cross = shape.cross_attention_dim
 
     def randn(*size: int, std: float) -> torch.Tensor:
-        return torch.randn(*size, generator=generator) * std
+        return seeded_randn(size, generator) * std
 
     image_proj = {
         "proj.weight": randn(cross * tokens, shape.projection_dim, std=0.2),
@@ -293,6 +301,8 @@ def build_models(scratch: Path, shape: ModelShape = TINY, seed: int = 0) -> Tiny
     torch.manual_seed(seed)
     text_encoder, text_encoder_2 = build_text_encoders(shape)
     unet = build_unet(shape)
+    with torch.device("cpu"):  # a scheduler's tables live on the CPU, whatever device the models use
+        scheduler = tiny_scheduler()
     pipeline = StableDiffusionXLPipeline(
         vae=build_vae(shape),
         text_encoder=text_encoder,
@@ -300,7 +310,7 @@ def build_models(scratch: Path, shape: ModelShape = TINY, seed: int = 0) -> Tiny
         tokenizer=tiny_tokenizer(scratch / "tokenizer"),
         tokenizer_2=tiny_tokenizer(scratch / "tokenizer_2"),
         unet=unet,
-        scheduler=tiny_scheduler(),
+        scheduler=scheduler,
         force_zeros_for_empty_prompt=True,
     )
     image_encoder = build_image_encoder(shape)
@@ -325,5 +335,5 @@ def build_controlnet(unet: torch.nn.Module, generator: torch.Generator) -> torch
             controlnet.controlnet_cond_embedding.conv_out,
         )
         for block in zero_convs:
-            block.weight.copy_(torch.randn(block.weight.shape, generator=generator) * 0.05)
+            block.weight.copy_(seeded_randn(block.weight.shape, generator) * 0.05)
     return controlnet
