@@ -104,7 +104,7 @@ def test_not_a_diffusers_folder(tiny_paths, tmp_path):
         InstantStyleEngine.load(replace(tiny_paths.spec(), base=str(tmp_path)), device="cpu")
 
 
-def test_mismatched_embedding_spaces_fail_clearly(engine):
+def test_mismatched_embedding_spaces_refuse_content_subtraction_clearly(engine, style_image):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     other_text = CLIPTextModelWithProjection(
@@ -116,8 +116,11 @@ def test_mismatched_embedding_spaces_fail_clearly(engine):
             projection_dim=24,
         )
     )
-    with pytest.raises(EmbeddingSpaceMismatch, match="32 != text encoder projection_dim 24"):
-        StyleEncoder(engine.pipeline.image_encoder, None, other_text, engine.pipeline.tokenizer_2)
+    encoder = StyleEncoder(engine.pipeline.image_encoder, engine.encoder.image_processor, other_text, None)
+    assert not encoder.content_subtraction
+    with pytest.raises(EmbeddingSpaceMismatch, match="32-d embeddings and SDXL's text encoder 24-d"):
+        encoder.style_embedding([style_image], [1.0], "a cat", 0.5)
+    assert encoder.style_embedding([style_image], [1.0]).shape == (1, 32)  # style alone works
 
 
 def test_device_and_dtype_selection():

@@ -110,13 +110,8 @@ class StyleEncoder:
         tokenizer: object,
         cache_size: int = 64,
     ) -> None:
-        image_dim = image_encoder.config.projection_dim  # type: ignore[union-attr]
-        text_dim = text_encoder.config.projection_dim  # type: ignore[union-attr]
-        if image_dim != text_dim:
-            raise EmbeddingSpaceMismatch(
-                f"image encoder projection_dim {image_dim} != text encoder projection_dim {text_dim}: "
-                "content subtraction would mix two embedding spaces"
-            )
+        self.image_dim = image_encoder.config.projection_dim  # type: ignore[union-attr]
+        self.text_dim = text_encoder.config.projection_dim  # type: ignore[union-attr]
         self.image_encoder = image_encoder
         self.image_processor = image_processor
         self.text_encoder = text_encoder
@@ -158,6 +153,19 @@ class StyleEncoder:
         self.text_cache.put(text, embeds)
         return embeds
 
+    @property
+    def content_subtraction(self) -> bool:
+        """Whether image and text embeddings share one space (ViT-bigG's with SDXL's text_encoder_2)."""
+        return self.image_dim == self.text_dim
+
+    def require_content_subtraction(self) -> None:
+        if not self.content_subtraction:
+            raise EmbeddingSpaceMismatch(
+                f"content subtraction is not available with this IP-Adapter: its image encoder gives "
+                f"{self.image_dim}-d embeddings and SDXL's text encoder {self.text_dim}-d ones (two spaces); "
+                "leave 'subtract content' empty, or run the backend with ip-adapter_sdxl (ViT-bigG)"
+            )
+
     def style_embedding(
         self,
         images: Sequence[Image.Image],
@@ -166,6 +174,8 @@ class StyleEncoder:
         content_scale: float = 0.0,
     ) -> torch.Tensor:
         """Blend the references, then subtract the content text: the (1, D) style embedding."""
+        if content_text.strip() and content_scale != 0.0:
+            self.require_content_subtraction()
         style = blend([self.encode_image(image) for image in images], weights)
         if content_text.strip() and content_scale != 0.0:
             style = subtract_content(style, self.encode_text(content_text), content_scale)
