@@ -39,6 +39,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--offline", action="store_true", help="only use files already on disk")
     group.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     group.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
+    group.add_argument(
+        "--memory-tier",
+        default="auto",
+        help="auto (from the GPU's free memory), full (16 GB+), encoders-off (12 GB), model-offload (8 GB) "
+        "or group-offload (6 GB)",
+    )
 
 
 def model_spec(args: argparse.Namespace):  # -> ModelSpec
@@ -71,7 +77,7 @@ def load_engine(args: argparse.Namespace):  # -> InstantStyleEngine
     spec = model_spec(args)
     if spec.is_test_model:
         log.warning("using the %s", spec.label)
-    return InstantStyleEngine.load(spec, device=args.device, dtype=args.dtype)
+    return InstantStyleEngine.load(spec, device=args.device, dtype=args.dtype, memory_tier=args.memory_tier)
 
 
 def style_argument(text: str) -> tuple[Path, float]:

@@ -145,6 +145,8 @@ class ModelInfo:
     is_test_model: bool
     device: str = field(default="", metadata=bounds(max_length=100))
     dtype: str = field(default="", metadata=bounds(max_length=100))
+    memory_tier: str = field(default="", metadata=bounds(max_length=100))
+    """How much of the model lives on the GPU: full, encoders-off, model-offload or group-offload."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from .blocks import UNetAttentionLayout, build_scale_map
 from .canny import canny
 from .decode import check_finite, decode
 from .loading import ModelSpec, load_controlnet, load_models, pick_device, pick_dtype
+from .memory import MemoryTier, pick_tier, place, visiting
 from .previews import StepPreview, latents_to_rgb
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError
 from .style_embedding import StyleEncoder, ip_adapter_embeds
@@ -47,6 +48,7 @@ class EngineInfo:
     is_test_model: bool
     device: str
     dtype: str
+    memory_tier: str = MemoryTier.FULL.value
 
 
 class _DenoisedCapture:
@@ -85,10 +87,15 @@ class InstantStyleEngine:
         spec: ModelSpec,
         cache_size: int = 64,
         controlnet: torch.nn.Module | None = None,
+        memory_tier: MemoryTier = MemoryTier.FULL,
+        device: torch.device | None = None,
     ) -> None:
+        """``device``: where jobs run (default: where the UNet's weights are, i.e. the full tier)."""
         from transformers import CLIPImageProcessorPil
 
         self.pipeline = pipeline
+        self.memory_tier = memory_tier
+        self._device = device or pipeline.unet.device  # type: ignore[attr-defined]
         self.spec = spec
         self.layout = UNetAttentionLayout.of(pipeline.unet)  # type: ignore[attr-defined]
         image_encoder = pipeline.image_encoder  # type: ignore[attr-defined]
@@ -102,18 +109,28 @@ class InstantStyleEngine:
             pipeline.text_encoder_2,  # type: ignore[attr-defined]
             pipeline.tokenizer_2,  # type: ignore[attr-defined]
             cache_size=cache_size,
+            execution_device=self._device,
         )
         self.controlnet = controlnet
         self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: ModelSpec, device: str | None = None, dtype: str | None = None) -> InstantStyleEngine:
+    def load(
+        cls,
+        spec: ModelSpec,
+        device: str | None = None,
+        dtype: str | None = None,
+        memory_tier: str | None = "auto",
+    ) -> InstantStyleEngine:
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(torch_device, dtype)
+        tier = pick_tier(torch_device, memory_tier, controlnet=spec.controlnet is not None)
+        log.info("memory tier: %s on %s", tier.value, torch_device)
         pipeline = load_models(spec, torch_device, torch_dtype)
         controlnet = load_controlnet(spec, torch_dtype)
-        return cls(pipeline, spec, controlnet=controlnet.to(torch_device) if controlnet is not None else None)
+        place(pipeline, controlnet, tier, torch_device)
+        return cls(pipeline, spec, controlnet=controlnet, memory_tier=tier, device=torch_device)
 
     @property
     def modes(self) -> list[Mode]:
@@ -122,7 +139,8 @@ class InstantStyleEngine:
 
     @property
     def device(self) -> torch.device:
-        return self.pipeline.unet.device  # type: ignore[attr-defined]
+        """Where jobs run (offloaded weights rest in CPU memory in between)."""
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -130,7 +148,13 @@ class InstantStyleEngine:
 
     @property
     def info(self) -> EngineInfo:
-        return EngineInfo(self.spec.label, self.spec.is_test_model, str(self.device), str(self.dtype))
+        return EngineInfo(
+            self.spec.label,
+            self.spec.is_test_model,
+            str(self.device),
+            str(self.dtype),
+            self.memory_tier.value,
+        )
 
     def pipeline_for(self, mode: Mode) -> object:
         """The pipeline for a mode; img2img and inpaint share every module with the base."""
@@ -214,7 +238,7 @@ class InstantStyleEngine:
         # A full VAE decode above ~1.5k pixels a side needs more memory than the UNet: tile it there
         # (the VAE is shared by every mode's pipeline, so this is per job).
         vae = self.pipeline.vae  # type: ignore[attr-defined]
-        if max(request.width, request.height) > VAE_TILING_ABOVE:
+        if self.memory_tier.tiles_vae or max(request.width, request.height) > VAE_TILING_ABOVE:
             vae.enable_tiling()
         else:
             vae.disable_tiling()
@@ -244,7 +268,15 @@ class InstantStyleEngine:
 
             if cancel is not None and cancel.is_set():
                 raise JobCancelled
-            with capture.attached(pipe.scheduler), torch.inference_mode():  # type: ignore[attr-defined]
+            # Below the full tier the ControlNet rests in CPU memory and visits the GPU for its jobs only.
+            visitor = (
+                self.controlnet if request.mode is Mode.CONTROL and self.controlnet is not None else None
+            )
+            with (
+                capture.attached(pipe.scheduler),  # type: ignore[attr-defined]
+                torch.inference_mode(),
+                visiting(visitor, self.device) if visitor is not None else contextlib.nullcontext(),
+            ):
                 latents = pipe(  # type: ignore[operator]
                     **kwargs,
                     callback_on_step_end=step_end,

@@ -304,7 +304,8 @@ def quiet_libraries() -> None:
 
 
 def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> object:
-    """The SDXL pipeline with the IP-Adapter loaded and the image encoder attached, on ``device``."""
+    """The SDXL pipeline with the IP-Adapter loaded and the image encoder attached, still in CPU memory:
+    the memory tier decides what goes to ``device``."""
     quiet_libraries()
     log.info("loading %s on %s (%s)", spec.label, device, dtype)
     pipe = load_base_pipeline(spec, dtype)
@@ -315,6 +316,5 @@ def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> ob
     pipe.register_modules(image_encoder=image_encoder)  # type: ignore[attr-defined]
     load_ip_adapter(pipe, spec)
     check_ip_adapter(pipe, spec)
-    pipe.to(device)  # type: ignore[attr-defined]
     pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     return pipe

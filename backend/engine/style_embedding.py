@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from .memory import visiting
+
 
 class EmbeddingSpaceMismatch(ValueError):
     """The image encoder and text encoder project into spaces of different sizes."""
@@ -109,10 +111,13 @@ class StyleEncoder:
         text_encoder: torch.nn.Module,
         tokenizer: object,
         cache_size: int = 64,
+        execution_device: torch.device | None = None,
     ) -> None:
         self.image_dim = image_encoder.config.projection_dim  # type: ignore[union-attr]
         self.text_dim = text_encoder.config.projection_dim  # type: ignore[union-attr]
         self.image_encoder = image_encoder
+        self.execution_device = execution_device
+        """Where the encoders run; None: where their weights are. The image encoder may rest elsewhere."""
         self.image_processor = image_processor
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
@@ -127,9 +132,11 @@ class StyleEncoder:
         cached = self.image_cache.get(key)
         if cached is not None:
             return cached
-        device, dtype = _placement(self.image_encoder)
+        resting, dtype = _placement(self.image_encoder)
+        device = self.execution_device or resting
         pixels = self.image_processor(images=image.convert("RGB"), return_tensors="pt").pixel_values  # type: ignore[operator]
-        embeds = self.image_encoder(pixels.to(device=device, dtype=dtype)).image_embeds
+        with visiting(self.image_encoder, device):
+            embeds = self.image_encoder(pixels.to(device=device, dtype=dtype)).image_embeds
         self.counts.images += 1
         self.image_cache.put(key, embeds)
         return embeds
@@ -140,7 +147,7 @@ class StyleEncoder:
         cached = self.text_cache.get(text)
         if cached is not None:
             return cached
-        device, _ = _placement(self.text_encoder)
+        device = self.execution_device or _placement(self.text_encoder)[0]
         tokens = self.tokenizer(  # type: ignore[operator]
             text,
             padding="max_length",

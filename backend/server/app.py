@@ -90,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def run_server(args: argparse.Namespace, engine: object) -> int:
     """``python -m backend serve``: run until SIGINT/SIGTERM, then shut down cleanly."""
     info = engine.info  # type: ignore[attr-defined]
-    model = ModelInfo(info.label, info.is_test_model, info.device, info.dtype)
+    model = ModelInfo(info.label, info.is_test_model, info.device, info.dtype, info.memory_tier)
     server = InstantStyleServer(engine, model, config_from_args(args))  # type: ignore[arg-type]
 
     async def main() -> None:
@@ -101,7 +101,10 @@ def run_server(args: argparse.Namespace, engine: object) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
         await server.start()
-        print(f"InstantStyle backend ready on {server.url}", flush=True)
+        print(
+            f"InstantStyle backend ready on {server.url} ({info.device}, memory tier {info.memory_tier})",
+            flush=True,
+        )
         await stop.wait()
         log.info("shutting down")
         await server.close()
