@@ -193,9 +193,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from backend.server.inputs import build_request
 
-    engine = load_engine(args)
+    # Everything about the job is checked before minutes go into loading a model.
     message, images = job_from_arguments(args, job_id=1)
     request = build_request(message, images)
+    request.validate()
+    engine = load_engine(args)
 
     def save_preview(preview) -> None:
         Image.fromarray(preview.rgb).save(args.previews / f"step-{preview.step:03d}.png")
@@ -224,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from backend.engine.loading import ModelLoadError
     from backend.engine.request import RequestError
     from backend.engine.style_embedding import EmbeddingSpaceMismatch
+    from backend.preflight import ArgumentError
     from backend.server.config import ConfigError
 
     try:
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         ModelLoadError,
         EmbeddingSpaceMismatch,
         ConfigError,
+        ArgumentError,
         OSError,
         json.JSONDecodeError,
     ) as error:
@@ -257,8 +261,14 @@ def _run(argv: list[str] | None) -> int:
 
         print(ensure_tiny_model(args.out).root)
         return 0
+    from backend.preflight import check_model_arguments, check_port
+
+    check_model_arguments(args)
     if args.command == "generate":
         return run_generate(args)
-    from backend.server.app import run_server
+    from backend.server.app import config_from_args, run_server
 
+    config = config_from_args(args)
+    config.check()
+    check_port(config.host, config.port)
     return run_server(args, load_engine(args))

@@ -105,3 +105,39 @@ def test_json_log_lines():
     record.job_id = 3
     entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "warning" and entry["message"] == "job 3 failed" and entry["job_id"] == 3
+
+
+def test_arguments_are_checked_before_any_model_loads(monkeypatch, capsys, tmp_path):
+    """Each mistake is one line on stderr and exit 2, within a second, and no model is loaded."""
+    import socket
+
+    from backend import cli
+
+    def must_not_load(args):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "load_engine", must_not_load)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    cases = {
+        "serve --device cuda": "--device cuda: PyTorch sees no CUDA GPU here",
+        "serve --device tpu": "--device tpu: expected auto, cuda, cuda:N, mps or cpu",
+        "serve --port 70000": "--port 70000: expected 0 to 65535",
+        f"serve --port {taken}": f"--port {taken}: 127.0.0.1:{taken} is not free",
+        "serve --memory-tier huge": "--memory-tier huge: expected one of auto, full",
+        "serve --dtype fp8": "--dtype fp8: expected one of auto, fp16, bf16, fp32",
+        f"serve --vae {tmp_path}/no-vae": f"--vae {tmp_path}/no-vae: no such file or folder",
+        "serve --model ./nowhere.safetensors": "--model ./nowhere.safetensors: no such file or folder",
+        "serve --host 0.0.0.0": "binding beyond loopback needs a token",
+        f"generate --style {STYLE} --prompt x --width 60": "multiple of 8",
+        f"generate --style {tmp_path}/none.png --prompt x": "No such file",
+    }
+    try:
+        for arguments, expected in cases.items():
+            assert cli.main(arguments.split()) == 2, arguments
+            err = capsys.readouterr().err.strip()
+            assert expected in err and len(err.splitlines()) == 1, (arguments, err)
+    finally:
+        busy.close()
