@@ -133,10 +133,10 @@ def test_zip_has_the_layout_krita_imports(tmp_path):
     assert not [n for n in names if n.endswith((".so", ".pyc")) or "__pycache__" in n]
 
 
-@pytest.mark.parametrize("krita", ["5.1", "6.0"])
+@pytest.mark.parametrize("krita", ["5.1", "5.2", "6.0"])
 def test_installed_core_runs_on_a_python_without_websockets_or_numpy(krita, tmp_path):
-    """Krita's Python (the system's: 3.11 beside Krita 5.1, 3.14 beside Krita 6.0) has neither: the plugin
-    must bring what it needs, and use nothing the newest Python deprecated or removed."""
+    """Krita's Python (the system's: 3.11 beside Krita 5.1, 3.13 beside 5.2 and 5.3, 3.14 beside 6.0) has
+    neither: the plugin must bring what it needs, and use nothing these Pythons deprecated or removed."""
     version = BY_NAME[krita]
     if not version.ready:
         if os.environ.get("CI"):
@@ -147,7 +147,7 @@ def test_installed_core_runs_on_a_python_without_websockets_or_numpy(krita, tmp_
     install(resources, top / "kritarc")
     script = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from instantstyle import connection, session, settings\n"
+        "from instantstyle import connection, errors, pixels, session, settings\n"
         "import websockets, instantstyle.protocol as p\n"
         "assert 'pykrita' in websockets.__file__, websockets.__file__\n"
         "print(p.encode_message(p.Ping(1)))\n"

@@ -256,7 +256,7 @@ def test_cancel_from_the_action_leaves_no_stray_layer(krita: KritaRun):
 def test_closing_a_document_mid_job_is_safe(krita: KritaRun):
     closing = krita.scenario("close")
     assert closing["running_when_closed"], "the job had finished before the document closed: nothing proven"
-    assert closing["krita_alive"] and closing["state"] == "done"
+    assert closing["closed"] and closing["krita_alive"] and closing["state"] == "done"
     assert closing["in_history"] and "Traceback" not in closing["message"]
 
 

@@ -319,7 +319,11 @@ class Runner:
         self.closing_job = list(self.controller.session.jobs.values())[-1]
         self.running_when_closed = not self.closing_job.state.finished
         self.document3.setModified(False)
-        self.document3.close()
+        # As an artist closes it: File > Close on its (active) view. libkis' Document.close() on the
+        # document createDocument made sometimes left Krita 6.0 calling into the discarded image (a
+        # SAFE ASSERT in KisDocument.cpp, then a crash in KisUpdateScheduler under refreshProjection:
+        # 3 times in about 40 closes under load); File > Close never did (60 closes, same load).
+        self.app.action("file_close").trigger()
         self.state = self.wait_closed_job
         log("document closed mid-job")
 
@@ -335,6 +339,7 @@ class Runner:
                 "in_history": job in self.controller.session.history,
                 "krita_alive": self.app.activeWindow() is not None,
                 "documents": len(self.app.documents()),
+                "closed": self.document3 not in self.app.documents(),
             }
         )
         self.start_deep_scenario()
