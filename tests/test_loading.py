@@ -199,3 +199,40 @@ def test_a_missing_or_broken_vae_names_the_file(tiny_paths, tmp_path):
         with pytest.raises(ModelLoadError, match=reason) as raised:
             InstantStyleEngine.load(spec, device="cpu")
         assert str(vae) in str(raised.value)
+
+
+def test_a_network_error_during_the_fp16_download_is_not_a_silent_fp32_download(monkeypatch):
+    """Only missing fp16 files fall back to full precision; anything else is the error it is."""
+    from backend.engine import loading
+
+    calls: list[str | None] = []
+
+    def flaky(repo, dtype, variant=None, **kwargs):
+        calls.append(variant)
+        raise OSError(
+            "Connection reset by peer while downloading unet/diffusion_pytorch_model.fp16.safetensors"
+        )
+
+    with pytest.raises(OSError, match="Connection reset"):
+        loading.from_hub_preferring_fp16(flaky, "someone/sdxl", torch.float16)
+    assert calls == ["fp16"]  # no second, twice-as-large download
+
+    def no_fp16(repo, dtype, variant=None, **kwargs):
+        calls.append(variant)
+        if variant:
+            raise OSError(f"{repo} does not appear to have a file named diffusion_pytorch_model.fp16.bin.")
+        return "full precision"
+
+    calls.clear()
+    assert loading.from_hub_preferring_fp16(no_fp16, "someone/controlnet", torch.float16) == "full precision"
+    assert calls == ["fp16", None]
+    calls.clear()
+    assert loading.from_hub_preferring_fp16(no_fp16, "someone/controlnet", torch.float32) == "full precision"
+    assert calls == [None]  # fp32 never asks for fp16 files
+
+
+def test_the_controlnet_loads_from_the_hub_in_fp16_without_fp16_files(tiny_paths):
+    from backend.engine.loading import load_controlnet
+
+    controlnet = load_controlnet(tiny_paths.spec("hub"), torch.float16)
+    assert controlnet.dtype == torch.float16

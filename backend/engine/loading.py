@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 IP_ADAPTER_HUB_PATH = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
@@ -137,6 +139,34 @@ def _is_local(text: str) -> bool:
     return path.exists() or path.is_absolute() or text.startswith((".", "~"))
 
 
+def variant_missing(error: Exception) -> bool:
+    """Whether loading failed only because the repo has no fp16 files (not the network, not a bad file).
+
+    diffusers says so with a ValueError for pipelines ("no such modeling files are available") and an
+    OSError naming the ``.fp16.`` file for models.
+    """
+    text = str(error)
+    if isinstance(error, ValueError):
+        return "variant" in text and "no such modeling files" in text
+    return isinstance(error, OSError) and "does not appear to have a file named" in text and ".fp16." in text
+
+
+def from_hub_preferring_fp16(load: Callable[..., T], repo: str, dtype: torch.dtype, **kwargs: object) -> T:
+    """``load(repo, ...)``, with the repo's fp16 files when loading in fp16 (half the download).
+
+    Falls back to the full-precision files only when the fp16 ones do not exist: a network error
+    during the fp16 download must not turn into a silent download twice as large.
+    """
+    if dtype == torch.float16:
+        try:
+            return load(repo, dtype=dtype, variant="fp16", **kwargs)
+        except (OSError, ValueError) as error:
+            if not variant_missing(error):
+                raise
+            log.info("no fp16 files in %s; loading the full-precision weights", repo)
+    return load(repo, dtype=dtype, **kwargs)
+
+
 def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
     """The SDXL text-to-image pipeline from a folder, a single file or the hub."""
     from diffusers import StableDiffusionXLPipeline
@@ -159,15 +189,9 @@ def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
                 )
             check_diffusers_folder(source)
             return StableDiffusionXLPipeline.from_pretrained(str(source), dtype=dtype)
-        if dtype == torch.float16:
-            # Hub repos such as SDXL base publish fp16 weights too: half the download.
-            try:
-                return StableDiffusionXLPipeline.from_pretrained(
-                    spec.base, dtype=dtype, variant="fp16", **hub_kwargs
-                )
-            except (OSError, ValueError) as error:
-                log.info("no fp16 variant of %s (%s); loading the full-precision weights", spec.base, error)
-        return StableDiffusionXLPipeline.from_pretrained(spec.base, dtype=dtype, **hub_kwargs)
+        return from_hub_preferring_fp16(
+            StableDiffusionXLPipeline.from_pretrained, spec.base, dtype, **hub_kwargs
+        )
 
 
 def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
@@ -265,8 +289,12 @@ def load_controlnet(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | No
             for weights in folder.glob("*.safetensors"):
                 check_safetensors(weights, "ControlNet weights")
             return ControlNetModel.from_pretrained(str(folder), dtype=dtype)
-        return ControlNetModel.from_pretrained(
-            spec.controlnet, dtype=dtype, cache_dir=spec.cache_dir, local_files_only=spec.local_files_only
+        return from_hub_preferring_fp16(
+            ControlNetModel.from_pretrained,
+            spec.controlnet,
+            dtype,
+            cache_dir=spec.cache_dir,
+            local_files_only=spec.local_files_only,
         )
 
 
