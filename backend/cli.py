@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-side", type=int, default=2048, help="largest width/height accepted")
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    serve.add_argument(
+        "--no-warm-up", action="store_true", help="skip the small job that warms the model up after loading"
+    )
     add_model_arguments(serve)
 
     tiny = commands.add_parser("make-tiny", help="write the tiny test model in every layout")
@@ -271,4 +274,7 @@ def _run(argv: list[str] | None) -> int:
     config = config_from_args(args)
     config.check()
     check_port(config.host, config.port)
-    return run_server(args, load_engine(args))
+    engine = load_engine(args)
+    if not args.no_warm_up:
+        log.info("warmed up in %.1f s (a 512x512, 2-step job)", engine.warm_up())
+    return run_server(args, engine)

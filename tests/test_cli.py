@@ -94,6 +94,7 @@ def test_serve_shuts_down_cleanly_on_sigterm_telling_clients(tiny_paths):
         assert server.wait(30) == 0
         logs = [json.loads(line) for line in server.stderr.read().splitlines() if line.startswith("{")]
         assert any(entry["message"].startswith("listening on") for entry in logs)
+        assert any(entry["message"].startswith("warmed up in") for entry in logs)
         assert {"time", "level", "logger", "message"} <= set(logs[0])
     finally:
         if server.poll() is None:

@@ -237,3 +237,10 @@ def test_large_canvases_decode_in_tiles(engine, style_image):
     assert engine.pipeline.vae.use_tiling
     engine.prepare(request(style_image, width=1024, height=1024))
     assert not engine.pipeline.vae.use_tiling
+
+
+def test_warming_up_changes_nothing_an_artist_can_see(engine, style_image):
+    before = generate(engine, style_image)
+    assert engine.warm_up(size=64) > 0
+    assert len(engine.encoder.image_cache) == len(engine.encoder.text_cache) == 0
+    assert np.array_equal(generate(engine, style_image), before)
