@@ -191,8 +191,19 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
     return message, inputs
 
 
+def png_labels(model_label: str, prompt: str, seed: int):  # -> PngImagePlugin.PngInfo
+    """Text chunks every PNG we write carries: which model (the TEST model says so), prompt, seed."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("instantstyle:model", model_label)
+    info.add_text("instantstyle:prompt", prompt)
+    info.add_text("instantstyle:seed", str(seed))
+    return info
+
+
 def run_generate(args: argparse.Namespace) -> int:
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
 
     from backend.server.inputs import build_request
 
@@ -211,12 +222,8 @@ def run_generate(args: argparse.Namespace) -> int:
     result = engine.generate(request, on_step=save_preview if args.previews else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for index, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-        info = PngImagePlugin.PngInfo()
-        info.add_text("instantstyle:model", result.model_label)
-        info.add_text("instantstyle:prompt", args.prompt)
-        info.add_text("instantstyle:seed", str(seed))
         path = args.out if index == 0 else args.out.with_stem(f"{args.out.stem}-{index}")
-        Image.fromarray(pixels).save(path, pnginfo=info)
+        Image.fromarray(pixels).save(path, pnginfo=png_labels(result.model_label, args.prompt, seed))
         print(f"wrote {path} (seed {seed}, {result.model_label})")
     if result.is_test_model:
         print("note: made with the embedded TEST model (random weights): the picture is noise by design")

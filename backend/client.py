@@ -12,13 +12,13 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 
-from backend.cli import add_job_arguments, job_from_arguments
+from backend.cli import add_job_arguments, job_from_arguments, png_labels
 from protocol import (
     Cancel,
     Cancelled,
@@ -157,14 +157,22 @@ class InstantStyleClient:
         """
         return (await self.follow_all([job_id]))[job_id]
 
-    async def follow_all(self, job_ids: list[int]) -> dict[int, JobOutcome]:
-        """Collect several jobs' messages, each into its own outcome, until every one has ended."""
+    async def follow_all(
+        self, job_ids: list[int], on_item: Callable[[ServerMessage | PixelFrame], None] | None = None
+    ) -> dict[int, JobOutcome]:
+        """Collect several jobs' messages, each into its own outcome, until every one has ended.
+
+        ``on_item`` sees each of their messages as it arrives (progress bars)."""
         outcomes = {job_id: JobOutcome() for job_id in job_ids}
         running = set(job_ids)
         while running:
             item = await self.receive()
             job_id = getattr(item, "job_id", None)
-            if job_id in running and outcomes[job_id].record(item):
+            if job_id not in running:
+                continue
+            if on_item is not None:
+                on_item(item)
+            if outcomes[job_id].record(item):
                 running.discard(job_id)
         return outcomes
 
@@ -182,19 +190,21 @@ async def _demo(args: argparse.Namespace) -> int:
         engine = InstantStyleEngine.load(ensure_tiny_model().spec(), device="cpu")
         info = engine.info
         server = InstantStyleServer(
-            engine, ModelInfo(info.label, True, info.device, info.dtype), ServerConfig(port=0)
+            engine,
+            ModelInfo(info.label, True, info.device, info.dtype, info.memory_tier),
+            ServerConfig(port=0),
         )
         await server.start()
         url = server.url
     try:
+        message, inputs = job_from_arguments(args, 1)  # the files are read before connecting
         async with InstantStyleClient.connect(url, token=args.token) as client:
             model = client.hello.model
             print(f"connected to {url}: {model.label}{' [TEST MODEL]' if model.is_test_model else ''}")
-            message, inputs = job_from_arguments(args, client.new_job_id())
             await client.submit(message, inputs)
             if args.previews:
                 args.previews.mkdir(parents=True, exist_ok=True)
-            outcome = await client.follow(message.job_id)
+            outcome = (await client.follow_all([message.job_id], on_item=show_progress))[message.job_id]
             for preview in outcome.previews if args.previews else []:
                 frame_image(preview).save(args.previews / f"step-{preview.index:03d}.png")
             if outcome.error:
@@ -204,13 +214,42 @@ async def _demo(args: argparse.Namespace) -> int:
             for frame in outcome.images:
                 path = args.out if frame.index == 0 else args.out.with_stem(f"{args.out.stem}-{frame.index}")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                frame_image(frame).save(path)
                 seed = outcome.result.seeds[frame.index]
+                frame_image(frame).save(path, pnginfo=png_labels(model.label, args.prompt, seed))
                 print(f"wrote {path} (seed {seed}, {len(outcome.previews)} previews)")
+            if model.is_test_model:
+                print(
+                    "note: made with the embedded TEST model (random weights): the picture is noise by design"
+                )
             return 0
     finally:
         if server is not None:
             await server.close()
+
+
+def show_progress(item: ServerMessage | PixelFrame) -> None:
+    """One line per event on stderr: queue position, then steps."""
+    if isinstance(item, Queued) and item.position:
+        print(f"queued: {item.position} job(s) ahead", file=sys.stderr, flush=True)
+    elif isinstance(item, Progress):
+        eta = f", about {item.eta_seconds:.0f} s left" if item.eta_seconds else ""
+        print(f"step {item.step}/{item.total}{eta}", file=sys.stderr, flush=True)
+
+
+def connection_problem(url: str, error: BaseException) -> str:
+    """What went wrong reaching the server, in one line."""
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+    if isinstance(error, InvalidURI):
+        return f"{url} is not a WebSocket address (expected ws://HOST:PORT)"
+    if isinstance(error, ServerError):
+        return f"the server refused the connection: {error.error.message}"
+    if isinstance(error, ConnectionClosed):
+        reason = error.rcvd.reason if error.rcvd is not None and error.rcvd.reason else "no reason given"
+        return f"the server closed the connection ({reason})"
+    if isinstance(error, InvalidHandshake):
+        return f"{url} did not answer as an InstantStyle backend ({error})"
+    return f"no backend at {url} ({getattr(error, 'strerror', None) or error}): is it running?"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-tiny", action="store_true", help="start a tiny-model server in this process")
     parser.add_argument("--token")
     add_job_arguments(parser)
-    return asyncio.run(_demo(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    from websockets.exceptions import InvalidURI, WebSocketException
+
+    try:
+        return asyncio.run(_demo(args))
+    except FileNotFoundError as error:
+        print(f"error: {error.filename}: no such file", file=sys.stderr)
+    except (OSError, InvalidURI, WebSocketException, ServerError) as error:
+        print(f"error: {connection_problem(args.url, error)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

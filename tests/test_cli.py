@@ -142,3 +142,40 @@ def test_arguments_are_checked_before_any_model_loads(monkeypatch, capsys, tmp_p
             assert expected in err and len(err.splitlines()) == 1, (arguments, err)
     finally:
         busy.close()
+
+
+def test_the_readme_main_job_writes_a_labelled_png_with_progress(tmp_path, capsys, tiny_paths):
+    """``python -m backend.client --serve-tiny ...``: the README's one command, in process."""
+    from backend import client
+
+    out, previews = tmp_path / "out.png", tmp_path / "previews"
+    arguments = f"--serve-tiny --style {STYLE} --prompt a-lighthouse --content stripes --width 64 --height 64"
+    arguments += f" --steps 3 --out {out} --previews {previews}"
+    assert client.main(arguments.split()) == 0
+    captured = capsys.readouterr()
+    assert [line for line in captured.err.splitlines() if line.startswith("step ")][-1].startswith("step 3/3")
+    assert len(list(previews.glob("step-*.png"))) == 3
+    labels = Image.open(out).text
+    assert "TEST" in labels["instantstyle:model"] and labels["instantstyle:prompt"] == "a-lighthouse"
+    assert "TEST model" in captured.out
+
+
+def test_the_headless_client_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    import socket
+
+    from backend import client
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    cases = {
+        f"--url ws://127.0.0.1:{port}": f"no backend at ws://127.0.0.1:{port}",
+        "--url http://127.0.0.1:1": "is not a WebSocket address",
+        f"--url ws://127.0.0.1:{port} --style {tmp_path}/gone.png": f"{tmp_path}/gone.png: no such file",
+    }
+    for arguments, expected in cases.items():
+        style = "" if "--style" in arguments else f" --style {STYLE}"
+        assert client.main(f"{arguments}{style} --prompt x".split()) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, (arguments, err)
