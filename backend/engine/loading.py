@@ -122,6 +122,16 @@ def check_diffusers_folder(folder: Path) -> None:
         check_safetensors(weights, f"{weights.parent.name} weights in safetensors format")
 
 
+def check_model_folder(source: str, what: str) -> Path:
+    """A local model folder (one component): its ``config.json`` and intact safetensors weights."""
+    folder = Path(source).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(folder, f"a {what} folder with config.json", "config.json missing")
+    for weights in folder.glob("*.safetensors"):
+        check_safetensors(weights, f"{what} weights")
+    return folder
+
+
 @contextlib.contextmanager
 def load_errors(source: str, expected: str) -> Iterator[None]:
     """Turn whatever a library raises while loading ``source`` into a ``ModelLoadError``."""
@@ -200,13 +210,7 @@ def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
 
     with load_errors(spec.image_encoder, "a CLIP image encoder (CLIPVisionModelWithProjection)"):
         if _is_local(spec.image_encoder):
-            folder = Path(spec.image_encoder).expanduser()
-            if not (folder / "config.json").is_file():
-                raise ModelLoadError(
-                    folder, "a CLIP image encoder folder with config.json", "config.json missing"
-                )
-            for weights in folder.glob("*.safetensors"):
-                check_safetensors(weights, "CLIP image encoder weights")
+            folder = check_model_folder(spec.image_encoder, "CLIP image encoder")
             return CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=dtype)
         hub = HubFile.parse(spec.image_encoder)
         return CLIPVisionModelWithProjection.from_pretrained(
@@ -283,11 +287,7 @@ def load_controlnet(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | No
 
     with load_errors(spec.controlnet, "an SDXL ControlNet (canny), diffusers format"):
         if _is_local(spec.controlnet):
-            folder = Path(spec.controlnet).expanduser()
-            if not (folder / "config.json").is_file():
-                raise ModelLoadError(folder, "a ControlNet folder with config.json", "config.json missing")
-            for weights in folder.glob("*.safetensors"):
-                check_safetensors(weights, "ControlNet weights")
+            folder = check_model_folder(spec.controlnet, "ControlNet")
             return ControlNetModel.from_pretrained(str(folder), dtype=dtype)
         return from_hub_preferring_fp16(
             ControlNetModel.from_pretrained,
@@ -310,11 +310,7 @@ def load_vae(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | None:
             if path.suffix == ".safetensors":
                 check_safetensors(path, "SDXL VAE weights")
                 return AutoencoderKL.from_single_file(str(path), dtype=dtype)
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(path, "a VAE folder with config.json", "config.json missing")
-            for weights in path.glob("*.safetensors"):
-                check_safetensors(weights, "VAE weights")
-            return AutoencoderKL.from_pretrained(str(path), dtype=dtype)
+            return AutoencoderKL.from_pretrained(str(check_model_folder(spec.vae, "VAE")), dtype=dtype)
         return AutoencoderKL.from_pretrained(
             spec.vae, dtype=dtype, cache_dir=spec.cache_dir, local_files_only=spec.local_files_only
         )
