@@ -114,3 +114,13 @@ def test_only_the_newest_preview_of_each_job_is_painted():
     ]
     kept = drop_stale_previews(updates)
     assert kept == [updates[1], updates[2], updates[3], updates[4]]
+
+
+def test_the_status_line_says_when_the_backend_runs_in_a_low_memory_tier():
+    from krita_plugin.instantstyle.session import describe_model
+    from protocol import ModelInfo
+
+    assert describe_model(ModelInfo("SDXL", False, "cuda", "fp16", "full")) == "SDXL"
+    assert describe_model(ModelInfo("SDXL", False, "cuda", "fp16")) == "SDXL"  # an older backend
+    low = describe_model(ModelInfo("SDXL", False, "cuda", "fp16", "model-offload"))
+    assert low.startswith("SDXL") and "model-offload" in low and "slower" in low

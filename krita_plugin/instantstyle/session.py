@@ -258,7 +258,7 @@ class Session:
     def _connection_changed(self, event: StateChanged) -> list[JobUpdate]:
         if event.state is ConnectionState.CONNECTED:
             model = self.hello.model if self.hello else None
-            self.status = "connected" + (f" — {model.label}" if model else "")
+            self.status = "connected" + (f" — {describe_model(model)}" if model else "")
         else:
             self.status = event.message or event.state.value
         updates = [JobUpdate(UpdateKind.CONNECTION, message=self.status)]
@@ -310,3 +310,10 @@ class Session:
             job.state, job.message = JobState.FAILED, describe_error(item.code, item.message)
             return [JobUpdate(UpdateKind.FAILED, job, job.message)]
         return []
+
+
+def describe_model(model: protocol.ModelInfo) -> str:
+    """The backend's model for the docker's status line; a low-memory tier is worth knowing (slower)."""
+    if model.memory_tier and model.memory_tier != "full":
+        return f"{model.label}; GPU memory tier {model.memory_tier}: fits a smaller card, runs slower"
+    return model.label
