@@ -1,7 +1,7 @@
 """Runs real Krita (the host's, or one in a root file system) on a virtual display, and reads what it did.
 
 A Krita session gets a throw-away home: for a chroot it lives inside the root
-(``/tmp/instantstyle-e2e`` there), so Krita sees ordinary paths and the test
+(``/tmp/instantstyle-e2e-PID`` there), so Krita sees ordinary paths and the test
 reads the same files from the host. Krita finds its resource folder and kritarc
 in that home by its own defaults (no XDG overrides): the installer must agree.
 """
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from tests.krita_versions import KritaVersion, mounted
 
-GUEST_TOP = Path("/tmp/instantstyle-e2e")
+GUEST_TOP = Path(f"/tmp/instantstyle-e2e-{os.getpid()}")
+"""Per test process, so that two runs on one machine never share (or delete) each other's home."""
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

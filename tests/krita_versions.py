@@ -17,6 +17,7 @@ the system Python before the virtual environment exists.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -150,8 +151,18 @@ def build(version: KritaVersion) -> None:
 
 @contextlib.contextmanager
 def mounted(root: Path) -> Iterator[None]:
-    """/proc, /dev and /sys of the host inside ``root`` while Krita runs there; unmounted afterwards."""
-    unmount_all(root)  # a run that was killed could not unmount
+    """/proc, /dev and /sys of the host inside ``root`` while Krita runs there; unmounted afterwards.
+
+    One Krita session per root at a time (a lock beside it): two test runs on one machine would
+    otherwise unmount each other's file systems.
+    """
+    with (root.parent / f".{root.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        unmount_all(root)  # a run that was killed could not unmount
+        yield from _mounted(root)
+
+
+def _mounted(root: Path) -> Iterator[None]:
     done: list[Path] = []
     try:
         for name in ("proc", "sys", "dev"):

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def _prepared(version: KritaVersion) -> None:
 
 
 @pytest.fixture(scope="module", params=[pytest.param(v, id=f"krita-{v.name}") for v in VERSIONS])
-def krita(request, backend_url, tmp_path_factory) -> KritaRun:
+def krita(request, backend_url, tmp_path_factory) -> Iterator[KritaRun]:
     version: KritaVersion = request.param
     _prepared(version)
     home = KritaHome.fresh(version, tmp_path_factory.mktemp(f"krita-{version.name}"))
@@ -190,9 +191,11 @@ def krita(request, backend_url, tmp_path_factory) -> KritaRun:
     for path in home.out.iterdir():
         if path.is_file():
             shutil.copy(path, artifacts / path.name)
-    return KritaRun(
+    yield KritaRun(
         home, version.krita_version(), read_report(artifacts), installed.stdout, artifacts, seconds
     )
+    if version.root is not None:  # the home inside the cached root: artifacts/ keeps what matters
+        shutil.rmtree(home.host_top, ignore_errors=True)
 
 
 def expected_pixels(engine, **fields) -> np.ndarray:
