@@ -291,7 +291,9 @@ class Runner:
 
     def wait_cancelled(self):
         job = list(self.controller.session.jobs.values())[-1]
-        if not job.state.finished:
+        # Krita's layer operations spin nested event loops: wait until the controller has handled
+        # the cancellation (removed the preview), not just heard of it.
+        if not job.state.finished or self.controller._in_tick:
             return
         self.done(
             {
@@ -413,6 +415,9 @@ class Runner:
         self.document6, self.layer6 = new_document(self.window, "selection", SIZE)
         selection = Selection()
         selection.select(*SELECTION, 255)
+        # libkis' setSelection writes the image's global selection directly, outside Krita's strokes:
+        # let the new document's projection refresh finish first.
+        self.document6.waitForDone()
         self.document6.setSelection(selection)
         self.layers6_before = layer_names(self.document6)
         self.stylize_when_active("selection", self.document6, self.wait_selection_result)
@@ -431,6 +436,7 @@ class Runner:
                 "target": [job.target.x, job.target.y, job.target.width, job.target.height],
             }
         )
+        self.document6.waitForDone()  # the result layer's refresh, before touching the selection directly
         self.document6.setSelection(None)
         self.start_new_image_scenario()
 
