@@ -21,6 +21,7 @@ for run in $(seq "$runs"); do
         passed=$((passed + 1))
     fi
     echo "run $run: $(tail -n 1 "artifacts/under-load-$run.log") ($((SECONDS - started)) s, $(nproc) busy loops)"
+    rm -rf "artifacts/under-load-$run" && cp -r artifacts/krita-e2e "artifacts/under-load-$run"  # each run's logs
 done
 echo "$passed of $runs runs passed"
 [ "$passed" -eq "$runs" ]
