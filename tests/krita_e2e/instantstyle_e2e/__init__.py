@@ -115,9 +115,11 @@ class Runner:
             self.state()
         except Exception as error:
             elapsed = time.monotonic() - self.started
+            controller = getattr(self, "controller", None)
+            said = f" (the plugin said: {controller.message!r})" if controller is not None else ""
             report["where"] = (
                 f"'{self.scenario}' stopped in {self.state.__name__} after {elapsed:.0f} s: "
-                f"{type(error).__name__}: {error}"
+                f"{type(error).__name__}: {error}{said}"
             )
             report["traceback"] = traceback.format_exc()
             self.finish()
