@@ -11,15 +11,12 @@ import contextlib
 import socket
 from pathlib import Path
 
-from backend.engine.loading import SINGLE_FILE_SUFFIXES
+from backend.engine.loading import DTYPES, SINGLE_FILE_SUFFIXES
 from backend.engine.memory import MemoryTier
 
 
 class ArgumentError(ValueError):
     """An option that cannot work as given."""
-
-
-DTYPES = ("auto", "fp16", "bf16", "fp32")
 
 
 def check_device(device: str) -> None:
@@ -49,8 +46,9 @@ def check_device(device: str) -> None:
 
 
 def check_choices(args: argparse.Namespace) -> None:
-    if args.dtype not in DTYPES:
-        raise ArgumentError(f"--dtype {args.dtype}: expected one of {', '.join(DTYPES)}")
+    dtypes = ["auto", *DTYPES]
+    if args.dtype not in dtypes:
+        raise ArgumentError(f"--dtype {args.dtype}: expected one of {', '.join(dtypes)}")
     tiers = ["auto", *(tier.value for tier in MemoryTier)]
     if args.memory_tier not in tiers:
         raise ArgumentError(f"--memory-tier {args.memory_tier}: expected one of {', '.join(tiers)}")

@@ -89,13 +89,16 @@ def pick_device(preference: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+"""The precisions ``--dtype`` names (besides ``auto``)."""
+
+
 def pick_dtype(device: torch.device, preference: str | None = None) -> torch.dtype:
     """Half precision on accelerators (fp16; bf16 on request), fp32 on the CPU."""
-    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if preference and preference != "auto":
-        if preference not in names:
-            raise ValueError(f"unknown dtype {preference!r}: expected one of {', '.join(names)}")
-        return names[preference]
+        if preference not in DTYPES:
+            raise ValueError(f"unknown dtype {preference!r}: expected one of {', '.join(DTYPES)}")
+        return DTYPES[preference]
     return torch.float32 if device.type == "cpu" else torch.float16
 
 

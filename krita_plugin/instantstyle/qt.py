@@ -35,7 +35,6 @@ pyqtSignal = QtCore.pyqtSignal
 QIcon = QtGui.QIcon
 QImage = QtGui.QImage
 QPixmap = QtGui.QPixmap
-QAction = getattr(QtGui, "QAction", None) or QtWidgets.QAction  # moved to QtGui in Qt6
 
 QApplication = QtWidgets.QApplication
 QCheckBox = QtWidgets.QCheckBox
