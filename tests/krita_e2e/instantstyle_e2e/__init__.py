@@ -88,6 +88,8 @@ class Runner:
         self.app = Krita.instance()
         # If Krita's event loop ever hangs, leave every thread's Python stack behind for the test.
         self._stacks = (OUT / "stacks.txt").open("w")
+        # If Krita crashes while Python code calls into it, the Python line that made the call.
+        faulthandler.enable(file=self._stacks, all_threads=True)
         self.begin("startup", self.wait_for_window)
         self.timer = QTimer()
         self.timer.timeout.connect(self.tick)
@@ -438,8 +440,11 @@ class Runner:
                 "target": [job.target.x, job.target.y, job.target.width, job.target.height],
             }
         )
+        log("selection: waiting for the result layer's refresh")
         self.document6.waitForDone()  # the result layer's refresh, before touching the selection directly
+        log("selection: clearing the selection")
         self.document6.setSelection(None)
+        log("selection: cleared")
         self.start_new_image_scenario()
 
     # -------------------------------------------------------------- scenario 7: a new image, from the button
