@@ -276,12 +276,23 @@ def _run(argv: list[str] | None) -> int:
     check_model_arguments(args)
     if args.command == "generate":
         return run_generate(args)
+    from backend.engine.engine import InstantStyleEngine, LoadPlan
     from backend.server.app import config_from_args, run_server
+    from protocol import ModelPhase, ModelStatus
 
     config = config_from_args(args)
     config.check()
     check_port(config.host, config.port)
-    engine = load_engine(args)
-    if not args.no_warm_up:
-        log.info("warmed up in %.1f s (a 512x512, 2-step job)", engine.warm_up())
-    return run_server(args, engine)
+    spec = model_spec(args)
+    if spec.is_test_model:
+        log.warning("using the %s", spec.label)
+    plan = LoadPlan.make(spec, device=args.device, dtype=args.dtype, memory_tier=args.memory_tier)
+
+    def load(report):  # on the server's loading thread, while it already accepts clients
+        engine = InstantStyleEngine.load_planned(plan, report)
+        if not args.no_warm_up:
+            report(ModelStatus(ModelPhase.WARMING_UP, "Warming up (a 512x512, 2-step job)"))
+            log.info("warmed up in %.1f s (a 512x512, 2-step job)", engine.warm_up())
+        return engine
+
+    return run_server(args, plan, load)

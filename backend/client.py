@@ -27,6 +27,7 @@ from protocol import (
     Generate,
     Hello,
     Limits,
+    ModelStatus,
     PixelFormat,
     PixelFrame,
     Progress,
@@ -115,6 +116,8 @@ class InstantStyleClient:
     def __init__(self, connection: ClientConnection, hello: ServerHello) -> None:
         self.connection = connection
         self.hello = hello
+        self.status: ModelStatus = hello.status
+        """The model's loading status, as last announced."""
         self._next_job = 0
 
     @classmethod
@@ -150,12 +153,14 @@ class InstantStyleClient:
             return decode_frame(data, self.hello.limits.max_side)
         return decode_server_message(data)
 
-    async def follow(self, job_id: int) -> JobOutcome:
+    async def follow(
+        self, job_id: int, on_item: Callable[[ServerMessage | PixelFrame], None] | None = None
+    ) -> JobOutcome:
         """Collect one job's messages until its result images, cancellation or error.
 
         Messages of other jobs on this connection are dropped: use ``follow_all`` for several.
         """
-        return (await self.follow_all([job_id]))[job_id]
+        return (await self.follow_all([job_id], on_item))[job_id]
 
     async def follow_all(
         self, job_ids: list[int], on_item: Callable[[ServerMessage | PixelFrame], None] | None = None
@@ -167,6 +172,11 @@ class InstantStyleClient:
         running = set(job_ids)
         while running:
             item = await self.receive()
+            if isinstance(item, ModelStatus):
+                self.status = item
+                if on_item is not None:
+                    on_item(item)
+                continue
             job_id = getattr(item, "job_id", None)
             if job_id not in running:
                 continue
@@ -201,6 +211,8 @@ async def _demo(args: argparse.Namespace) -> int:
         async with InstantStyleClient.connect(url, token=args.token) as client:
             model = client.hello.model
             print(f"connected to {url}: {model.label}{' [TEST MODEL]' if model.is_test_model else ''}")
+            if not client.status.ready:
+                show_progress(client.status)
             await client.submit(message, inputs)
             if args.previews:
                 args.previews.mkdir(parents=True, exist_ok=True)
@@ -228,8 +240,10 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def show_progress(item: ServerMessage | PixelFrame) -> None:
-    """One line per event on stderr: queue position, then steps."""
-    if isinstance(item, Queued) and item.position:
+    """One line per event on stderr: the model's loading, queue position, then steps."""
+    if isinstance(item, ModelStatus):
+        print(f"backend: {item.message or item.phase.value}", file=sys.stderr, flush=True)
+    elif isinstance(item, Queued) and item.position:
         print(f"queued: {item.position} job(s) ahead", file=sys.stderr, flush=True)
     elif isinstance(item, Progress):
         eta = f", about {item.eta_seconds:.0f} s left" if item.eta_seconds else ""

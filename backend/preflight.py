@@ -54,8 +54,14 @@ def check_choices(args: argparse.Namespace) -> None:
         raise ArgumentError(f"--memory-tier {args.memory_tier}: expected one of {', '.join(tiers)}")
 
 
-def _looks_local(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or Path(text).suffix in (*SINGLE_FILE_SUFFIXES, ".bin")
+def _looks_local(option: str, text: str) -> bool:
+    """Whether ``text`` names a local path. A weight file's suffix means a local file, except for
+    ``--ip-adapter``, whose hub form names a file too (``h94/IP-Adapter/sdxl_models/x.safetensors``)."""
+    if text.startswith((".", "/", "~")):
+        return True
+    if option == "--ip-adapter":
+        return len(Path(text).parts) < 3
+    return Path(text).suffix in (*SINGLE_FILE_SUFFIXES, ".bin")
 
 
 def check_model_paths(args: argparse.Namespace) -> None:
@@ -69,7 +75,7 @@ def check_model_paths(args: argparse.Namespace) -> None:
         "--base-config": args.base_config,
     }
     for option, value in options.items():
-        if value and _looks_local(value) and not Path(value).expanduser().exists():
+        if value and _looks_local(option, value) and not Path(value).expanduser().exists():
             raise ArgumentError(f"{option} {value}: no such file or folder")
 
 

@@ -6,7 +6,7 @@ messages and back, each validating everything it reads. See PROTOCOL.md.
 """
 
 from .codec import PROTOCOL_VERSION, decode_client_message, decode_server_message, encode_message
-from .enums import BlockPreset, ErrorCode, FrameKind, MessageType, Mode, PixelFormat
+from .enums import BlockPreset, ErrorCode, FrameKind, MessageType, Mode, ModelPhase, PixelFormat
 from .errors import ProtocolError
 from .frames import PixelFrame, decode_frame, encode_frame_header
 from .messages import (
@@ -18,6 +18,7 @@ from .messages import (
     Hello,
     Limits,
     ModelInfo,
+    ModelStatus,
     Ping,
     Pong,
     Progress,
@@ -44,6 +45,8 @@ __all__ = [
     "MessageType",
     "Mode",
     "ModelInfo",
+    "ModelPhase",
+    "ModelStatus",
     "Ping",
     "PixelFormat",
     "PixelFrame",

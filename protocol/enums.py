@@ -49,6 +49,18 @@ class MessageType(str, Enum):
     CANCELLED = "cancelled"
     ERROR = "error"
     PONG = "pong"
+    MODEL_STATUS = "model_status"
+
+
+class ModelPhase(str, Enum):
+    """Where the server is in making its model ready. Jobs sent before ``ready`` wait in the queue."""
+
+    DOWNLOADING = "downloading"
+    LOADING = "loading"
+    WARMING_UP = "warming_up"
+    READY = "ready"
+    FAILED = "failed"
+    """The model could not be loaded: jobs are refused with ``model_failed`` and the message says why."""
 
 
 class ErrorCode(str, Enum):
@@ -73,6 +85,7 @@ class ErrorCode(str, Enum):
     ENGINE_ERROR = "engine_error"
     OUT_OF_MEMORY = "out_of_memory"
     SHUTTING_DOWN = "shutting_down"
+    MODEL_FAILED = "model_failed"
     INTERNAL = "internal"
 
 

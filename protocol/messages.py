@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .enums import BlockPreset, ErrorCode, MessageType, Mode
+from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase
 from .errors import ProtocolError
 from .schema import bounds
 
@@ -150,6 +150,25 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ModelStatus:
+    """How far the server is in loading its model; sent in ``hello`` and whenever it changes.
+
+    While downloading, ``bytes_done`` of ``bytes_total`` are the weights fetched so far (0 of 0 when
+    nothing needs downloading); ``message`` is one line for the artist (what is loading, or why it failed).
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.MODEL_STATUS
+    phase: ModelPhase
+    message: str = field(default="", metadata=bounds(max_length=MAX_TEXT))
+    bytes_done: int = field(default=0, metadata=bounds(0, None))
+    bytes_total: int = field(default=0, metadata=bounds(0, None))
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is ModelPhase.READY
+
+
+@dataclass(frozen=True)
 class ServerHello:
     """The server's answer to ``hello``: who it is and what it accepts."""
 
@@ -159,6 +178,8 @@ class ServerHello:
     limits: Limits
     modes: list[Mode] = field(default_factory=lambda: list(Mode))
     presets: list[BlockPreset] = field(default_factory=lambda: list(BlockPreset))
+    status: ModelStatus = field(default_factory=lambda: ModelStatus(ModelPhase.READY))
+    """The model's loading phase at connection time; ``model_status`` messages follow as it changes."""
 
 
 @dataclass(frozen=True)
@@ -232,9 +253,9 @@ class Pong:
 
 
 ClientMessage = Hello | Generate | Cancel | Ping
-ServerMessage = ServerHello | Queued | Started | Progress | Result | Cancelled | Error | Pong
+ServerMessage = ServerHello | Queued | Started | Progress | Result | Cancelled | Error | Pong | ModelStatus
 
 CLIENT_MESSAGES: dict[MessageType, type] = {m.TYPE: m for m in (Hello, Generate, Cancel, Ping)}
 SERVER_MESSAGES: dict[MessageType, type] = {
-    m.TYPE: m for m in (ServerHello, Queued, Started, Progress, Result, Cancelled, Error, Pong)
+    m.TYPE: m for m in (ServerHello, Queued, Started, Progress, Result, Cancelled, Error, Pong, ModelStatus)
 }

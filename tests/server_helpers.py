@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from backend.engine.request import GenerationRequest, JobCancelled
 from backend.server.app import InstantStyleServer
 from backend.server.config import ServerConfig
-from protocol import Generate, ModelInfo, StyleImage
+from protocol import Generate, Mode, ModelInfo, StyleImage
 
 
 @dataclass
@@ -58,13 +58,18 @@ class SpyEngine:
 
 
 @contextlib.asynccontextmanager
-async def running_server(engine, **config) -> AsyncIterator[InstantStyleServer]:
+async def running_server(engine, load=None, **config) -> AsyncIterator[InstantStyleServer]:
+    """A started server; with ``load`` (and no engine) it serves while ``load`` makes the engine."""
     model = ModelInfo("tiny random-weight SDXL (TEST/DEMO model)", True, "cpu", "float32")
-    server = InstantStyleServer(engine, model, replace(ServerConfig(port=0), **config))
+    modes = None if load is None else [mode for mode in Mode if mode is not Mode.CONTROL]
+    server = InstantStyleServer(engine, model, replace(ServerConfig(port=0), **config), modes=modes)
     await server.start()
+    loading = asyncio.create_task(server.load_model(load)) if load is not None else None
     try:
         yield server
     finally:
+        if loading is not None:
+            loading.cancel()
         await server.close()
 
 
@@ -94,8 +99,9 @@ def run(coroutine, timeout: float = 120.0):
 class ServerThread:
     """A real server with its own event loop on a background thread, for blocking (threaded) clients."""
 
-    def __init__(self, engine, **config) -> None:
+    def __init__(self, engine, load=None, **config) -> None:
         self.engine = engine
+        self.load = load
         self.config = config
         self.server: InstantStyleServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,7 +135,7 @@ class ServerThread:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            async with running_server(self.engine, **self.config) as server:
+            async with running_server(self.engine, self.load, **self.config) as server:
                 self.server = server
                 self._ready.set()
                 await self._stop.wait()

@@ -113,11 +113,15 @@ def test_arguments_are_checked_before_any_model_loads(monkeypatch, capsys, tmp_p
     import socket
 
     from backend import cli
+    from backend.engine.engine import InstantStyleEngine
+    from backend.server import app
 
-    def must_not_load(args):
-        raise AssertionError("a model was loaded before the arguments were checked")
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded (or a server started) before the arguments were checked")
 
     monkeypatch.setattr(cli, "load_engine", must_not_load)
+    monkeypatch.setattr(InstantStyleEngine, "load_planned", must_not_load)
+    monkeypatch.setattr(app, "run_server", must_not_load)
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -131,6 +135,8 @@ def test_arguments_are_checked_before_any_model_loads(monkeypatch, capsys, tmp_p
         "serve --dtype fp8": "--dtype fp8: expected one of auto, fp16, bf16, fp32",
         f"serve --vae {tmp_path}/no-vae": f"--vae {tmp_path}/no-vae: no such file or folder",
         "serve --model ./nowhere.safetensors": "--model ./nowhere.safetensors: no such file or folder",
+        # A hub IP-Adapter names a file as owner/repo/path; a bare file name is local.
+        "serve --ip-adapter adapter.safetensors": "--ip-adapter adapter.safetensors: no such file or folder",
         "serve --host 0.0.0.0": "binding beyond loopback needs a token",
         f"generate --style {STYLE} --prompt x --width 60": "multiple of 8",
         f"generate --style {tmp_path}/none.png --prompt x": "No such file",

@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from protocol.enums import Mode
+from protocol.enums import Mode, ModelPhase
+from protocol.messages import ModelStatus
 
 from .blocks import UNetAttentionLayout, build_scale_map
 from .canny import canny
 from .decode import check_finite, decode
+from .downloads import DownloadProgress, prefetch
 from .loading import ModelSpec, load_controlnet, load_models, pick_device, pick_dtype
 from .memory import MemoryTier, pick_tier, place, visiting
 from .previews import StepPreview, latents_to_rgb
@@ -36,6 +38,7 @@ from .style_embedding import StyleEncoder, ip_adapter_embeds
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepPreview], None]
+StatusCallback = Callable[[ModelStatus], None]
 VAE_TILING_ABOVE = 1536
 """Pixels a side above which the VAE decodes in tiles."""
 
@@ -49,6 +52,54 @@ class EngineInfo:
     device: str
     dtype: str
     memory_tier: str = MemoryTier.FULL.value
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Where and how a model will be loaded, known before any weight is read: a server can announce
+    it while it downloads and loads."""
+
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+    memory_tier: MemoryTier
+
+    @classmethod
+    def make(
+        cls,
+        spec: ModelSpec,
+        device: str | None = None,
+        dtype: str | None = None,
+        memory_tier: str | None = "auto",
+    ) -> LoadPlan:
+        torch_device = pick_device(device)
+        tier = pick_tier(torch_device, memory_tier, controlnet=spec.controlnet is not None)
+        return cls(spec, torch_device, pick_dtype(torch_device, dtype), tier)
+
+    @property
+    def info(self) -> EngineInfo:
+        spec = self.spec
+        return EngineInfo(
+            spec.label, spec.is_test_model, str(self.device), str(self.dtype), self.memory_tier.value
+        )
+
+    @property
+    def modes(self) -> list[Mode]:
+        """What the loaded engine will run: ``control`` needs a ControlNet."""
+        return [mode for mode in Mode if mode is not Mode.CONTROL or self.spec.controlnet is not None]
+
+
+def download_status(progress: DownloadProgress) -> ModelStatus:
+    """``Downloading models: 3.1 of 11.3 GB (4 of 17 files)`` (MB below a GB)."""
+    unit, name = (1024**3, "GB") if progress.bytes_total >= 1024**3 else (1024**2, "MB")
+    done, total = progress.bytes_done / unit, progress.bytes_total / unit
+    return ModelStatus(
+        ModelPhase.DOWNLOADING,
+        f"Downloading models: {done:.1f} of {total:.1f} {name} "
+        f"({progress.files_done} of {progress.files_total} files)",
+        progress.bytes_done,
+        progress.bytes_total,
+    )
 
 
 class _DenoisedCapture:
@@ -122,15 +173,23 @@ class InstantStyleEngine:
         device: str | None = None,
         dtype: str | None = None,
         memory_tier: str | None = "auto",
+        on_status: StatusCallback | None = None,
     ) -> InstantStyleEngine:
-        torch_device = pick_device(device)
-        torch_dtype = pick_dtype(torch_device, dtype)
-        tier = pick_tier(torch_device, memory_tier, controlnet=spec.controlnet is not None)
-        log.info("memory tier: %s on %s", tier.value, torch_device)
-        pipeline = load_models(spec, torch_device, torch_dtype)
-        controlnet = load_controlnet(spec, torch_dtype)
-        place(pipeline, controlnet, tier, torch_device)
-        return cls(pipeline, spec, controlnet=controlnet, memory_tier=tier, device=torch_device)
+        return cls.load_planned(LoadPlan.make(spec, device, dtype, memory_tier), on_status)
+
+    @classmethod
+    def load_planned(cls, plan: LoadPlan, on_status: StatusCallback | None = None) -> InstantStyleEngine:
+        """Download what is missing, load, and place the model by its memory tier, telling ``on_status``
+        about each phase (and the bytes while downloading)."""
+        report = on_status or (lambda status: None)
+        spec, device, dtype, tier = plan.spec, plan.device, plan.dtype, plan.memory_tier
+        log.info("memory tier: %s on %s", tier.value, device)
+        prefetch(spec, dtype, lambda progress: report(download_status(progress)))
+        report(ModelStatus(ModelPhase.LOADING, f"Loading {spec.label} ({device}, {tier.value})"))
+        pipeline = load_models(spec, device, dtype)
+        controlnet = load_controlnet(spec, dtype)
+        place(pipeline, controlnet, tier, device)
+        return cls(pipeline, spec, controlnet=controlnet, memory_tier=tier, device=device)
 
     @property
     def modes(self) -> list[Mode]:

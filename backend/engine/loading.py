@@ -146,7 +146,7 @@ def load_errors(source: str, expected: str) -> Iterator[None]:
         raise ModelLoadError(source, expected, str(error)) from error
 
 
-def _is_local(text: str) -> bool:
+def is_local(text: str) -> bool:
     """A path on disk (even a missing one) rather than a hub id like ``owner/repo``."""
     path = Path(text).expanduser()
     return path.exists() or path.is_absolute() or text.startswith((".", "~"))
@@ -195,7 +195,7 @@ def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
             return StableDiffusionXLPipeline.from_single_file(
                 str(source), config=spec.base_config, dtype=dtype, **hub_kwargs
             )
-        if _is_local(spec.base):
+        if is_local(spec.base):
             if not source.is_dir():
                 raise ModelLoadError(
                     source, "a diffusers SDXL folder or a .safetensors checkpoint", "not found"
@@ -212,7 +212,7 @@ def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import CLIPVisionModelWithProjection
 
     with load_errors(spec.image_encoder, "a CLIP image encoder (CLIPVisionModelWithProjection)"):
-        if _is_local(spec.image_encoder):
+        if is_local(spec.image_encoder):
             folder = check_model_folder(spec.image_encoder, "CLIP image encoder")
             return CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=dtype)
         hub = HubFile.parse(spec.image_encoder)
@@ -229,7 +229,7 @@ def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
     """diffusers' own ``load_ip_adapter``, with the image encoder provided separately."""
     source = spec.ip_adapter
     with load_errors(source, "IP-Adapter weights for SDXL (image_proj + ip_adapter)"):
-        if _is_local(source):
+        if is_local(source):
             path = Path(source).expanduser()
             if path.suffix not in (".bin", ".safetensors"):
                 raise ModelLoadError(path, "an IP-Adapter weight file (.bin or .safetensors)")
@@ -289,7 +289,7 @@ def load_controlnet(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | No
     from diffusers import ControlNetModel
 
     with load_errors(spec.controlnet, "an SDXL ControlNet (canny), diffusers format"):
-        if _is_local(spec.controlnet):
+        if is_local(spec.controlnet):
             folder = check_model_folder(spec.controlnet, "ControlNet")
             return ControlNetModel.from_pretrained(str(folder), dtype=dtype)
         return from_hub_preferring_fp16(
@@ -308,7 +308,7 @@ def load_vae(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | None:
     from diffusers import AutoencoderKL
 
     with load_errors(spec.vae, "an SDXL VAE (AutoencoderKL): folder, .safetensors file or repo id"):
-        if _is_local(spec.vae):
+        if is_local(spec.vae):
             path = Path(spec.vae).expanduser()
             if path.suffix == ".safetensors":
                 check_safetensors(path, "SDXL VAE weights")

@@ -8,30 +8,54 @@ import contextlib
 import logging
 import os
 import signal
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from backend import __version__
-from protocol import Limits, Mode, ModelInfo
+from protocol import ErrorCode, Limits, Mode, ModelInfo, ModelPhase, ModelStatus, encode_message
 
 from .config import ServerConfig
-from .connection import Connection, ServerContext
+from .connection import Connection, ModelState, ServerContext
 from .worker import Engine, GpuWorker
 
 log = logging.getLogger(__name__)
 
+StatusCallback = Callable[[ModelStatus], None]
+LoadModel = Callable[[StatusCallback], Engine]
+"""Loads the model (on a thread of its own), telling the callback about each phase."""
+DOWNLOAD_REPORT_SECONDS = 0.5
+"""Download progress reaches clients at most this often; phase changes at once."""
+
 
 class InstantStyleServer:
-    """Accepts clients, queues their jobs, runs them on one worker thread."""
+    """Accepts clients, queues their jobs, runs them on one worker thread.
 
-    def __init__(self, engine: Engine, model: ModelInfo, config: ServerConfig | None = None) -> None:
+    Given no engine, it serves while the model loads (``load_model``): clients connect, see the
+    loading phase, and their jobs wait in the queue until the model is ready.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        model: ModelInfo,
+        config: ServerConfig | None = None,
+        modes: list[Mode] | None = None,
+    ) -> None:
         self.config = config or ServerConfig()
         self.config.check()
         self.model = model
         self.worker = GpuWorker(engine, self.config.limits.max_queued_jobs)
-        modes = tuple(getattr(engine, "modes", [m for m in Mode if m is not Mode.CONTROL]))
-        self.context = ServerContext(self.config, self.worker, model, __version__, modes)
+        if modes is None:
+            modes = list(getattr(engine, "modes", [m for m in Mode if m is not Mode.CONTROL]))
+        loading = ModelStatus(ModelPhase.LOADING, f"Loading {model.label}")
+        self.model_state = ModelState(ModelStatus(ModelPhase.READY) if engine is not None else loading)
+        self.context = ServerContext(
+            self.config, self.worker, model, __version__, tuple(modes), self.model_state
+        )
         self.connections: set[Connection] = set()
         self._server: Server | None = None
 
@@ -63,6 +87,64 @@ class InstantStyleServer:
         )
         log.info("listening on %s (model: %s)", self.url, self.model.label)
 
+    def publish(self, status: ModelStatus) -> None:
+        """A new loading status (on the event loop): kept for clients yet to come, sent to connected ones."""
+        self.model_state.status = status
+        message = encode_message(status)
+        for connection in list(self.connections):
+            connection.outbox.put(message)
+
+    async def load_model(self, load: LoadModel) -> bool:
+        """Load the model on its own thread while serving; True when it is ready.
+
+        A failure is kept (and announced): jobs are refused with its message from then on, and the
+        server goes on serving so that clients can show it. The thread is a daemon: stopping the server
+        during a long download or load does not wait for it.
+        """
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[Engine] = loop.create_future()
+        last_sent = 0.0
+
+        def report(status: ModelStatus) -> None:  # on the loading thread
+            nonlocal last_sent
+            now = time.monotonic()
+            complete = status.bytes_done == status.bytes_total
+            if (
+                status.phase is ModelPhase.DOWNLOADING
+                and not complete
+                and now - last_sent < DOWNLOAD_REPORT_SECONDS
+            ):
+                return
+            last_sent = now
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped meanwhile
+                loop.call_soon_threadsafe(self.publish, status)
+
+        def run() -> None:
+            engine, failure = None, None
+            try:
+                engine = load(report)
+            except Exception as error:
+                failure = error
+            except BaseException as error:  # e.g. SystemExit from a library: still one clear line
+                failure = RuntimeError(f"loading stopped ({type(error).__name__})")
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped meanwhile
+                loop.call_soon_threadsafe(_settle, finished, engine, failure)
+
+        threading.Thread(target=run, name="model-loader", daemon=True).start()
+        try:
+            engine = await finished
+        except Exception as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            log.error("the model could not be loaded: %s", message)
+            self.publish(ModelStatus(ModelPhase.FAILED, message[:1000]))
+            self.worker.fail_waiting(
+                ErrorCode.MODEL_FAILED, f"the backend could not load its model: {message}"
+            )
+            return False
+        self.worker.attach(engine)
+        self.publish(ModelStatus(ModelPhase.READY, f"{self.model.label} is ready"))
+        return True
+
     async def close(self, reason: str = "the server is shutting down") -> None:
         """Tell every client, stop the worker (the running job stops at its next step), close."""
         await asyncio.gather(*(c.shutdown(reason) for c in list(self.connections)), return_exceptions=True)
@@ -80,6 +162,15 @@ class InstantStyleServer:
             self.connections.discard(connection)
 
 
+def _settle(future: asyncio.Future, value: object, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token or os.environ.get("INSTANTSTYLE_TOKEN") or None
     side = args.max_side
@@ -87,11 +178,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(host=args.host, port=args.port, token=token, limits=limits)
 
 
-def run_server(args: argparse.Namespace, engine: object) -> int:
-    """``python -m backend serve``: run until SIGINT/SIGTERM, then shut down cleanly."""
-    info = engine.info  # type: ignore[attr-defined]
+def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
+    """``python -m backend serve``: listen at once, load the model meanwhile, run until SIGINT/SIGTERM,
+    then shut down cleanly. ``plan`` (an engine ``LoadPlan``) says what is being loaded."""
+    info = plan.info  # type: ignore[attr-defined]
     model = ModelInfo(info.label, info.is_test_model, info.device, info.dtype, info.memory_tier)
-    server = InstantStyleServer(engine, model, config_from_args(args))  # type: ignore[arg-type]
+    server = InstantStyleServer(None, model, config_from_args(args), modes=plan.modes)  # type: ignore[attr-defined]
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -101,13 +193,29 @@ def run_server(args: argparse.Namespace, engine: object) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
         await server.start()
-        print(
-            f"InstantStyle backend ready on {server.url} ({info.device}, memory tier {info.memory_tier})",
-            flush=True,
-        )
+        print(f"InstantStyle backend listening on {server.url}; loading {info.label}", flush=True)
+        loading = asyncio.create_task(server.load_model(load))
+        loading.add_done_callback(lambda task: _announce(task, server, info))
         await stop.wait()
+        loading.cancel()
         log.info("shutting down")
         await server.close()
 
     asyncio.run(main())
     return 0
+
+
+def _announce(task: asyncio.Task, server: InstantStyleServer, info: object) -> None:
+    """One line on the console when the model is ready (or could not be loaded)."""
+    if task.cancelled():
+        return
+    if task.result():
+        tier = info.memory_tier  # type: ignore[attr-defined]
+        print(f"InstantStyle backend ready on {server.url} ({info.device}, memory tier {tier})", flush=True)  # type: ignore[attr-defined]
+    else:
+        status = server.model_state.status
+        print(
+            f"error: the model could not be loaded: {status.message} (the server keeps running to tell "
+            "clients; stop it with Ctrl+C)",
+            flush=True,
+        )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backend.engine.request import RequestError
 from protocol import (
@@ -19,6 +19,8 @@ from protocol import (
     Hello,
     Mode,
     ModelInfo,
+    ModelPhase,
+    ModelStatus,
     Ping,
     PixelFormat,
     PixelFrame,
@@ -56,6 +58,13 @@ CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 
 
+@dataclass
+class ModelState:
+    """The model's loading status, as the server last announced it (changed on the event loop only)."""
+
+    status: ModelStatus
+
+
 @dataclass(frozen=True)
 class ServerContext:
     config: ServerConfig
@@ -64,6 +73,7 @@ class ServerContext:
     version: str
     modes: tuple[Mode, ...] = tuple(Mode)
     """What the engine can run (``control`` only with a ControlNet loaded)."""
+    model_state: ModelState = field(default_factory=lambda: ModelState(ModelStatus(ModelPhase.READY)))
 
 
 class Connection:
@@ -124,7 +134,13 @@ class Connection:
         except Exception:  # the client went away during the handshake
             return False
         self.name = hello.client or "client"
-        reply = ServerHello(self.context.version, self.context.model, config.limits, list(self.context.modes))
+        reply = ServerHello(
+            self.context.version,
+            self.context.model,
+            config.limits,
+            list(self.context.modes),
+            status=self.context.model_state.status,
+        )
         await self.ws.send(encode_message(reply))  # type: ignore[attr-defined]
         log.info("client %s connected", self.name)
         return True
@@ -201,6 +217,13 @@ class Connection:
         return frames
 
     def _generate(self, message: Generate) -> None:
+        status = self.context.model_state.status
+        if status.phase is ModelPhase.FAILED:
+            raise ProtocolError(
+                ErrorCode.MODEL_FAILED,
+                f"the backend could not load its model: {status.message}",
+                message.job_id,
+            )
         if message.job_id in self.jobs:
             raise ProtocolError(
                 ErrorCode.DUPLICATE_JOB, f"job {message.job_id} already exists", message.job_id

@@ -103,9 +103,13 @@ def classify_failure(error: BaseException) -> tuple[ErrorCode, str]:
 
 
 class GpuWorker:
-    """Runs queued jobs one at a time, first in first out, on its own thread."""
+    """Runs queued jobs one at a time, first in first out, on its own thread.
 
-    def __init__(self, engine: Engine, max_queued: int = 32) -> None:
+    It may start before its engine exists (the model still loading): jobs then wait in the queue
+    until ``attach`` hands it the engine, or ``fail_waiting`` ends them when loading failed.
+    """
+
+    def __init__(self, engine: Engine | None, max_queued: int = 32) -> None:
         self.engine = engine
         self.max_queued = max_queued
         self._queue: collections.deque[Job] = collections.deque()
@@ -127,6 +131,20 @@ class GpuWorker:
                 self._running.cancel_event.set()
             self._condition.notify_all()
         self._thread.join(timeout)
+
+    def attach(self, engine: Engine) -> None:
+        """The model is loaded: run the waiting jobs on it."""
+        with self._condition:
+            self.engine = engine
+            self._condition.notify_all()
+
+    def fail_waiting(self, code: ErrorCode, message: str) -> None:
+        """End every queued job with an error (the model they waited for could not be loaded)."""
+        with self._condition:
+            waiting = list(self._queue)
+            self._queue.clear()
+        for job in waiting:
+            job.emit(JobFailed(code, message))
 
     def submit(self, job: Job) -> int | None:
         """Queue a job; returns how many jobs run before it, or None when the queue is full."""
@@ -161,7 +179,7 @@ class GpuWorker:
 
     def _next(self) -> Job | None:
         with self._condition:
-            while not self._queue and not self._stopping:
+            while (not self._queue or self.engine is None) and not self._stopping:
                 self._condition.wait()
             if self._stopping:
                 return None
@@ -192,6 +210,7 @@ class GpuWorker:
 
         failed = False
         try:
+            assert self.engine is not None, "jobs run only once the engine is attached"
             result = self.engine.generate(request, on_step=on_step, cancel=job.cancel_event)
         except JobCancelled:
             job.emit(JobCancelledEvent(job.last_step))

@@ -7,6 +7,7 @@ applies to the canvas. Tests drive it directly against a real backend.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from enum import Enum
@@ -257,8 +258,7 @@ class Session:
 
     def _connection_changed(self, event: StateChanged) -> list[JobUpdate]:
         if event.state is ConnectionState.CONNECTED:
-            model = self.hello.model if self.hello else None
-            self.status = "connected" + (f" — {describe_model(model)}" if model else "")
+            self.status = self._connected_status()
         else:
             self.status = event.message or event.state.value
         updates = [JobUpdate(UpdateKind.CONNECTION, message=self.status)]
@@ -269,7 +269,19 @@ class Session:
                 updates.append(JobUpdate(UpdateKind.FAILED, job, job.message))
         return updates
 
+    def _connected_status(self) -> str:
+        if self.hello is None:
+            return "connected"
+        text = f"connected — {describe_model(self.hello.model)}"
+        loading = self.hello.status
+        return text if loading.ready else f"{text} — {describe_loading(loading)}"
+
     def _received(self, item: protocol.ServerMessage | protocol.PixelFrame) -> list[JobUpdate]:
+        if isinstance(item, protocol.ModelStatus):
+            if self.hello is not None:
+                self.hello = dataclasses.replace(self.hello, status=item)
+            self.status = self._connected_status()
+            return [JobUpdate(UpdateKind.CONNECTION, message=self.status)]
         job = self.jobs.get(getattr(item, "job_id", None) or 0)
         if job is None or job.state.finished:
             if isinstance(item, protocol.Error) and item.job_id is None:
@@ -310,6 +322,15 @@ class Session:
             job.state, job.message = JobState.FAILED, describe_error(item.code, item.message)
             return [JobUpdate(UpdateKind.FAILED, job, job.message)]
         return []
+
+
+def describe_loading(status: protocol.ModelStatus) -> str:
+    """The backend's loading phase in words ("Downloading models: 3.1 of 11.3 GB (4 of 17 files)"):
+    jobs sent meanwhile wait for it, or fail once it failed."""
+    if status.phase is protocol.ModelPhase.FAILED:
+        return f"it could not load its model: {status.message or 'see its console'}"
+    what = status.message or status.phase.value.replace("_", " ")
+    return f"{what}; jobs wait until the model is ready"
 
 
 def describe_model(model: protocol.ModelInfo) -> str:
