@@ -89,6 +89,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the InstantStyle jobs with the UNet's blocks compiled",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -170,6 +175,21 @@ def main() -> None:
             "job_seconds_previews_on": round(clock.seconds(engine_job(preset, True), args.repeats), 3),
             "job_seconds_previews_off": round(clock.seconds(engine_job(preset, False), args.repeats), 3),
             "peak_gib": clock.peak_gib(),
+        }
+
+    if args.compile:  # last: compiling changes the engine for good
+        compile_started = time.perf_counter()
+        engine.compile_unet()
+        engine.warm_up(size=size, steps=2)  # compiles both branches (see compile_unet)
+        compile_seconds = time.perf_counter() - compile_started
+        results["instantstyle_style_compiled"] = {
+            "compile_and_warm_up_seconds": round(compile_seconds, 1),
+            "unet_ms_per_step": step_milliseconds(
+                clock, lambda mark: engine.generate(job(BlockPreset.STYLE), on_step=lambda p: mark())
+            ),
+            "job_seconds_previews_off": round(
+                clock.seconds(engine_job(BlockPreset.STYLE, False), args.repeats), 3
+            ),
         }
 
     def style_uncached() -> None:

@@ -3,10 +3,16 @@
 A full VAE decode costs more than a UNet step, so previews use the published
 linear approximation from SDXL's four latent channels to RGB: one tiny matrix
 product per pixel at latent resolution (1/8 of the image side).
+
+On a GPU, fetching a preview must not stall the denoising loop: ``PreviewStream``
+computes it on the GPU, copies it asynchronously into pinned host memory and
+hands it over one step late, when the copy is done without the CPU ever waiting
+for the UNet.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,12 +51,80 @@ class StepPreview:
         return int(self.rgb.shape[0])
 
 
-def latents_to_rgb(latents: torch.Tensor) -> np.ndarray:
-    """Map scaled SDXL latents (B, 4, h, w) to a uint8 (h, w, 3) image of the first sample."""
+def rgb_tensor(latents: torch.Tensor) -> torch.Tensor:
+    """Scaled SDXL latents (B, 4, h, w) as a uint8 (h, w, 3) image of the first sample, computed
+    where the latents are."""
     if latents.ndim != 4 or latents.shape[1] != SDXL_LATENT_RGB_FACTORS.shape[0]:
         raise ValueError(f"expected latents of shape (B, 4, h, w), got {tuple(latents.shape)}")
-    first = latents[0].detach().to(device="cpu", dtype=torch.float32)
+    first = latents[0].detach().to(dtype=torch.float32)
+    factors = SDXL_LATENT_RGB_FACTORS.to(first.device)
     # (4, h, w) -> (h, w, 4) @ (4, 3) -> (h, w, 3)
-    rgb = torch.matmul(first.permute(1, 2, 0), SDXL_LATENT_RGB_FACTORS) + SDXL_LATENT_RGB_BIAS
+    rgb = torch.matmul(first.permute(1, 2, 0), factors) + SDXL_LATENT_RGB_BIAS.to(first.device)
     rgb = ((rgb.clamp_(-1.0, 1.0) + 1.0) * 127.5).round_()
-    return rgb.to(torch.uint8).numpy()
+    return rgb.to(torch.uint8)
+
+
+def latents_to_rgb(latents: torch.Tensor) -> np.ndarray:
+    """Map scaled SDXL latents (B, 4, h, w) to a uint8 (h, w, 3) image of the first sample."""
+    return rgb_tensor(latents).cpu().numpy()
+
+
+@dataclass
+class _InFlight:
+    step: int
+    total: int
+    host: torch.Tensor
+    latents: torch.Tensor
+    ready: Callable[[], None]
+    """Waits until ``host`` holds the preview (the asynchronous copy is done)."""
+
+
+class PreviewStream:
+    """Hands step previews to ``emit``; with ``deferred``, each one a step late and without a stall.
+
+    Deferred (the default on CUDA): the preview of step k is computed on the GPU and copied into one of
+    two pinned host buffers with ``non_blocking=True``, behind step k's kernels; it is handed over at
+    step k+1's callback, by when the CPU has queued step k+1 and waiting for the copy costs the GPU
+    nothing. ``flush`` hands over the last one (after the loop, or on cancellation). Immediate: each
+    preview is copied to the CPU and handed over in its own step's callback (what a CPU run needs).
+    """
+
+    def __init__(
+        self, emit: Callable[[StepPreview], None], device: torch.device, deferred: bool | None = None
+    ):
+        self.emit = emit
+        self.device = device
+        self.deferred = device.type == "cuda" if deferred is None else deferred
+        self._pending: _InFlight | None = None
+        self._buffers: list[torch.Tensor] = []
+
+    def push(self, step: int, total: int, shown: torch.Tensor, latents: torch.Tensor) -> None:
+        if not self.deferred:
+            self.emit(StepPreview(step, total, latents_to_rgb(shown), latents))
+            return
+        rgb = rgb_tensor(shown)
+        host, ready = self._copy_to_host(rgb, step)
+        previous, self._pending = self._pending, _InFlight(step, total, host, latents, ready)
+        if previous is not None:
+            self._hand_over(previous)
+
+    def flush(self) -> None:
+        previous, self._pending = self._pending, None
+        if previous is not None:
+            self._hand_over(previous)
+
+    def _copy_to_host(self, rgb: torch.Tensor, step: int) -> tuple[torch.Tensor, Callable[[], None]]:
+        if rgb.device.type != "cuda":  # deferred on a CPU: nothing runs asynchronously, same hand-over
+            return rgb.clone(), lambda: None
+        if not self._buffers or self._buffers[0].shape != rgb.shape:
+            self._buffers = [torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        host = self._buffers[step % 2]  # the other one may still be read by the previous hand-over
+        host.copy_(rgb, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return host, copied.synchronize
+
+    def _hand_over(self, preview: _InFlight) -> None:
+        preview.ready()
+        rgb = preview.host.numpy().copy()  # the pinned buffer is reused two steps later
+        self.emit(StepPreview(preview.step, preview.total, rgb, preview.latents))
