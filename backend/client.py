@@ -132,6 +132,8 @@ class InstantStyleClient:
             if isinstance(reply, Error):
                 raise ServerError(reply)
             assert isinstance(reply, ServerHello)
+            # The server's results may be larger (or must be smaller) than the defaults: its own limit.
+            ws.protocol.max_message_size = reply.limits.max_message_bytes
             yield cls(ws, reply)
 
     def new_job_id(self) -> int:

@@ -53,7 +53,7 @@ def _decode(text: str | bytes, registry: dict[MessageType, type]) -> object:
     version = data.pop("version", None)
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message needs a string 'type'")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 in Python, not on the wire
         raise ProtocolError(
             ErrorCode.BAD_VERSION,
             f"protocol version {version!r} is not supported; this side speaks {PROTOCOL_VERSION}",

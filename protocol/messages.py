@@ -12,11 +12,33 @@ from typing import Any, ClassVar
 
 from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase
 from .errors import ProtocolError
-from .schema import bounds
+from .schema import bounds, shown
 
 MAX_JOB_ID = 2**32 - 1
 MAX_SEED = 2**32 - 1
 MAX_TEXT = 4000
+MAX_INPUT_INDEX = 63
+"""INPUT frame indices a job may use (style images, init image, mask)."""
+MAX_BLOCK_SCALE = 10.0
+"""Largest per-block IP-Adapter scale (InstantStyle uses about 1; 10 is already far past useful)."""
+MAX_BLOCK_DEPTH = 4
+
+
+def _leaves(tree: dict, path: str, depth: int = 0) -> list[tuple[str, object]]:
+    """The values of a (nested) block-scale map with their dotted names: ``{"up": {"block_0": [0, 1]}}``
+    gives ``up.block_0[0]`` and ``up.block_0[1]``."""
+    if depth > MAX_BLOCK_DEPTH:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{shown(path)} is nested too deeply")
+    found: list[tuple[str, object]] = []
+    for key, value in tree.items():
+        name = f"{path}.{key}"
+        if isinstance(value, dict):
+            found.extend(_leaves(value, name, depth + 1))
+        elif isinstance(value, list):
+            found.extend((f"{name}[{i}]", item) for i, item in enumerate(value))
+        else:
+            found.append((name, value))
+    return found
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,7 @@ class Hello:
 class StyleImage:
     """A style reference: the index of an INPUT frame sent before ``generate``, and its weight."""
 
-    input: int = field(metadata=bounds(0, 63))
+    input: int = field(metadata=bounds(0, MAX_INPUT_INDEX))
     weight: float = field(default=1.0, metadata=bounds(0.0, 10.0))
 
 
@@ -68,8 +90,8 @@ class Generate:
     block_scales: dict[str, Any] | None = None
     style_scale: float = field(default=1.0, metadata=bounds(0.0, 2.0))
     mode: Mode = Mode.TXT2IMG
-    init_image: int | None = field(default=None, metadata=bounds(0, 63))
-    mask: int | None = field(default=None, metadata=bounds(0, 63))
+    init_image: int | None = field(default=None, metadata=bounds(0, MAX_INPUT_INDEX))
+    mask: int | None = field(default=None, metadata=bounds(0, MAX_INPUT_INDEX))
     strength: float = field(default=0.6, metadata=bounds(0.01, 1.0))
     control_scale: float = field(default=0.6, metadata=bounds(0.0, 2.0))
     width: int = field(default=1024, metadata=bounds(8, 16384))
@@ -122,6 +144,25 @@ class Generate:
             raise fail(ErrorCode.MISSING_FIELD, "mode inpaint needs mask")
         if self.preset is BlockPreset.CUSTOM and not self.block_scales:
             raise fail(ErrorCode.MISSING_FIELD, "preset custom needs block_scales")
+        if self.block_scales is not None and self.preset is not BlockPreset.CUSTOM:
+            raise fail(
+                ErrorCode.BAD_FIELD, f"block_scales is only used with preset custom, not {self.preset.value}"
+            )
+        for name, value in _leaves(self.block_scales or {}, "block_scales"):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0.0 <= value <= MAX_BLOCK_SCALE
+            ):
+                raise fail(
+                    ErrorCode.OUT_OF_RANGE,
+                    f"{shown(name)} must be a number from 0 to {MAX_BLOCK_SCALE}, got {shown(repr(value))}",
+                )
+        if self.seed is not None and self.seed + self.batch - 1 > MAX_SEED:
+            raise fail(
+                ErrorCode.OUT_OF_RANGE,
+                f"seed {self.seed} with batch {self.batch} runs past the largest seed {MAX_SEED}",
+            )
 
 
 @dataclass(frozen=True)

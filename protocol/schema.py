@@ -59,7 +59,7 @@ def from_json_object(cls: type[T], data: object, path: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"unknown field {_join(path, unknown[0])}")
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"unknown field {_join(path, shown(unknown[0]))}")
     values: dict[str, Any] = {}
     for name, spec in fields.items():
         where = _join(path, name)
@@ -69,6 +69,15 @@ def from_json_object(cls: type[T], data: object, path: str = "") -> T:
             continue
         values[name] = _convert(hints[name], data[name], where, spec.metadata)
     return cls(**values)
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """Untrusted text fit to quote in an error or a log line: control characters and lone surrogates
+    escaped (no forged lines), at most ``limit`` characters."""
+    clipped = text[:limit]
+    escaped = clipped.encode("unicode_escape").decode("ascii") if not clipped.isprintable() else clipped
+    escaped = escaped.encode("utf-8", "backslashreplace").decode("utf-8")
+    return escaped + (f"... ({len(text)} characters)" if len(text) > limit else "")
 
 
 def _join(path: str, name: str) -> str:
@@ -126,6 +135,10 @@ def _convert(kind: Any, value: Any, where: str, meta: typing.Mapping[str, Any]) 
             raise ProtocolError(
                 ErrorCode.TOO_LARGE, f"{where} is {len(value)} characters, at most {limit} allowed"
             )
+        try:  # JSON's \ud800 escapes decode to lone surrogates, which no encoder or tokenizer accepts
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} is not valid Unicode text") from None
         return value
     if kind is Any or kind is object:
         return value

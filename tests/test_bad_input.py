@@ -101,6 +101,29 @@ BAD_MESSAGES: list[tuple[str, list[str | bytes], ErrorCode]] = [
     ("cancel of an unknown job", [raw(type="cancel", version=1, job_id=42)], ErrorCode.UNKNOWN_JOB),
     ("second hello", [encode_message(Hello(client="again"))], ErrorCode.BAD_MESSAGE),
     ("frame version 9", [header()[:2] + b"\x09" + header()[3:] + bytes(12)], ErrorCode.BAD_VERSION),
+    # Values that used to pass validation and fail later, or silently do the wrong thing:
+    (
+        "huge block scale",
+        [generate(preset="custom", block_scales={"up": {"block_0": 1e30}})],
+        ErrorCode.OUT_OF_RANGE,
+    ),
+    ("negative block scale", [generate(preset="custom", block_scales={"mid": -5})], ErrorCode.OUT_OF_RANGE),
+    (
+        "block scale list",
+        [generate(preset="custom", block_scales={"up": {"block_0": [0, 1e308, 0]}})],
+        ErrorCode.OUT_OF_RANGE,
+    ),
+    ("block scales without custom", [generate(block_scales={"nowhere": 1})], ErrorCode.BAD_FIELD),
+    (
+        "lone surrogate in prompt",
+        ['{"type":"generate","version":1,"job_id":1,"prompt":"a \\ud800 cat","style_images":[{"input":0}]}'],
+        ErrorCode.BAD_FIELD,
+    ),
+    ("lone surrogate in content", [generate(content_text="\ud800")], ErrorCode.BAD_FIELD),
+    ("version true", [generate(version=True)], ErrorCode.BAD_VERSION),
+    ("batch seeds past the largest seed", [generate(seed=2**32 - 2, batch=4)], ErrorCode.OUT_OF_RANGE),
+    ("INPUT frame for job 0", [header(job=0) + bytes(12)], ErrorCode.BAD_FRAME),
+    ("INPUT frame index 65535", [header(index=65535) + bytes(12)], ErrorCode.BAD_FRAME),
 ]
 
 
@@ -187,6 +210,12 @@ HANDSHAKES = [
     ("generate before hello", {"first": encode_message(generate_message(1))}, ErrorCode.NOT_READY),
     ("binary before hello", {"first": STYLE_FRAME}, ErrorCode.NOT_READY),
     ("garbage before hello", {"first": "{{{"}, ErrorCode.BAD_JSON),
+    # A token that is not text used to close the connection without a word (the plugin kept retrying).
+    (
+        "token with a lone surrogate",
+        {"first": '{"type":"hello","version":1,"token":"ab\\udc80cdefgh"}'},
+        ErrorCode.BAD_FIELD,
+    ),
 ]
 
 

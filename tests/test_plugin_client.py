@@ -173,9 +173,11 @@ def test_a_job_in_flight_fails_clearly_when_the_server_goes_away(engine):
     assert "Traceback" not in messages and ("shutting down" in messages.lower() or "lost" in messages)
 
 
-def test_wrong_token_is_reported_and_not_retried(engine):
+@pytest.mark.parametrize("wrong", ["a-wrong-token", "pasted-\udc80-garbage"])
+def test_wrong_token_is_reported_and_not_retried(engine, wrong):
+    """Also a token that is not valid text (it used to close the connection silently, retried forever)."""
     with ServerThread(engine, token="the-right-token") as server:
-        session = Session(Connection(server.url, token="a-wrong-token"))
+        session = Session(Connection(server.url, token=wrong))
         session.connection.start()
         try:
             updates = pump(session, lambda _u: session.connection.state is ConnectionState.UNAUTHORIZED)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protocol.enums import BlockPreset
+from protocol.messages import MAX_BLOCK_SCALE
 
 STYLE_BLOCK = "up_blocks.0.attentions.1"
 LAYOUT_BLOCK = "down_blocks.2.attentions.1"
@@ -146,5 +147,8 @@ def _assign(targets: dict[str, float], prefix: str, count: int, value: object) -
         values = [float(v) for v in value]
     else:
         raise BlockMapError(f"{prefix}: expected a number or a list of {count} numbers")
+    for scale in values:
+        if not 0.0 <= scale <= MAX_BLOCK_SCALE:  # also false for NaN
+            raise BlockMapError(f"{prefix}: a scale must be from 0 to {MAX_BLOCK_SCALE}, got {scale}")
     for index, scale in enumerate(values):
         targets[f"{prefix}.attentions.{index}"] = scale

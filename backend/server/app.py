@@ -12,8 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from http import HTTPStatus
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from backend import __version__
 from protocol import ErrorCode, Limits, Mode, ModelInfo, ModelPhase, ModelStatus, encode_message
@@ -48,7 +50,7 @@ class InstantStyleServer:
         self.config = config or ServerConfig()
         self.config.check()
         self.model = model
-        self.worker = GpuWorker(engine, self.config.limits.max_queued_jobs)
+        self.worker = GpuWorker(engine, self.config.limits.max_queued_jobs, self.config.max_per_client_jobs)
         if modes is None:
             modes = list(getattr(engine, "modes", [m for m in Mode if m is not Mode.CONTROL]))
         loading = ModelStatus(ModelPhase.LOADING, f"Loading {model.label}")
@@ -70,19 +72,23 @@ class InstantStyleServer:
         return f"ws://{host}:{self.port}"
 
     async def start(self) -> None:
-        limits = self.config.limits
         self.worker.start()
         self._server = await serve(
             self._handle,
             self.config.host,
             self.config.port,
+            process_request=self._admit,
             # Browsers always send Origin; native clients (Krita, scripts) do not. Accepting only
             # "no Origin" means no web page can drive this GPU server from a victim's browser.
             origins=[None],
             # Pixels do not compress well and deflate costs ~50x the send time on loopback.
             compression=None,
-            max_size=limits.max_message_bytes,
-            max_queue=64,
+            # Until its hello is accepted a client may send only small messages; the connection then
+            # raises this to the announced max_message_bytes.
+            max_size=self.config.pre_auth_max_bytes,
+            # Received messages buffered per connection before reading pauses: each may be a full
+            # image, so few (the server handles a connection's messages one after the other).
+            max_queue=2,
             write_limit=4 * 1024 * 1024,
         )
         log.info("listening on %s (model: %s)", self.url, self.model.label)
@@ -146,12 +152,26 @@ class InstantStyleServer:
         return True
 
     async def close(self, reason: str = "the server is shutting down") -> None:
-        """Tell every client, stop the worker (the running job stops at its next step), close."""
+        """Stop accepting, stop the worker, then tell every client: done within about 3 s whatever the
+        clients do (each close is bounded; a peer that does not read is cut off)."""
+        self.model_state.stopping = True
+        if self._server is not None:
+            self._server.close(close_connections=False)  # no new connection from here on
+        await asyncio.to_thread(self.worker.stop, 1.0)  # the running job stops at its next step
         await asyncio.gather(*(c.shutdown(reason) for c in list(self.connections)), return_exceptions=True)
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        await asyncio.to_thread(self.worker.stop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 0.5)
+        self.context.decoder.shutdown(wait=False, cancel_futures=True)
+
+    def _admit(self, connection: ServerConnection, _request: Request) -> Response | None:
+        """Refuse a connection over the cap (or during shutdown) before any WebSocket state exists."""
+        if self.model_state.stopping:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down\n")
+        if len(self.connections) >= self.config.max_connections:
+            log.warning("refused a connection: %d already open", len(self.connections))
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
         connection = Connection(websocket, self.context)

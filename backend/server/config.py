@@ -7,7 +7,8 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from protocol import Limits
+from protocol import Limits, ProtocolError
+from protocol.schema import from_json_object, to_json_object
 
 
 class ConfigError(ValueError):
@@ -37,10 +38,40 @@ class ServerConfig:
     """Seconds a client has to send ``hello`` after connecting."""
     max_pending_previews: int = 4
     """Step updates buffered for one slow client before older ones are dropped (results never are)."""
-    max_pending_input_bytes: int = 256 * 1024 * 1024
-    """INPUT frames a connection may hold before their ``generate`` arrives."""
+    max_connections: int = 32
+    """Open connections; more are refused (HTTP 503) before any WebSocket state exists."""
+    pre_auth_max_bytes: int = 64 * 1024
+    """Largest message before ``hello`` is accepted: a stranger cannot make the server hold big frames."""
+    input_bytes_total: int = 256 * 1024 * 1024
+    """INPUT frames waiting for their ``generate``, all clients together."""
+    input_bytes_per_client: int | None = None
+    """The same per client (default: one job's worth: ``max_message_bytes`` x (style images + 2))."""
+    queued_image_bytes_total: int = 256 * 1024 * 1024
+    """Decoded images of queued and running jobs, all clients together."""
+    queued_image_bytes_per_client: int = 128 * 1024 * 1024
+    outbox_bytes_per_client: int | None = None
+    """Unsent bytes one client may have waiting (default: its largest result plus 8 MiB): a client
+    that stays over it for ``slow_client_seconds`` is disconnected, its jobs cancelled."""
+    slow_client_seconds: float = 5.0
+    max_per_client_jobs: int | None = None
+    """Queued jobs per client (default: a quarter of ``max_queued_jobs``); clients take turns."""
+
+    @property
+    def input_budget_per_client(self) -> int:
+        limits = self.limits
+        return self.input_bytes_per_client or limits.max_message_bytes * (limits.max_style_images + 2)
+
+    @property
+    def outbox_budget(self) -> int:
+        limits = self.limits
+        largest_result = limits.max_batch * limits.max_pixels * 4
+        return self.outbox_bytes_per_client or largest_result + 8 * 1024 * 1024
 
     def check(self) -> None:
+        try:  # the limits must be ones the protocol itself accepts, or every client refuses the hello
+            from_json_object(Limits, to_json_object(self.limits))
+        except ProtocolError as error:
+            raise ConfigError(f"impossible server limits: {error.message}") from None
         if not is_loopback(self.host) and not self.token:
             raise ConfigError(
                 f"refusing to listen on {self.host}: binding beyond loopback needs a token "

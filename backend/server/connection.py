@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from backend.engine.request import RequestError
+from backend.engine.request import GenerationRequest, RequestError
 from protocol import (
     Cancel,
     Cancelled,
@@ -36,7 +38,10 @@ from protocol import (
     encode_frame_header,
     encode_message,
 )
+from protocol.messages import MAX_INPUT_INDEX
+from protocol.schema import shown
 
+from .budgets import ByteBudget, OverBudget, decoded_bytes
 from .config import ServerConfig
 from .inputs import build_request, input_images, rgba_bytes
 from .outbox import Outbox, OutboxItem, StepUpdate
@@ -50,6 +55,7 @@ from .worker import (
     JobMoved,
     JobStarted,
     JobStep,
+    QueueFull,
 )
 
 log = logging.getLogger(__name__)
@@ -60,9 +66,15 @@ CLOSE_GOING_AWAY = 1001
 
 @dataclass
 class ModelState:
-    """The model's loading status, as the server last announced it (changed on the event loop only)."""
+    """What the server last announced (changed on the event loop only)."""
 
     status: ModelStatus
+    stopping: bool = False
+    """Shutting down: no new client or job is accepted."""
+
+
+def _decoder_pool() -> Executor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,29 @@ class ServerContext:
     modes: tuple[Mode, ...] = tuple(Mode)
     """What the engine can run (``control`` only with a ControlNet loaded)."""
     model_state: ModelState = field(default_factory=lambda: ModelState(ModelStatus(ModelPhase.READY)))
+    input_budget: ByteBudget | None = None
+    """INPUT frames waiting for their ``generate``, for the whole server (made from ``config``)."""
+    image_budget: ByteBudget | None = None
+    """Decoded images of queued and running jobs."""
+    decoder: Executor = field(default_factory=_decoder_pool)
+    """Where PNGs are decoded and requests built: never on the event loop."""
+
+    def __post_init__(self) -> None:
+        config = self.config
+        if self.input_budget is None:
+            budget = ByteBudget(
+                "input bytes waiting for their generate",
+                config.input_bytes_total,
+                config.input_budget_per_client,
+            )
+            object.__setattr__(self, "input_budget", budget)
+        if self.image_budget is None:
+            budget = ByteBudget(
+                "image bytes in queued jobs",
+                config.queued_image_bytes_total,
+                config.queued_image_bytes_per_client,
+            )
+            object.__setattr__(self, "image_budget", budget)
 
 
 class Connection:
@@ -81,11 +116,16 @@ class Connection:
         self.ws = websocket
         self.context = context
         self.loop = asyncio.get_running_loop()
-        self.outbox = Outbox(context.config.max_pending_previews)
+        self.outbox = Outbox(context.config.max_pending_previews, context.config.outbox_budget)
         self.jobs: dict[int, Job] = {}
+        self.preparing: set[int] = set()
+        """Jobs whose images are being decoded (off the loop) before they are queued."""
+        self.image_bytes: dict[int, int] = {}
+        """Each live job's reservation in the server's image budget."""
         self.inputs: dict[int, dict[int, PixelFrame]] = {}
         self.input_bytes = 0
         self.name = "?"
+        self.closed = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -93,24 +133,63 @@ class Connection:
         if not await self._handshake():
             return
         sender = asyncio.create_task(self._send_loop())
+        watchdog = asyncio.create_task(self._watch_backlog())
+        self._sender = sender
         try:
             async for message in self.ws:  # type: ignore[attr-defined]
-                self._handle(message)
+                await self._handle(message)
         except Exception:  # a broken socket ends this client only
             log.debug("connection %s ended abruptly", self.name, exc_info=True)
         finally:
+            self.closed = True
             self._drop_all_jobs()
             self.outbox.close()
             sender.cancel()
+            watchdog.cancel()
             log.info("client %s disconnected", self.name)
 
-    async def shutdown(self, reason: str) -> None:
-        """Tell the client the server is going away, then close."""
+    async def shutdown(self, reason: str, flush_seconds: float = 0.3) -> None:
+        """Tell the client the server is going away, then close, within about a second whatever the
+        client does (a peer that does not read cannot hold the shutdown up). Each of its live jobs
+        ends with that error, then one without a job says it for the connection."""
+        for job_id in sorted(self.jobs):
+            self.outbox.put(encode_message(Error(ErrorCode.SHUTTING_DOWN, reason, job_id)))
         self._drop_all_jobs()
+        self.jobs.clear()
         self.outbox.put(encode_message(Error(ErrorCode.SHUTTING_DOWN, reason)))
         self.outbox.close()
-        await asyncio.sleep(0.05)  # let the sender flush
-        await self.ws.close(CLOSE_GOING_AWAY, reason)  # type: ignore[attr-defined]
+        sender = getattr(self, "_sender", None)
+        if sender is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(sender), flush_seconds)
+        await self._close(CLOSE_GOING_AWAY, reason)
+
+    async def _close(self, code: int, reason: str, seconds: float = 0.5) -> None:
+        """Close with ``code``; a peer that does not answer the closing handshake is cut off."""
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), seconds)  # type: ignore[attr-defined]
+        except Exception:  # timed out, or the socket is already broken
+            transport = getattr(self.ws, "transport", None)
+            if transport is not None:
+                transport.abort()
+
+    async def _watch_backlog(self, every: float = 0.5) -> None:
+        """Disconnect a client that stays over its unsent-bytes budget (it sends but does not read)."""
+        limit = self.context.config.slow_client_seconds
+        while True:
+            await asyncio.sleep(every)
+            if self.outbox.over_budget_for(time.monotonic()) > limit:
+                log.warning(
+                    "disconnecting client %s: %d bytes unread for over %.0f s",
+                    shown(self.name),
+                    self.outbox.bytes,
+                    limit,
+                )
+                self.closed = True
+                self._drop_all_jobs()
+                self.outbox.close()
+                await self._close(CLOSE_POLICY, "too slow: the client does not read what it asked for")
+                return
 
     async def _handshake(self) -> bool:
         config = self.context.config
@@ -124,7 +203,7 @@ class Connection:
             if not config.token_matches(hello.token):
                 raise ProtocolError(ErrorCode.UNAUTHORIZED, "wrong or missing token")
         except ProtocolError as error:
-            log.warning("refused a client: %s", error.message)
+            log.warning("refused a client: %s", shown(error.message, 300))
             await self.ws.send(encode_message(Error.from_exception(error)))  # type: ignore[attr-defined]
             await self.ws.close(CLOSE_POLICY, error.code.value)  # type: ignore[attr-defined]
             return False
@@ -133,7 +212,13 @@ class Connection:
             return False
         except Exception:  # the client went away during the handshake
             return False
-        self.name = hello.client or "client"
+        if self.context.model_state.stopping:
+            await self.ws.send(encode_message(Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")))  # type: ignore[attr-defined]
+            await self._close(CLOSE_GOING_AWAY, "shutting down")
+            return False
+        self.name = shown(hello.client or "client", 100)
+        # Authenticated: from now on the server's own message limit applies instead of the small one.
+        self.ws.protocol.max_message_size = config.limits.max_message_bytes  # type: ignore[attr-defined]
         reply = ServerHello(
             self.context.version,
             self.context.model,
@@ -160,7 +245,7 @@ class Connection:
 
     # ------------------------------------------------------------------ requests
 
-    def _handle(self, message: str | bytes) -> None:
+    async def _handle(self, message: str | bytes) -> None:
         job_id = None
         try:
             if isinstance(message, bytes):
@@ -176,16 +261,16 @@ class Connection:
                         + (" (it has no ControlNet loaded)" if request.mode is Mode.CONTROL else ""),
                         request.job_id,
                     )
-                self._generate(request)
+                await self._generate(request)
             elif isinstance(request, Cancel):
                 self._cancel(request.job_id)
             elif isinstance(request, Ping):
-                self.outbox.put(encode_message(Pong(request.nonce)))
+                self.outbox.put(encode_message(Pong(request.nonce)), droppable=True)
             else:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello was already received")
         except ProtocolError as error:
-            log.info("bad message from %s: %s", self.name, error.message)
-            self.outbox.put(encode_message(Error.from_exception(error)))
+            log.info("bad message from %s: %s", self.name, shown(error.message, 300))
+            self.outbox.put(encode_message(Error.from_exception(error)), droppable=error.job_id is None)
         except Exception:  # a bug must cost one message, not the connection
             log.exception("internal error handling a message from %s", self.name)
             self.outbox.put(
@@ -195,52 +280,91 @@ class Connection:
     def _store_input(self, frame: PixelFrame) -> None:
         if frame.kind is not FrameKind.INPUT:
             raise ProtocolError(ErrorCode.BAD_FRAME, "clients may only send INPUT frames", frame.job_id)
-        if frame.job_id in self.jobs:
+        if frame.job_id < 1 or frame.index > MAX_INPUT_INDEX:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME,
+                f"an INPUT frame needs a job id from 1 and an index from 0 to {MAX_INPUT_INDEX} "
+                f"(got job {frame.job_id}, index {frame.index})",
+            )
+        if frame.job_id in self.jobs or frame.job_id in self.preparing:
             raise ProtocolError(
                 ErrorCode.DUPLICATE_JOB, f"job {frame.job_id} is already running", frame.job_id
             )
-        size = len(frame.payload)
-        if self.input_bytes + size > self.context.config.max_pending_input_bytes:
-            self._discard_inputs(frame.job_id)
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE, "too many input bytes waiting for their generate", frame.job_id
-            )
         slots = self.inputs.setdefault(frame.job_id, {})
-        if frame.index in slots:
-            self.input_bytes -= len(slots[frame.index].payload)
+        if frame.index in slots:  # replaced: its bytes no longer count
+            old = slots.pop(frame.index)
+            self.input_bytes -= len(old.payload)
+            self.context.input_budget.release(self, len(old.payload))  # type: ignore[union-attr]
+        try:
+            self.context.input_budget.reserve(self, len(frame.payload))  # type: ignore[union-attr]
+        except OverBudget as error:
+            self._discard_inputs(frame.job_id)
+            raise ProtocolError(ErrorCode.TOO_LARGE, str(error), frame.job_id) from None
         slots[frame.index] = frame
-        self.input_bytes += size
+        self.input_bytes += len(frame.payload)
 
     def _discard_inputs(self, job_id: int) -> dict[int, PixelFrame]:
         frames = self.inputs.pop(job_id, {})
-        self.input_bytes -= sum(len(f.payload) for f in frames.values())
+        size = sum(len(f.payload) for f in frames.values())
+        self.input_bytes -= size
+        self.context.input_budget.release(self, size)  # type: ignore[union-attr]
         return frames
 
-    def _generate(self, message: Generate) -> None:
-        status = self.context.model_state.status
-        if status.phase is ModelPhase.FAILED:
+    def _check_can_run(self, job_id: int) -> None:
+        state = self.context.model_state
+        if state.stopping:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down", job_id)
+        if state.status.phase is ModelPhase.FAILED:
             raise ProtocolError(
                 ErrorCode.MODEL_FAILED,
-                f"the backend could not load its model: {status.message}",
-                message.job_id,
+                f"the backend could not load its model: {state.status.message}",
+                job_id,
             )
-        if message.job_id in self.jobs:
-            raise ProtocolError(
-                ErrorCode.DUPLICATE_JOB, f"job {message.job_id} already exists", message.job_id
-            )
-        request = build_request(message, input_images(message, self._discard_inputs(message.job_id)))
+
+    async def _generate(self, message: Generate) -> None:
+        """Check everything cheap, reserve the decoded images' bytes, decode off the loop, queue."""
+        job_id = message.job_id
+        self._check_can_run(job_id)
+        if job_id in self.jobs or job_id in self.preparing:
+            raise ProtocolError(ErrorCode.DUPLICATE_JOB, f"job {job_id} already exists", job_id)
+        frames = self._discard_inputs(job_id)
+        wanted = {i: frames[i] for i in message.input_indices() if i in frames}
+        cost = sum(decoded_bytes(f.width, f.height) for f in wanted.values())
+        reason = self.context.worker.refusal(self)
+        if reason is not None:
+            raise ProtocolError(ErrorCode.QUEUE_FULL, reason, job_id)
         try:
-            request.validate()
-        except RequestError as error:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, str(error), message.job_id) from None
-        job = Job(message.job_id, request, emit=self._emitter(message.job_id))
-        position = self.context.worker.submit(job)
-        if position is None:
-            raise ProtocolError(
-                ErrorCode.QUEUE_FULL, "the job queue is full; try again later", message.job_id
-            )
-        self.jobs[job.job_id] = job
-        self.outbox.put(encode_message(Queued(job.job_id, position)))
+            self.context.image_budget.reserve(self, cost)  # type: ignore[union-attr]
+        except OverBudget as error:
+            raise ProtocolError(ErrorCode.QUEUE_FULL, str(error), job_id) from None
+        self.image_bytes[job_id] = cost
+        self.preparing.add(job_id)
+        try:
+            request = await self.loop.run_in_executor(self.context.decoder, _prepare, message, wanted)
+        except BaseException:
+            self._release_images(job_id)
+            raise
+        finally:
+            self.preparing.discard(job_id)
+        if self.closed:  # the client left while its images were decoded
+            self._release_images(job_id)
+            return
+        try:  # the model may have failed, or the server begun to stop, meanwhile
+            self._check_can_run(job_id)
+        except ProtocolError:
+            self._release_images(job_id)
+            raise
+        job = Job(job_id, request, emit=self._emitter(job_id), client=self)
+        try:
+            position = self.context.worker.submit(job)
+        except QueueFull as full:
+            self._release_images(job_id)
+            raise ProtocolError(ErrorCode.QUEUE_FULL, str(full), job_id) from None
+        self.jobs[job_id] = job
+        self.outbox.put(encode_message(Queued(job_id, position)))
+
+    def _release_images(self, job_id: int) -> None:
+        self.context.image_budget.release(self, self.image_bytes.pop(job_id, 0))  # type: ignore[union-attr]
 
     def _cancel(self, job_id: int) -> None:
         job = self.jobs.get(job_id)
@@ -248,13 +372,16 @@ class Connection:
             raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no queued or running job {job_id}", job_id)
         if self.context.worker.cancel(job):
             del self.jobs[job_id]
+            self._release_images(job_id)
             self.outbox.put(encode_message(Cancelled(job_id, 0)))
 
     def _drop_all_jobs(self) -> None:
         for job in list(self.jobs.values()):
-            self.context.worker.cancel(job)
-        self.inputs.clear()
-        self.input_bytes = 0
+            if self.context.worker.cancel(job):  # was queued: gone now; a running one ends on its own
+                self.jobs.pop(job.job_id, None)
+                self._release_images(job.job_id)
+        for job_id in list(self.inputs):
+            self._discard_inputs(job_id)
 
     # ------------------------------------------------------------------ events from the worker
 
@@ -275,6 +402,7 @@ class Connection:
             self.outbox.put(item)
         if terminal:
             self.jobs.pop(job_id, None)
+            self._release_images(job_id)
 
     @staticmethod
     def _encode_event(job_id: int, event: JobEvent) -> list[OutboxItem]:
@@ -315,3 +443,13 @@ class Connection:
         if isinstance(event, JobCancelledEvent):
             return [encode_message(Cancelled(job_id, event.last_step))]
         return [encode_message(Error(event.code, event.message, job_id))]
+
+
+def _prepare(message: Generate, frames: dict[int, PixelFrame]) -> GenerationRequest:
+    """Decode the job's images and build its request (on the decoder threads, not the event loop)."""
+    request = build_request(message, input_images(message, frames))
+    try:
+        request.validate()
+    except RequestError as error:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(error), message.job_id) from None
+    return request

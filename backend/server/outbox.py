@@ -4,12 +4,17 @@ The worker thread adds items without waiting; one sender task per client
 drains them in order. When a client falls behind, stale step updates (progress
 text plus preview frame) of a job are dropped, oldest first. Everything else
 (``queued``, results, errors, ``cancelled``) is always delivered, in order.
+
+The bytes waiting are counted: a client that stays over its budget (it sends but
+never reads) is found by ``over_budget_for`` and disconnected by its connection;
+a slow but alive client gets its finished result, however large.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from dataclasses import dataclass
 
 
@@ -23,26 +28,58 @@ class StepUpdate:
 
 
 OutboxItem = str | bytes | StepUpdate
+DROPPABLE_ABOVE = 1024 * 1024
+
+
+def size_of(item: OutboxItem) -> int:
+    if isinstance(item, StepUpdate):
+        return len(item.progress) + len(item.preview)
+    return len(item)
 
 
 class Outbox:
-    def __init__(self, max_pending_steps: int) -> None:
+    def __init__(self, max_pending_steps: int, max_bytes: int | None = None) -> None:
         self.max_pending_steps = max_pending_steps
+        self.max_bytes = max_bytes
         self._items: collections.deque[OutboxItem] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closed = False
         self.dropped_steps = 0
+        self.dropped_replies = 0
+        self.bytes = 0
+        self._over_since: float | None = None
 
-    def put(self, item: OutboxItem) -> None:
+    def put(self, item: OutboxItem, droppable: bool = False) -> None:
+        """Queue ``item``. A ``droppable`` one (a reply to a client's message: a pong, an error) is
+        dropped while more than ``DROPPABLE_ABOVE`` bytes wait: a client that sends but never reads
+        cannot grow its own backlog that way."""
         if self._closed:
+            return
+        if droppable and self.bytes > DROPPABLE_ABOVE:
+            self.dropped_replies += 1
             return
         if isinstance(item, StepUpdate):
             pending = [i for i in self._items if isinstance(i, StepUpdate) and i.job_id == item.job_id]
             if len(pending) >= self.max_pending_steps:
                 self._items.remove(pending[0])
+                self.bytes -= size_of(pending[0])
                 self.dropped_steps += 1
         self._items.append(item)
+        self.bytes += size_of(item)
+        self._note_budget()
         self._wakeup.set()
+
+    def over_budget_for(self, now: float) -> float:
+        """Seconds the bytes waiting have been over the budget without a break (0 when under)."""
+        self._note_budget(now)
+        return 0.0 if self._over_since is None else now - self._over_since
+
+    def _note_budget(self, now: float | None = None) -> None:
+        over = self.max_bytes is not None and self.bytes > self.max_bytes
+        if not over:
+            self._over_since = None
+        elif self._over_since is None:
+            self._over_since = now if now is not None else time.monotonic()
 
     def close(self) -> None:
         self._closed = True
@@ -55,4 +92,7 @@ class Outbox:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        self.bytes -= size_of(item)
+        self._note_budget()
+        return item

@@ -9,6 +9,7 @@ events back through ``Job.emit``, which the connection makes thread-safe
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -84,10 +85,12 @@ class Job:
     request: GenerationRequest
     emit: Callable[[JobEvent], None]
     """Called from the worker thread; must be thread-safe."""
+    client: object = None
+    """Whose job it is: clients take turns (round-robin), each within its share of the queue."""
     cancel_event: threading.Event = field(default_factory=threading.Event)
     last_step: int = 0
-    position: int = 0
-    """Jobs ahead of this one, as last told to its client."""
+    position: int = -1
+    """Jobs ahead of this one, as last told to its client (-1: not queued yet)."""
 
 
 def classify_failure(error: BaseException) -> tuple[ErrorCode, str]:
@@ -102,17 +105,49 @@ def classify_failure(error: BaseException) -> tuple[ErrorCode, str]:
     return ErrorCode.ENGINE_ERROR, f"the job failed: {type(error).__name__}: {text}"[:500]
 
 
+class QueueFull(Exception):
+    """A job does not fit in the queue; the message says whose share is used up."""
+
+
+@dataclass
+class _Line:
+    """One client's queued jobs, and the turn (round) in which its next job runs."""
+
+    jobs: collections.deque[Job]
+    turn: int
+    arrived: int
+    """Ties between lines of one turn go to the earlier one."""
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return (self.turn, self.arrived)
+
+
 class GpuWorker:
-    """Runs queued jobs one at a time, first in first out, on its own thread.
+    """Runs queued jobs one at a time on its own thread, the clients taking turns.
+
+    Each client has its own first-in-first-out line and may hold at most ``max_per_client`` queued
+    jobs. Clients take turns: each line knows the round of its next job, a client that joins does so
+    in the current round (ahead of those already served in it), so one client's batch of thirty holds
+    back another client's single job by at most one job per other client.
 
     It may start before its engine exists (the model still loading): jobs then wait in the queue
     until ``attach`` hands it the engine, or ``fail_waiting`` ends them when loading failed.
     """
 
-    def __init__(self, engine: Engine | None, max_queued: int = 32) -> None:
+    def __init__(
+        self, engine: Engine | None, max_queued: int = 32, max_per_client: int | None = None
+    ) -> None:
         self.engine = engine
         self.max_queued = max_queued
-        self._queue: collections.deque[Job] = collections.deque()
+        self.max_per_client = max_per_client or max(1, max_queued // 4)
+        self._lines: dict[object, _Line] = {}
+        self._round = 0
+        """The turn of the job started last."""
+        self._served: dict[object, int] = {}
+        """The next turn of clients whose line ran empty, so that coming back does not jump the queue
+        (entries at or below the current round say nothing and are pruned)."""
+        self._arrivals = itertools.count()
         self._condition = threading.Condition()
         self._running: Job | None = None
         self._stopping = False
@@ -125,7 +160,7 @@ class GpuWorker:
         """Cancel everything and wait for the running job to stop at its next step."""
         with self._condition:
             self._stopping = True
-            for job in self._queue:
+            for job in self._order():
                 job.cancel_event.set()
             if self._running is not None:
                 self._running.cancel_event.set()
@@ -141,49 +176,99 @@ class GpuWorker:
     def fail_waiting(self, code: ErrorCode, message: str) -> None:
         """End every queued job with an error (the model they waited for could not be loaded)."""
         with self._condition:
-            waiting = list(self._queue)
-            self._queue.clear()
+            waiting = self._order()
+            self._lines.clear()
         for job in waiting:
             job.emit(JobFailed(code, message))
 
-    def submit(self, job: Job) -> int | None:
-        """Queue a job; returns how many jobs run before it, or None when the queue is full."""
+    @property
+    def queued(self) -> int:
         with self._condition:
-            if self._stopping or len(self._queue) >= self.max_queued:
-                return None
-            position = len(self._queue) + (1 if self._running is not None else 0)
-            job.position = position
-            self._queue.append(job)
+            return sum(len(line.jobs) for line in self._lines.values())
+
+    def refusal(self, client: object) -> str | None:
+        """Why a job of ``client`` would not fit now (checked before its images are decoded), or None."""
+        with self._condition:
+            if self._stopping:
+                return "the server is shutting down"
+            line = self._lines.get(client)
+            if line is not None and len(line.jobs) >= self.max_per_client:
+                return (
+                    f"you already have {len(line.jobs)} jobs queued, this server's share per client; "
+                    "try again when one has finished"
+                )
+            if sum(len(line.jobs) for line in self._lines.values()) >= self.max_queued:
+                return "the job queue is full; try again later"
+            return None
+
+    def submit(self, job: Job) -> int:
+        """Queue a job; returns how many jobs run before it. Raises ``QueueFull`` when it does not fit."""
+        reason = self.refusal(job.client)
+        if reason is not None:
+            raise QueueFull(reason)
+        with self._condition:
+            line = self._lines.get(job.client)
+            if line is None:
+                turn = max(self._round, self._served.pop(job.client, 0))
+                line = self._lines[job.client] = _Line(collections.deque(), turn, next(self._arrivals))
+            line.jobs.append(job)
+            self._announce_positions()  # the new job may go ahead of later turns of other clients
             self._condition.notify()
-            return position
+            return job.position
 
     def cancel(self, job: Job) -> bool:
         """Cancel a job. True if it was still queued (removed at once), False if it is running."""
         job.cancel_event.set()
         with self._condition:
-            if job in self._queue:
-                index = self._queue.index(job)
-                self._queue.remove(job)
-                self._announce_positions(start=index)
+            line = self._lines.get(job.client)
+            if line is not None and job in line.jobs:
+                line.jobs.remove(job)
+                if not line.jobs:
+                    del self._lines[job.client]
+                self._announce_positions()
                 return True
         return False
 
-    def _announce_positions(self, start: int = 0) -> None:
-        """Tell the queued jobs from ``start`` on where they now stand (call with the lock held)."""
+    def _order(self) -> list[Job]:
+        """The queued jobs in the order they will run (call with the lock held)."""
+        lines = {client: (line.turn, line.arrived, list(line.jobs)) for client, line in self._lines.items()}
+        order: list[Job] = []
+        while lines:
+            client = min(lines, key=lambda c: lines[c][:2])
+            turn, arrived, jobs = lines[client]
+            order.append(jobs.pop(0))
+            if jobs:
+                lines[client] = (turn + 1, arrived, jobs)
+            else:
+                del lines[client]
+        return order
+
+    def _announce_positions(self) -> None:
+        """Tell queued jobs where they now stand (call with the lock held); a new job learns its
+        position from ``submit``'s answer, the others hear only real moves."""
         ahead = 1 if self._running is not None else 0
-        for index in range(start, len(self._queue)):
-            job = self._queue[index]
-            if job.position != index + ahead:  # only real moves are news
+        for index, job in enumerate(self._order()):
+            if job.position != index + ahead:
+                moved = job.position != -1
                 job.position = index + ahead
-                job.emit(JobMoved(job.position))
+                if moved:
+                    job.emit(JobMoved(job.position))
 
     def _next(self) -> Job | None:
         with self._condition:
-            while (not self._queue or self.engine is None) and not self._stopping:
+            while (not self._lines or self.engine is None) and not self._stopping:
                 self._condition.wait()
             if self._stopping:
                 return None
-            self._running = self._queue.popleft()
+            client = min(self._lines, key=lambda c: self._lines[c].rank)
+            line = self._lines[client]
+            self._running = line.jobs.popleft()
+            self._round = line.turn
+            line.turn += 1
+            if not line.jobs:
+                del self._lines[client]
+                self._served[client] = line.turn
+            self._served = {c: turn for c, turn in self._served.items() if turn > self._round}
             self._announce_positions()
             return self._running
 

@@ -168,7 +168,8 @@ class Connection:
             except Exception as error:
                 return f"the backend did not answer hello: {error}"
             if isinstance(reply, protocol.Error):
-                if reply.code is protocol.ErrorCode.UNAUTHORIZED:
+                token_unreadable = reply.message.startswith("token ")  # e.g. not valid Unicode text
+                if reply.code is protocol.ErrorCode.UNAUTHORIZED or token_unreadable:
                     self._set_state(
                         ConnectionState.UNAUTHORIZED,
                         "the backend refused the token: check the token in the InstantStyle settings",
@@ -178,6 +179,7 @@ class Connection:
             if not isinstance(reply, protocol.ServerHello):
                 return "the backend answered with an unexpected message"
             self.hello = reply
+            _accept_messages_up_to(ws, reply.limits.max_message_bytes)
             self._drop_stale_outgoing()
             self._events.put(Connected(reply))
             self._set_state(ConnectionState.CONNECTED)
@@ -219,6 +221,18 @@ class Connection:
                 continue
             self._events.put(Received(item))
         return "stopped"
+
+
+def _accept_messages_up_to(ws: object, size: int) -> None:
+    """Frames as large as the server announces (a bigger ``--max-side`` means bigger results).
+
+    websockets keeps the limit in its sans-I/O protocol object: ``max_message_size`` since 15.0,
+    ``max_size`` before (a websockets that Krita already has may be older than the vendored one).
+    """
+    state = getattr(ws, "protocol", None)
+    name = "max_message_size" if hasattr(state, "max_message_size") else "max_size"
+    if state is not None and hasattr(state, name):
+        setattr(state, name, size)
 
 
 def _closed_reason(closed: Exception) -> str:
