@@ -164,14 +164,24 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(sender), flush_seconds)
         await self._close(CLOSE_GOING_AWAY, reason)
 
+    def stop_reading(self) -> None:
+        """Read nothing more from this client (the server is shutting down)."""
+        transport = getattr(self.ws, "transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
     async def _close(self, code: int, reason: str, seconds: float = 0.5) -> None:
-        """Close with ``code``; a peer that does not answer the closing handshake is cut off."""
-        try:
-            await asyncio.wait_for(self.ws.close(code, reason), seconds)  # type: ignore[attr-defined]
-        except Exception:  # timed out, or the socket is already broken
+        """Close with ``code``; a peer that does not answer the closing handshake within ``seconds``
+        is cut off. (Not ``wait_for``: cancelling websockets' ``close`` waits out its own timeout.)"""
+        closing = asyncio.ensure_future(self.ws.close(code, reason))  # type: ignore[attr-defined]
+        done, _ = await asyncio.wait({closing}, timeout=seconds)
+        if not done:
             transport = getattr(self.ws, "transport", None)
             if transport is not None:
-                transport.abort()
+                transport.abort()  # the close task then ends at once: the connection is lost
+            await asyncio.wait({closing}, timeout=seconds)
+        if closing.done() and not closing.cancelled():
+            closing.exception()  # retrieved: a broken socket is not worth a warning
 
     async def _watch_backlog(self, every: float = 0.5) -> None:
         """Disconnect a client that stays over its unsent-bytes budget (it sends but does not read)."""
@@ -389,6 +399,9 @@ class Connection:
         """Runs on the worker thread: encode there, hand finished frames to the loop."""
 
         def emit(event: JobEvent) -> None:
+            if isinstance(event, JobCancelledEvent) and self.context.model_state.stopping:
+                # Stopped by the shutdown, not by the client: say so, as for the jobs still queued.
+                event = JobFailed(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
             items = self._encode_event(job_id, event)
             terminal = isinstance(event, JobFinished | JobCancelledEvent | JobFailed)
             # RuntimeError: the loop is closed, nobody is listening any more.

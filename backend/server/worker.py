@@ -153,6 +153,11 @@ class GpuWorker:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
 
+    @property
+    def busy(self) -> bool:
+        """A job is running (its step may still be computing after ``stop`` gave up waiting)."""
+        return self._thread.is_alive() and self._running is not None
+
     def start(self) -> None:
         self._thread.start()
 

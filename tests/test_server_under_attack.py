@@ -1,0 +1,63 @@
+"""A real server process under each attack: its resident memory stays within a documented bound, a
+normal job succeeds afterwards, and SIGTERM ends it within 3 s with every probe running at once.
+
+The bound (docs/RELIABILITY.md): the loaded model plus 512 MiB, whatever clients do. It holds because
+every byte a client can make the server keep is budgeted per server (see backend/server/budgets.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from backend.client import InstantStyleClient
+from protocol import ErrorCode
+from tests.attack_probes import PROBES, STYLE, ServerProcess, a_normal_job
+from tests.server_helpers import generate_message, run
+
+BOUND_MIB = 512
+PROBE_SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = ServerProcess("--max-side", "1024", log=tmp_path_factory.mktemp("attacks") / "serve.log")
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_memory_stays_bounded_and_a_normal_job_follows(server, name):
+    assert run(a_normal_job(server.url), timeout=120)
+    baseline = server.rss_kib()
+    with server.sampling():
+        run(PROBES[name](server.url, PROBE_SECONDS), timeout=180)
+    growth_mib = (server.peak_kib - baseline) / 1024
+    assert growth_mib < BOUND_MIB, f"{name}: the server grew by {growth_mib:.0f} MiB"
+    assert run(a_normal_job(server.url), timeout=180), f"no normal job after {name}"
+
+
+def test_sigterm_ends_the_server_within_3_s_with_every_probe_running(tmp_path):
+    server = ServerProcess("--max-side", "1024", log=tmp_path / "serve.log")
+
+    async def scenario():
+        async with InstantStyleClient.connect(server.url, client="listener") as listener:
+            await listener.submit(generate_message(1, steps=150, width=512, height=512), {0: STYLE})
+            probes = [asyncio.create_task(probe(server.url, 60)) for probe in PROBES.values()]
+            await asyncio.sleep(5)  # every probe under way
+            seconds = await asyncio.to_thread(server.stop)
+            told = await listener.follow(1)
+            for task in probes:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*probes, return_exceptions=True)
+            return seconds, told
+
+    try:
+        seconds, told = run(scenario(), timeout=120)
+    finally:
+        server.stop()
+    assert seconds < 3.0, f"SIGTERM took {seconds:.1f} s"
+    assert told.error is not None and told.error.code is ErrorCode.SHUTTING_DOWN
