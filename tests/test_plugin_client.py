@@ -244,3 +244,17 @@ def test_keep_the_lines_uses_the_controlnet_and_is_refused_without_one(engine):
                 session.submit(settings(kind=JobKind.KEEP_LINES), inputs, TARGET)
         finally:
             session.connection.stop()
+
+
+def test_the_plugin_accepts_messages_as_large_as_the_server_announces(engine):
+    """A server with a larger --max-side sends larger results than the default limit allows."""
+    from websockets.sync.client import connect as sync_connect
+
+    from krita_plugin.instantstyle.connection import _accept_messages_up_to
+    from protocol import Limits
+
+    side = 4096
+    limits = Limits(max_side=side, max_pixels=side * side, max_message_bytes=side * side * 4 + 64)
+    with ServerThread(engine, limits=limits) as server, sync_connect(server.url, max_size=1 << 20) as ws:
+        _accept_messages_up_to(ws, limits.max_message_bytes)
+        assert ws.protocol.max_message_size == side * side * 4 + 64
