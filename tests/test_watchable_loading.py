@@ -92,6 +92,20 @@ def test_the_files_a_loader_reads_are_the_wanted_variant_configs_and_nothing_els
     assert pipeline_folders(index) == ["unet"]
 
 
+def what_the_engine_makes(engine) -> np.ndarray:
+    """The tests' job (``generate_message(1, content_text="a cat")`` with STYLE), run by ``engine``."""
+    request = GenerationRequest(
+        prompt="a lighthouse",
+        style_images=[StyleReference(STYLE)],
+        content_text="a cat",
+        width=64,
+        height=64,
+        steps=3,
+        seed=5,
+    )
+    return engine.generate(request).images[0]
+
+
 def _hub_env(hub: FakeHub, cache: Path) -> dict[str, str]:
     return {
         **os.environ,
@@ -161,17 +175,7 @@ def test_a_hub_model_downloads_with_byte_counts_then_loads_the_same_model(tiny_p
     assert (BASE_REPO, "unet/diffusion_pytorch_model.safetensors") in fetched
     assert (IP_REPO, "sdxl_models/ip-adapter_sdxl.bin") not in fetched  # only what the loaders read
 
-    expected = engine.generate(
-        GenerationRequest(
-            prompt="a lighthouse",
-            style_images=[StyleReference(STYLE)],
-            content_text="a cat",
-            width=64,
-            height=64,
-            steps=3,
-            seed=5,
-        )
-    ).images[0]
+    expected = what_the_engine_makes(engine)
     assert np.array_equal(np.load(tmp_path / "first.npy"), expected)
     # Loading again from the cache downloads nothing and goes straight to loading.
     assert fetched_again == []
@@ -246,17 +250,7 @@ def test_the_server_listens_while_the_model_loads_and_runs_waiting_jobs_once_rea
     assert (download.bytes_done, download.bytes_total) == (1 << 20, 2 << 20)
     assert outcome.error is None and outcome.queued.position == 0 and outcome.result is not None
     assert late_status.ready
-    expected = engine.generate(
-        GenerationRequest(
-            prompt="a lighthouse",
-            style_images=[StyleReference(STYLE)],
-            content_text="a cat",
-            width=64,
-            height=64,
-            steps=3,
-            seed=5,
-        )
-    ).images[0]
+    expected = what_the_engine_makes(engine)
     assert np.array_equal(np.asarray(frame_image(outcome.images[0]))[..., :3], expected)
 
 

@@ -95,20 +95,21 @@ class ServerContext:
 
     def __post_init__(self) -> None:
         config = self.config
-        if self.input_budget is None:
-            budget = ByteBudget(
+        budgets = {
+            "input_budget": (
                 "input bytes waiting for their generate",
                 config.input_bytes_total,
                 config.input_budget_per_client,
-            )
-            object.__setattr__(self, "input_budget", budget)
-        if self.image_budget is None:
-            budget = ByteBudget(
+            ),
+            "image_budget": (
                 "image bytes in queued jobs",
                 config.queued_image_bytes_total,
                 config.queued_image_bytes_per_client,
-            )
-            object.__setattr__(self, "image_budget", budget)
+            ),
+        }
+        for name, (what, total, per_client) in budgets.items():
+            if getattr(self, name) is None:  # frozen: set once, here
+                object.__setattr__(self, name, ByteBudget(what, total, per_client))
 
 
 class Connection:
