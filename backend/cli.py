@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from protocol.enums import BlockPreset, Mode
+from protocol.enums import BlockPreset, Mode, Sampler
 
 log = logging.getLogger("backend")
 
@@ -122,6 +122,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--sampler", choices=[s.value for s in Sampler], help="default: the model's own scheduler"
+    )
     parser.add_argument("--out", type=Path, default=Path("out.png"))
     parser.add_argument("--previews", type=Path, help="folder to write each step's preview PNG into")
 
@@ -194,6 +197,7 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
         guidance_scale=args.cfg,
         seed=args.seed,
         batch=args.batch,
+        sampler=Sampler(args.sampler) if args.sampler else None,
     )
     return message, inputs
 

@@ -6,7 +6,7 @@ messages and back, each validating everything it reads. See PROTOCOL.md.
 """
 
 from .codec import PROTOCOL_VERSION, decode_client_message, decode_server_message, encode_message
-from .enums import BlockPreset, ErrorCode, FrameKind, MessageType, Mode, ModelPhase, PixelFormat
+from .enums import BlockPreset, ErrorCode, FrameKind, MessageType, Mode, ModelPhase, PixelFormat, Sampler
 from .errors import ProtocolError
 from .frames import PixelFrame, decode_frame, encode_frame_header
 from .messages import (
@@ -55,6 +55,7 @@ __all__ = [
     "ProtocolError",
     "Queued",
     "Result",
+    "Sampler",
     "ServerHello",
     "ServerMessage",
     "Started",

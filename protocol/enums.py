@@ -35,6 +35,20 @@ class Mode(str, Enum):
     """A new image that follows the Canny edges of an init image (ControlNet): restyle, keep the lines."""
 
 
+class Sampler(str, Enum):
+    """How the denoising steps are taken (diffusers schedulers; names as artists know them)."""
+
+    EULER = "euler"
+    EULER_A = "euler_a"
+    DPMPP_2M = "dpmpp_2m"
+    DPMPP_2M_KARRAS = "dpmpp_2m_karras"
+    DPMPP_SDE_KARRAS = "dpmpp_sde_karras"
+    DDIM = "ddim"
+    UNIPC = "unipc"
+    LCM = "lcm"
+    TCD = "tcd"
+
+
 class MessageType(str, Enum):
     """The ``type`` of a JSON control message (text frame)."""
 

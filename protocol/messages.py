@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase
+from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, Sampler
 from .errors import ProtocolError
 from .schema import bounds, shown
 
@@ -100,6 +100,8 @@ class Generate:
     guidance_scale: float = field(default=5.0, metadata=bounds(0.0, 30.0))
     seed: int | None = field(default=None, metadata=bounds(0, MAX_SEED))
     batch: int = field(default=1, metadata=bounds(1, 64))
+    sampler: Sampler | None = None
+    """One of ``hello.samplers``; absent: the model's own scheduler."""
 
     def input_indices(self) -> set[int]:
         used = {ref.input for ref in self.style_images}
@@ -220,6 +222,8 @@ class ServerHello:
     modes: list[Mode] = field(default_factory=lambda: list(Mode))
     presets: list[BlockPreset] = field(default_factory=lambda: list(BlockPreset))
     status: ModelStatus = field(default_factory=lambda: ModelStatus(ModelPhase.READY))
+    samplers: list[Sampler] = field(default_factory=list)
+    """What ``generate.sampler`` may name on this server (absent from older servers: none)."""
     """The model's loading phase at connection time; ``model_status`` messages follow as it changes."""
 
 

@@ -33,6 +33,7 @@ from .loading import ModelSpec, load_controlnet, load_models, pick_device, pick_
 from .memory import MemoryTier, pick_tier, place, visiting
 from .previews import PreviewStream, StepPreview
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
+from .samplers import make_scheduler
 from .style_embedding import StyleEncoder, ip_adapter_embeds
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,8 @@ class InstantStyleEngine:
         )
         self.controlnet = controlnet
         self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
+        self._model_scheduler = pipeline.scheduler  # type: ignore[attr-defined]
+        """The model's own scheduler: the default sampler and the base of the others' configs."""
         self._lock = threading.Lock()
         self.compiled = False
 
@@ -301,6 +304,13 @@ class InstantStyleEngine:
         request.validate()
         pipe = self.pipeline_for(request.mode)
         pipe.set_ip_adapter_scale(self.scale_map(request))  # type: ignore[attr-defined]
+        # Every job gets its own scheduler: they keep per-run state, and the sampler is the job's choice.
+        base = self._model_scheduler
+        pipe.scheduler = (  # type: ignore[attr-defined]
+            make_scheduler(request.sampler, base.config)
+            if request.sampler is not None
+            else type(base).from_config(base.config)
+        )
         # A full VAE decode above ~1.5k pixels a side needs more memory than the UNet: tile it there
         # (the VAE is shared by every mode's pipeline, so this is per job).
         vae = self.pipeline.vae  # type: ignore[attr-defined]

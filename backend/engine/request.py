@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from protocol.enums import BlockPreset, Mode
+from protocol.enums import BlockPreset, Mode, Sampler
 
 from .blocks import BlockScaleMap
 
@@ -55,6 +55,8 @@ class GenerationRequest:
     guidance_scale: float = 5.0
     seed: int = 42
     batch: int = 1
+    sampler: Sampler | None = None
+    """None: the model's own scheduler."""
 
     def validate(self) -> None:
         for name, value in (("width", self.width), ("height", self.height)):

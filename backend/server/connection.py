@@ -31,6 +31,7 @@ from protocol import (
     ProtocolError,
     Queued,
     Result,
+    Sampler,
     ServerHello,
     Started,
     decode_client_message,
@@ -236,6 +237,7 @@ class Connection:
             config.limits,
             list(self.context.modes),
             status=self.context.model_state.status,
+            samplers=list(Sampler),
         )
         await self.ws.send(encode_message(reply))  # type: ignore[attr-defined]
         log.info("client %s connected", self.name)

@@ -76,6 +76,7 @@ def build_request(message: Generate, images: dict[int, Image.Image]) -> Generati
         guidance_scale=message.guidance_scale,
         seed=message.seed if message.seed is not None else random.randrange(2**31),
         batch=message.batch,
+        sampler=message.sampler,
     )
 
 

@@ -1,0 +1,95 @@
+"""Samplers: each maps to its diffusers scheduler with the right settings, is deterministic with a seed,
+and reaches the engine through the protocol and the server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.client import InstantStyleClient, frame_image
+from backend.engine.request import GenerationRequest, StyleReference
+from backend.engine.samplers import SAMPLERS, make_scheduler
+from protocol import ErrorCode, Sampler
+from tests.conftest import noise_image
+from tests.server_helpers import generate_message, run, running_server
+
+STYLE = noise_image(3)
+
+
+def job(sampler: Sampler | None, steps: int = 4) -> GenerationRequest:
+    return GenerationRequest(
+        prompt="a lighthouse",
+        style_images=[StyleReference(STYLE)],
+        width=64,
+        height=64,
+        steps=steps,
+        seed=21,
+        sampler=sampler,
+    )
+
+
+def test_every_sampler_has_its_scheduler_and_settings(engine):
+    base = engine.pipeline.scheduler.config
+    expected = {
+        Sampler.EULER: ("EulerDiscreteScheduler", {}),
+        Sampler.EULER_A: ("EulerAncestralDiscreteScheduler", {}),
+        Sampler.DPMPP_2M: (
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
+        ),
+        Sampler.DPMPP_2M_KARRAS: ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+        Sampler.DPMPP_SDE_KARRAS: (
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+        ),
+        Sampler.DDIM: ("DDIMScheduler", {}),
+        Sampler.UNIPC: ("UniPCMultistepScheduler", {}),
+        Sampler.LCM: ("LCMScheduler", {"timestep_spacing": "trailing"}),
+        Sampler.TCD: ("TCDScheduler", {"timestep_spacing": "trailing"}),
+    }
+    assert set(SAMPLERS) == set(Sampler) == set(expected)
+    for sampler, (name, settings) in expected.items():
+        scheduler = make_scheduler(sampler, base)
+        assert type(scheduler).__name__ == name, sampler
+        for key, value in settings.items():
+            assert scheduler.config[key] == value, (sampler, key)
+        # The model's own training settings carry over.
+        assert scheduler.config.num_train_timesteps == base.num_train_timesteps
+        assert scheduler.config.beta_schedule == base.beta_schedule
+
+
+@pytest.mark.parametrize("sampler", list(Sampler), ids=lambda s: s.value)
+def test_each_sampler_runs_and_is_deterministic_with_a_seed(engine, sampler):
+    first = engine.generate(job(sampler)).images[0]
+    again = engine.generate(job(sampler)).images[0]
+    assert np.array_equal(first, again)
+    assert first.shape == (64, 64, 3) and first.std() > 0
+
+
+def test_samplers_make_different_pictures_and_the_default_is_the_models_own(engine):
+    default = engine.generate(job(None)).images[0]
+    pictures = {
+        sampler: engine.generate(job(sampler)).images[0] for sampler in (Sampler.EULER_A, Sampler.DDIM)
+    }
+    assert not np.array_equal(pictures[Sampler.EULER_A], pictures[Sampler.DDIM])
+    # A job naming no sampler after one that did runs exactly as before it.
+    assert np.array_equal(engine.generate(job(None)).images[0], default)
+
+
+def test_the_sampler_reaches_the_engine_through_the_server_and_hello_lists_them(engine):
+    async def scenario():
+        async with running_server(engine) as server, InstantStyleClient.connect(server.url) as client:
+            await client.submit(generate_message(1, steps=4, seed=21, sampler=Sampler.EULER_A), {0: STYLE})
+            done = await client.follow(1)
+            await client.connection.send(
+                '{"type":"generate","version":1,"job_id":2,"prompt":"x","style_images":[{"input":0}],'
+                '"sampler":"k_lms_turbo"}'
+            )
+            refused = await client.receive()
+            return client.hello.samplers, done, refused
+
+    samplers, done, refused = run(scenario())
+    assert samplers == list(Sampler)
+    expected = engine.generate(job(Sampler.EULER_A)).images[0]
+    assert np.array_equal(np.asarray(frame_image(done.images[0]))[..., :3], expected)
+    assert refused.code is ErrorCode.BAD_FIELD and "sampler" in refused.message
