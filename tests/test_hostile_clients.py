@@ -19,7 +19,17 @@ from websockets.asyncio.client import connect
 from backend.client import InstantStyleClient, input_frame
 from backend.server import inputs
 from backend.server.config import ConfigError, ServerConfig
-from protocol import ErrorCode, FrameKind, Hello, Limits, PixelFormat, encode_frame_header, encode_message
+from protocol import (
+    ErrorCode,
+    FrameKind,
+    Hello,
+    Limits,
+    Ping,
+    PixelFormat,
+    Pong,
+    encode_frame_header,
+    encode_message,
+)
 from tests.conftest import noise_image
 from tests.server_helpers import generate_message, run, running_server
 
@@ -68,6 +78,8 @@ def test_clients_take_turns_so_a_single_job_is_not_stuck_behind_a_batch(engine):
                         generate_message(job_id, steps=1, prompt=f"batch {job_id}"), {0: STYLE}
                     )
                 await other.submit(generate_message(1, steps=1, prompt="other"), {0: STYLE})
+                # Connections are served concurrently: let "other" be queued before "single" asks.
+                assert type(await other.receive()).__name__ == "Queued"
                 await single.submit(generate_message(1, steps=1, prompt="single"), {0: STYLE})
                 gate.set()
                 batch_outcomes = await batch.follow_all(list(range(1, 11)))
@@ -98,7 +110,7 @@ def test_a_client_that_never_reads_is_cut_off_and_the_others_are_served(engine):
                     message = generate_message(job_id, steps=1, width=512, height=512, batch=4)
                     await silent.send(encode_message(message))
                 for nonce in range(2000):  # replies to a client that does not read are dropped, not kept
-                    await silent.send(encode_message_ping(nonce))
+                    await silent.send(encode_message(Ping(nonce)))
                 await a_normal_job_succeeds(server.url)
                 deadline = time.monotonic() + 60
                 while len(server.connections) > 0 and time.monotonic() < deadline:
@@ -110,12 +122,6 @@ def test_a_client_that_never_reads_is_cut_off_and_the_others_are_served(engine):
     assert run(scenario(), timeout=180), "the non-reading client was never disconnected"
 
 
-def encode_message_ping(nonce: int) -> str:
-    from protocol import Ping
-
-    return encode_message(Ping(nonce))
-
-
 def test_before_hello_only_small_messages_and_a_bounded_number_of_connections(engine):
     async def scenario():
         async with running_server(engine, max_connections=4, pre_auth_max_bytes=4096) as server:
@@ -124,7 +130,10 @@ def test_before_hello_only_small_messages_and_a_bounded_number_of_connections(en
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await stranger.recv()
                 assert closed.value.rcvd.code == 1009  # message too big
-            await asyncio.sleep(0.2)  # the stranger's connection is gone
+            for _ in range(200):  # until the server has let go of the stranger's connection
+                if not server.connections:
+                    break
+                await asyncio.sleep(0.05)
             held = [await connect(server.url).__aenter__() for _ in range(4)]
             with pytest.raises(websockets.InvalidStatus) as refused:
                 async with connect(server.url):
@@ -147,12 +156,11 @@ def test_input_bytes_are_budgeted_per_client_and_per_server(engine):
         for job_id, index in frames:
             header = encode_frame_header(FrameKind.INPUT, job_id, index, 512, 512, PixelFormat.RGBA8)
             await client.connection.send(header + bytes(512 * 512 * 4))
+        await client.connection.send(encode_message(Ping(7)))  # answered after every frame before it
         errors = []
-        while True:
-            try:
-                errors.append(await asyncio.wait_for(client.receive(), 0.5))
-            except TimeoutError:
-                return errors
+        while not isinstance(reply := await client.receive(), Pong):
+            errors.append(reply)
+        return errors
 
     async def scenario():
         async with running_server(engine, **config) as server:

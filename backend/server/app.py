@@ -211,10 +211,7 @@ def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            # On Windows there are no signal handlers: KeyboardInterrupt ends asyncio.run instead.
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
+        _on_stop_signal(loop, stop)
         await server.start()
         print(f"InstantStyle backend listening on {server.url}; loading {info.label}", flush=True)
         loading = asyncio.create_task(server.load_model(load))
@@ -222,11 +219,6 @@ def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
         await stop.wait()
         loading.cancel()
         log.info("shutting down")
-        # The graceful steps are each bounded; should the machine be too loaded to finish them in
-        # time, the process still ends: nothing is lost that a client was not already told about.
-        deadline = threading.Timer(SHUTDOWN_DEADLINE_SECONDS, _exit_now, ("shutdown deadline reached",))
-        deadline.daemon = True
-        deadline.start()
         stopping = time.monotonic()
         await server.close()
         log.info("stopped in %.2f s", time.monotonic() - stopping)
@@ -236,6 +228,49 @@ def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
     # threads and, on a CPU, for a job step still computing on the worker thread: seconds, for nothing.
     _exit_now("stopped" if not server.worker.busy else "stopped (a job step was still computing)")
     return 0
+
+
+def _on_stop_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM set ``stop`` and start the shutdown deadline.
+
+    Where POSIX allows, a thread of its own waits for the signals (blocked everywhere else): the
+    deadline then starts when the signal arrives, not when a busy event loop gets round to it. The
+    graceful steps are each bounded; should the machine be too loaded to finish them in time, the
+    process still ends, and nothing is lost that a client was not already told about.
+    """
+    signals = {signal.SIGINT, signal.SIGTERM}
+
+    def arrived() -> None:
+        deadline = threading.Timer(SHUTDOWN_DEADLINE_SECONDS, _exit_now, ("shutdown deadline reached",))
+        deadline.daemon = True
+        deadline.start()
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            loop.call_soon_threadsafe(stop.set)
+
+    if hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait"):
+        once = threading.Event()
+
+        def arrived_once(*_args: object) -> None:
+            if not once.is_set():
+                once.set()
+                arrived()
+
+        # A thread started before this one (a library's) may still take the signal: then Python's
+        # handler runs it, on the main thread, a little later.
+        for signum in signals:
+            signal.signal(signum, arrived_once)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # threads started from here on inherit it
+
+        def wait() -> None:
+            signal.sigwait(signals)
+            arrived_once()
+
+        threading.Thread(target=wait, name="stop-signal", daemon=True).start()
+        return
+    for signum in signals:
+        # On Windows there are no signal handlers: KeyboardInterrupt ends asyncio.run instead.
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, arrived)
 
 
 SHUTDOWN_DEADLINE_SECONDS = 2.5

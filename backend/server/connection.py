@@ -154,7 +154,7 @@ class Connection:
         """Tell the client the server is going away, then close, within about a second whatever the
         client does (a peer that does not read cannot hold the shutdown up). Each of its live jobs
         ends with that error, then one without a job says it for the connection."""
-        for job_id in sorted(self.jobs):
+        for job_id in sorted(self.jobs.keys() | self.preparing):  # queued, running, or still decoding
             self.outbox.put(encode_message(Error(ErrorCode.SHUTTING_DOWN, reason, job_id)))
         self._drop_all_jobs()
         self.jobs.clear()
@@ -359,7 +359,7 @@ class Connection:
             raise
         finally:
             self.preparing.discard(job_id)
-        if self.closed:  # the client left while its images were decoded
+        if self.closed or self.outbox.closed:  # the client left, or was told of the shutdown, meanwhile
             self._release_images(job_id)
             return
         try:  # the model may have failed, or the server begun to stop, meanwhile

@@ -81,6 +81,10 @@ class Outbox:
         elif self._over_since is None:
             self._over_since = now if now is not None else time.monotonic()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         self._closed = True
         self._wakeup.set()
