@@ -233,41 +233,19 @@ def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
 def _on_stop_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     """SIGINT/SIGTERM set ``stop`` and start the shutdown deadline.
 
-    Where POSIX allows, a thread of its own waits for the signals (blocked everywhere else): the
-    deadline then starts when the signal arrives, not when a busy event loop gets round to it. The
-    graceful steps are each bounded; should the machine be too loaded to finish them in time, the
-    process still ends, and nothing is lost that a client was not already told about.
+    The graceful steps are each bounded; should the machine be too loaded to finish them in time, the
+    process still ends, and nothing is lost that a client was not already told about. (asyncio's own
+    handlers also wake an idle loop; a thread waiting in ``sigwait`` with the signals blocked elsewhere
+    missed signals that a library's earlier thread took, and the idle loop never woke.)
     """
-    signals = {signal.SIGINT, signal.SIGTERM}
 
     def arrived() -> None:
         deadline = threading.Timer(SHUTDOWN_DEADLINE_SECONDS, _exit_now, ("shutdown deadline reached",))
         deadline.daemon = True
         deadline.start()
-        with contextlib.suppress(RuntimeError):  # the loop already ended
-            loop.call_soon_threadsafe(stop.set)
+        stop.set()
 
-    if hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait"):
-        once = threading.Event()
-
-        def arrived_once(*_args: object) -> None:
-            if not once.is_set():
-                once.set()
-                arrived()
-
-        # A thread started before this one (a library's) may still take the signal: then Python's
-        # handler runs it, on the main thread, a little later.
-        for signum in signals:
-            signal.signal(signum, arrived_once)
-        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # threads started from here on inherit it
-
-        def wait() -> None:
-            signal.sigwait(signals)
-            arrived_once()
-
-        threading.Thread(target=wait, name="stop-signal", daemon=True).start()
-        return
-    for signum in signals:
+    for signum in (signal.SIGINT, signal.SIGTERM):
         # On Windows there are no signal handlers: KeyboardInterrupt ends asyncio.run instead.
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, arrived)
