@@ -77,14 +77,20 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
     return replace(spec, local_files_only=True) if args.offline else spec
 
 
-def load_engine(args: argparse.Namespace):  # -> InstantStyleEngine
-    from backend.engine.engine import InstantStyleEngine, LoadPlan
+def load_plan(args: argparse.Namespace):  # -> LoadPlan
+    """What the model options ask to load, where and how (no weight read yet)."""
+    from backend.engine.engine import LoadPlan
 
     spec = model_spec(args)
     if spec.is_test_model:
         log.warning("using the %s", spec.label)
-    plan = LoadPlan.make(spec, args.device, args.dtype, args.memory_tier, compile=args.compile)
-    return InstantStyleEngine.load_planned(plan)
+    return LoadPlan.make(spec, args.device, args.dtype, args.memory_tier, compile=args.compile)
+
+
+def load_engine(args: argparse.Namespace):  # -> InstantStyleEngine
+    from backend.engine.engine import InstantStyleEngine
+
+    return InstantStyleEngine.load_planned(load_plan(args))
 
 
 def style_argument(text: str) -> tuple[Path, float]:
@@ -287,17 +293,14 @@ def _run(argv: list[str] | None) -> int:
     check_model_arguments(args)
     if args.command == "generate":
         return run_generate(args)
-    from backend.engine.engine import InstantStyleEngine, LoadPlan
+    from backend.engine.engine import InstantStyleEngine
     from backend.server.app import config_from_args, run_server
     from protocol import ModelPhase, ModelStatus
 
     config = config_from_args(args)
     config.check()
     check_port(config.host, config.port)
-    spec = model_spec(args)
-    if spec.is_test_model:
-        log.warning("using the %s", spec.label)
-    plan = LoadPlan.make(spec, args.device, args.dtype, args.memory_tier, compile=args.compile)
+    plan = load_plan(args)
 
     def load(report):  # on the server's loading thread, while it already accepts clients
         engine = InstantStyleEngine.load_planned(plan, report)

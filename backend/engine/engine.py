@@ -55,6 +55,10 @@ class EngineInfo:
     memory_tier: str = MemoryTier.FULL.value
 
 
+def engine_info(spec: ModelSpec, device: torch.device, dtype: torch.dtype, tier: MemoryTier) -> EngineInfo:
+    return EngineInfo(spec.label, spec.is_test_model, str(device), str(dtype), tier.value)
+
+
 @dataclass(frozen=True)
 class LoadPlan:
     """Where and how a model will be loaded, known before any weight is read: a server can announce
@@ -82,10 +86,7 @@ class LoadPlan:
 
     @property
     def info(self) -> EngineInfo:
-        spec = self.spec
-        return EngineInfo(
-            spec.label, spec.is_test_model, str(self.device), str(self.dtype), self.memory_tier.value
-        )
+        return engine_info(self.spec, self.device, self.dtype, self.memory_tier)
 
     @property
     def modes(self) -> list[Mode]:
@@ -217,13 +218,7 @@ class InstantStyleEngine:
 
     @property
     def info(self) -> EngineInfo:
-        return EngineInfo(
-            self.spec.label,
-            self.spec.is_test_model,
-            str(self.device),
-            str(self.dtype),
-            self.memory_tier.value,
-        )
+        return engine_info(self.spec, self.device, self.dtype, self.memory_tier)
 
     def pipeline_for(self, mode: Mode) -> object:
         """The pipeline for a mode; img2img and inpaint share every module with the base."""

@@ -93,7 +93,6 @@ class PreviewStream:
         self, emit: Callable[[StepPreview], None], device: torch.device, deferred: bool | None = None
     ):
         self.emit = emit
-        self.device = device
         self.deferred = device.type == "cuda" if deferred is None else deferred
         self._pending: _InFlight | None = None
         self._buffers: list[torch.Tensor] = []

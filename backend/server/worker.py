@@ -202,7 +202,7 @@ class GpuWorker:
                     f"you already have {len(line.jobs)} jobs queued, this server's share per client; "
                     "try again when one has finished"
                 )
-            if sum(len(line.jobs) for line in self._lines.values()) >= self.max_queued:
+            if self.queued >= self.max_queued:
                 return "the job queue is full; try again later"
             return None
 
@@ -236,16 +236,17 @@ class GpuWorker:
 
     def _order(self) -> list[Job]:
         """The queued jobs in the order they will run (call with the lock held)."""
-        lines = {client: (line.turn, line.arrived, list(line.jobs)) for client, line in self._lines.items()}
+        ranks = {client: line.rank for client, line in self._lines.items()}
+        jobs = {client: list(line.jobs) for client, line in self._lines.items()}
         order: list[Job] = []
-        while lines:
-            client = min(lines, key=lambda c: lines[c][:2])
-            turn, arrived, jobs = lines[client]
-            order.append(jobs.pop(0))
-            if jobs:
-                lines[client] = (turn + 1, arrived, jobs)
+        while ranks:
+            client = min(ranks, key=ranks.__getitem__)
+            order.append(jobs[client].pop(0))
+            turn, arrived = ranks[client]
+            if jobs[client]:
+                ranks[client] = (turn + 1, arrived)
             else:
-                del lines[client]
+                del ranks[client]
         return order
 
     def _announce_positions(self) -> None:
@@ -265,7 +266,7 @@ class GpuWorker:
                 self._condition.wait()
             if self._stopping:
                 return None
-            client = min(self._lines, key=lambda c: self._lines[c].rank)
+            client = self._order()[0].client  # the one rule of who goes next
             line = self._lines[client]
             self._running = line.jobs.popleft()
             self._round = line.turn
