@@ -125,9 +125,7 @@ class Connection:
         self.image_bytes: dict[int, int] = {}
         """Each live job's reservation in the server's image budget."""
         self.inputs: dict[int, dict[int, PixelFrame]] = {}
-        self.input_bytes = 0
         self.name = "?"
-        self.closed = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,7 +141,6 @@ class Connection:
         except Exception:  # a broken socket ends this client only
             log.debug("connection %s ended abruptly", self.name, exc_info=True)
         finally:
-            self.closed = True
             self._drop_all_jobs()
             self.outbox.close()
             sender.cancel()
@@ -197,7 +194,6 @@ class Connection:
                     self.outbox.bytes,
                     limit,
                 )
-                self.closed = True
                 self._drop_all_jobs()
                 self.outbox.close()
                 await self._close(CLOSE_POLICY, "too slow: the client does not read what it asked for")
@@ -306,7 +302,6 @@ class Connection:
         slots = self.inputs.setdefault(frame.job_id, {})
         if frame.index in slots:  # replaced: its bytes no longer count
             old = slots.pop(frame.index)
-            self.input_bytes -= len(old.payload)
             self.context.input_budget.release(self, len(old.payload))  # type: ignore[union-attr]
         try:
             self.context.input_budget.reserve(self, len(frame.payload))  # type: ignore[union-attr]
@@ -314,12 +309,10 @@ class Connection:
             self._discard_inputs(frame.job_id)
             raise ProtocolError(ErrorCode.TOO_LARGE, str(error), frame.job_id) from None
         slots[frame.index] = frame
-        self.input_bytes += len(frame.payload)
 
     def _discard_inputs(self, job_id: int) -> dict[int, PixelFrame]:
         frames = self.inputs.pop(job_id, {})
         size = sum(len(f.payload) for f in frames.values())
-        self.input_bytes -= size
         self.context.input_budget.release(self, size)  # type: ignore[union-attr]
         return frames
 
@@ -359,7 +352,7 @@ class Connection:
             raise
         finally:
             self.preparing.discard(job_id)
-        if self.closed or self.outbox.closed:  # the client left, or was told of the shutdown, meanwhile
+        if self.outbox.closed:  # the client left, was cut off, or was told of the shutdown meanwhile
             self._release_images(job_id)
             return
         try:  # the model may have failed, or the server begun to stop, meanwhile
