@@ -54,7 +54,6 @@ class ServerProcess:
         )
         self.url = self._wait_for("InstantStyle backend ready on ").split(" on ")[1].split(" ")[0]
         self.peak_kib = 0
-        self._sampling = threading.Event()
 
     def _wait_for(self, start: str, timeout: float = 120) -> str:
         deadline = time.monotonic() + timeout
