@@ -30,6 +30,7 @@ from protocol import (
     encode_frame_header,
     encode_message,
 )
+from tests.attack_probes import a_normal_job
 from tests.conftest import noise_image
 from tests.server_helpers import generate_message, run, running_server
 
@@ -37,10 +38,7 @@ STYLE = noise_image(3)
 
 
 async def a_normal_job_succeeds(url: str) -> None:
-    async with InstantStyleClient.connect(url, client="after-the-probe") as client:
-        await client.submit(generate_message(99, steps=2), {0: STYLE})
-        outcome = await client.follow(99)
-    assert outcome.error is None and len(outcome.images) == 1, outcome.error
+    assert await a_normal_job(url), "a normal job failed after the probe"
 
 
 class GatedEngine:
