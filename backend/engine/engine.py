@@ -23,17 +23,20 @@ import torch
 from PIL import Image
 
 from protocol.enums import BlockPreset, Mode, ModelPhase
-from protocol.messages import ModelStatus
+from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
 from .blocks import UNetAttentionLayout, build_scale_map
 from .canny import canny
 from .decode import check_finite, decode
 from .downloads import DownloadProgress, prefetch
 from .loading import ModelSpec, load_controlnet, load_models, pick_device, pick_dtype
+from .loras import LoraSet
 from .memory import MemoryTier, pick_tier, place, visiting
 from .previews import PreviewStream, StepPreview
+from .prompt_cache import PromptCache, PromptKey
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
 from .samplers import make_scheduler
+from .speed_presets import SpeedPreset, lora_sources, speed_preset
 from .style_embedding import StyleEncoder, ip_adapter_embeds
 
 log = logging.getLogger(__name__)
@@ -145,8 +148,11 @@ class InstantStyleEngine:
         controlnet: torch.nn.Module | None = None,
         memory_tier: MemoryTier = MemoryTier.FULL,
         device: torch.device | None = None,
+        loras: LoraSet | None = None,
+        prompt_cache_size: int = 32,
     ) -> None:
-        """``device``: where jobs run (default: where the UNet's weights are, i.e. the full tier)."""
+        """``device``: where jobs run (default: where the UNet's weights are, i.e. the full tier);
+        ``loras``: the LoRAs loaded into ``pipeline`` (``load_planned`` loads those of the spec)."""
         from transformers import CLIPImageProcessorPil
 
         self.pipeline = pipeline
@@ -171,6 +177,8 @@ class InstantStyleEngine:
         self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
         self._model_scheduler = pipeline.scheduler  # type: ignore[attr-defined]
         """The model's own scheduler: the default sampler and the base of the others' configs."""
+        self.loras = loras or LoraSet(pipeline)
+        self.prompts = PromptCache(prompt_cache_size)
         self._lock = threading.Lock()
         self.compiled = False
 
@@ -195,9 +203,14 @@ class InstantStyleEngine:
         prefetch(spec, dtype, lambda progress: report(download_status(progress)))
         report(ModelStatus(ModelPhase.LOADING, f"Loading {spec.label} ({device}, {tier.value})"))
         pipeline = load_models(spec, device, dtype)
+        loras = LoraSet(pipeline)
+        for source in lora_sources(list(spec.speed_presets), list(spec.loras)):
+            where = "" if source.local else " (downloading it first if needed)"
+            report(ModelStatus(ModelPhase.LOADING, f"Loading LoRA {source.name}{where}"))
+            loras.load([source], spec.cache_dir, spec.local_files_only)
         controlnet = load_controlnet(spec, dtype)
         place(pipeline, controlnet, tier, device)
-        engine = cls(pipeline, spec, controlnet=controlnet, memory_tier=tier, device=device)
+        engine = cls(pipeline, spec, controlnet=controlnet, memory_tier=tier, device=device, loras=loras)
         if plan.compile:
             engine.compile_unet()
         return engine
@@ -206,6 +219,26 @@ class InstantStyleEngine:
     def modes(self) -> list[Mode]:
         """What this engine can run: ``control`` needs a ControlNet."""
         return [mode for mode in Mode if mode is not Mode.CONTROL or self.controlnet is not None]
+
+    @property
+    def speed_presets(self) -> list[SpeedPreset]:
+        """The speed presets asked for at start whose LoRA loaded."""
+        presets = [speed_preset(name) for name in self.spec.speed_presets]
+        return [preset for preset in presets if preset.lora.name in self.loras.loaded]
+
+    @property
+    def features(self) -> ModelFeatures:
+        """What clients are told once the model is ready."""
+        presets = [
+            SpeedPresetInfo(p.name, p.label, p.lora.name, p.lora_weight, p.sampler, p.steps, p.guidance_scale)
+            for p in self.speed_presets
+        ]
+        return ModelFeatures(
+            sorted(self.loras.loaded),
+            presets,
+            self.layout.attention_names(),
+            list(self.loras.failed.values()),
+        )
 
     @property
     def device(self) -> torch.device:
@@ -257,11 +290,14 @@ class InstantStyleEngine:
             request.content_text,
             request.content_scale,
         )
+        guidance = request.guidance_scale > 1.0
+        prompt = PromptKey(
+            request.prompt, request.negative_prompt, guidance, self.loras.text_state(request.loras)
+        )
         kwargs: dict[str, object] = {
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt or None,
+            **self.prompts.encodings(self.pipeline, prompt).as_kwargs(),
             "ip_adapter_image_embeds": ip_adapter_embeds(
-                style.to(device=self.device, dtype=self.dtype), request.guidance_scale > 1.0
+                style.to(device=self.device, dtype=self.dtype), guidance
             ),
             "num_inference_steps": request.steps,
             "guidance_scale": request.guidance_scale,
@@ -299,6 +335,7 @@ class InstantStyleEngine:
         request.validate()
         pipe = self.pipeline_for(request.mode)
         pipe.set_ip_adapter_scale(self.scale_map(request))  # type: ignore[attr-defined]
+        self.loras.activate(request.loras)  # before the prompt is encoded: a LoRA may change it
         # Every job gets its own scheduler: they keep per-run state, and the sampler is the job's choice.
         base = self._model_scheduler
         pipe.scheduler = (  # type: ignore[attr-defined]
@@ -403,6 +440,7 @@ class InstantStyleEngine:
             self.generate(request)
         self.encoder.image_cache.clear()
         self.encoder.text_cache.clear()
+        self.prompts.clear()
         return time.perf_counter() - started
 
     def release_memory(self) -> None:

@@ -16,9 +16,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from .loras import LoraSource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +60,10 @@ class ModelSpec:
     (``madebyollin/sdxl-vae-fp16-fix`` decodes in fp16 without NaN and needs no fp32 upcast)."""
     base_config: str | None = None
     """For a single-file base: a diffusers folder or repo id holding the component configs."""
+    loras: tuple[LoraSource, ...] = ()
+    """LoRAs to load at start; jobs choose among them (``loras.py``)."""
+    speed_presets: tuple[str, ...] = ()
+    """Few-step presets to offer (``speed_presets.py``); their LoRAs load with the others."""
     cache_dir: str | None = None
     local_files_only: bool = False
     label: str = "SDXL base 1.0 + ip-adapter_sdxl"

@@ -11,6 +11,9 @@ from protocol.enums import BlockPreset, Mode, Sampler
 
 from .blocks import BlockScaleMap
 
+LoraSelection = tuple[tuple[str, float], ...]
+"""The LoRAs a job uses with their weights, in order; empty: none."""
+
 DEFAULT_NEGATIVE_PROMPT = (
     "text, watermark, lowres, low quality, worst quality, deformed, glitch, low contrast, noisy, "
     "saturation, blurry"
@@ -57,6 +60,7 @@ class GenerationRequest:
     batch: int = 1
     sampler: Sampler | None = None
     """None: the model's own scheduler."""
+    loras: LoraSelection = ()
 
     def validate(self) -> None:
         for name, value in (("width", self.width), ("height", self.height)):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from .loras import without_lora
 from .memory import visiting
 
 
@@ -155,7 +156,8 @@ class StyleEncoder:
             truncation=True,
             return_tensors="pt",
         )
-        embeds = self.text_encoder(tokens.input_ids.to(device)).text_embeds
+        with without_lora(self.text_encoder):
+            embeds = self.text_encoder(tokens.input_ids.to(device)).text_embeds
         self.counts.texts += 1
         self.text_cache.put(text, embeds)
         return embeds

@@ -6,7 +6,9 @@
 - ``tiny-sdxl.safetensors``: one original-format (SGM) checkpoint file;
 - ``ip-adapter/``: the ``h94/IP-Adapter`` layout (``sdxl_models/ip-adapter_sdxl``
   in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``);
-- ``controlnet-canny/``: a ControlNet folder, as ``diffusers/controlnet-canny-sdxl-1.0`` has.
+- ``controlnet-canny/``: a ControlNet folder, as ``diffusers/controlnet-canny-sdxl-1.0`` has;
+- ``loras/``: random LoRAs in the diffusers/PEFT and the Kohya key layouts (``backend/tiny/loras.py``),
+  also as a hub repo.
 
 Everything is generated from a fixed seed, so one generator version always
 writes the same weights; a marker file lets callers reuse a finished folder.
@@ -25,12 +27,14 @@ import torch
 
 from backend.engine.loading import ModelSpec
 from backend.tiny.components import TINY_LABEL, build_models
+from backend.tiny.loras import write_tiny_loras
 from backend.tiny.single_file import save_single_file
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 TINY_REPO_ID = "instantstyle/tiny-sdxl"
 TINY_IP_REPO_ID = "instantstyle/tiny-ip-adapter"
 TINY_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-canny"
+TINY_LORA_REPO_ID = "instantstyle/tiny-loras"
 SNAPSHOT = "0" * 39 + GENERATOR_VERSION  # a commit-hash-shaped revision name
 _MARKER = "COMPLETE.json"
 
@@ -70,6 +74,14 @@ class TinyModelPaths:
     @property
     def controlnet(self) -> Path:
         return self.root / "controlnet-canny"
+
+    @property
+    def loras(self) -> Path:
+        return self.root / "loras"
+
+    def lora(self, name: str) -> Path:
+        """``style-peft``, ``style-kohya`` (the same LoRA in two layouts) or ``other-peft``."""
+        return self.loras / f"{name}.safetensors"
 
     def spec(self, layout: str = "diffusers") -> ModelSpec:
         """A ``ModelSpec`` loading the tiny model from one of its layouts."""
@@ -137,10 +149,12 @@ def _write_all(paths: TinyModelPaths) -> None:
     torch.save(models.ip_adapter_state, paths.ip_adapter_bin)
     models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]
     models.controlnet.save_pretrained(paths.controlnet)  # type: ignore[attr-defined]
+    write_tiny_loras(paths.loras, models.pipeline.unet, models.pipeline.text_encoder)  # type: ignore[attr-defined]
 
     write_hub_snapshot(paths.hub_cache, TINY_REPO_ID, paths.diffusers_folder)
     write_hub_snapshot(paths.hub_cache, TINY_IP_REPO_ID, paths.ip_adapter_folder.parent)
     write_hub_snapshot(paths.hub_cache, TINY_CONTROLNET_REPO_ID, paths.controlnet)
+    write_hub_snapshot(paths.hub_cache, TINY_LORA_REPO_ID, paths.loras)
     shutil.rmtree(paths.root / ".scratch", ignore_errors=True)
     (paths.root / _MARKER).write_text(
         json.dumps({"label": TINY_LABEL, "generator_version": GENERATOR_VERSION}), encoding="utf-8"
