@@ -35,6 +35,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--base-config", help="for a single-file model: a diffusers folder/repo with its configs"
     )
+    group.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="a LoRA to offer (repeatable): a local .safetensors file (diffusers/PEFT or Kohya layout) or "
+        "owner/repo/file.safetensors on the hub; jobs select it by NAME (default: the file's stem)",
+    )
+    group.add_argument(
+        "--speed",
+        action="append",
+        default=[],
+        metavar="PRESET",
+        help="hyper-8-cfg, lightning-4 or lcm-4: a few-step preset to offer (repeatable), loading its "
+        "LoRA from the hub unless --lora gives a file under the LoRA's name; 'generate' also applies the "
+        "first one to its job",
+    )
     group.add_argument("--cache-dir", help="Hugging Face cache folder")
     group.add_argument("--offline", action="store_true", help="only use files already on disk")
     group.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
@@ -57,6 +74,8 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
     from dataclasses import replace
 
     from backend.engine.loading import ModelSpec
+    from backend.engine.loras import LoraSource
+    from backend.engine.speed_presets import speed_preset
     from backend.tiny.layouts import ensure_tiny_model
 
     if args.model == "tiny":
@@ -74,6 +93,9 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
         "cache_dir": args.cache_dir,
     }
     spec = replace(spec, **{k: v for k, v in overrides.items() if v})
+    loras = tuple(LoraSource.parse(text) for text in args.lora)
+    presets = tuple(speed_preset(name).name for name in dict.fromkeys(args.speed))
+    spec = replace(spec, loras=loras, speed_presets=presets)
     return replace(spec, local_files_only=True) if args.offline else spec
 
 
@@ -96,6 +118,11 @@ def load_engine(args: argparse.Namespace):  # -> InstantStyleEngine
 def style_argument(text: str) -> tuple[Path, float]:
     path, _, weight = text.partition("=")
     return Path(path), float(weight) if weight else 1.0
+
+
+def lora_weight_argument(text: str) -> tuple[str, float]:
+    name, _, weight = text.partition("=")
+    return name, float(weight) if weight else 1.0
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,12 +151,22 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-scale", type=float, default=0.6, help="ControlNet scale (mode control)")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, help="default: the speed preset's, else 30")
+    parser.add_argument("--cfg", type=float, help="guidance scale; default: the speed preset's, else 5")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument(
-        "--sampler", choices=[s.value for s in Sampler], help="default: the model's own scheduler"
+        "--sampler",
+        choices=[s.value for s in Sampler],
+        help="default: the speed preset's, else the model's own scheduler",
+    )
+    parser.add_argument(
+        "--use-lora",
+        action="append",
+        default=[],
+        type=lora_weight_argument,
+        metavar="NAME[=WEIGHT]",
+        help="apply a LoRA the backend offers (repeatable; weight 1 by default)",
     )
     parser.add_argument("--out", type=Path, default=Path("out.png"))
     parser.add_argument("--previews", type=Path, help="folder to write each step's preview PNG into")
@@ -172,9 +209,17 @@ def _open(path: Path):  # -> PIL.Image.Image
 
 def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, {index: PIL image})
     """A ``generate`` message and its INPUT images from ``add_job_arguments``' options."""
-    from protocol import Generate, StyleImage
+    from protocol import Generate, LoraWeight, StyleImage
 
     inputs = {i: _open(path) for i, (path, _) in enumerate(args.style)}
+    # A speed preset fills in what the job's own options leave open (``generate --speed``).
+    speed = getattr(args, "speed", None)
+    if speed:
+        from backend.engine.speed_presets import speed_preset
+    preset = speed_preset(speed[0]) if speed else None
+    loras = list(args.use_lora)
+    if preset and preset.lora.name not in {name for name, _ in loras}:
+        loras.append((preset.lora.name, preset.lora_weight))
     init_index = mask_index = None
     if args.init:
         init_index = len(inputs)
@@ -199,11 +244,12 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
         control_scale=args.control_scale,
         width=args.width,
         height=args.height,
-        steps=args.steps,
-        guidance_scale=args.cfg,
+        steps=args.steps or (preset.steps if preset else 30),
+        guidance_scale=args.cfg if args.cfg is not None else (preset.guidance_scale if preset else 5.0),
         seed=args.seed,
         batch=args.batch,
-        sampler=Sampler(args.sampler) if args.sampler else None,
+        sampler=Sampler(args.sampler) if args.sampler else (preset.sampler if preset else None),
+        loras=[LoraWeight(name, weight) for name, weight in loras],
     )
     return message, inputs
 

@@ -100,7 +100,26 @@ def check_port(host: str, port: int) -> None:
             ) from error
 
 
+def check_lora_options(args: argparse.Namespace) -> None:
+    """``--lora`` and ``--speed`` are well formed. A LoRA file that is missing or does not fit the model
+    is no reason to refuse starting: the server serves without it and says why (``loras.py``)."""
+    from backend.engine.loras import LoraSource
+    from backend.engine.speed_presets import speed_preset
+
+    for text in args.lora:
+        try:
+            LoraSource.parse(text)
+        except ValueError as error:
+            raise ArgumentError(f"--lora {text}: {error}") from None
+    for name in args.speed:
+        try:
+            speed_preset(name)
+        except ValueError as error:
+            raise ArgumentError(f"--speed {name}: {error}") from None
+
+
 def check_model_arguments(args: argparse.Namespace) -> None:
     check_choices(args)
+    check_lora_options(args)
     check_device(args.device)
     check_model_paths(args)

@@ -22,6 +22,9 @@ MAX_INPUT_INDEX = 63
 MAX_BLOCK_SCALE = 10.0
 """Largest per-block IP-Adapter scale (InstantStyle uses about 1; 10 is already far past useful)."""
 MAX_BLOCK_DEPTH = 4
+MAX_LORAS = 8
+"""LoRAs one job may use at once."""
+MAX_LORA_WEIGHT = 4.0
 
 
 def _leaves(tree: dict, path: str, depth: int = 0) -> list[tuple[str, object]]:
@@ -76,6 +79,14 @@ class StyleImage:
 
 
 @dataclass(frozen=True)
+class LoraWeight:
+    """A LoRA of ``hello.loras`` and how strongly it applies (0: as if absent; negative: the opposite)."""
+
+    name: str = field(metadata=bounds(max_length=64))
+    weight: float = field(default=1.0, metadata=bounds(-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT))
+
+
+@dataclass(frozen=True)
 class Generate:
     """Start a job. Images travel as INPUT binary frames (same ``job_id``) sent just before."""
 
@@ -102,6 +113,11 @@ class Generate:
     batch: int = field(default=1, metadata=bounds(1, 64))
     sampler: Sampler | None = None
     """One of ``hello.samplers``; absent: the model's own scheduler."""
+    loras: list[LoraWeight] = field(default_factory=list, metadata=bounds(max_items=MAX_LORAS))
+    """LoRAs of ``hello.loras`` with their weights; absent: none."""
+    live: bool = False
+    """Latest wins: this job replaces the client's earlier live job, cancelled at its next step (or
+    dropped from the queue). For re-rendering while the artist paints."""
 
     def input_indices(self) -> set[int]:
         used = {ref.input for ref in self.style_images}
@@ -160,6 +176,9 @@ class Generate:
                     ErrorCode.OUT_OF_RANGE,
                     f"{shown(name)} must be a number from 0 to {MAX_BLOCK_SCALE}, got {shown(repr(value))}",
                 )
+        names = [lora.name for lora in self.loras]
+        if len(set(names)) != len(names):
+            raise fail(ErrorCode.BAD_FIELD, "a LoRA is named twice in loras")
         if self.seed is not None and self.seed + self.batch - 1 > MAX_SEED:
             raise fail(
                 ErrorCode.OUT_OF_RANGE,
@@ -193,6 +212,33 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class SpeedPresetInfo:
+    """A few-step preset: the settings it fills in (the artist may change each before sending)."""
+
+    name: str = field(metadata=bounds(max_length=64))
+    label: str = field(metadata=bounds(max_length=200))
+    lora: str = field(metadata=bounds(max_length=64))
+    lora_weight: float
+    sampler: Sampler
+    steps: int = field(metadata=bounds(1, 1000))
+    guidance_scale: float = field(metadata=bounds(0.0, 30.0))
+
+
+@dataclass(frozen=True)
+class ModelFeatures:
+    """What the loaded model offers beyond the protocol's fixed choices (known once it is ready)."""
+
+    loras: list[str] = field(default_factory=list, metadata=bounds(max_items=1000))
+    """What ``generate.loras`` may name."""
+    speed_presets: list[SpeedPresetInfo] = field(default_factory=list, metadata=bounds(max_items=100))
+    attention_blocks: list[str] = field(default_factory=list, metadata=bounds(max_items=1000))
+    """The UNet's attention blocks (``up_blocks.0.attentions.1``...): what ``block_scales`` can address,
+    ``{"up": {"block_0": [a0, a1, a2]}}`` setting ``up_blocks.0.attentions.0`` to ``.2``."""
+    problems: list[str] = field(default_factory=list, metadata=bounds(max_items=1000))
+    """One line for each thing asked for at start that is not available (a LoRA file that failed)."""
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     """How far the server is in loading its model; sent in ``hello`` and whenever it changes.
 
@@ -205,6 +251,8 @@ class ModelStatus:
     message: str = field(default="", metadata=bounds(max_length=MAX_TEXT))
     bytes_done: int = field(default=0, metadata=bounds(0, None))
     bytes_total: int = field(default=0, metadata=bounds(0, None))
+    features: ModelFeatures | None = None
+    """With ``ready``: what the model offers (LoRAs, speed presets, attention blocks)."""
 
     @property
     def ready(self) -> bool:
@@ -222,9 +270,9 @@ class ServerHello:
     modes: list[Mode] = field(default_factory=lambda: list(Mode))
     presets: list[BlockPreset] = field(default_factory=lambda: list(BlockPreset))
     status: ModelStatus = field(default_factory=lambda: ModelStatus(ModelPhase.READY))
+    """The model's loading phase at connection time; ``model_status`` messages follow as it changes."""
     samplers: list[Sampler] = field(default_factory=list)
     """What ``generate.sampler`` may name on this server (absent from older servers: none)."""
-    """The model's loading phase at connection time; ``model_status`` messages follow as it changes."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ def test_every_sampler_has_its_scheduler_and_settings(engine):
     expected = {
         Sampler.EULER: ("EulerDiscreteScheduler", {}),
         Sampler.EULER_A: ("EulerAncestralDiscreteScheduler", {}),
+        Sampler.EULER_TRAILING: ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
         Sampler.DPMPP_2M: (
             "DPMSolverMultistepScheduler",
             {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
@@ -43,6 +44,7 @@ def test_every_sampler_has_its_scheduler_and_settings(engine):
             {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
         ),
         Sampler.DDIM: ("DDIMScheduler", {}),
+        Sampler.DDIM_TRAILING: ("DDIMScheduler", {"timestep_spacing": "trailing"}),
         Sampler.UNIPC: ("UniPCMultistepScheduler", {}),
         Sampler.LCM: ("LCMScheduler", {"timestep_spacing": "trailing"}),
         Sampler.TCD: ("TCDScheduler", {"timestep_spacing": "trailing"}),

@@ -2,8 +2,8 @@
 
 Each job may pick one; the model's own scheduler config is the base, so its training settings (beta
 schedule, prediction type, timestep count) carry over and only what defines the sampler is changed.
-Few-step samplers (LCM, TCD) space their timesteps from the end ("trailing"), as the distilled
-models they are made for expect.
+Few-step samplers (LCM, TCD and the "trailing" Euler and DDIM) space their timesteps from the end,
+as the distilled models and LoRAs they are made for (Lightning, Hyper-SD) expect.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ class SamplerRecipe:
 SAMPLERS: dict[Sampler, SamplerRecipe] = {
     Sampler.EULER: SamplerRecipe("Euler", "EulerDiscreteScheduler"),
     Sampler.EULER_A: SamplerRecipe("Euler a", "EulerAncestralDiscreteScheduler"),
+    Sampler.EULER_TRAILING: SamplerRecipe(
+        "Euler (trailing)", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"}
+    ),
     Sampler.DPMPP_2M: SamplerRecipe(
         "DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}
     ),
@@ -41,6 +44,9 @@ SAMPLERS: dict[Sampler, SamplerRecipe] = {
         {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
     Sampler.DDIM: SamplerRecipe("DDIM", "DDIMScheduler"),
+    Sampler.DDIM_TRAILING: SamplerRecipe(
+        "DDIM (trailing)", "DDIMScheduler", {"timestep_spacing": "trailing"}
+    ),
     Sampler.UNIPC: SamplerRecipe("UniPC", "UniPCMultistepScheduler"),
     Sampler.LCM: SamplerRecipe("LCM", "LCMScheduler", {"timestep_spacing": "trailing"}),
     Sampler.TCD: SamplerRecipe("TCD", "TCDScheduler", {"timestep_spacing": "trailing"}),

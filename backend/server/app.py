@@ -55,7 +55,7 @@ class InstantStyleServer:
         if modes is None:
             modes = list(getattr(engine, "modes", [m for m in Mode if m is not Mode.CONTROL]))
         loading = ModelStatus(ModelPhase.LOADING, f"Loading {model.label}")
-        self.model_state = ModelState(ModelStatus(ModelPhase.READY) if engine is not None else loading)
+        self.model_state = ModelState(ready_status(model, engine) if engine is not None else loading)
         self.context = ServerContext(
             self.config, self.worker, model, __version__, tuple(modes), self.model_state
         )
@@ -149,7 +149,7 @@ class InstantStyleServer:
             )
             return False
         self.worker.attach(engine)
-        self.publish(ModelStatus(ModelPhase.READY, f"{self.model.label} is ready"))
+        self.publish(ready_status(self.model, engine))
         return True
 
     async def close(self, reason: str = "the server is shutting down") -> None:
@@ -183,6 +183,14 @@ class InstantStyleServer:
             await connection.run()
         finally:
             self.connections.discard(connection)
+
+
+def ready_status(model: ModelInfo, engine: Engine) -> ModelStatus:
+    """READY, with what the engine offers (an engine without ``features`` offers nothing extra)."""
+    features = getattr(engine, "features", None)
+    problems = len(features.problems) if features is not None else 0
+    note = f" ({problems} of its LoRAs could not be loaded)" if problems else ""
+    return ModelStatus(ModelPhase.READY, f"{model.label} is ready{note}", features=features)
 
 
 def _settle(future: asyncio.Future, value: object, error: BaseException | None) -> None:

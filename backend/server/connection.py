@@ -121,6 +121,8 @@ class Connection:
         self.outbox = Outbox(context.config.max_pending_previews, context.config.outbox_budget)
         self.jobs: dict[int, Job] = {}
         self.preparing: set[int] = set()
+        self.live_job: int | None = None
+        """The client's latest live job (``generate.live``): a newer one replaces it."""
         """Jobs whose images are being decoded (off the loop) before they are queued."""
         self.image_bytes: dict[int, int] = {}
         """Each live job's reservation in the server's image budget."""
@@ -333,6 +335,9 @@ class Connection:
         self._check_can_run(job_id)
         if job_id in self.jobs or job_id in self.preparing:
             raise ProtocolError(ErrorCode.DUPLICATE_JOB, f"job {job_id} already exists", job_id)
+        self._check_loras(message)
+        if message.live:
+            self._supersede_live(job_id)
         frames = self._discard_inputs(job_id)
         wanted = {i: frames[i] for i in message.input_indices() if i in frames}
         cost = sum(decoded_bytes(f.width, f.height) for f in wanted.values())
@@ -360,6 +365,10 @@ class Connection:
         except ProtocolError:
             self._release_images(job_id)
             raise
+        if message.live and self.live_job != job_id:  # a newer live job came while this one decoded
+            self._release_images(job_id)
+            self.outbox.put(encode_message(Cancelled(job_id, 0)))
+            return
         job = Job(job_id, request, emit=self._emitter(job_id), client=self)
         try:
             position = self.context.worker.submit(job)
@@ -368,6 +377,27 @@ class Connection:
             raise ProtocolError(ErrorCode.QUEUE_FULL, str(full), job_id) from None
         self.jobs[job_id] = job
         self.outbox.put(encode_message(Queued(job_id, position)))
+
+    def _check_loras(self, message: Generate) -> None:
+        """Unknown LoRAs are refused at once when the model's are known (else when the job runs)."""
+        features = self.context.model_state.status.features
+        if features is None:
+            return
+        for lora in message.loras:
+            if lora.name not in features.loras:
+                available = ", ".join(features.loras) or "none"
+                raise ProtocolError(
+                    ErrorCode.BAD_FIELD,
+                    f"LoRA '{shown(lora.name, 64)}' is not loaded on this server (available: {available})",
+                    message.job_id,
+                )
+
+    def _supersede_live(self, job_id: int) -> None:
+        """Latest wins: the client's previous live job is dropped from the queue or stopped at its next
+        step (its ``cancelled`` follows as for any cancel), and ``job_id`` becomes the live job."""
+        previous, self.live_job = self.live_job, job_id
+        if previous is not None and previous in self.jobs:
+            self._cancel(previous)
 
     def _release_images(self, job_id: int) -> None:
         self.context.image_budget.release(self, self.image_bytes.pop(job_id, 0))  # type: ignore[union-attr]

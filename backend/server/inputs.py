@@ -77,6 +77,7 @@ def build_request(message: Generate, images: dict[int, Image.Image]) -> Generati
         seed=message.seed if message.seed is not None else random.randrange(2**31),
         batch=message.batch,
         sampler=message.sampler,
+        loras=tuple((lora.name, lora.weight) for lora in message.loras),
     )
 
 
