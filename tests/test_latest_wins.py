@@ -27,6 +27,9 @@ class GatedEngine:
     def release_memory(self) -> None:
         self.engine.release_memory()
 
+    def __getattr__(self, name: str) -> object:  # features, modes...: the real engine's
+        return getattr(self.engine, name)
+
     def generate(self, request, on_step=None, cancel=None):
         def gated(preview):
             if on_step is not None:

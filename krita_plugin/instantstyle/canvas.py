@@ -131,11 +131,11 @@ def target_area(document) -> Area:
     return Area(0, 0, document.width(), document.height())
 
 
-def capture(document, settings: GenerationSettings) -> tuple[JobInputs, Target]:
-    """Read the style references, source layer and selection for a job."""
+def capture(document, settings: GenerationSettings, source=None) -> tuple[JobInputs, Target]:
+    """Read the style references, source layer (default: the active one) and selection for a job."""
     if document is None:
         raise CanvasError("open a document first")
-    source = document.activeNode()
+    source = source or document.activeNode()
     if source is None:
         raise CanvasError("select a layer first")
     area = target_area(document)

@@ -9,12 +9,15 @@ sentence in the docker, never as a traceback.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 from krita import Krita  # type: ignore[import-not-found]
 
 from .canvas import CanvasError, CanvasWriter, capture
 from .connection import Connection
+from .live import CHECK_SECONDS, LiveWatch, live_settings, pick_preset
+from .live_layer import LiveLayer, signature
 from .qt import QObject, QTimer, pyqtSignal
 from .session import Job, JobUpdate, Session, SubmitError, UpdateKind, drop_stale_previews
 from .settings import SETTINGS_GROUP, GenerationSettings, JobKind, load_settings, save_settings
@@ -47,6 +50,10 @@ class Controller(QObject):
         self.settings_sources: list = []
         """Callables that copy UI state into ``settings`` before a job (the docker registers one)."""
         self._in_tick = False
+        self.live: LiveLayer | None = None
+        """Live mode's document and layers while it is on."""
+        self._live_watch = LiveWatch()
+        self._live_checked = 0.0
         self.timer = QTimer(self)
         self.timer.setInterval(30)
         self.timer.timeout.connect(self.tick)
@@ -58,6 +65,7 @@ class Controller(QObject):
         self.timer.start()
 
     def shutdown(self) -> None:
+        self.stop_live()
         self.timer.stop()
         for job in self.session.active_jobs:
             self.session.cancel(job)
@@ -68,6 +76,7 @@ class Controller(QObject):
         """New server address or token: save them and start a fresh connection."""
         self.settings.server_url, self.settings.token = url.strip(), token.strip()
         self.save()
+        self.stop_live()
         self.session.connection.stop(timeout=2.0)
         self.session = Session(Connection(self.settings.server_url, self.settings.token))
         self.session.connection.start()
@@ -110,6 +119,87 @@ class Controller(QObject):
     def cancel(self) -> None:
         self.session.cancel_all()
 
+    # ------------------------------------------------------------------ live mode
+
+    def start_live(self) -> bool:
+        """Watch the active layer: a moment after it (or the selection) changes, restyle it into the
+        "InstantStyle live" layer. False, with the reason said, if it cannot start."""
+        self.stop_live()
+        document = Krita.instance().activeDocument()
+        source = document.activeNode() if document is not None else None
+        if source is None:
+            self._say("live mode needs an open document with a layer selected")
+            return False
+        if not self.session.connected:
+            self._say(f"live mode needs the backend ({self.session.status})")
+            return False
+        self.live, self._live_watch = LiveLayer(document, source), LiveWatch()
+        preset = pick_preset(self.session.features.speed_presets, self.settings.live_preset)
+        how = preset.label if preset else f"{self.settings.steps} steps: the backend offers no speed preset"
+        self._say(f"live: restyling '{source.name()}' as you paint ({how})")
+        return True
+
+    def stop_live(self, why: str = "") -> None:
+        """Live mode off: its pending job is cancelled and its layer removed (the artist's stay)."""
+        live, self.live = self.live, None
+        if live is None:
+            return
+        for job in self.session.active_jobs:
+            if job.live:
+                self.session.cancel(job)
+        self._safely(live.remove)
+        if why:
+            self._say(why)
+        self.changed.emit()
+
+    def apply_live(self) -> str | None:
+        """Copy the live layer into a new permanent layer named after the prompt and seed."""
+        if self.live is None:
+            return None
+        name = None
+        try:
+            name = self.live.apply()
+        except Exception as error:
+            log.exception("applying the live layer failed")
+            self._say(f"could not apply the live result: {error}")
+            return None
+        self._say(f"added layer '{name}'" if name else "no live result to apply yet")
+        return name
+
+    def _check_live(self) -> None:
+        """Send a live job once the watched layer's change has settled (called from the timer)."""
+        live = self.live
+        now = time.monotonic()
+        if live is None or now - self._live_checked < CHECK_SECONDS:
+            return
+        self._live_checked = now
+        if not live.open:
+            self.stop_live("live mode stopped: its document was closed")
+            return
+        if not self.session.connected:
+            self.stop_live("live mode stopped: the backend is not connected")
+            return
+        source = live.source()
+        if source is None:
+            self.stop_live(f"live mode stopped: the layer '{live.source_name}' is gone")
+            return
+        if self._live_watch.observe(signature(live.document, source), now):
+            self._send_live(live, source)
+
+    def _send_live(self, live: LiveLayer, source) -> None:
+        for read in self.settings_sources:
+            read()
+        try:
+            inputs, target = capture(live.document, self.settings, source=source)
+            preset = pick_preset(self.session.features.speed_presets, self.settings.live_preset)
+            settings = live_settings(self.settings, preset, target.width, target.height)
+            self.session.submit(settings, inputs, target, live=True)
+        except (CanvasError, SubmitError) as error:
+            self.stop_live(f"live mode stopped: {error}")
+        except Exception as error:  # never a traceback for the artist; the log keeps it
+            log.exception("could not send a live job")
+            self.stop_live(f"live mode stopped: {error}")
+
     def apply(self, job: Job, index: int = 0) -> None:
         self._safely(self.canvas.apply_result, job, index)
 
@@ -131,6 +221,7 @@ class Controller(QObject):
                 self._safely(self._handle, update)
             if updates:
                 self.changed.emit()
+            self._check_live()
         except Exception:
             log.exception("processing backend events failed")
         finally:
@@ -140,6 +231,10 @@ class Controller(QObject):
         job = update.job
         if update.kind is UpdateKind.CONNECTION:
             self.message = update.message
+            if self.live is not None and not self.session.connected:
+                self.stop_live("live mode stopped: the connection to the backend was lost")
+        elif job is not None and job.live:
+            self._handle_live(update, job)
         elif job is None:
             self._say(update.message)
         elif update.kind is UpdateKind.PREVIEW:
@@ -154,6 +249,17 @@ class Controller(QObject):
         elif update.kind in (UpdateKind.CANCELLED, UpdateKind.FAILED):
             self.canvas.remove_preview(job)
             self._say(update.message)
+
+    def _handle_live(self, update: JobUpdate, job: Job) -> None:
+        """Live jobs show only their result, in the live layer; a replaced one ends quietly."""
+        live = self.live
+        if live is None:
+            return
+        if update.kind is UpdateKind.RESULT and job.target.document_id == live.document:
+            live.show(job)
+            self._say(f"live: updated in {job.result.seconds:.1f} s" if job.result else "live: updated")
+        elif update.kind is UpdateKind.FAILED:
+            self._say(f"live: {update.message} (the next change tries again)")
 
     def _say(self, message: str) -> None:
         self.message = message

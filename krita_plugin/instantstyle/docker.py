@@ -5,6 +5,8 @@ from __future__ import annotations
 from krita import DockWidget  # type: ignore[import-not-found]
 
 from .controller import Controller
+from .deps import protocol
+from .live import apply_preset
 from .qt import (
     QCheckBox,
     QComboBox,
@@ -31,6 +33,7 @@ from .qt import (
     QVBoxLayout,
     QWidget,
 )
+from .sections import BlockGrid, LoraList, Section
 from .session import Job, JobState
 from .settings import JobKind, StyleSource
 from .style_rows import StyleRow
@@ -46,6 +49,19 @@ KINDS = [
     ("Stylize, keep the lines (ControlNet)", JobKind.KEEP_LINES),
     ("New image from the style", JobKind.NEW_IMAGE),
 ]
+SAMPLER_LABELS = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "euler_trailing": "Euler (trailing, for Lightning)",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "dpmpp_sde_karras": "DPM++ SDE Karras",
+    "ddim": "DDIM",
+    "ddim_trailing": "DDIM (trailing, for Hyper-SD)",
+    "unipc": "UniPC",
+    "lcm": "LCM",
+    "tcd": "TCD",
+}
 DOCKER_TITLE = "InstantStyle"
 
 
@@ -89,103 +105,79 @@ class InstantStyleDocker(DockWidget):
     # ------------------------------------------------------------------ layout
 
     def _build(self) -> None:
+        """The main path (references, prompt, content, strength, buttons, progress, results) stays in
+        view; everything else sits in sections that open on a click."""
         body = QWidget()
         column = QVBoxLayout(body)
+        column.setSpacing(4)
 
-        connection = QGroupBox("Backend")
-        form = QFormLayout(connection)
         self.status = QLabel()
         self.status.setWordWrap(True)
-        self.url = QLineEdit()
-        self.token = QLineEdit()
-        self.token.setEchoMode(QLineEdit.EchoMode.Password)
-        self.token.setPlaceholderText("only if the backend has one")
-        self.connect_button = QPushButton("Connect")
-        self.connect_button.clicked.connect(
-            lambda: self.controller.reconnect(self.url.text(), self.token.text())
-        )
-        form.addRow(self.status)
-        form.addRow("Server", _row(self.url, self.connect_button))
-        form.addRow("Token", self.token)
-        column.addWidget(connection)
+        self.status.setToolTip("the backend's address, model and state")
+        column.addWidget(self.status)
 
         style = QGroupBox("Style references")
         box = QVBoxLayout(style)
+        box.setSpacing(2)
         self.style_rows_box = QVBoxLayout()
         self.style_rows: list[StyleRow] = []
         add = QPushButton("Add reference")
+        add.setToolTip("blend in one more picture whose look the result should take")
         add.clicked.connect(lambda: self.add_style_row(StyleSource()))
         box.addLayout(self.style_rows_box)
         box.addWidget(add)
-        form = QFormLayout()
-        box.addLayout(form)
         self.content = QLineEdit()
-        self.content.setPlaceholderText("what the reference shows, e.g. 'a cat'")
+        self.content.setPlaceholderText("subtract content, e.g. 'a cat'")
+        self.content.setToolTip(
+            "what the reference shows (not how): it is taken out of the reference, so only its style "
+            "carries over, not its subject"
+        )
         self.content_scale = _spin(0.0, 2.0, 0.05)
-        form.addRow("Subtract content", self.content)
-        form.addRow("Content scale", self.content_scale)
+        self.content_scale.setToolTip("how much of that content to take out (0.5 is a good start)")
+        box.addWidget(_row(self.content, self.content_scale))
         column.addWidget(style)
 
-        prompt = QGroupBox("Prompt")
-        form = QFormLayout(prompt)
         self.prompt = QPlainTextEdit()
-        self.prompt.setPlaceholderText("what to paint")
-        self.prompt.setFixedHeight(60)
-        self.negative = QPlainTextEdit()
-        self.negative.setFixedHeight(40)
-        form.addRow(self.prompt)
-        form.addRow("Negative", self.negative)
-        column.addWidget(prompt)
+        self.prompt.setPlaceholderText("what to paint, e.g. 'a lighthouse at dusk'")
+        self.prompt.setToolTip("what the picture shows; the references decide how it looks")
+        self.prompt.setFixedHeight(52)
+        column.addWidget(self.prompt)
 
-        options = QGroupBox("Options")
-        form = QFormLayout(options)
+        form = QFormLayout()
         self.kind = QComboBox()
         for label, kind in KINDS:
             self.kind.addItem(label, kind)
+        self.kind.setToolTip(
+            "Stylize: repaint the active layer (or only the selection) in the style. Keep the lines: the "
+            "same, following the layer's edges. New image: paint the prompt from scratch in the style."
+        )
         self.strength = _spin(0.01, 1.0, 0.05)
-        self.control_scale = _spin(0.0, 2.0, 0.05)
-        self.control_scale.setToolTip("how strictly 'keep the lines' follows the layer's edges")
-        self.preset = QComboBox()
-        for label, value in PRESETS:
-            self.preset.addItem(label, value)
-        self.block_scales = QLineEdit()
-        self.block_scales.setPlaceholderText('{"up": {"block_0": [0, 1, 0]}}')
-        self.preset.currentIndexChanged.connect(
-            lambda: self.block_scales.setEnabled(self.preset.currentData() == "custom")
-        )
+        self.strength.setToolTip("how much of the layer is repainted: low keeps it close, 1 starts over")
         self.style_scale = _spin(0.0, 2.0, 0.05)
-        self.auto_size = QCheckBox("Canvas / selection size")
-        self.width_box, self.height_box = _int_spin(64, 2048, 8), _int_spin(64, 2048, 8)
-        self.auto_size.toggled.connect(
-            lambda on: (self.width_box.setEnabled(not on), self.height_box.setEnabled(not on))
-        )
-        self.steps = _int_spin(1, 150)
-        self.guidance = _spin(0.0, 30.0, 0.5, 1)
-        self.seed = _int_spin(0, 2**31 - 1)
-        self.seed_locked = QCheckBox("Lock")
-        dice = QToolButton()
-        dice.setText("Random")
-        dice.clicked.connect(self._randomise_seed)
-        self.batch = _int_spin(1, 8)
-        form.addRow("Mode", self.kind)
-        form.addRow("Strength", self.strength)
-        form.addRow("Line strength", self.control_scale)
-        form.addRow("Blocks", self.preset)
-        form.addRow("Custom scales", self.block_scales)
+        self.style_scale.setToolTip("how strongly the references' style applies (1 is InstantStyle's)")
+        form.addRow("Mode", _row(self.kind, self.strength))
         form.addRow("Style strength", self.style_scale)
-        form.addRow(self.auto_size)
-        form.addRow("Size", _row(self.width_box, QLabel("×"), self.height_box))
-        form.addRow("Steps", self.steps)
-        form.addRow("Guidance", self.guidance)
-        form.addRow("Seed", _row(self.seed, self.seed_locked, dice))
-        form.addRow("Batch", self.batch)
-        column.addWidget(options)
+        column.addLayout(form)
 
         self.generate_button = QPushButton("Generate")
+        self.generate_button.setToolTip("run a job with these settings; the result becomes a new layer")
         self.generate_button.clicked.connect(self._generate)
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("stop the running and waiting jobs (their preview layers go away)")
         self.cancel_button.clicked.connect(self.controller.cancel)
-        column.addWidget(_row(self.generate_button, self.cancel_button))
+        self.live_button = QPushButton("Live")
+        self.live_button.setCheckable(True)
+        self.live_button.setToolTip(
+            "restyle the active layer a moment after each stroke, into a temporary 'InstantStyle live' "
+            "layer (fast few-step settings; see the Live section)"
+        )
+        self.live_button.toggled.connect(self._live_toggled)
+        self.apply_live_button = QPushButton("Apply")
+        self.apply_live_button.setToolTip("keep the current live result as a new layer")
+        self.apply_live_button.clicked.connect(self.controller.apply_live)
+        column.addWidget(
+            _row(self.generate_button, self.cancel_button, self.live_button, self.apply_live_button)
+        )
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
         self.message = QLabel()
@@ -193,24 +185,132 @@ class InstantStyleDocker(DockWidget):
         column.addWidget(self.progress)
         column.addWidget(self.message)
 
-        history = QGroupBox("Recent results")
-        box = QVBoxLayout(history)
         self.history = QListWidget()
         self.history.setViewMode(QListView.ViewMode.IconMode)
-        self.history.setIconSize(QSize(72, 72))
-        self.history.setFixedHeight(100)
+        self.history.setIconSize(QSize(56, 56))
+        self.history.setFixedHeight(76)
+        self.history.setToolTip("recent results: select one to apply it again or discard it")
         apply_button, discard_button = QPushButton("Apply as layer"), QPushButton("Discard")
         apply_button.clicked.connect(self._apply_selected)
         discard_button.clicked.connect(self._discard_selected)
-        box.addWidget(self.history)
-        box.addWidget(_row(apply_button, discard_button))
-        column.addWidget(history)
+        column.addWidget(self.history)
+        column.addWidget(_row(apply_button, discard_button))
+
+        for section in self._sections():
+            column.addWidget(section)
         column.addStretch(1)
 
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
         self.setWidget(scroll)
+
+    def _sections(self) -> list[Section]:
+        """The parts an artist opens now and then."""
+        blocks = Section("Blocks", "which parts of the model take the style")
+        form = QFormLayout(blocks.body)
+        self.preset = QComboBox()
+        for label, value in PRESETS:
+            self.preset.addItem(label, value)
+        self.preset.setToolTip(
+            "Style: only the block that carries style (InstantStyle's default, least content leaks). "
+            "Style + Layout: also the composition. All: classic IP-Adapter. Custom: set each block below."
+        )
+        self.block_grid = BlockGrid()
+        self.preset.currentIndexChanged.connect(
+            lambda: self.block_grid.setEnabled(self.preset.currentData() == "custom")
+        )
+        form.addRow("Blocks", self.preset)
+        form.addRow(self.block_grid)
+
+        sampling = Section("Sampling", "speed, steps, sampler, guidance, seed and size")
+        form = QFormLayout(sampling.body)
+        self.speed = QComboBox()
+        self.speed.setToolTip(
+            "fill in a few-step recipe the backend offers (its LoRA, sampler, steps and guidance); "
+            "each can still be changed below"
+        )
+        self.speed.activated.connect(self._apply_speed)
+        self.sampler = QComboBox()
+        self.sampler.addItem("Model default", "")
+        for sampler in protocol.Sampler:
+            self.sampler.addItem(SAMPLER_LABELS.get(sampler.value, sampler.value), sampler.value)
+        self.sampler.setToolTip("how the picture is found step by step; some suit few-step LoRAs only")
+        self.steps = _int_spin(1, 150)
+        self.steps.setToolTip("more steps: finer detail, slower (few-step presets need 4 to 8)")
+        self.guidance = _spin(0.0, 30.0, 0.5, 1)
+        self.guidance.setToolTip(
+            "how closely the prompt is followed; 1 or less turns the negative prompt off"
+        )
+        self.control_scale = _spin(0.0, 2.0, 0.05)
+        self.control_scale.setToolTip("how strictly 'keep the lines' follows the layer's edges")
+        self.seed = _int_spin(0, 2**31 - 1)
+        self.seed.setToolTip("the same seed and settings give the same picture")
+        self.seed_locked = QCheckBox("Lock")
+        self.seed_locked.setToolTip("keep this seed for every job (else a new one each time)")
+        dice = QToolButton()
+        dice.setText("Random")
+        dice.clicked.connect(self._randomise_seed)
+        self.batch = _int_spin(1, 8)
+        self.batch.setToolTip("pictures per job, each with the next seed")
+        self.auto_size = QCheckBox("Canvas / selection size")
+        self.auto_size.setToolTip(
+            "paint at the size of the canvas or selection (within the backend's limits)"
+        )
+        self.width_box, self.height_box = _int_spin(64, 2048, 8), _int_spin(64, 2048, 8)
+        self.auto_size.toggled.connect(
+            lambda on: (self.width_box.setEnabled(not on), self.height_box.setEnabled(not on))
+        )
+        form.addRow("Speed", self.speed)
+        form.addRow("Sampler", self.sampler)
+        form.addRow("Steps", _row(self.steps, QLabel("Guidance"), self.guidance))
+        form.addRow("Line strength", self.control_scale)
+        form.addRow("Seed", _row(self.seed, self.seed_locked, dice))
+        form.addRow("Batch", self.batch)
+        form.addRow(self.auto_size)
+        form.addRow("Size", _row(self.width_box, QLabel("×"), self.height_box))
+
+        loras = Section("LoRAs", "extra trained looks the backend offers, each with a weight")
+        self.loras = LoraList()
+        QVBoxLayout(loras.body).addWidget(self.loras)
+
+        live = Section("Live", "the settings live mode uses")
+        form = QFormLayout(live.body)
+        self.live_preset = QComboBox()
+        self.live_preset.setToolTip(
+            "the few-step recipe live mode paints with (fast enough to follow strokes)"
+        )
+        self.live_max_side = _int_spin(256, 2048, 64)
+        self.live_max_side.setToolTip(
+            "live results are painted at most this large, then scaled to the canvas"
+        )
+        self.live_seed = _int_spin(0, 2**31 - 1)
+        self.live_seed.setToolTip("live mode keeps one seed, so that only your painting changes the picture")
+        form.addRow("Speed", self.live_preset)
+        form.addRow("Resolution", self.live_max_side)
+        form.addRow("Seed", self.live_seed)
+
+        negative = Section("Negative prompt", "what the picture should not have")
+        self.negative = QPlainTextEdit()
+        self.negative.setFixedHeight(48)
+        self.negative.setToolTip("what to stay away from (needs guidance above 1)")
+        QVBoxLayout(negative.body).addWidget(self.negative)
+
+        backend = Section("Backend", "where the InstantStyle backend runs")
+        form = QFormLayout(backend.body)
+        self.url = QLineEdit()
+        self.url.setToolTip("the backend's address, e.g. ws://127.0.0.1:8765")
+        self.token = QLineEdit()
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("only if the backend has one")
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.clicked.connect(
+            lambda: self.controller.reconnect(self.url.text(), self.token.text())
+        )
+        form.addRow("Server", _row(self.url, self.connect_button))
+        form.addRow("Token", self.token)
+        self.sections = {"blocks": blocks, "sampling": sampling, "loras": loras, "live": live}
+        return [blocks, sampling, loras, live, negative, backend]
 
     # ------------------------------------------------------------------ settings <-> widgets
 
@@ -229,8 +329,9 @@ class InstantStyleDocker(DockWidget):
         self.strength.setValue(s.strength)
         self.control_scale.setValue(s.control_scale)
         self.preset.setCurrentIndex(max(0, self.preset.findData(s.preset)))
-        self.block_scales.setText(s.block_scales)
-        self.block_scales.setEnabled(s.preset == "custom")
+        self._block_text = s.block_scales
+        self.block_grid.set_text(s.block_scales)
+        self.block_grid.setEnabled(s.preset == "custom")
         self.style_scale.setValue(s.style_scale)
         self.auto_size.setChecked(s.auto_size)
         self.width_box.setValue(s.width)
@@ -240,6 +341,10 @@ class InstantStyleDocker(DockWidget):
         self.seed.setValue(s.seed)
         self.seed_locked.setChecked(s.seed_locked)
         self.batch.setValue(s.batch)
+        self.sampler.setCurrentIndex(max(0, self.sampler.findData(s.sampler)))
+        self.loras.set_values(s.loras)
+        self.live_max_side.setValue(s.live_max_side)
+        self.live_seed.setValue(s.live_seed)
 
     def store(self) -> None:
         """Copy the widgets into the controller's settings (before each job, which saves them)."""
@@ -252,9 +357,11 @@ class InstantStyleDocker(DockWidget):
             self.strength.value(),
             self.control_scale.value(),
         )
+        # The grid exists once the backend said which blocks its UNet has; until then keep the saved map.
+        block_text = self.block_grid.text() if self.block_grid.boxes else self._block_text
         s.preset, s.block_scales, s.style_scale = (
             self.preset.currentData(),
-            self.block_scales.text(),
+            block_text,
             self.style_scale.value(),
         )
         s.auto_size, s.width, s.height = (
@@ -264,11 +371,56 @@ class InstantStyleDocker(DockWidget):
         )
         s.steps, s.guidance_scale, s.batch = self.steps.value(), self.guidance.value(), self.batch.value()
         s.seed, s.seed_locked = self.seed.value(), self.seed_locked.isChecked()
+        s.sampler, s.loras = self.sampler.currentData() or "", self.loras.values()
+        s.speed_preset = self.speed.currentData() or ""
+        s.live_preset = self.live_preset.currentData() or ""
+        s.live_max_side, s.live_seed = self.live_max_side.value(), self.live_seed.value()
+
+    def _show_features(self) -> None:
+        """What the backend's model offers, into the pickers (once it is known, and when it changes)."""
+        features = self.controller.session.features
+        presets = [(p.label, p.name) for p in features.speed_presets]
+        for combo, saved in (
+            (self.speed, self.controller.settings.speed_preset),
+            (self.live_preset, self.controller.settings.live_preset),
+        ):
+            items = [("—", ""), *presets] if combo is self.speed else presets
+            if [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())] != items:
+                current = combo.currentData() or saved
+                combo.clear()
+                for label, name in items:
+                    combo.addItem(label, name)
+                combo.setCurrentIndex(max(0, combo.findData(current)))
+        self.loras.set_offered(features.loras)
+        if features.attention_blocks and list(self.block_grid.boxes) != features.attention_blocks:
+            self.block_grid.set_blocks(features.attention_blocks)
+            self.block_grid.set_text(self._block_text)
 
     # ------------------------------------------------------------------ events
 
     def _generate(self) -> None:
         self.controller.generate()
+
+    def _apply_speed(self) -> None:
+        """A speed preset picked: fill in its sampler, steps, guidance and LoRA (all still editable)."""
+        name = self.speed.currentData()
+        preset = next((p for p in self.controller.session.features.speed_presets if p.name == name), None)
+        if preset is None:
+            return
+        self.store()
+        settings = apply_preset(self.controller.settings, preset)
+        self.sampler.setCurrentIndex(max(0, self.sampler.findData(settings.sampler)))
+        self.steps.setValue(settings.steps)
+        self.guidance.setValue(settings.guidance_scale)
+        self.loras.set_values(settings.loras)
+
+    def _live_toggled(self, on: bool) -> None:
+        if on and self.controller.live is None:
+            self.store()
+            if not self.controller.start_live():
+                self.live_button.setChecked(False)
+        elif not on and self.controller.live is not None:
+            self.controller.stop_live("live mode off")
 
     def _randomise_seed(self) -> None:
         import random
@@ -291,11 +443,17 @@ class InstantStyleDocker(DockWidget):
     def canvasChanged(self, canvas) -> None:  # Krita calls this when the active view changes
         for row in self.style_rows:
             row.layer.refill()
+            row.refresh_thumbnail()
 
     def refresh(self) -> None:
         session = self.controller.session
         self.status.setText(session.status)
         self.message.setText(self.controller.message)
+        self._show_features()
+        live = self.controller.live is not None
+        if self.live_button.isChecked() != live:  # live mode stopped by itself (document closed...)
+            self.live_button.setChecked(live)
+        self.apply_live_button.setEnabled(live)
         if not self.seed_locked.isChecked():  # show the seed the last job used, to lock it if liked
             self.seed.setValue(self.controller.settings.seed)
         active = session.active_jobs

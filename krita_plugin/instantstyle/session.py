@@ -88,6 +88,8 @@ class Job:
     images: list[Image] = field(default_factory=list)
     message: str = ""
     is_test_model: bool = False
+    live: bool = False
+    """A live job: its result goes to the live layer, not to the history (``live.py``)."""
 
     @property
     def layer_names(self) -> list[str]:
@@ -143,6 +145,13 @@ class Session:
         return self.connection.state is ConnectionState.CONNECTED and self.hello is not None
 
     @property
+    def features(self) -> protocol.ModelFeatures:
+        """What the backend's model offers (LoRAs, speed presets, blocks); empty until it is ready."""
+        status = self.hello.status if self.hello is not None else None
+        features = status.features if status is not None else None
+        return features if features is not None else protocol.ModelFeatures()
+
+    @property
     def active_jobs(self) -> list[Job]:
         return [job for job in self.jobs.values() if not job.state.finished]
 
@@ -155,8 +164,11 @@ class Session:
         )
         return fit_generation_size(width, height, limits.max_side, limits.max_pixels)
 
-    def submit(self, settings: GenerationSettings, inputs: JobInputs, target: Target) -> Job:
-        """Send a job; raises ``SubmitError`` with an artist-facing message if it cannot be sent."""
+    def submit(
+        self, settings: GenerationSettings, inputs: JobInputs, target: Target, live: bool = False
+    ) -> Job:
+        """Send a job; raises ``SubmitError`` with an artist-facing message if it cannot be sent.
+        A ``live`` job replaces the previous live job on the backend (latest wins)."""
         if not self.connected:
             raise SubmitError(f"not connected to the backend ({self.status})")
         if not inputs.styles:
@@ -209,7 +221,11 @@ class Session:
             guidance_scale=settings.guidance_scale,
             seed=seed,
             batch=settings.batch,
+            sampler=protocol.Sampler(settings.sampler) if settings.sampler else None,
+            loras=[protocol.LoraWeight(lora.name, lora.weight) for lora in settings.loras],
+            live=live,
         )
+        self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
             protocol.decode_client_message(protocol.encode_message(message), self.hello.limits)  # type: ignore[union-attr]
         except protocol.ProtocolError as error:
@@ -221,10 +237,33 @@ class Session:
             self.connection.send_frame(header + image.data)
         self.connection.send_message(message)
         job = Job(
-            job_id, settings.prompt, seed, target, width, height, is_test_model=self.hello.model.is_test_model
-        )  # type: ignore[union-attr]
+            job_id,
+            settings.prompt,
+            seed,
+            target,
+            width,
+            height,
+            is_test_model=self.hello.model.is_test_model,  # type: ignore[union-attr]
+            live=live,
+        )
         self.jobs[job_id] = job
         return job
+
+    def _check_features(self, message: protocol.Generate) -> None:
+        """LoRAs and samplers this backend does not offer, said before anything is sent."""
+        assert self.hello is not None
+        if message.sampler is not None and message.sampler not in self.hello.samplers:
+            raise SubmitError(f"this backend has no sampler '{message.sampler.value}'")
+        status = self.hello.status
+        if not status.ready:
+            return  # the backend checks once its model is ready
+        offered = self.features.loras
+        for lora in message.loras:
+            if lora.name not in offered:
+                raise SubmitError(
+                    f"the backend has no LoRA '{lora.name}' (it offers: {', '.join(offered) or 'none'}); "
+                    "start it with --lora, or remove it from the LoRAs section"
+                )
 
     def cancel(self, job: Job) -> None:
         if not job.state.finished and self.connected:
@@ -311,8 +350,9 @@ class Session:
             job.images.append(Image.from_frame(item))
             if job.result is not None and len(job.images) == job.result.count:
                 job.state = JobState.DONE
-                self.history.insert(0, job)
-                del self.history[self.history_size :]
+                if not job.live:
+                    self.history.insert(0, job)
+                    del self.history[self.history_size :]
                 return [JobUpdate(UpdateKind.RESULT, job)]
             return []
         if isinstance(item, protocol.Cancelled):

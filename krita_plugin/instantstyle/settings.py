@@ -45,6 +45,14 @@ class StyleSource:
 
 
 @dataclass
+class LoraChoice:
+    """A LoRA the backend offers, and how strongly it applies."""
+
+    name: str
+    weight: float = 1.0
+
+
+@dataclass
 class GenerationSettings:
     """Everything the docker shows; defaults follow the InstantStyle paper's examples."""
 
@@ -75,6 +83,17 @@ class GenerationSettings:
     seed: int = 42
     seed_locked: bool = False
     batch: int = 1
+    sampler: str = ""
+    """A ``protocol.Sampler`` value; empty: the model's own scheduler."""
+    loras: list[LoraChoice] = field(default_factory=list)
+    speed_preset: str = ""
+    """The few-step preset last applied to the fields above (a label only: the fields are what is sent)."""
+    live_preset: str = ""
+    """The few-step preset live mode uses (the backend's first one when empty or not offered)."""
+    live_max_side: int = 768
+    """Live jobs run at most this many pixels a side (the result is scaled to the canvas)."""
+    live_seed: int = 7
+    """Live mode keeps one seed, so that only the painting changes the picture."""
 
     def next_seed(self) -> int:
         """The seed for the next job: the locked one, or a fresh random one (remembered)."""
@@ -142,6 +161,8 @@ def _typed(default: object, value: Any, name: str) -> Any:
             for s in value
         ]
         return styles or [StyleSource()]
+    if name == "loras":
+        return [LoraChoice(str(item["name"]), float(item.get("weight", 1.0))) for item in value]
     if isinstance(default, Enum):
         return type(default)(value)
     if isinstance(default, bool) or isinstance(value, bool):

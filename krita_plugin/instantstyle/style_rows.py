@@ -10,13 +10,18 @@ from .qt import (
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
+    QImage,
+    QLabel,
     QLineEdit,
+    QPixmap,
+    Qt,
     QToolButton,
     QWidget,
     pyqtSignal,
 )
 from .settings import StyleSource, StyleSourceKind
 
+THUMBNAIL = 40
 SOURCES = [
     ("Active layer", StyleSourceKind.ACTIVE_LAYER),
     ("Layer", StyleSourceKind.LAYER),
@@ -93,13 +98,20 @@ class StyleRow(QWidget):
         file_layout.setContentsMargins(0, 0, 0, 0)
         file_layout.addWidget(self.file)
         file_layout.addWidget(browse)
-        grid.addWidget(self.kind, 0, 0)
-        grid.addWidget(self.weight, 0, 1)
-        grid.addWidget(remove, 0, 2)
-        grid.addWidget(self.layer, 1, 0, 1, 3)
-        grid.addWidget(self.file_row, 2, 0, 1, 3)
-        grid.setColumnStretch(0, 1)
+        self.thumbnail = QLabel()
+        self.thumbnail.setFixedSize(THUMBNAIL, THUMBNAIL)
+        self.thumbnail.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.thumbnail.setToolTip("the reference as it will be sent")
+        grid.addWidget(self.thumbnail, 0, 0, 3, 1)
+        grid.addWidget(self.kind, 0, 1)
+        grid.addWidget(self.weight, 0, 2)
+        grid.addWidget(remove, 0, 3)
+        grid.addWidget(self.layer, 1, 1, 1, 3)
+        grid.addWidget(self.file_row, 2, 1, 1, 3)
+        grid.setColumnStretch(1, 1)
         self.kind.currentIndexChanged.connect(self._kind_changed)
+        self.layer.currentIndexChanged.connect(self.refresh_thumbnail)
+        self.file.editingFinished.connect(self.refresh_thumbnail)
         self._kind_changed()
 
     def value(self) -> StyleSource:
@@ -117,6 +129,34 @@ class StyleRow(QWidget):
         self.file_row.setVisible(kind is StyleSourceKind.FILE)
         if kind is StyleSourceKind.LAYER:
             self.layer.refill()
+        self.refresh_thumbnail()
+
+    def refresh_thumbnail(self) -> None:
+        """A small picture of the reference (Krita renders layer thumbnails itself, in C++)."""
+        image = None
+        try:
+            kind = self.kind.currentData()
+            if kind is StyleSourceKind.FILE:
+                image = QImage(self.file.text()) if self.file.text() else None
+            else:
+                document = Krita.instance().activeDocument()
+                node = None
+                if document is not None and kind is StyleSourceKind.ACTIVE_LAYER:
+                    node = document.activeNode()
+                elif document is not None:
+                    from .canvas import find_layer
+
+                    node = find_layer(document, self.layer.currentText())
+                image = node.thumbnail(THUMBNAIL, THUMBNAIL) if node is not None else None
+        except Exception:  # a thumbnail is a nicety: never an error for the artist
+            image = None
+        if image is None or image.isNull():
+            self.thumbnail.setText("–")
+            self.thumbnail.setPixmap(QPixmap())
+            return
+        smooth = Qt.TransformationMode.SmoothTransformation
+        scaled = image.scaled(THUMBNAIL, THUMBNAIL, Qt.AspectRatioMode.KeepAspectRatio, smooth)
+        self.thumbnail.setPixmap(QPixmap.fromImage(scaled))
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -1,0 +1,196 @@
+"""Small building blocks of the docker: collapsible sections, the block-scale grid, LoRA rows."""
+
+from __future__ import annotations
+
+import json
+
+from .block_map import block_label, flat_scales, nested_scales
+from .qt import (
+    QComboBox,
+    QDoubleSpinBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    Qt,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+    pyqtSignal,
+)
+from .settings import LoraChoice
+
+
+class Section(QWidget):
+    """A titled part of the docker that opens and closes with a click on its title (closed at first)."""
+
+    def __init__(self, title: str, tooltip: str = "") -> None:
+        super().__init__()
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        self.header = QToolButton()
+        self.header.setText(title)
+        self.header.setToolTip(tooltip)
+        self.header.setCheckable(True)
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.header.setArrowType(Qt.ArrowType.RightArrow)
+        self.header.setAutoRaise(True)
+        self.header.toggled.connect(self.set_open)
+        self.body = QWidget()
+        self.body.setVisible(False)
+        column.addWidget(self.header)
+        column.addWidget(self.body)
+
+    def set_open(self, open_: bool) -> None:
+        if self.header.isChecked() != open_:
+            self.header.setChecked(open_)  # calls back here through toggled
+            return
+        self.header.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
+        self.body.setVisible(open_)
+
+
+class BlockGrid(QWidget):
+    """One spin box per attention block of the backend's UNet, in rows by UNet part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grid = QGridLayout(self)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setHorizontalSpacing(4)
+        self.boxes: dict[str, QDoubleSpinBox] = {}
+        self.placeholder = QLabel("The blocks appear once the backend's model is ready.")
+        self.placeholder.setWordWrap(True)
+        self.grid.addWidget(self.placeholder, 0, 0)
+
+    def set_blocks(self, names: list[str]) -> None:
+        """Rebuild for a UNet's attention blocks, keeping the values of blocks that remain."""
+        if list(self.boxes) == names:
+            return
+        kept = {name: box.value() for name, box in self.boxes.items()}
+        for box in self.boxes.values():
+            box.setParent(None)
+        while self.grid.count():
+            item = self.grid.takeAt(0)
+            if item.widget() is not None and item.widget() is not self.placeholder:
+                item.widget().setParent(None)
+        self.boxes = {}
+        self.placeholder.setVisible(not names)
+        if not names:
+            self.grid.addWidget(self.placeholder, 0, 0)
+            return
+        for index, name in enumerate(names):
+            box = QDoubleSpinBox()
+            box.setRange(0.0, 2.0)
+            box.setSingleStep(0.1)
+            box.setDecimals(2)
+            box.setValue(kept.get(name, 0.0))
+            box.setToolTip(
+                f"{name}: how much of the reference's look this part of the model takes (0 = none). "
+                "InstantStyle's style block is up 0 · 1; down 2 · 1 carries the layout."
+            )
+            row, column = divmod(index, 3)
+            self.grid.addWidget(QLabel(block_label(name)), row, column * 2)
+            self.grid.addWidget(box, row, column * 2 + 1)
+            self.boxes[name] = box
+
+    def text(self) -> str:
+        """The JSON ``block_scales`` map of the non-zero blocks ("" when every block is 0)."""
+        values = {name: box.value() for name, box in self.boxes.items() if box.value() != 0.0}
+        return json.dumps(nested_scales(values)) if values else ""
+
+    def set_text(self, text: str) -> None:
+        try:
+            scales = json.loads(text) if text else {}
+        except ValueError:
+            scales = {}
+        if not isinstance(scales, dict):
+            scales = {}
+        for name, value in flat_scales(scales, list(self.boxes)).items():
+            self.boxes[name].setValue(value)
+
+
+class LoraRow(QWidget):
+    """One LoRA: which, and how strongly; ``removed`` asks the list to drop it."""
+
+    removed = pyqtSignal(object)
+
+    def __init__(self, choice: LoraChoice, offered: list[str]) -> None:
+        super().__init__()
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.name = QComboBox()
+        self.name.setEditable(True)
+        self.name.setToolTip(
+            "a LoRA the backend offers (started with --lora); it changes what the model paints"
+        )
+        self.set_offered(offered, choice.name)
+        self.weight = QDoubleSpinBox()
+        self.weight.setRange(-4.0, 4.0)
+        self.weight.setSingleStep(0.1)
+        self.weight.setValue(choice.weight)
+        self.weight.setToolTip("how strongly the LoRA applies: 0 is as if it were off, negative reverses it")
+        remove = QToolButton()
+        remove.setText("✕")
+        remove.setToolTip("stop using this LoRA")
+        remove.clicked.connect(lambda: self.removed.emit(self))
+        row.addWidget(self.name, 1)
+        row.addWidget(self.weight)
+        row.addWidget(remove)
+
+    def set_offered(self, offered: list[str], current: str = "") -> None:
+        current = current or self.name.currentText()
+        names = list(offered)
+        if current and current not in names:
+            names.insert(0, current)  # the artist's choice stays visible, even if not offered now
+        if [self.name.itemText(i) for i in range(self.name.count())] != names:
+            self.name.clear()
+            self.name.addItems(names)
+        self.name.setCurrentText(current)
+
+    def value(self) -> LoraChoice:
+        return LoraChoice(self.name.currentText().strip(), self.weight.value())
+
+
+class LoraList(QWidget):
+    """The LoRAs of the next job, with an "Add LoRA" button."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        self.rows_box = QVBoxLayout()
+        self.rows: list[LoraRow] = []
+        self.offered: list[str] = []
+        add = QPushButton("Add LoRA")
+        add.setToolTip("apply one more of the backend's LoRAs to the next jobs")
+        add.clicked.connect(lambda: self.add(LoraChoice(self.offered[0] if self.offered else "")))
+        column.addLayout(self.rows_box)
+        column.addWidget(add)
+
+    def add(self, choice: LoraChoice) -> LoraRow:
+        row = LoraRow(choice, self.offered)
+        row.removed.connect(self.remove)
+        self.rows.append(row)
+        self.rows_box.addWidget(row)
+        return row
+
+    def remove(self, row: LoraRow) -> None:
+        if row in self.rows:
+            self.rows.remove(row)
+            row.setParent(None)
+            row.deleteLater()
+
+    def set_offered(self, names: list[str]) -> None:
+        self.offered = list(names)
+        for row in self.rows:
+            row.set_offered(self.offered)
+
+    def set_values(self, choices: list[LoraChoice]) -> None:
+        for row in list(self.rows):
+            self.remove(row)
+        for choice in choices:
+            self.add(choice)
+
+    def values(self) -> list[LoraChoice]:
+        return [row.value() for row in self.rows if row.value().name]
