@@ -11,6 +11,7 @@ log) go to artifacts/krita-e2e/VERSION/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from PIL import Image
 
 from backend.engine.request import GenerationRequest, StyleReference
 from krita_plugin.instantstyle.settings import GenerationSettings, JobKind, save_settings
-from protocol import Mode
+from protocol import Mode, Sampler
 from tests.conftest import REPO
 from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
 from tests.krita_versions import VERSIONS, KritaVersion
@@ -58,10 +59,51 @@ class KritarcStore:
         self.lines.append(f"{key}={value}")
 
 
+LIVE_SEED = 77
+
+
+def lora_options(tiny_paths) -> list[str]:
+    """The backend offers a LoRA ("style") and the Lightning preset, with tiny files for both."""
+    return [
+        "--lora", f"style={tiny_paths.lora('style-peft')}",
+        "--lora", f"sdxl-lightning-4step={tiny_paths.lora('other-peft')}",
+        "--speed", "lightning-4",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lora_engine(tiny_paths):
+    """The e2e backend's model with its LoRAs, for the pixels of jobs that use them."""
+    from backend.engine.engine import InstantStyleEngine
+    from backend.engine.loras import LoraSource
+
+    spec = dataclasses.replace(
+        tiny_paths.spec("diffusers"),
+        loras=(
+            LoraSource("style", str(tiny_paths.lora("style-peft"))),
+            LoraSource("sdxl-lightning-4step", str(tiny_paths.lora("other-peft"))),
+        ),
+        speed_presets=("lightning-4",),
+    )
+    return InstantStyleEngine.load(spec, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def backend_url(tiny_paths):
     process = subprocess.Popen(
-        [sys.executable, "-m", "backend", "serve", "--model", "tiny", "--port", "0", "--device", "cpu"],
+        [
+            sys.executable,
+            "-m",
+            "backend",
+            "serve",
+            "--model",
+            "tiny",
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            *lora_options(tiny_paths),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -330,6 +372,85 @@ def test_a_recent_result_applies_again_as_a_layer(krita: KritaRun):
     applied = krita.scenario("apply_from_history")
     assert applied["history_stable"] and applied["job_is_newest"]
     assert len(applied["added"]) == 1 and applied["same_pixels"]
+
+
+def test_the_docker_fits_on_screen_with_a_grid_box_per_attention_block(krita: KritaRun):
+    layout = krita.scenario("docker_layout")
+    assert layout["closed_height"] <= 900, f"the docker's main path is {layout['closed_height']} px tall"
+    assert (
+        layout["grid_blocks"] == layout["announced_blocks"]
+        and "up_blocks.0.attentions.1" in layout["grid_blocks"]
+    )
+    assert layout["speed_presets"] == ["", "lightning-4"]
+    assert layout["loras_offered"] == ["sdxl-lightning-4step", "style"]
+    assert layout["without_tooltip"] == [], "controls an artist cannot ask about"
+    sections = Image.open(krita.artifacts / "krita-docker-sections.png")
+    assert sections.height > 900 and len(np.unique(np.asarray(sections.convert("L")))) > 10
+
+
+def test_a_sampler_and_a_lora_chosen_in_the_docker_reach_the_engine(krita: KritaRun, lora_engine):
+    chosen = krita.scenario("lora_sampler")
+    assert chosen == {"state": "done", "sampler": "dpmpp_2m_karras", "loras": [["style", 0.8]]}
+    source = krita.source()
+    expected = expected_pixels(
+        lora_engine,
+        style_images=[StyleReference(source)],
+        mode=Mode.IMG2IMG,
+        init_image=source,
+        strength=STRENGTH,
+        sampler=Sampler.DPMPP_2M_KARRAS,
+        loras=(("style", 0.8),),
+    )
+    assert np.array_equal(krita.rgba("lora-layer.rgba")[..., :3], expected)
+
+
+def live_expected(lora_engine, source: Image.Image) -> np.ndarray:
+    """A live job: the Lightning preset (4 steps, CFG off, trailing Euler, its LoRA), the live seed."""
+    return expected_pixels(
+        lora_engine,
+        style_images=[StyleReference(source)],
+        mode=Mode.IMG2IMG,
+        init_image=source,
+        strength=STRENGTH,
+        steps=4,
+        guidance_scale=1.0,
+        sampler=Sampler.EULER_TRAILING,
+        loras=(("sdxl-lightning-4step", 1.0),),
+        seed=LIVE_SEED,
+    )
+
+
+def test_live_mode_renders_each_stroke_applies_and_leaves_no_live_layer(krita: KritaRun, lora_engine):
+    live = krita.scenario("live")
+    assert live["layers_live"][-2:] == ["Painted", "InstantStyle live"] and live["live_above_source"]
+    assert (
+        live["stroke_job"] > live["first_job"] and live["live_seed"] == LIVE_SEED and live["size"] == [64, 64]
+    )
+    for index in (1, 2):  # right after turning it on, and after the stroke: the engine's exact pixels
+        source = Image.fromarray(krita.rgba(f"live-source-{index}.rgba"), "RGBA").convert("RGB")
+        shown = krita.rgba(f"live-layer-{index}.rgba")
+        assert np.array_equal(shown[..., :3], live_expected(lora_engine, source)), f"live result {index}"
+    assert not np.array_equal(krita.rgba("live-source-1.rgba"), krita.rgba("live-source-2.rgba"))
+    assert live["applied"] == f"InstantStyle: {PROMPT} (seed {LIVE_SEED}) [TEST MODEL]"
+    assert live["applied_same_pixels"] and live["applied"] in live["layers_after_apply"]
+    assert live["layers_after_off"] == [n for n in live["layers_after_apply"] if n != "InstantStyle live"]
+    assert "InstantStyle live" not in live["layers_after_off"] and not live["live_on"]
+    assert live["source_is_the_stroke"]  # the plugin never wrote into the artist's layer
+
+
+def test_closing_the_document_stops_live_mode(krita: KritaRun):
+    closing = krita.scenario("live_close")
+    assert closing["closed"] and closing["krita_alive"] and closing["button_off"]
+    assert closing["message"] == "live mode stopped: its document was closed"
+
+
+def test_a_stroke_during_a_live_job_replaces_it_and_losing_the_backend_stops_live(krita: KritaRun):
+    supersede = krita.scenario("live_supersede")
+    assert supersede["superseded_state"] == "cancelled", "the stale live job was not replaced"
+    assert supersede["superseded_step"] < supersede["superseded_total"]
+    assert supersede["shown_job_is_newer"] and supersede["live_layer"]
+    assert "InstantStyle live" not in supersede["layers_after_loss"]
+    assert "live mode stopped" in supersede["message"] and supersede["button_off"]
 
 
 def test_the_zip_imports_through_kritas_own_importer(krita: KritaRun):

@@ -1,19 +1,17 @@
-"""The "InstantStyle" docker: every setting, Generate/Cancel, progress, recent results."""
+"""The "InstantStyle" docker: the main path in view (references, prompt, content, strength,
+Generate/Cancel/Live, progress, recent results), everything else in sections (``docker_sections``)."""
 
 from __future__ import annotations
 
 from krita import DockWidget  # type: ignore[import-not-found]
 
 from .controller import Controller
-from .deps import protocol
+from .docker_sections import build_sections, side_by_side, spin
 from .live import apply_preset
 from .qt import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QIcon,
     QImage,
     QLabel,
@@ -27,66 +25,21 @@ from .qt import (
     QPushButton,
     QScrollArea,
     QSize,
-    QSpinBox,
     Qt,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
-from .sections import BlockGrid, LoraList, Section
+from .sections import Section
 from .session import Job, JobState
 from .settings import JobKind, StyleSource
 from .style_rows import StyleRow
 
-PRESETS = [
-    ("Style", "style"),
-    ("Style + Layout", "style+layout"),
-    ("All blocks", "all"),
-    ("Custom", "custom"),
-]
 KINDS = [
     ("Stylize layer / selection", JobKind.STYLIZE),
     ("Stylize, keep the lines (ControlNet)", JobKind.KEEP_LINES),
     ("New image from the style", JobKind.NEW_IMAGE),
 ]
-SAMPLER_LABELS = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "euler_trailing": "Euler (trailing, for Lightning)",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "dpmpp_sde_karras": "DPM++ SDE Karras",
-    "ddim": "DDIM",
-    "ddim_trailing": "DDIM (trailing, for Hyper-SD)",
-    "unipc": "UniPC",
-    "lcm": "LCM",
-    "tcd": "TCD",
-}
 DOCKER_TITLE = "InstantStyle"
-
-
-def _spin(low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setDecimals(decimals)
-    return box
-
-
-def _int_spin(low: int, high: int, step: int = 1) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    return box
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    holder = QWidget()
-    layout = QHBoxLayout(holder)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for widget in widgets:
-        layout.addWidget(widget)
-    return holder
 
 
 class InstantStyleDocker(DockWidget):
@@ -132,9 +85,9 @@ class InstantStyleDocker(DockWidget):
             "what the reference shows (not how): it is taken out of the reference, so only its style "
             "carries over, not its subject"
         )
-        self.content_scale = _spin(0.0, 2.0, 0.05)
+        self.content_scale = spin(0.0, 2.0, 0.05)
         self.content_scale.setToolTip("how much of that content to take out (0.5 is a good start)")
-        box.addWidget(_row(self.content, self.content_scale))
+        box.addWidget(side_by_side(self.content, self.content_scale))
         column.addWidget(style)
 
         self.prompt = QPlainTextEdit()
@@ -151,11 +104,11 @@ class InstantStyleDocker(DockWidget):
             "Stylize: repaint the active layer (or only the selection) in the style. Keep the lines: the "
             "same, following the layer's edges. New image: paint the prompt from scratch in the style."
         )
-        self.strength = _spin(0.01, 1.0, 0.05)
+        self.strength = spin(0.01, 1.0, 0.05)
         self.strength.setToolTip("how much of the layer is repainted: low keeps it close, 1 starts over")
-        self.style_scale = _spin(0.0, 2.0, 0.05)
+        self.style_scale = spin(0.0, 2.0, 0.05)
         self.style_scale.setToolTip("how strongly the references' style applies (1 is InstantStyle's)")
-        form.addRow("Mode", _row(self.kind, self.strength))
+        form.addRow("Mode", side_by_side(self.kind, self.strength))
         form.addRow("Style strength", self.style_scale)
         column.addLayout(form)
 
@@ -176,7 +129,7 @@ class InstantStyleDocker(DockWidget):
         self.apply_live_button.setToolTip("keep the current live result as a new layer")
         self.apply_live_button.clicked.connect(self.controller.apply_live)
         column.addWidget(
-            _row(self.generate_button, self.cancel_button, self.live_button, self.apply_live_button)
+            side_by_side(self.generate_button, self.cancel_button, self.live_button, self.apply_live_button)
         )
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
@@ -191,10 +144,12 @@ class InstantStyleDocker(DockWidget):
         self.history.setFixedHeight(76)
         self.history.setToolTip("recent results: select one to apply it again or discard it")
         apply_button, discard_button = QPushButton("Apply as layer"), QPushButton("Discard")
+        apply_button.setToolTip("add the selected result as a new layer once more")
+        discard_button.setToolTip("forget the selected result (the layers it made stay)")
         apply_button.clicked.connect(self._apply_selected)
         discard_button.clicked.connect(self._discard_selected)
         column.addWidget(self.history)
-        column.addWidget(_row(apply_button, discard_button))
+        column.addWidget(side_by_side(apply_button, discard_button))
 
         for section in self._sections():
             column.addWidget(section)
@@ -206,111 +161,7 @@ class InstantStyleDocker(DockWidget):
         self.setWidget(scroll)
 
     def _sections(self) -> list[Section]:
-        """The parts an artist opens now and then."""
-        blocks = Section("Blocks", "which parts of the model take the style")
-        form = QFormLayout(blocks.body)
-        self.preset = QComboBox()
-        for label, value in PRESETS:
-            self.preset.addItem(label, value)
-        self.preset.setToolTip(
-            "Style: only the block that carries style (InstantStyle's default, least content leaks). "
-            "Style + Layout: also the composition. All: classic IP-Adapter. Custom: set each block below."
-        )
-        self.block_grid = BlockGrid()
-        self.preset.currentIndexChanged.connect(
-            lambda: self.block_grid.setEnabled(self.preset.currentData() == "custom")
-        )
-        form.addRow("Blocks", self.preset)
-        form.addRow(self.block_grid)
-
-        sampling = Section("Sampling", "speed, steps, sampler, guidance, seed and size")
-        form = QFormLayout(sampling.body)
-        self.speed = QComboBox()
-        self.speed.setToolTip(
-            "fill in a few-step recipe the backend offers (its LoRA, sampler, steps and guidance); "
-            "each can still be changed below"
-        )
-        self.speed.activated.connect(self._apply_speed)
-        self.sampler = QComboBox()
-        self.sampler.addItem("Model default", "")
-        for sampler in protocol.Sampler:
-            self.sampler.addItem(SAMPLER_LABELS.get(sampler.value, sampler.value), sampler.value)
-        self.sampler.setToolTip("how the picture is found step by step; some suit few-step LoRAs only")
-        self.steps = _int_spin(1, 150)
-        self.steps.setToolTip("more steps: finer detail, slower (few-step presets need 4 to 8)")
-        self.guidance = _spin(0.0, 30.0, 0.5, 1)
-        self.guidance.setToolTip(
-            "how closely the prompt is followed; 1 or less turns the negative prompt off"
-        )
-        self.control_scale = _spin(0.0, 2.0, 0.05)
-        self.control_scale.setToolTip("how strictly 'keep the lines' follows the layer's edges")
-        self.seed = _int_spin(0, 2**31 - 1)
-        self.seed.setToolTip("the same seed and settings give the same picture")
-        self.seed_locked = QCheckBox("Lock")
-        self.seed_locked.setToolTip("keep this seed for every job (else a new one each time)")
-        dice = QToolButton()
-        dice.setText("Random")
-        dice.clicked.connect(self._randomise_seed)
-        self.batch = _int_spin(1, 8)
-        self.batch.setToolTip("pictures per job, each with the next seed")
-        self.auto_size = QCheckBox("Canvas / selection size")
-        self.auto_size.setToolTip(
-            "paint at the size of the canvas or selection (within the backend's limits)"
-        )
-        self.width_box, self.height_box = _int_spin(64, 2048, 8), _int_spin(64, 2048, 8)
-        self.auto_size.toggled.connect(
-            lambda on: (self.width_box.setEnabled(not on), self.height_box.setEnabled(not on))
-        )
-        form.addRow("Speed", self.speed)
-        form.addRow("Sampler", self.sampler)
-        form.addRow("Steps", _row(self.steps, QLabel("Guidance"), self.guidance))
-        form.addRow("Line strength", self.control_scale)
-        form.addRow("Seed", _row(self.seed, self.seed_locked, dice))
-        form.addRow("Batch", self.batch)
-        form.addRow(self.auto_size)
-        form.addRow("Size", _row(self.width_box, QLabel("×"), self.height_box))
-
-        loras = Section("LoRAs", "extra trained looks the backend offers, each with a weight")
-        self.loras = LoraList()
-        QVBoxLayout(loras.body).addWidget(self.loras)
-
-        live = Section("Live", "the settings live mode uses")
-        form = QFormLayout(live.body)
-        self.live_preset = QComboBox()
-        self.live_preset.setToolTip(
-            "the few-step recipe live mode paints with (fast enough to follow strokes)"
-        )
-        self.live_max_side = _int_spin(256, 2048, 64)
-        self.live_max_side.setToolTip(
-            "live results are painted at most this large, then scaled to the canvas"
-        )
-        self.live_seed = _int_spin(0, 2**31 - 1)
-        self.live_seed.setToolTip("live mode keeps one seed, so that only your painting changes the picture")
-        form.addRow("Speed", self.live_preset)
-        form.addRow("Resolution", self.live_max_side)
-        form.addRow("Seed", self.live_seed)
-
-        negative = Section("Negative prompt", "what the picture should not have")
-        self.negative = QPlainTextEdit()
-        self.negative.setFixedHeight(48)
-        self.negative.setToolTip("what to stay away from (needs guidance above 1)")
-        QVBoxLayout(negative.body).addWidget(self.negative)
-
-        backend = Section("Backend", "where the InstantStyle backend runs")
-        form = QFormLayout(backend.body)
-        self.url = QLineEdit()
-        self.url.setToolTip("the backend's address, e.g. ws://127.0.0.1:8765")
-        self.token = QLineEdit()
-        self.token.setEchoMode(QLineEdit.EchoMode.Password)
-        self.token.setPlaceholderText("only if the backend has one")
-        self.connect_button = QPushButton("Connect")
-        self.connect_button.clicked.connect(
-            lambda: self.controller.reconnect(self.url.text(), self.token.text())
-        )
-        form.addRow("Server", _row(self.url, self.connect_button))
-        form.addRow("Token", self.token)
-        self.sections = {"blocks": blocks, "sampling": sampling, "loras": loras, "live": live}
-        return [blocks, sampling, loras, live, negative, backend]
+        return build_sections(self)
 
     # ------------------------------------------------------------------ settings <-> widgets
 
@@ -350,6 +201,8 @@ class InstantStyleDocker(DockWidget):
         """Copy the widgets into the controller's settings (before each job, which saves them)."""
         s = self.controller.settings
         s.styles = [row.value() for row in self.style_rows]
+        for style_row in self.style_rows:  # what is about to be sent, as the artist sees it
+            style_row.refresh_thumbnail()
         s.content_text, s.content_scale = self.content.text(), self.content_scale.value()
         s.prompt, s.negative_prompt = self.prompt.toPlainText(), self.negative.toPlainText()
         s.kind, s.strength, s.control_scale = (

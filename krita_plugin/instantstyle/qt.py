@@ -36,6 +36,7 @@ QIcon = QtGui.QIcon
 QImage = QtGui.QImage
 QPixmap = QtGui.QPixmap
 
+QAbstractButton = QtWidgets.QAbstractButton
 QApplication = QtWidgets.QApplication
 QCheckBox = QtWidgets.QCheckBox
 QComboBox = QtWidgets.QComboBox

@@ -11,7 +11,13 @@ Scenarios, one Krita session, each with its own time budget:
 7. a new image in the style of the layer, from the docker's Generate button;
 8. restyle keeping the layer's lines (Canny + ControlNet) from the Stylize Layer action;
 9. apply the newest of the docker's recent results as a layer once more;
-10. import the plugin's zip with Krita's own "Import Python Plugin from File" code.
+10. the docker's layout: its main path fits on screen, a grid box per UNet attention block, tooltips;
+11. a sampler and a LoRA chosen in the docker reach the engine;
+12. live mode: a result right away, a stroke re-rendered, Apply, the live layer gone when live stops;
+    on again, then the document closed: live mode stops;
+13. live mode at 1024²: a stroke while a live job runs replaces it (latest wins); losing the backend
+    stops live mode;
+14. import the plugin's zip with Krita's own "Import Python Plugin from File" code.
 Everything observed goes to ``report.json`` in ``INSTANTSTYLE_E2E_OUT``, each scenario's part once it
 finished; ``where`` says which scenario is running and in which state, or where it stopped. Then Krita quits.
 """
@@ -34,7 +40,8 @@ report = {"steps": []}
 # Seconds each scenario may take on a busy 2-core machine: generous, yet a hang is reported long before
 # the test's own limit, with the scenario it happened in.
 SCALE = float(os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"))
-BUDGETS = {"startup": 240, "stylize": 90, "screenshots": 30, "zip_import": 30}
+BUDGETS = {"startup": 240, "stylize": 90, "screenshots": 30, "zip_import": 30, "live_supersede": 120}
+LIVE = "InstantStyle live"
 DEFAULT_BUDGET = 60
 
 
@@ -517,9 +524,267 @@ class Runner:
                 == bytes(nodes[1].pixelData(0, 0, SIZE, SIZE)),
             }
         )
+        self.begin("docker_layout", self.docker_layout)
+
+    # -------------------------------------------------------------- scenario 10: the docker's layout
+
+    def docker_layout(self):
+        """The main path fits in ~900 px with the sections closed; the block grid follows the UNet."""
+        from instantstyle.qt import QAbstractButton, QWidget
+
+        docker = self.docker()
+        for section in docker.sections.values():
+            section.set_open(False)
+        body = docker.widget().widget()
+        body.adjustSize()
+        closed = body.sizeHint().height()
+        docker.sections["blocks"].set_open(True)
+        features = self.controller.session.features
+        editors = ("QDoubleSpinBox", "QSpinBox", "QComboBox", "QLineEdit", "QPlainTextEdit")
+
+        def own_control(widget):
+            """Buttons and editors an artist uses (not the line edit inside a spin box or combo)."""
+            name = widget.metaObject().className()
+            parent = widget.parentWidget().metaObject().className() if widget.parentWidget() else ""
+            inner = parent.endswith(("SpinBox", "ComboBox", "Combo"))
+            return (
+                widget.isVisibleTo(body)
+                and not inner
+                and (isinstance(widget, QAbstractButton) or name in editors)
+            )
+
+        controls = [w for w in body.findChildren(QWidget) if own_control(w)]
+        untitled = [
+            f"{w.metaObject().className()}:{getattr(w, 'text', lambda: '')()}"
+            for w in controls
+            if not w.toolTip()
+        ]
+        docker.sections["blocks"].set_open(False)
+        self.layout_part = {
+            "closed_height": closed,
+            "grid_blocks": list(docker.block_grid.boxes),
+            "announced_blocks": features.attention_blocks,
+            "speed_presets": [docker.speed.itemData(i) for i in range(docker.speed.count())],
+            "loras_offered": docker.loras.offered,
+            "without_tooltip": untitled,
+        }
+        # A screenshot with the sections open: the block grid (custom scales), sampling, LoRAs.
+        docker.preset.setCurrentIndex(docker.preset.findData("custom"))
+        for name in ("blocks", "sampling", "loras"):
+            docker.sections[name].set_open(True)
+        docker.setFloating(True)
+        docker.resize(460, 1400)
+        self.settle_until = time.monotonic() + 0.7
+        self.state = self.screenshot_sections
+
+    def screenshot_sections(self):
+        if time.monotonic() < self.settle_until:
+            return
+        QApplication.processEvents()
+        docker = self.docker()
+        docker.grab().save(str(OUT / "krita-docker-sections.png"))
+        docker.setFloating(False)
+        for section in docker.sections.values():
+            section.set_open(False)
+        docker.preset.setCurrentIndex(docker.preset.findData("style"))
+        self.done(self.layout_part)
+        self.start_lora_sampler_scenario()
+
+    # -------------------------------------------------------------- scenario 11: sampler and LoRA
+
+    def start_lora_sampler_scenario(self):
+        from instantstyle.settings import JobKind, LoraChoice
+
+        self.document11, _ = new_document(self.window, "lora", SIZE)
+        self.layers11_before = layer_names(self.document11)
+        docker = self.docker()
+        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.STYLIZE))
+        docker.sampler.setCurrentIndex(docker.sampler.findData("dpmpp_2m_karras"))
+        docker.loras.add(LoraChoice("style", 0.8))
+        self.when_active(
+            "lora_sampler", self.document11, docker.generate_button.click, self.wait_lora_sampler
+        )
+
+    def wait_lora_sampler(self):
+        finished = self.finished_result(self.document11, self.layers11_before)
+        if finished is None:
+            return
+        job, node = finished
+        (OUT / "lora-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        settings = self.controller.settings
+        self.done(
+            {
+                "state": job.state.value,
+                "sampler": settings.sampler,
+                "loras": [[lora.name, lora.weight] for lora in settings.loras],
+            }
+        )
+        docker = self.docker()
+        docker.sampler.setCurrentIndex(0)
+        docker.loras.set_values([])
+        self.start_live_scenario()
+
+    # -------------------------------------------------------------- scenario 12: live mode
+
+    def start_live_scenario(self):
+        self.document12, self.layer12 = new_document(self.window, "live", SIZE)
+        self.docker().live_seed.setValue(77)
+        self.when_active(
+            "live", self.document12, lambda: self.docker().live_button.setChecked(True), self.wait_live_first
+        )
+
+    def live_result(self, newer_than):
+        """The live job shown in the live layer if it is newer than job ``newer_than``, else None."""
+        live = self.controller.live
+        job = live.shown_job if live is not None else None
+        if (
+            job is None
+            or job.job_id <= newer_than
+            or self.controller._in_tick
+            or LIVE not in layer_names(self.document12)
+        ):
+            return None
+        return job
+
+    def wait_live_first(self):
+        job = self.live_result(0)
+        if job is None:
+            return
+        self.live_first = job
+        (OUT / "live-source-1.rgba").write_bytes(rgba(bytes(self.layer12.pixelData(0, 0, SIZE, SIZE))))
+        (OUT / "live-layer-1.rgba").write_bytes(rgba(bytes(self.live_node().pixelData(0, 0, SIZE, SIZE))))
+        # A stroke, painted as a brush would: a red square in the middle of the watched layer.
+        red = bytes((40, 40, 230, 255)) * 16
+        for y in range(24, 40):
+            self.layer12.setPixelData(red, 24, y, 16, 1)
+        self.document12.refreshProjection()
+        self.stroke_source = bytes(self.layer12.pixelData(0, 0, SIZE, SIZE))
+        self.state = self.wait_live_stroke
+
+    def live_node(self):
+        return next(n for n in self.document12.rootNode().childNodes() if n.name() == LIVE)
+
+    def wait_live_stroke(self):
+        job = self.live_result(self.live_first.job_id)
+        if job is None:
+            return
+        (OUT / "live-source-2.rgba").write_bytes(rgba(self.stroke_source))
+        live_pixels = bytes(self.live_node().pixelData(0, 0, SIZE, SIZE))
+        (OUT / "live-layer-2.rgba").write_bytes(rgba(live_pixels))
+        names = layer_names(self.document12)
+        applied = self.controller.apply_live()
+        after_apply = layer_names(self.document12)
+        copy = next((n for n in self.document12.rootNode().childNodes() if n.name() == applied), None)
+        self.docker().live_button.setChecked(False)
+        self.live_part = {
+            "first_job": self.live_first.job_id,
+            "stroke_job": job.job_id,
+            "layers_live": names,
+            "live_above_source": names.index(LIVE) == names.index("Painted") + 1,
+            "applied": applied,
+            "applied_same_pixels": copy is not None
+            and bytes(copy.pixelData(0, 0, SIZE, SIZE)) == live_pixels,
+            "layers_after_apply": after_apply,
+            "source_is_the_stroke": bytes(self.layer12.pixelData(0, 0, SIZE, SIZE)) == self.stroke_source,
+            "live_seed": job.seed,
+            "size": [job.width, job.height],
+        }
+        self.state = self.wait_live_off
+
+    def wait_live_off(self):
+        if self.controller._in_tick:
+            return
+        self.done(
+            {
+                **self.live_part,
+                "layers_after_off": layer_names(self.document12),
+                "live_on": self.controller.live is not None,
+            }
+        )
+        self.begin("live_close", self.live_on_again)
+        self.docker().live_button.setChecked(True)
+
+    def live_on_again(self):
+        """Live once more on the same document, then close it (File > Close, as an artist does)."""
+        if self.live_result(self.live_first.job_id) is None:
+            return
+        self.document12.setModified(False)
+        self.app.action("file_close").trigger()
+        self.state = self.wait_live_closed
+
+    def wait_live_closed(self):
+        if self.controller.live is not None or self.controller._in_tick:
+            return
+        self.done(
+            {
+                "closed": self.document12 not in self.app.documents(),
+                "message": self.controller.message,
+                "krita_alive": self.app.activeWindow() is not None,
+                "button_off": not self.docker().live_button.isChecked(),
+            }
+        )
+        self.start_live_supersede_scenario()
+
+    # ------------------------------------------------- scenario 13: a stroke while a live job runs
+
+    def start_live_supersede_scenario(self):
+        self.document13, self.layer13 = new_document(self.window, "live 1024", 1024)
+        self.docker().live_max_side.setValue(1024)
+        self.docker().strength.setValue(1.0)  # every step runs: a live job takes seconds at 1024²
+        self.when_active(
+            "live_supersede",
+            self.document13,
+            lambda: self.docker().live_button.setChecked(True),
+            self.stroke_while_running,
+        )
+
+    def stroke_while_running(self):
+        running = [
+            j
+            for j in self.controller.session.jobs.values()
+            if j.live and j.state.value == "running" and j.step >= 1
+        ]
+        if not running:
+            return
+        self.superseded = running[0]
+        red = bytes((40, 40, 230, 255)) * 256
+        for y in range(256, 512):
+            self.layer13.setPixelData(red, 256, y, 256, 1)
+        self.document13.refreshProjection()
+        self.state = self.wait_superseding_result
+
+    def wait_superseding_result(self):
+        live = self.controller.live
+        job = live.shown_job if live is not None else None
+        if job is None or not self.superseded.state.finished or self.controller._in_tick:
+            return
+        self.supersede_part = {
+            "superseded_state": self.superseded.state.value,
+            "superseded_step": self.superseded.step,
+            "superseded_total": self.superseded.total,
+            "shown_job_is_newer": job.job_id > self.superseded.job_id,
+            "live_layer": LIVE in layer_names(self.document13),
+        }
+        # The backend goes away (as if it stopped): live mode stops and its layer goes.
+        self.controller.session.connection.stop(timeout=5.0)
+        self.state = self.wait_backend_lost
+
+    def wait_backend_lost(self):
+        if self.controller.live is not None or self.controller._in_tick:
+            return
+        self.done(
+            {
+                **self.supersede_part,
+                "layers_after_loss": layer_names(self.document13),
+                "message": self.controller.message,
+                "button_off": not self.docker().live_button.isChecked(),
+            }
+        )
+        self.docker().strength.setValue(0.6)
+        self.controller.reconnect(self.controller.settings.server_url, self.controller.settings.token)
         self.begin("zip_import", self.import_zip)
 
-    # -------------------------------------------------------------- scenario 10: Krita's zip importer
+    # -------------------------------------------------------------- scenario 14: Krita's zip importer
 
     def import_zip(self):
         """What Tools > Scripts > Import Python Plugin from File does with the zip, into a spare folder."""
