@@ -144,6 +144,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--blocks", help='custom per-block map as JSON, e.g. \'{"up": {"block_0": [0, 1, 0]}}\''
     )
     parser.add_argument("--style-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--layout-push",
+        type=float,
+        default=2.0,
+        help="preset precise: how hard the reference's layout is pushed away (0 to 5; 0 = preset style)",
+    )
     parser.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.TXT2IMG.value)
     parser.add_argument("--init", type=Path, help="image to stylize (img2img, inpaint, control)")
     parser.add_argument("--mask", type=Path, help="inpaint mask (white = change)")
@@ -237,6 +243,7 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
         preset=BlockPreset(args.preset),
         block_scales=json.loads(args.blocks) if args.blocks else None,
         style_scale=args.style_scale,
+        layout_push=args.layout_push,
         mode=Mode(args.mode),
         init_image=init_index,
         mask=mask_index,

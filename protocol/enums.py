@@ -20,6 +20,9 @@ class BlockPreset(str, Enum):
     """Every cross-attention block: plain IP-Adapter."""
     CUSTOM = "custom"
     """A per-block scale map given by the user."""
+    PRECISE = "precise"
+    """The style block, and the reference's layout pushed away: at ``down_blocks.2.attentions.1`` it
+    goes into the negative (unconditional) branch only, at ``layout_push`` (needs guidance above 1)."""
 
 
 class Mode(str, Enum):

@@ -25,6 +25,9 @@ MAX_BLOCK_DEPTH = 4
 MAX_LORAS = 8
 """LoRAs one job may use at once."""
 MAX_LORA_WEIGHT = 4.0
+MAX_LAYOUT_PUSH = 5.0
+DEFAULT_LAYOUT_PUSH = 2.0
+"""ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
 
 
 def _leaves(tree: dict, path: str, depth: int = 0) -> list[tuple[str, object]]:
@@ -100,6 +103,8 @@ class Generate:
     preset: BlockPreset = BlockPreset.STYLE
     block_scales: dict[str, Any] | None = None
     style_scale: float = field(default=1.0, metadata=bounds(0.0, 2.0))
+    layout_push: float = field(default=DEFAULT_LAYOUT_PUSH, metadata=bounds(0.0, MAX_LAYOUT_PUSH))
+    """For preset ``precise``: how hard the reference's layout is pushed away (0 = the style preset)."""
     mode: Mode = Mode.TXT2IMG
     init_image: int | None = field(default=None, metadata=bounds(0, MAX_INPUT_INDEX))
     mask: int | None = field(default=None, metadata=bounds(0, MAX_INPUT_INDEX))
@@ -162,6 +167,12 @@ class Generate:
             raise fail(ErrorCode.MISSING_FIELD, "mode inpaint needs mask")
         if self.preset is BlockPreset.CUSTOM and not self.block_scales:
             raise fail(ErrorCode.MISSING_FIELD, "preset custom needs block_scales")
+        if self.preset is BlockPreset.PRECISE and self.guidance_scale <= 1.0:
+            raise fail(
+                ErrorCode.BAD_FIELD,
+                "preset precise pushes the layout away through the negative branch, which guidance "
+                f"{self.guidance_scale} turns off: raise guidance_scale above 1",
+            )
         if self.block_scales is not None and self.preset is not BlockPreset.CUSTOM:
             raise fail(
                 ErrorCode.BAD_FIELD, f"block_scales is only used with preset custom, not {self.preset.value}"

@@ -28,7 +28,7 @@ from PIL import Image
 
 from backend.engine.request import GenerationRequest, StyleReference
 from krita_plugin.instantstyle.settings import GenerationSettings, JobKind, save_settings
-from protocol import Mode, Sampler
+from protocol import BlockPreset, Mode, Sampler
 from tests.conftest import REPO
 from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
 from tests.krita_versions import VERSIONS, KritaVersion
@@ -402,6 +402,22 @@ def test_a_sampler_and_a_lora_chosen_in_the_docker_reach_the_engine(krita: Krita
         loras=(("style", 0.8),),
     )
     assert np.array_equal(krita.rgba("lora-layer.rgba")[..., :3], expected)
+
+
+def test_the_precise_preset_chosen_in_the_docker_reaches_the_engine(krita: KritaRun, engine):
+    precise = krita.scenario("precise")
+    assert precise == {"state": "done", "preset": "precise", "layout_push": 1.5}
+    source = krita.source()
+    expected = expected_pixels(
+        engine,
+        style_images=[StyleReference(source)],
+        mode=Mode.IMG2IMG,
+        init_image=source,
+        strength=STRENGTH,
+        preset=BlockPreset.PRECISE,
+        layout_push=1.5,
+    )
+    assert np.array_equal(krita.rgba("precise-layer.rgba")[..., :3], expected)
 
 
 def live_expected(lora_engine, source: Image.Image) -> np.ndarray:

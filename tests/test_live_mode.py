@@ -61,6 +61,10 @@ def test_live_jobs_take_the_preset_a_fixed_seed_and_the_live_size():
     assert base.steps == 30 and base.loras == [LoraChoice("ink", 0.5)]  # the docker's own stay
     # No preset offered: the docker's own steps and sampler.
     assert live_settings(base, None, 64, 64).steps == 30
+    # Precise needs CFG: with a CFG-off preset live mode falls back to the style preset.
+    precise = dataclasses.replace(base, preset="precise")
+    assert live_settings(precise, LIGHTNING, 64, 64).preset == "style"
+    assert live_settings(precise, HYPER, 64, 64).preset == "precise"
     assert live_size(100, 37, 768) == (96, 32) and live_size(4, 4, 768) == (8, 8)
     assert pick_preset([LIGHTNING, HYPER], "hyper-8-cfg") is HYPER
     assert pick_preset([LIGHTNING, HYPER], "gone") is LIGHTNING and pick_preset([], "x") is None

@@ -20,6 +20,8 @@ LAYOUT_BLOCK = "down_blocks.2.attentions.1"
 
 PRESET_TARGETS: dict[BlockPreset, tuple[str, ...]] = {
     BlockPreset.STYLE: (STYLE_BLOCK,),
+    # The layout block's negative-only injection is precise.py's processor, not a scale.
+    BlockPreset.PRECISE: (STYLE_BLOCK,),
     BlockPreset.STYLE_LAYOUT: (LAYOUT_BLOCK, STYLE_BLOCK),
 }
 

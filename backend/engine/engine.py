@@ -32,6 +32,7 @@ from .downloads import DownloadProgress, prefetch
 from .loading import ModelSpec, load_controlnet, load_models, pick_device, pick_dtype
 from .loras import LoraSet
 from .memory import MemoryTier, pick_tier, place, visiting
+from .precise import PreciseLayout
 from .previews import PreviewStream, StepPreview
 from .prompt_cache import PromptCache, PromptKey
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
@@ -178,6 +179,7 @@ class InstantStyleEngine:
         self._model_scheduler = pipeline.scheduler  # type: ignore[attr-defined]
         """The model's own scheduler: the default sampler and the base of the others' configs."""
         self.loras = loras or LoraSet(pipeline)
+        self.precise = PreciseLayout(pipeline.unet)  # type: ignore[attr-defined]
         self.prompts = PromptCache(prompt_cache_size)
         self._lock = threading.Lock()
         self.compiled = False
@@ -334,7 +336,10 @@ class InstantStyleEngine:
         """
         request.validate()
         pipe = self.pipeline_for(request.mode)
+        self.precise.set(None)  # diffusers sets the scales of its own processors only
         pipe.set_ip_adapter_scale(self.scale_map(request))  # type: ignore[attr-defined]
+        if request.preset is BlockPreset.PRECISE and request.layout_push > 0:
+            self.precise.set(request.layout_push)  # at 0 nothing is pushed: exactly the style preset
         self.loras.activate(request.loras)  # before the prompt is encoded: a LoRA may change it
         # Every job gets its own scheduler: they keep per-run state, and the sampler is the job's choice.
         base = self._model_scheduler

@@ -46,6 +46,8 @@ class GenerationRequest:
     preset: BlockPreset = BlockPreset.STYLE
     block_scales: BlockScaleMap | None = None
     style_scale: float = 1.0
+    layout_push: float = 2.0
+    """For ``BlockPreset.PRECISE``: the reference's weight in the negative branch at the layout block."""
     mode: Mode = Mode.TXT2IMG
     init_image: Image.Image | None = None
     mask: Image.Image | None = None
@@ -88,6 +90,10 @@ class GenerationRequest:
             raise RequestError("mode inpaint needs a mask")
         if self.preset is BlockPreset.CUSTOM and not self.block_scales:
             raise RequestError("the custom preset needs block_scales")
+        if self.preset is BlockPreset.PRECISE:
+            from .precise import check_precise
+
+            check_precise(self.guidance_scale, self.layout_push)
 
     @property
     def effective_steps(self) -> int:

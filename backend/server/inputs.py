@@ -65,6 +65,7 @@ def build_request(message: Generate, images: dict[int, Image.Image]) -> Generati
         preset=message.preset,
         block_scales=message.block_scales,
         style_scale=message.style_scale,
+        layout_push=message.layout_push,
         mode=message.mode,
         init_image=flatten(images[message.init_image]) if message.init_image is not None else None,
         mask=mask,

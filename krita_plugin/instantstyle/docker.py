@@ -183,7 +183,9 @@ class InstantStyleDocker(DockWidget):
         self._block_text = s.block_scales
         self.block_grid.set_text(s.block_scales)
         self.block_grid.setEnabled(s.preset == "custom")
+        self.layout_push.setEnabled(s.preset == "precise")
         self.style_scale.setValue(s.style_scale)
+        self.layout_push.setValue(s.layout_push)
         self.auto_size.setChecked(s.auto_size)
         self.width_box.setValue(s.width)
         self.height_box.setValue(s.height)
@@ -217,6 +219,7 @@ class InstantStyleDocker(DockWidget):
             block_text,
             self.style_scale.value(),
         )
+        s.layout_push = self.layout_push.value()
         s.auto_size, s.width, s.height = (
             self.auto_size.isChecked(),
             self.width_box.value(),

@@ -26,6 +26,7 @@ from .sections import BlockGrid, LoraList, Section
 
 PRESETS = [
     ("Style", "style"),
+    ("Precise (layout pushed away)", "precise"),
     ("Style + Layout", "style+layout"),
     ("All blocks", "all"),
     ("Custom", "custom"),
@@ -70,9 +71,11 @@ def side_by_side(*widgets: QWidget) -> QWidget:
 
 
 def custom_chosen(docker) -> None:
-    """The grid edits only the custom preset; an empty grid starts from InstantStyle's style block."""
+    """The grid edits only the custom preset (an empty grid starts from InstantStyle's style block);
+    the layout push only the precise one."""
     custom = docker.preset.currentData() == "custom"
     docker.block_grid.setEnabled(custom)
+    docker.layout_push.setEnabled(docker.preset.currentData() == "precise")
     if custom and not docker.block_grid.text():
         docker.block_grid.set_text('{"up": {"block_0": [0.0, 1.0]}}')
 
@@ -86,11 +89,18 @@ def build_sections(docker) -> list[Section]:
         docker.preset.addItem(label, value)
     docker.preset.setToolTip(
         "Style: only the block that carries style (InstantStyle's default, least content leaks). "
+        "Precise: the same, and the reference's composition actively pushed away (needs guidance > 1). "
         "Style + Layout: also the composition. All: classic IP-Adapter. Custom: set each block below."
     )
     docker.block_grid = BlockGrid()
     docker.preset.currentIndexChanged.connect(lambda: custom_chosen(docker))
+    docker.layout_push = spin(0.0, 5.0, 0.25)
+    docker.layout_push.setToolTip(
+        "Precise only: how hard the reference's composition is pushed away (about 2 is a good start; "
+        "0 is the plain style preset)"
+    )
     form.addRow("Blocks", docker.preset)
+    form.addRow("Layout push", docker.layout_push)
     form.addRow(docker.block_grid)
 
     sampling = Section("Sampling", "speed, steps, sampler, guidance, seed and size")

@@ -77,8 +77,12 @@ def live_settings(
     strength; the live preset, a fixed seed, one image, img2img at the live resolution."""
     base = apply_preset(settings, preset) if preset is not None else settings
     live_width, live_height = live_size(width, height, settings.live_max_side)
+    blocks = base.preset
+    if blocks == protocol.BlockPreset.PRECISE.value and base.guidance_scale <= 1.0:
+        blocks = protocol.BlockPreset.STYLE.value  # precise needs CFG, which this preset turns off
     return replace(
         base,
+        preset=blocks,
         kind=JobKind.STYLIZE,
         seed=settings.live_seed,
         seed_locked=True,

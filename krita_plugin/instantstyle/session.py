@@ -210,6 +210,7 @@ class Session:
             preset=protocol.BlockPreset(settings.preset),
             block_scales=block_scales,
             style_scale=settings.style_scale,
+            layout_push=settings.layout_push,
             mode=mode,
             init_image=init_index,
             mask=mask_index,

@@ -70,6 +70,8 @@ class GenerationSettings:
     block_scales: str = ""
     """JSON for the custom preset, e.g. ``{"up": {"block_0": [0, 1, 0]}}``."""
     style_scale: float = 1.0
+    layout_push: float = 2.0
+    """For the precise preset: how hard the reference's composition is pushed away."""
     kind: JobKind = JobKind.STYLIZE
     strength: float = 0.6
     control_scale: float = 0.6

@@ -12,7 +12,7 @@ Scenarios, one Krita session, each with its own time budget:
 8. restyle keeping the layer's lines (Canny + ControlNet) from the Stylize Layer action;
 9. apply the newest of the docker's recent results as a layer once more;
 10. the docker's layout: its main path fits on screen, a grid box per UNet attention block, tooltips;
-11. a sampler and a LoRA chosen in the docker reach the engine;
+11. a sampler and a LoRA chosen in the docker reach the engine; then the precise preset does;
 12. live mode: a result right away, a stroke re-rendered, Apply, the live layer gone when live stops;
     on again, then the document closed: live mode stops;
 13. live mode at 1024²: a stroke while a live job runs replaces it (latest wins); losing the backend
@@ -622,6 +622,27 @@ class Runner:
         docker = self.docker()
         docker.sampler.setCurrentIndex(0)
         docker.loras.set_values([])
+        self.start_precise_scenario()
+
+    # ------------------------------------------------- scenario 11b: the precise preset
+
+    def start_precise_scenario(self):
+        self.document_p, _ = new_document(self.window, "precise", SIZE)
+        self.layers_p_before = layer_names(self.document_p)
+        docker = self.docker()
+        docker.preset.setCurrentIndex(docker.preset.findData("precise"))
+        docker.layout_push.setValue(1.5)
+        self.when_active("precise", self.document_p, docker.generate_button.click, self.wait_precise)
+
+    def wait_precise(self):
+        finished = self.finished_result(self.document_p, self.layers_p_before)
+        if finished is None:
+            return
+        job, node = finished
+        (OUT / "precise-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        settings = self.controller.settings
+        self.done({"state": job.state.value, "preset": settings.preset, "layout_push": settings.layout_push})
+        self.docker().preset.setCurrentIndex(self.docker().preset.findData("style"))
         self.start_live_scenario()
 
     # -------------------------------------------------------------- scenario 12: live mode
