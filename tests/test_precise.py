@@ -23,10 +23,10 @@ def job(preset: BlockPreset, push: float = 2.0, **overrides) -> GenerationReques
 
 
 class Capture:
-    """The first call of every cross-attention in the UNet: its inputs (kwargs) and output."""
+    """The first call of every cross-attention in the UNet: its inputs (kwargs), output and processor."""
 
     def __init__(self, unet: torch.nn.Module) -> None:
-        self.calls: dict[str, tuple[tuple, dict, torch.Tensor]] = {}
+        self.calls: dict[str, tuple[tuple, dict, torch.Tensor, object]] = {}
         self.handles = []
         for name, module in unet.named_modules():
             if name.endswith("attn2"):
@@ -35,9 +35,9 @@ class Capture:
                 )
 
     def _hook(self, name: str):
-        def hook(_module, args, kwargs, output):
+        def hook(module, args, kwargs, output):
             if name not in self.calls:
-                self.calls[name] = (args, dict(kwargs), output.detach().clone())
+                self.calls[name] = (args, dict(kwargs), output.detach().clone(), module.processor)
 
         return hook
 
@@ -46,7 +46,7 @@ class Capture:
             handle.remove()
 
 
-def first_calls(engine, request: GenerationRequest) -> dict[str, tuple[tuple, dict, torch.Tensor]]:
+def first_calls(engine, request: GenerationRequest) -> dict[str, tuple[tuple, dict, torch.Tensor, object]]:
     capture = Capture(engine.pipeline.unet)
     try:
         engine.generate(request)
@@ -64,7 +64,7 @@ def test_the_layout_block_gets_the_reference_in_the_negative_half_only(engine):
     precise = first_calls(engine, job(BlockPreset.PRECISE, push=2.0))
     layout = layout_names(precise)
     assert layout, "no cross-attention in the layout block"
-    for name, (_args, _kwargs, out) in precise.items():
+    for name, (_args, _kwargs, out, _processor) in precise.items():
         half = out.shape[0] // 2
         # The positive half: exactly the style preset everywhere, the layout block included (no image
         # tokens there), because CFG halves never mix inside the UNet.
@@ -79,9 +79,8 @@ def test_the_negative_half_gets_the_references_contribution_times_the_push(engin
     """An independent computation with diffusers' own processor on the captured inputs."""
     precise = first_calls(engine, job(BlockPreset.PRECISE, push=2.0))
     name = layout_names(precise)[0]
-    args, kwargs, out = precise[name]
+    args, kwargs, out, wrapper = precise[name]
     attention = engine.pipeline.unet.get_submodule(name)
-    wrapper = attention.processor
     assert isinstance(wrapper, PreciseLayoutProcessor) and wrapper.push == 2.0
     hidden = kwargs.get("hidden_states", args[0] if args else None)
     text, tokens = kwargs["encoder_hidden_states"]
@@ -110,6 +109,9 @@ def test_push_zero_is_the_style_preset_bit_for_bit_and_switching_back_restores_i
     pushed = engine.generate(job(BlockPreset.PRECISE, push=2.0)).images[0]
     assert not np.array_equal(pushed, style)
     # After a precise job the layout block has diffusers' own processors and scales again.
+    assert not any(
+        isinstance(p, PreciseLayoutProcessor) for p in engine.pipeline.unet.attn_processors.values()
+    )
     assert np.array_equal(engine.generate(job(BlockPreset.STYLE)).images[0], style)
     layout = engine.generate(job(BlockPreset.STYLE_LAYOUT)).images[0]
     engine.generate(job(BlockPreset.PRECISE, push=1.0))

@@ -10,13 +10,11 @@ per-step previews and the cancellation point. It knows nothing of sockets.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,13 +26,15 @@ from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 from .blocks import UNetAttentionLayout, build_scale_map
 from .canny import canny
 from .decode import check_finite, decode
-from .downloads import DownloadProgress, prefetch
-from .loading import ModelSpec, load_controlnet, load_models, pick_device, pick_dtype
+from .downloads import prefetch
+from .load_plan import EngineInfo, LoadPlan, download_status, engine_info
+from .loading import ModelSpec, load_controlnet, load_models
 from .loras import LoraSet
-from .memory import MemoryTier, pick_tier, place, visiting
+from .memory import MemoryTier, place, visiting
 from .precise import PreciseLayout
-from .previews import PreviewStream, StepPreview
+from .previews import DenoisedCapture, PreviewStream, StepPreview
 from .prompt_cache import PromptCache, PromptKey
+from .regions import mask_tensor, plan_regions
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
 from .samplers import make_scheduler
 from .speed_presets import SpeedPreset, lora_sources, speed_preset
@@ -46,96 +46,6 @@ StepCallback = Callable[[StepPreview], None]
 StatusCallback = Callable[[ModelStatus], None]
 VAE_TILING_ABOVE = 1536
 """Pixels a side above which the VAE decodes in tiles."""
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What a client is told about the loaded model."""
-
-    label: str
-    is_test_model: bool
-    device: str
-    dtype: str
-    memory_tier: str = MemoryTier.FULL.value
-
-
-def engine_info(spec: ModelSpec, device: torch.device, dtype: torch.dtype, tier: MemoryTier) -> EngineInfo:
-    return EngineInfo(spec.label, spec.is_test_model, str(device), str(dtype), tier.value)
-
-
-@dataclass(frozen=True)
-class LoadPlan:
-    """Where and how a model will be loaded, known before any weight is read: a server can announce
-    it while it downloads and loads."""
-
-    spec: ModelSpec
-    device: torch.device
-    dtype: torch.dtype
-    memory_tier: MemoryTier
-    compile: bool = False
-    """``torch.compile`` the UNet's repeated blocks (opt-in: compiling costs start-up time)."""
-
-    @classmethod
-    def make(
-        cls,
-        spec: ModelSpec,
-        device: str | None = None,
-        dtype: str | None = None,
-        memory_tier: str | None = "auto",
-        compile: bool = False,
-    ) -> LoadPlan:
-        torch_device = pick_device(device)
-        tier = pick_tier(torch_device, memory_tier, controlnet=spec.controlnet is not None)
-        return cls(spec, torch_device, pick_dtype(torch_device, dtype), tier, compile)
-
-    @property
-    def info(self) -> EngineInfo:
-        return engine_info(self.spec, self.device, self.dtype, self.memory_tier)
-
-    @property
-    def modes(self) -> list[Mode]:
-        """What the loaded engine will run: ``control`` needs a ControlNet."""
-        return [mode for mode in Mode if mode is not Mode.CONTROL or self.spec.controlnet is not None]
-
-
-def download_status(progress: DownloadProgress) -> ModelStatus:
-    """``Downloading models: 3.1 of 11.3 GB (4 of 17 files)`` (MB below a GB)."""
-    unit, name = (1024**3, "GB") if progress.bytes_total >= 1024**3 else (1024**2, "MB")
-    done, total = progress.bytes_done / unit, progress.bytes_total / unit
-    return ModelStatus(
-        ModelPhase.DOWNLOADING,
-        f"Downloading models: {done:.1f} of {total:.1f} {name} "
-        f"({progress.files_done} of {progress.files_total} files)",
-        progress.bytes_done,
-        progress.bytes_total,
-    )
-
-
-class _DenoisedCapture:
-    """Remembers the scheduler's x0 estimate of the last step: a far better preview than x_t."""
-
-    def __init__(self) -> None:
-        self.latest: torch.Tensor | None = None
-
-    @contextlib.contextmanager
-    def attached(self, scheduler: object) -> Iterator[None]:
-        original = scheduler.step  # type: ignore[attr-defined]
-
-        @functools.wraps(original)
-        def step(*args: object, **kwargs: object) -> object:
-            output = original(*args, **kwargs)
-            if isinstance(output, tuple):
-                self.latest = output[1] if len(output) > 1 else None
-            else:
-                self.latest = getattr(output, "pred_original_sample", None)
-            return output
-
-        scheduler.step = step  # type: ignore[attr-defined]
-        try:
-            yield
-        finally:
-            del scheduler.step  # type: ignore[attr-defined]  # back to the class's method
-            self.latest = None
 
 
 class InstantStyleEngine:
@@ -284,14 +194,30 @@ class InstantStyleEngine:
     def scale_map(self, request: GenerationRequest) -> dict[str, object]:
         return build_scale_map(self.layout, request.preset, request.style_scale, request.block_scales)
 
+    def style_and_masks(self, request: GenerationRequest) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The (N, D) style embeddings of the job's IP-Adapter images, and their masks (regions only)."""
+        if not request.regions:
+            style = self.encoder.style_embedding(
+                [ref.image for ref in request.style_images],
+                [ref.weight for ref in request.style_images],
+                request.content_text,
+                request.content_scale,
+            )
+            return style, None
+        plan = plan_regions(
+            request.regions, request.style_images, request.content_text, (request.width, request.height)
+        )
+        embeds = [
+            self.encoder.style_embedding(
+                [ref.image for ref in refs], [ref.weight for ref in refs], content, request.content_scale
+            )
+            for refs, content in zip(plan.styles, plan.content_texts, strict=True)
+        ]
+        return torch.cat(embeds), mask_tensor(plan.masks, request.width, request.height)
+
     def pipeline_kwargs(self, request: GenerationRequest) -> dict[str, object]:
         """Everything the diffusers pipeline is called with, except the callback."""
-        style = self.encoder.style_embedding(
-            [ref.image for ref in request.style_images],
-            [ref.weight for ref in request.style_images],
-            request.content_text,
-            request.content_scale,
-        )
+        style, masks = self.style_and_masks(request)
         guidance = request.guidance_scale > 1.0
         prompt = PromptKey(
             request.prompt, request.negative_prompt, guidance, self.loras.text_state(request.loras)
@@ -311,6 +237,8 @@ class InstantStyleEngine:
             # The engine decodes itself (decode.py): the VAE's dtype survives a failed decode.
             "output_type": "latent",
         }
+        if masks is not None:
+            kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": [m.to(self.device) for m in masks]}
         size = (request.width, request.height)
         if request.mode is Mode.CONTROL:
             assert request.init_image is not None
@@ -366,42 +294,10 @@ class InstantStyleEngine:
         """Run one job; ``on_step`` sees every step, ``cancel`` stops it at the next one."""
         started = time.perf_counter()
         with self._lock:
-            pipe, kwargs = self.prepare(request)
-            capture = _DenoisedCapture()
-            previews = PreviewStream(on_step, self.device) if on_step is not None else None
-
-            def step_end(p: object, index: int, _t: object, tensors: dict[str, torch.Tensor]) -> dict:
-                if cancel is not None and cancel.is_set():
-                    if previews is not None:
-                        previews.flush()  # the last step that ran is shown, as without deferral
-                    raise JobCancelled
-                if previews is not None:
-                    latents = tensors["latents"]
-                    shown = capture.latest if capture.latest is not None else latents
-                    total = int(p.num_timesteps)  # type: ignore[attr-defined]
-                    previews.push(index + 1, total, shown, latents)
-                return tensors
-
-            if cancel is not None and cancel.is_set():
-                raise JobCancelled
-            # Below the full tier the ControlNet rests in CPU memory and visits the GPU for its jobs only.
-            visitor = (
-                self.controlnet if request.mode is Mode.CONTROL and self.controlnet is not None else None
-            )
-            with (
-                capture.attached(pipe.scheduler),  # type: ignore[attr-defined]
-                torch.inference_mode(),
-                visiting(visitor, self.device) if visitor is not None else contextlib.nullcontext(),
-            ):
-                latents = pipe(  # type: ignore[operator]
-                    **kwargs,
-                    callback_on_step_end=step_end,
-                    callback_on_step_end_tensor_inputs=["latents"],
-                ).images
-                if previews is not None:
-                    previews.flush()
-                check_finite(latents, "latents")
-                decoded = decode(pipe, latents)
+            try:
+                decoded = self._denoise_and_decode(request, on_step, cancel)
+            finally:
+                self.precise.set(None)  # at rest the UNet has only diffusers' own processors
         images = [to_uint8(image) for image in decoded]
         return GenerationResult(
             images=images,
@@ -411,6 +307,46 @@ class InstantStyleEngine:
             scale_map=self.scale_map(request),
             seconds=time.perf_counter() - started,
         )
+
+    def _denoise_and_decode(
+        self, request: GenerationRequest, on_step: StepCallback | None, cancel: threading.Event | None
+    ) -> list[np.ndarray]:
+        """``generate``'s work (with the lock held): the pipeline's denoising, then the engine's decode."""
+        pipe, kwargs = self.prepare(request)
+        capture = DenoisedCapture()
+        previews = PreviewStream(on_step, self.device) if on_step is not None else None
+
+        def step_end(p: object, index: int, _t: object, tensors: dict[str, torch.Tensor]) -> dict:
+            if cancel is not None and cancel.is_set():
+                if previews is not None:
+                    previews.flush()  # the last step that ran is shown, as without deferral
+                raise JobCancelled
+            if previews is not None:
+                latents = tensors["latents"]
+                shown = capture.latest if capture.latest is not None else latents
+                total = int(p.num_timesteps)  # type: ignore[attr-defined]
+                previews.push(index + 1, total, shown, latents)
+            return tensors
+
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled
+        # Below the full tier the ControlNet rests in CPU memory and visits the GPU for its jobs only.
+        visitor = self.controlnet if request.mode is Mode.CONTROL and self.controlnet is not None else None
+        with (
+            capture.attached(pipe.scheduler),  # type: ignore[attr-defined]
+            torch.inference_mode(),
+            visiting(visitor, self.device) if visitor is not None else contextlib.nullcontext(),
+        ):
+            latents = pipe(  # type: ignore[operator]
+                **kwargs,
+                callback_on_step_end=step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+            ).images
+            if previews is not None:
+                previews.flush()
+            check_finite(latents, "latents")
+            decoded = decode(pipe, latents)
+        return decoded
 
     def compile_unet(self, backend: str | Callable[..., object] = "inductor") -> None:
         """``torch.compile`` the UNet's repeated transformer blocks (diffusers' regional compilation:

@@ -12,7 +12,9 @@ for the UNet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,3 +129,30 @@ class PreviewStream:
         preview.ready()
         rgb = preview.host.numpy().copy()  # the pinned buffer is reused two steps later
         self.emit(StepPreview(preview.step, preview.total, rgb, preview.latents))
+
+
+class DenoisedCapture:
+    """Remembers the scheduler's x0 estimate of the last step: a far better preview than x_t."""
+
+    def __init__(self) -> None:
+        self.latest: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def attached(self, scheduler: object) -> Iterator[None]:
+        original = scheduler.step  # type: ignore[attr-defined]
+
+        @functools.wraps(original)
+        def step(*args: object, **kwargs: object) -> object:
+            output = original(*args, **kwargs)
+            if isinstance(output, tuple):
+                self.latest = output[1] if len(output) > 1 else None
+            else:
+                self.latest = getattr(output, "pred_original_sample", None)
+            return output
+
+        scheduler.step = step  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            del scheduler.step  # type: ignore[attr-defined]  # back to the class's method
+            self.latest = None

@@ -63,6 +63,9 @@ class GenerationRequest:
     sampler: Sampler | None = None
     """None: the model's own scheduler."""
     loras: LoraSelection = ()
+    regions: list = field(default_factory=list)
+    """``regions.StyleRegion``s: parts of the picture with their own references; ``style_images``
+    then style the rest (and may be empty)."""
 
     def validate(self) -> None:
         for name, value in (("width", self.width), ("height", self.height)):
@@ -72,10 +75,11 @@ class GenerationRequest:
             raise RequestError(f"steps must be at least 1, got {self.steps}")
         if self.batch < 1:
             raise RequestError(f"batch must be at least 1, got {self.batch}")
-        if not self.style_images:
+        if not self.style_images and not self.regions:
             raise RequestError("at least one style reference image is needed")
-        if sum(ref.weight for ref in self.style_images) <= 0:
-            raise RequestError("style reference weights must add up to more than 0")
+        for references in [self.style_images, *(region.style_images for region in self.regions)]:
+            if references and sum(ref.weight for ref in references) <= 0:
+                raise RequestError("style reference weights must add up to more than 0")
         if self.mode is not Mode.TXT2IMG and self.init_image is None:
             raise RequestError(f"mode {self.mode.value} needs an init image")
         if self.mode in (Mode.IMG2IMG, Mode.INPAINT):

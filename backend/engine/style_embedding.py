@@ -51,10 +51,11 @@ def blend(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Ten
 def ip_adapter_embeds(style: torch.Tensor, classifier_free_guidance: bool) -> list[torch.Tensor]:
     """The ``ip_adapter_image_embeds`` layout diffusers expects for one adapter.
 
-    Shape ``[2, 1, D]`` with CFG (zeros = unconditional first, style second) or
-    ``[1, 1, D]`` without; the pipeline repeats it for the batch itself.
+    ``style`` is (1, D), or (N, D) for N images (regional styles, each with its own mask). Shape
+    ``[2, N, D]`` with CFG (zeros = unconditional first, style second) or ``[1, N, D]`` without;
+    the pipeline repeats it for the batch itself.
     """
-    positive = style.reshape(1, 1, -1)
+    positive = style.reshape(1, -1, style.shape[-1])
     if classifier_free_guidance:
         return [torch.cat([torch.zeros_like(positive), positive])]
     return [positive]

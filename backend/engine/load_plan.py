@@ -1,0 +1,77 @@
+"""What a client is told about the model, and the plan of where and how it loads (before any weight)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from protocol.enums import Mode, ModelPhase
+from protocol.messages import ModelStatus
+
+from .downloads import DownloadProgress
+from .loading import ModelSpec, pick_device, pick_dtype
+from .memory import MemoryTier, pick_tier
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a client is told about the loaded model."""
+
+    label: str
+    is_test_model: bool
+    device: str
+    dtype: str
+    memory_tier: str = MemoryTier.FULL.value
+
+
+def engine_info(spec: ModelSpec, device: torch.device, dtype: torch.dtype, tier: MemoryTier) -> EngineInfo:
+    return EngineInfo(spec.label, spec.is_test_model, str(device), str(dtype), tier.value)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Where and how a model will be loaded, known before any weight is read: a server can announce
+    it while it downloads and loads."""
+
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+    memory_tier: MemoryTier
+    compile: bool = False
+    """``torch.compile`` the UNet's repeated blocks (opt-in: compiling costs start-up time)."""
+
+    @classmethod
+    def make(
+        cls,
+        spec: ModelSpec,
+        device: str | None = None,
+        dtype: str | None = None,
+        memory_tier: str | None = "auto",
+        compile: bool = False,
+    ) -> LoadPlan:
+        torch_device = pick_device(device)
+        tier = pick_tier(torch_device, memory_tier, controlnet=spec.controlnet is not None)
+        return cls(spec, torch_device, pick_dtype(torch_device, dtype), tier, compile)
+
+    @property
+    def info(self) -> EngineInfo:
+        return engine_info(self.spec, self.device, self.dtype, self.memory_tier)
+
+    @property
+    def modes(self) -> list[Mode]:
+        """What the loaded engine will run: ``control`` needs a ControlNet."""
+        return [mode for mode in Mode if mode is not Mode.CONTROL or self.spec.controlnet is not None]
+
+
+def download_status(progress: DownloadProgress) -> ModelStatus:
+    """``Downloading models: 3.1 of 11.3 GB (4 of 17 files)`` (MB below a GB)."""
+    unit, name = (1024**3, "GB") if progress.bytes_total >= 1024**3 else (1024**2, "MB")
+    done, total = progress.bytes_done / unit, progress.bytes_total / unit
+    return ModelStatus(
+        ModelPhase.DOWNLOADING,
+        f"Downloading models: {done:.1f} of {total:.1f} {name} "
+        f"({progress.files_done} of {progress.files_total} files)",
+        progress.bytes_done,
+        progress.bytes_total,
+    )
