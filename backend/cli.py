@@ -120,6 +120,14 @@ def style_argument(text: str) -> tuple[Path, float]:
     return Path(path), float(weight) if weight else 1.0
 
 
+def region_argument(text: str) -> tuple[Path, Path, float]:
+    mask, sep, style = text.partition(":")
+    if not sep or not style:
+        raise argparse.ArgumentTypeError(f"expected MASK:IMAGE[=WEIGHT], got {text!r}")
+    image, weight = style_argument(style)
+    return Path(mask), image, weight
+
+
 def lora_weight_argument(text: str) -> tuple[str, float]:
     name, _, weight = text.partition("=")
     return name, float(weight) if weight else 1.0
@@ -130,7 +138,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--style",
         action="append",
-        required=True,
+        default=[],
         type=style_argument,
         metavar="IMAGE[=WEIGHT]",
         help="style reference (repeat to blend several)",
@@ -142,6 +150,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=[p.value for p in BlockPreset], default=BlockPreset.STYLE.value)
     parser.add_argument(
         "--blocks", help='custom per-block map as JSON, e.g. \'{"up": {"block_0": [0, 1, 0]}}\''
+    )
+    parser.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        type=region_argument,
+        metavar="MASK:IMAGE[=WEIGHT]",
+        help="a part of the picture (white in MASK, at the output's size) styled by IMAGE (repeat with "
+        "the same MASK to blend several); --style then styles the rest",
     )
     parser.add_argument("--style-scale", type=float, default=1.0)
     parser.add_argument(
@@ -215,7 +232,7 @@ def _open(path: Path):  # -> PIL.Image.Image
 
 def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, {index: PIL image})
     """A ``generate`` message and its INPUT images from ``add_job_arguments``' options."""
-    from protocol import Generate, LoraWeight, StyleImage
+    from protocol import Generate, LoraWeight, Region, StyleImage
 
     inputs = {i: _open(path) for i, (path, _) in enumerate(args.style)}
     # A speed preset fills in what the job's own options leave open (``generate --speed``).
@@ -226,6 +243,13 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
     loras = list(args.use_lora)
     if preset and preset.lora.name not in {name for name, _ in loras}:
         loras.append((preset.lora.name, preset.lora_weight))
+    regions: dict[Path, Region] = {}
+    for mask_path, image_path, weight in args.region:
+        if mask_path not in regions:
+            regions[mask_path] = Region(len(inputs), [], name=mask_path.stem)
+            inputs[len(inputs)] = _open(mask_path).convert("L")
+        inputs[len(inputs)] = _open(image_path)
+        regions[mask_path].style_images.append(StyleImage(len(inputs) - 1, weight))
     init_index = mask_index = None
     if args.init:
         init_index = len(inputs)
@@ -257,6 +281,7 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
         batch=args.batch,
         sampler=Sampler(args.sampler) if args.sampler else (preset.sampler if preset else None),
         loras=[LoraWeight(name, weight) for name, weight in loras],
+        regions=list(regions.values()),
     )
     return message, inputs
 

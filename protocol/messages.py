@@ -26,6 +26,7 @@ MAX_LORAS = 8
 """LoRAs one job may use at once."""
 MAX_LORA_WEIGHT = 4.0
 MAX_LAYOUT_PUSH = 5.0
+MAX_REGIONS = 8
 DEFAULT_LAYOUT_PUSH = 2.0
 """ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
 
@@ -59,6 +60,8 @@ class Limits:
     max_message_bytes: int = field(default=2048 * 2048 * 4 + 64, metadata=bounds(1024, 2**31))
     """Largest WebSocket message accepted: one RGBA image of max_side x max_side plus its header."""
     max_queued_jobs: int = field(default=32, metadata=bounds(1, 10000))
+    max_regions: int = field(default=4, metadata=bounds(0, MAX_REGIONS))
+    """Regions one job may have (``generate.regions``)."""
 
 
 # ---------------------------------------------------------------- client -> server
@@ -87,6 +90,18 @@ class LoraWeight:
 
     name: str = field(metadata=bounds(max_length=64))
     weight: float = field(default=1.0, metadata=bounds(-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT))
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of the picture with its own style: white in the ``mask`` INPUT frame (gray, the job's
+    size or its init image's), styled by its own references."""
+
+    mask: int = field(metadata=bounds(0, MAX_INPUT_INDEX))
+    style_images: list[StyleImage] = field(metadata=bounds(max_items=16))
+    content_text: str | None = field(default=None, metadata=bounds(max_length=MAX_TEXT))
+    """What this region's references show, to subtract; absent: the job's ``content_text``."""
+    name: str = field(default="", metadata=bounds(max_length=100))
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,9 @@ class Generate:
     """One of ``hello.samplers``; absent: the model's own scheduler."""
     loras: list[LoraWeight] = field(default_factory=list, metadata=bounds(max_items=MAX_LORAS))
     """LoRAs of ``hello.loras`` with their weights; absent: none."""
+    regions: list[Region] = field(default_factory=list, metadata=bounds(max_items=MAX_REGIONS))
+    """Parts of the picture with their own references; ``style_images`` then style the rest (and may
+    be empty: no style outside the regions)."""
     live: bool = False
     """Latest wins: this job replaces the client's earlier live job, cancelled at its next step (or
     dropped from the queue). For re-rendering while the artist paints."""
@@ -127,6 +145,9 @@ class Generate:
     def input_indices(self) -> set[int]:
         used = {ref.input for ref in self.style_images}
         used.update(i for i in (self.init_image, self.mask) if i is not None)
+        for region in self.regions:
+            used.add(region.mask)
+            used.update(ref.input for ref in region.style_images)
         return used
 
     def check_limits(self, limits: Limits) -> None:
@@ -155,12 +176,25 @@ class Generate:
                 ErrorCode.OUT_OF_RANGE,
                 f"batch {self.batch} is over this server's limit of {limits.max_batch}",
             )
-        if not self.style_images:
+        if not self.style_images and not self.regions:
             raise fail(ErrorCode.MISSING_FIELD, "style_images needs at least one style reference")
-        if len(self.style_images) > limits.max_style_images:
-            raise fail(ErrorCode.OUT_OF_RANGE, f"at most {limits.max_style_images} style images are allowed")
-        if sum(ref.weight for ref in self.style_images) <= 0:
-            raise fail(ErrorCode.OUT_OF_RANGE, "style image weights must add up to more than 0")
+        if len(self.regions) > limits.max_regions:
+            raise fail(
+                ErrorCode.OUT_OF_RANGE,
+                f"{len(self.regions)} regions is over this server's limit of {limits.max_regions}",
+            )
+        named = [("style_images", self.style_images)] + [
+            (f"regions[{i}].style_images", region.style_images) for i, region in enumerate(self.regions)
+        ]
+        for name, references in named:
+            if name != "style_images" and not references:
+                raise fail(ErrorCode.MISSING_FIELD, f"{name} needs at least one style reference")
+            if len(references) > limits.max_style_images:
+                raise fail(
+                    ErrorCode.OUT_OF_RANGE, f"at most {limits.max_style_images} style images are allowed"
+                )
+            if references and sum(ref.weight for ref in references) <= 0:
+                raise fail(ErrorCode.OUT_OF_RANGE, f"{name} weights must add up to more than 0")
         if self.mode is not Mode.TXT2IMG and self.init_image is None:
             raise fail(ErrorCode.MISSING_FIELD, f"mode {self.mode.value} needs init_image")
         if self.mode is Mode.INPAINT and self.mask is None:

@@ -105,3 +105,56 @@ def test_bad_regions_are_clear_errors(engine):
     many = [StyleRegion(half_mask(top=True), [StyleReference(SKY)])] * 9
     with pytest.raises(RequestError, match="at most 8 regions"):
         engine.generate(job([], many))
+
+
+def test_regions_through_the_server_and_their_bad_input(engine):
+    from backend.client import InstantStyleClient, frame_image
+    from protocol import ErrorCode, Region, StyleImage
+    from tests.server_helpers import generate_message, run, running_server
+
+    sky_mask, ground_mask = half_mask(top=True), half_mask(top=False)
+
+    async def scenario():
+        async with running_server(engine) as server, InstantStyleClient.connect(server.url) as client:
+            outcomes = []
+            regions = [Region(1, [StyleImage(2)], name="sky"), Region(3, [StyleImage(0, 0.5)], name="ground")]
+            for job_id, message, inputs in [
+                (1, generate_message(1, regions=[Region(1, [StyleImage(0)])] * 5), {0: SKY, 1: sky_mask}),
+                (
+                    2,
+                    generate_message(2, regions=[Region(1, [StyleImage(0)])]),
+                    {0: SKY, 1: sky_mask.resize((40, 40))},
+                ),
+                (3, generate_message(3, regions=[Region(1, [])]), {0: SKY, 1: sky_mask}),
+                (
+                    4,
+                    generate_message(4, style_images=[], regions=regions, prompt="a valley", seed=6, steps=2),
+                    {0: GROUND, 1: sky_mask, 2: SKY, 3: ground_mask},
+                ),
+            ]:
+                await client.submit(message, inputs)
+                outcomes.append(await client.follow(job_id))
+            return outcomes
+
+    too_many, wrong_size, no_refs, done = run(scenario())
+    assert (
+        too_many.error.code is ErrorCode.OUT_OF_RANGE
+        and "over this server's limit of 4" in too_many.error.message
+    )
+    assert (
+        wrong_size.error.code is ErrorCode.BAD_FRAME
+        and "mask is 40x40, expected 64x64" in wrong_size.error.message
+    )
+    assert (
+        no_refs.error.code is ErrorCode.MISSING_FIELD and "regions[0].style_images" in no_refs.error.message
+    )
+    expected = engine.generate(
+        job(
+            [],
+            [
+                StyleRegion(sky_mask, [StyleReference(SKY)], name="sky"),
+                StyleRegion(ground_mask, [StyleReference(GROUND, 0.5)], name="ground"),
+            ],
+        )
+    ).images[0]
+    assert np.array_equal(np.asarray(frame_image(done.images[0]))[..., :3], expected)

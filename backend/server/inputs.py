@@ -8,6 +8,7 @@ import random
 import numpy as np
 from PIL import Image
 
+from backend.engine.regions import StyleRegion
 from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StyleReference
 from protocol import ErrorCode, Generate, PixelFormat, PixelFrame, ProtocolError
 
@@ -51,9 +52,38 @@ def input_images(message: Generate, frames: dict[int, PixelFrame]) -> dict[int, 
     return {index: frame_to_image(frames[index]) for index in message.input_indices()}
 
 
+def region_masks(message: Generate, images: dict[int, Image.Image]) -> list[Image.Image]:
+    """Each region's mask, which must have the job's size or its init image's (no guessing how a mask
+    of another shape was meant to lie over the picture)."""
+    sizes = {(message.width, message.height)}
+    if message.init_image is not None:
+        sizes.add(images[message.init_image].size)
+    masks = []
+    for index, region in enumerate(message.regions):
+        mask = images[region.mask]
+        if mask.size not in sizes:
+            expected = " or ".join(f"{w}x{h}" for w, h in sorted(sizes))
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME,
+                f"regions[{index}]'s mask is {mask.width}x{mask.height}, expected {expected}",
+                message.job_id,
+            )
+        masks.append(mask.convert("L"))
+    return masks
+
+
 def build_request(message: Generate, images: dict[int, Image.Image]) -> GenerationRequest:
     """The engine request for a ``generate`` message and its input images (server and CLI alike)."""
     mask = images[message.mask].convert("L") if message.mask is not None else None
+    regions = [
+        StyleRegion(
+            region_mask,
+            [StyleReference(flatten(images[ref.input]), ref.weight) for ref in region.style_images],
+            region.content_text,
+            region.name,
+        )
+        for region, region_mask in zip(message.regions, region_masks(message, images), strict=True)
+    ]
     return GenerationRequest(
         prompt=message.prompt,
         style_images=[StyleReference(flatten(images[ref.input]), ref.weight) for ref in message.style_images],
@@ -79,6 +109,7 @@ def build_request(message: Generate, images: dict[int, Image.Image]) -> Generati
         batch=message.batch,
         sampler=message.sampler,
         loras=tuple((lora.name, lora.weight) for lora in message.loras),
+        regions=regions,
     )
 
 
