@@ -420,6 +420,32 @@ def test_the_precise_preset_chosen_in_the_docker_reaches_the_engine(krita: Krita
     assert np.array_equal(krita.rgba("precise-layer.rgba")[..., :3], expected)
 
 
+def test_a_two_region_job_from_the_docker_styles_each_part_with_its_reference(krita: KritaRun, engine):
+    from backend.engine.regions import StyleRegion
+
+    regions = krita.scenario("regions")
+    assert regions["regions"] == [
+        ["sky", "selection", "", "file"],
+        ["ground", "layer", "Ground mask", "active_layer"],
+    ]
+    assert regions["state"] == "done" and regions["size"] == [SIZE, SIZE]
+    assert regions["saved_message"] == "saved the selection for region 'sky'"
+    top, bottom = Image.new("L", (SIZE, SIZE), 0), Image.new("L", (SIZE, SIZE), 0)
+    top.paste(255, (0, 0, SIZE, SIZE // 2))
+    bottom.paste(255, (0, SIZE // 2, SIZE, SIZE))
+    source = krita.source()
+    second = Image.open(krita.artifacts / "second-style.png").convert("RGB")
+    expected = expected_pixels(
+        engine,
+        style_images=[StyleReference(source)],
+        regions=[
+            StyleRegion(top, [StyleReference(second)], name="sky"),
+            StyleRegion(bottom, [StyleReference(source)], name="ground"),
+        ],
+    )
+    assert np.array_equal(krita.rgba("regions-layer.rgba")[..., :3], expected)
+
+
 def live_expected(lora_engine, source: Image.Image) -> np.ndarray:
     """A live job: the Lightning preset (4 steps, CFG off, trailing Euler, its LoRA), the live seed."""
     return expected_pixels(

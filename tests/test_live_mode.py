@@ -162,3 +162,26 @@ def test_live_jobs_from_the_session_replace_each_other_and_give_the_engines_pixe
     ).images[0]
     received = np.frombuffer(second.images[0].data, np.uint8).reshape(64, 64, 4)
     assert np.array_equal(received[..., :3], expected)
+
+
+def test_a_saved_selection_crops_to_the_job_area_row_by_row():
+    from krita_plugin.instantstyle.pixels import SavedSelection
+
+    saved = SavedSelection(4, 3, bytes(range(12)))  # rows 0-3, 4-7, 8-11
+    assert saved.crop(1, 1, 2, 2) == bytes([5, 6, 9, 10])
+    assert saved.crop(3, 2, 3, 2) == bytes([11, 0, 0, 0, 0, 0])  # beyond the saved document: not selected
+    assert saved.crop(0, 0, 4, 3) == saved.data
+
+
+def test_regions_persist_with_their_mask_and_reference():
+    from krita_plugin.instantstyle.settings import RegionMaskKind, RegionSetting, StyleSource, StyleSourceKind
+
+    store = DictStore()
+    sky = RegionSetting("sky", RegionMaskKind.SELECTION, "", StyleSource(StyleSourceKind.FILE, path="/a.png"))
+    ground = RegionSetting(
+        "ground", RegionMaskKind.LAYER, "Ground", StyleSource(StyleSourceKind.LAYER, "Moss", weight=0.5)
+    )
+    save_settings(store, GenerationSettings(regions=[sky, ground]))
+    assert load_settings(store).regions == [sky, ground]
+    store.values["regions"] = '[{"name": "x", "mask_kind": "lasso"}]'
+    assert load_settings(store).regions == []  # a corrupt entry keeps the default

@@ -123,7 +123,7 @@ def test_regions_through_the_server_and_their_bad_input(engine):
                 (
                     2,
                     generate_message(2, regions=[Region(1, [StyleImage(0)])]),
-                    {0: SKY, 1: sky_mask.resize((40, 40))},
+                    {0: SKY, 1: sky_mask.resize((40, 30))},
                 ),
                 (3, generate_message(3, regions=[Region(1, [])]), {0: SKY, 1: sky_mask}),
                 (
@@ -143,7 +143,7 @@ def test_regions_through_the_server_and_their_bad_input(engine):
     )
     assert (
         wrong_size.error.code is ErrorCode.BAD_FRAME
-        and "mask is 40x40, expected 64x64" in wrong_size.error.message
+        and "mask is 40x30, expected 64x64" in wrong_size.error.message
     )
     assert (
         no_refs.error.code is ErrorCode.MISSING_FIELD and "regions[0].style_images" in no_refs.error.message

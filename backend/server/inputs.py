@@ -53,23 +53,30 @@ def input_images(message: Generate, frames: dict[int, PixelFrame]) -> dict[int, 
 
 
 def region_masks(message: Generate, images: dict[int, Image.Image]) -> list[Image.Image]:
-    """Each region's mask, which must have the job's size or its init image's (no guessing how a mask
-    of another shape was meant to lie over the picture)."""
+    """Each region's mask: the job's size, its init image's, or either scaled (same aspect ratio, to
+    the pixel: a plugin sends masks at the canvas area's size). Any other shape is refused rather than
+    guessed at."""
     sizes = {(message.width, message.height)}
     if message.init_image is not None:
         sizes.add(images[message.init_image].size)
     masks = []
     for index, region in enumerate(message.regions):
         mask = images[region.mask]
-        if mask.size not in sizes:
+        if not any(_same_shape(mask.size, size) for size in sizes):
             expected = " or ".join(f"{w}x{h}" for w, h in sorted(sizes))
             raise ProtocolError(
                 ErrorCode.BAD_FRAME,
-                f"regions[{index}]'s mask is {mask.width}x{mask.height}, expected {expected}",
+                f"regions[{index}]'s mask is {mask.width}x{mask.height}, expected {expected} (or scaled)",
                 message.job_id,
             )
         masks.append(mask.convert("L"))
     return masks
+
+
+def _same_shape(size: tuple[int, int], expected: tuple[int, int]) -> bool:
+    """Equal, or the same aspect ratio to within a pixel of scaling."""
+    (width, height), (want_width, want_height) = size, expected
+    return abs(width * want_height - height * want_width) <= max(want_width, want_height, width, height)
 
 
 def build_request(message: Generate, images: dict[int, Image.Image]) -> GenerationRequest:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from krita import Krita  # type: ignore[import-not-found]
 
-from .pixels import swap_red_blue, to_8bit, to_16bit
+from .pixels import SavedSelection, swap_red_blue, to_8bit, to_16bit
 from .qt import QImage, Qt, image_bytes
-from .session import Image, Job, JobInputs, Target
-from .settings import GenerationSettings, JobKind, StyleSourceKind
+from .session import Image, Job, JobInputs, RegionInput, Target
+from .settings import GenerationSettings, JobKind, RegionMaskKind, RegionSetting, StyleSource, StyleSourceKind
 
 PREVIEW_LAYER_NAME = "InstantStyle preview"
 
@@ -131,28 +131,61 @@ def target_area(document) -> Area:
     return Area(0, 0, document.width(), document.height())
 
 
-def capture(document, settings: GenerationSettings, source=None) -> tuple[JobInputs, Target]:
-    """Read the style references, source layer (default: the active one) and selection for a job."""
+def save_selection(document) -> SavedSelection:
+    selection = document.selection() if document is not None else None
+    if selection is None or selection.width() == 0:
+        raise CanvasError("select the region's area first, then save it")
+    width, height = document.width(), document.height()
+    return SavedSelection(width, height, bytes(selection.pixelData(0, 0, width, height)))
+
+
+def read_style(document, source, style: StyleSource) -> Image:
+    """One style reference: a file, the active (source) layer or a named layer, whole."""
+    if style.kind is StyleSourceKind.FILE:
+        return read_file(style.path)
+    node = source if style.kind is StyleSourceKind.ACTIVE_LAYER else find_layer(document, style.layer)
+    if node is None:
+        raise CanvasError(f"there is no layer called '{style.layer}'")
+    bounds = node.bounds()
+    if bounds.isEmpty():
+        raise CanvasError(f"the style layer '{node.name()}' is empty")
+    return read_rgba(node, Area(bounds.x(), bounds.y(), bounds.width(), bounds.height()))
+
+
+def read_region(
+    document, source, area: Area, region: RegionSetting, saved: dict[str, SavedSelection]
+) -> RegionInput:
+    """A region's mask over the job's area (a layer's alpha or its saved selection) and reference."""
+    if region.mask_kind is RegionMaskKind.SELECTION:
+        selection = saved.get(region.name)
+        if selection is None:
+            raise CanvasError(
+                f"region '{region.name}' has no saved selection: select its area and press Save selection"
+            )
+        mask = selection.crop(area.x, area.y, area.width, area.height)
+    else:
+        node = find_layer(document, region.mask_layer)
+        if node is None:
+            raise CanvasError(f"region '{region.name}': there is no layer called '{region.mask_layer}'")
+        mask = read_rgba(node, area).data[3::4]
+    reference = read_style(document, source, region.reference)
+    return RegionInput(
+        region.name, Image(area.width, area.height, 1, mask), [(reference, region.reference.weight)]
+    )
+
+
+def capture(
+    document, settings: GenerationSettings, source=None, saved: dict[str, SavedSelection] | None = None
+) -> tuple[JobInputs, Target]:
+    """Read the style references, regions, source layer (default: the active one) and selection."""
     if document is None:
         raise CanvasError("open a document first")
     source = source or document.activeNode()
     if source is None:
         raise CanvasError("select a layer first")
     area = target_area(document)
-    styles = []
-    for style in settings.styles:
-        if style.kind is StyleSourceKind.FILE:
-            styles.append((read_file(style.path), style.weight))
-            continue
-        node = source if style.kind is StyleSourceKind.ACTIVE_LAYER else find_layer(document, style.layer)
-        if node is None:
-            raise CanvasError(f"there is no layer called '{style.layer}'")
-        bounds = node.bounds()
-        if bounds.isEmpty():
-            raise CanvasError(f"the style layer '{node.name()}' is empty")
-        styles.append(
-            (read_rgba(node, Area(bounds.x(), bounds.y(), bounds.width(), bounds.height())), style.weight)
-        )
+    styles = [(read_style(document, source, style), style.weight) for style in settings.styles]
+    regions = [read_region(document, source, area, region, saved or {}) for region in settings.regions]
     init_image = mask = None
     if settings.kind is not JobKind.NEW_IMAGE:
         init_image = read_rgba(source, area)
@@ -161,7 +194,7 @@ def capture(document, settings: GenerationSettings, source=None) -> tuple[JobInp
             data = bytes(selection.pixelData(area.x, area.y, area.width, area.height))
             mask = Image(area.width, area.height, 1, data)
     target = Target(area.x, area.y, area.width, area.height, document, source.uniqueId().toString())
-    return JobInputs(styles, init_image, mask), target
+    return JobInputs(styles, init_image, mask, regions), target
 
 
 class CanvasWriter:

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from krita import Krita  # type: ignore[import-not-found]
 
-from .canvas import CanvasError, CanvasWriter, capture
+from .canvas import CanvasError, CanvasWriter, SavedSelection, capture, save_selection
 from .connection import Connection
 from .live import CHECK_SECONDS, LiveWatch, live_settings, pick_preset
 from .live_layer import LiveLayer, signature
@@ -50,6 +50,8 @@ class Controller(QObject):
         self.settings_sources: list = []
         """Callables that copy UI state into ``settings`` before a job (the docker registers one)."""
         self._in_tick = False
+        self.saved_selections: dict[str, SavedSelection] = {}
+        """Selections saved for regions, by region name (kept while Krita runs)."""
         self.live: LiveLayer | None = None
         """Live mode's document and layers while it is on."""
         self._live_watch = LiveWatch()
@@ -102,7 +104,7 @@ class Controller(QObject):
             settings = replace(settings, kind=JobKind.KEEP_LINES if keep_lines else JobKind.STYLIZE)
         job = None
         try:
-            inputs, target = capture(Krita.instance().activeDocument(), settings)
+            inputs, target = capture(Krita.instance().activeDocument(), settings, saved=self.saved_selections)
             job = self.session.submit(settings, inputs, target)
         except (CanvasError, SubmitError) as error:
             self._say(str(error))
@@ -118,6 +120,16 @@ class Controller(QObject):
 
     def cancel(self) -> None:
         self.session.cancel_all()
+
+    def save_region_selection(self, name: str) -> bool:
+        """Keep the active document's selection as region ``name``'s mask."""
+        try:
+            self.saved_selections[name] = save_selection(Krita.instance().activeDocument())
+        except CanvasError as error:
+            self._say(str(error))
+            return False
+        self._say(f"saved the selection for region '{name}'")
+        return True
 
     # ------------------------------------------------------------------ live mode
 
@@ -190,7 +202,7 @@ class Controller(QObject):
         for read in self.settings_sources:
             read()
         try:
-            inputs, target = capture(live.document, self.settings, source=source)
+            inputs, target = capture(live.document, self.settings, source=source, saved=self.saved_selections)
             preset = pick_preset(self.session.features.speed_presets, self.settings.live_preset)
             settings = live_settings(self.settings, preset, target.width, target.height)
             self.session.submit(settings, inputs, target, live=True)

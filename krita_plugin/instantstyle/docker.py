@@ -196,6 +196,7 @@ class InstantStyleDocker(DockWidget):
         self.batch.setValue(s.batch)
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(s.sampler)))
         self.loras.set_values(s.loras)
+        self.regions.set_values(s.regions)
         self.live_max_side.setValue(s.live_max_side)
         self.live_seed.setValue(s.live_seed)
 
@@ -228,6 +229,7 @@ class InstantStyleDocker(DockWidget):
         s.steps, s.guidance_scale, s.batch = self.steps.value(), self.guidance.value(), self.batch.value()
         s.seed, s.seed_locked = self.seed.value(), self.seed_locked.isChecked()
         s.sampler, s.loras = self.sampler.currentData() or "", self.loras.values()
+        s.regions = self.regions.values()
         s.speed_preset = self.speed.currentData() or ""
         s.live_preset = self.live_preset.currentData() or ""
         s.live_max_side, s.live_seed = self.live_max_side.value(), self.live_seed.value()

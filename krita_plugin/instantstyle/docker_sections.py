@@ -22,6 +22,7 @@ from .qt import (
     QVBoxLayout,
     QWidget,
 )
+from .region_rows import RegionList
 from .sections import BlockGrid, LoraList, Section
 
 PRESETS = [
@@ -146,6 +147,10 @@ def build_sections(docker) -> list[Section]:
     form.addRow(docker.auto_size)
     form.addRow("Size", side_by_side(docker.width_box, QLabel("×"), docker.height_box))
 
+    regions = Section("Regions", "parts of the picture, each in the style of its own reference")
+    docker.regions = RegionList(docker.controller)
+    QVBoxLayout(regions.body).addWidget(docker.regions)
+
     loras = Section("LoRAs", "extra trained looks the backend offers, each with a weight")
     docker.loras = LoraList()
     QVBoxLayout(loras.body).addWidget(docker.loras)
@@ -181,5 +186,11 @@ def build_sections(docker) -> list[Section]:
     )
     form.addRow("Server", side_by_side(docker.url, docker.connect_button))
     form.addRow("Token", docker.token)
-    docker.sections = {"blocks": blocks, "sampling": sampling, "loras": loras, "live": live}
-    return [blocks, sampling, loras, live, negative, backend]
+    docker.sections = {
+        "blocks": blocks,
+        "regions": regions,
+        "sampling": sampling,
+        "loras": loras,
+        "live": live,
+    }
+    return [blocks, regions, sampling, loras, live, negative, backend]

@@ -7,6 +7,8 @@ Slice assignment swaps the channels in C, so a 4k canvas converts in millisecond
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def swap_red_blue(pixels: bytes | bytearray) -> bytes:
     """RGBA <-> BGRA (the same operation both ways)."""
@@ -45,3 +47,24 @@ def fit_generation_size(width: int, height: int, max_side: int, max_pixels: int)
         if fitted_w > max_side or fitted_h > max_side or fitted_w * fitted_h > max_pixels:
             fitted_w, fitted_h = width // 8 * 8 or 8, height // 8 * 8 or 8
     return fitted_w, fitted_h
+
+
+@dataclass(frozen=True)
+class SavedSelection:
+    """A selection kept for a region: the whole document's selection mask when it was saved."""
+
+    width: int
+    height: int
+    data: bytes
+
+    def crop(self, x: int, y: int, width: int, height: int) -> bytes:
+        """The mask inside an area, row by row (outside the saved document: not selected)."""
+        rows = []
+        for row_y in range(y, y + height):
+            row = (
+                self.data[row_y * self.width : (row_y + 1) * self.width] if 0 <= row_y < self.height else b""
+            )
+            start = max(0, x)
+            piece = b"\0" * (start - x) + row[start : max(start, x + width)]
+            rows.append(piece.ljust(width, b"\0"))
+        return b"".join(rows)

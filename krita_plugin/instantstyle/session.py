@@ -64,10 +64,20 @@ class Target:
 
 
 @dataclass(frozen=True)
+class RegionInput:
+    """A region's mask (gray, the target's size) and its references."""
+
+    name: str
+    mask: Image
+    styles: list[tuple[Image, float]]
+
+
+@dataclass(frozen=True)
 class JobInputs:
     styles: list[tuple[Image, float]]
     init_image: Image | None = None
     mask: Image | None = None
+    regions: list[RegionInput] = field(default_factory=list)
 
 
 @dataclass
@@ -171,7 +181,7 @@ class Session:
         A ``live`` job replaces the previous live job on the backend (latest wins)."""
         if not self.connected:
             raise SubmitError(f"not connected to the backend ({self.status})")
-        if not inputs.styles:
+        if not inputs.styles and not inputs.regions:
             raise SubmitError("pick a style reference first")
         if settings.kind is not JobKind.NEW_IMAGE and inputs.init_image is None:
             raise SubmitError("stylize needs a layer to start from")
@@ -199,6 +209,15 @@ class Session:
         if mode is protocol.Mode.INPAINT:
             mask_index = len(frames)
             frames[mask_index] = inputs.mask  # type: ignore[assignment]
+        regions = []
+        for region in inputs.regions:
+            frames[len(frames)] = region.mask
+            mask = len(frames) - 1
+            references = []
+            for image, weight in region.styles:
+                frames[len(frames)] = image
+                references.append(protocol.StyleImage(len(frames) - 1, weight))
+            regions.append(protocol.Region(mask, references, name=region.name[:100]))
         seed = settings.next_seed()
         message = protocol.Generate(
             job_id=job_id,
@@ -225,6 +244,7 @@ class Session:
             sampler=protocol.Sampler(settings.sampler) if settings.sampler else None,
             loras=[protocol.LoraWeight(lora.name, lora.weight) for lora in settings.loras],
             live=live,
+            regions=regions,
         )
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything

@@ -44,6 +44,23 @@ class StyleSource:
     weight: float = 1.0
 
 
+class RegionMaskKind(str, Enum):
+    LAYER = "layer"
+    """The alpha of a layer the artist painted the region on (kept across sessions)."""
+    SELECTION = "selection"
+    """A selection saved for the region with "Save selection" (kept while Krita runs)."""
+
+
+@dataclass
+class RegionSetting:
+    """A part of the picture with its own style reference."""
+
+    name: str = "region"
+    mask_kind: RegionMaskKind = RegionMaskKind.LAYER
+    mask_layer: str = ""
+    reference: StyleSource = field(default_factory=lambda: StyleSource(StyleSourceKind.LAYER))
+
+
 @dataclass
 class LoraChoice:
     """A LoRA the backend offers, and how strongly it applies."""
@@ -88,6 +105,8 @@ class GenerationSettings:
     sampler: str = ""
     """A ``protocol.Sampler`` value; empty: the model's own scheduler."""
     loras: list[LoraChoice] = field(default_factory=list)
+    regions: list[RegionSetting] = field(default_factory=list)
+    """Parts of the picture with their own style; the style references then style the rest."""
     speed_preset: str = ""
     """The few-step preset last applied to the fields above (a label only: the fields are what is sent)."""
     live_preset: str = ""
@@ -163,6 +182,16 @@ def _typed(default: object, value: Any, name: str) -> Any:
             for s in value
         ]
         return styles or [StyleSource()]
+    if name == "regions":
+        return [
+            RegionSetting(
+                str(item["name"]),
+                RegionMaskKind(item["mask_kind"]),
+                str(item.get("mask_layer", "")),
+                _typed([StyleSource()], [item["reference"]], "styles")[0],
+            )
+            for item in value
+        ]
     if name == "loras":
         return [LoraChoice(str(item["name"]), float(item.get("weight", 1.0))) for item in value]
     if isinstance(default, Enum):
@@ -184,4 +213,13 @@ def save_settings(store: SettingsStore, settings: GenerationSettings) -> None:
             value = value.value
         if name == "styles":
             value = [{**s, "kind": StyleSourceKind(s["kind"]).value} for s in value]
+        if name == "regions":
+            value = [
+                {
+                    **r,
+                    "mask_kind": RegionMaskKind(r["mask_kind"]).value,
+                    "reference": {**r["reference"], "kind": StyleSourceKind(r["reference"]["kind"]).value},
+                }
+                for r in value
+            ]
         store.write(name, json.dumps(value))

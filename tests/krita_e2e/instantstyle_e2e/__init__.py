@@ -12,7 +12,8 @@ Scenarios, one Krita session, each with its own time budget:
 8. restyle keeping the layer's lines (Canny + ControlNet) from the Stylize Layer action;
 9. apply the newest of the docker's recent results as a layer once more;
 10. the docker's layout: its main path fits on screen, a grid box per UNet attention block, tooltips;
-11. a sampler and a LoRA chosen in the docker reach the engine; then the precise preset does;
+11. a sampler and a LoRA chosen in the docker reach the engine; then the precise preset does; then a
+    two-region job (a saved selection and a layer's alpha, each with its own reference);
 12. live mode: a result right away, a stroke re-rendered, Apply, the live layer gone when live stops;
     on again, then the document closed: live mode stops;
 13. live mode at 1024²: a stroke while a live job runs replaces it (latest wins); losing the backend
@@ -643,6 +644,81 @@ class Runner:
         settings = self.controller.settings
         self.done({"state": job.state.value, "preset": settings.preset, "layout_push": settings.layout_push})
         self.docker().preset.setCurrentIndex(self.docker().preset.findData("style"))
+        self.start_regions_scenario()
+
+    # ------------------------------------------------- scenario 11c: two regions
+
+    def start_regions_scenario(self):
+        """The sky (a saved selection) in the checker file's style, the ground (a layer's alpha) in the
+        painted layer's: a new image from the Generate button."""
+        from instantstyle.settings import JobKind, RegionMaskKind, RegionSetting, StyleSource, StyleSourceKind
+        from krita import Selection
+
+        self.document_r, self.layer_r = new_document(self.window, "regions", SIZE)
+        ground = self.document_r.createNode("Ground mask", "paintlayer")
+        self.document_r.rootNode().addChildNode(ground, None)
+        opaque = bytes((0, 0, 0, 255)) * SIZE
+        for y in range(SIZE // 2, SIZE):
+            ground.setPixelData(opaque, 0, y, SIZE, 1)
+        self.document_r.setActiveNode(self.layer_r)
+        self.document_r.waitForDone()
+        selection = Selection()
+        selection.select(0, 0, SIZE, SIZE // 2, 255)
+        self.document_r.setSelection(selection)
+        self.layers_r_before = layer_names(self.document_r)
+        docker = self.docker()
+        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.NEW_IMAGE))
+        checker = StyleSource(StyleSourceKind.FILE, path=str(OUT / "second-style.png"))
+        self.sky_row = docker.regions.add(RegionSetting("sky", RegionMaskKind.SELECTION, "", checker))
+        painted = StyleSource(StyleSourceKind.ACTIVE_LAYER)
+        docker.regions.add(RegionSetting("ground", RegionMaskKind.LAYER, "Ground mask", painted))
+        self.begin("regions", self.save_sky_selection)
+
+    def save_sky_selection(self):
+        document = self.document_r
+        node = document.activeNode()
+        if self.app.activeDocument() != document:
+            return
+        if node is None or node.name() != "Painted":  # Krita made the new mask layer active meanwhile
+            document.setActiveNode(self.layer_r)
+            return
+        if document.selection() is None:
+            return
+        self.sky_row.save_selection.emit(self.sky_row)  # the row's "Save selection" button
+        self.saved_message = self.controller.message
+        self.app.action("deselect").trigger()  # Select > Deselect, as an artist does
+        self.state = self.generate_regions
+
+    def generate_regions(self):
+        selection = self.document_r.selection()
+        if selection is not None and selection.width() > 0:
+            return
+        self.docker().generate_button.click()
+        self.state = self.wait_regions_result
+
+    def wait_regions_result(self):
+        from instantstyle.settings import JobKind
+
+        finished = self.finished_result(self.document_r, self.layers_r_before)
+        if finished is None:
+            return
+        job, node = finished
+        (OUT / "regions-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        settings = self.controller.settings
+        self.done(
+            {
+                "state": job.state.value,
+                "size": [job.width, job.height],
+                "regions": [
+                    [r.name, r.mask_kind.value, r.mask_layer, r.reference.kind.value]
+                    for r in settings.regions
+                ],
+                "saved_message": self.saved_message,
+            }
+        )
+        docker = self.docker()
+        docker.regions.set_values([])
+        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.STYLIZE))
         self.start_live_scenario()
 
     # -------------------------------------------------------------- scenario 12: live mode
