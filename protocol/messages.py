@@ -348,6 +348,18 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """One image's balance, as cosines in the CLIP space InstantStyle works in (-1..1, higher = more):
+    ``style`` with the references, ``content`` with the content description (the leakage content
+    subtraction lowers; absent without one), ``prompt`` with the prompt (absent where the IP-Adapter's
+    image space is not the text encoder's)."""
+
+    style: float = field(metadata=bounds(-1.0, 1.0))
+    content: float | None = field(default=None, metadata=bounds(-1.0, 1.0))
+    prompt: float | None = field(default=None, metadata=bounds(-1.0, 1.0))
+
+
+@dataclass(frozen=True)
 class Result:
     """The job finished; ``count`` RESULT frames with index 0..count-1 follow."""
 
@@ -360,6 +372,8 @@ class Result:
     model: str = field(default="", metadata=bounds(max_length=500))
     is_test_model: bool = False
     seconds: float = field(default=0.0, metadata=bounds(0.0, None))
+    scores: list[Scores] = field(default_factory=list, metadata=bounds(max_items=1000))
+    """One per image, in order."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from .prompt_cache import PromptCache, PromptKey
 from .regions import mask_tensor, plan_regions
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
 from .samplers import make_scheduler
+from .scores import score_images
 from .speed_presets import SpeedPreset, lora_sources, speed_preset
 from .style_embedding import StyleEncoder, ip_adapter_embeds
 
@@ -298,7 +299,18 @@ class InstantStyleEngine:
                 decoded = self._denoise_and_decode(request, on_step, cancel)
             finally:
                 self.precise.set(None)  # at rest the UNet has only diffusers' own processors
-        images = [to_uint8(image) for image in decoded]
+            images = [to_uint8(image) for image in decoded]
+            references = request.style_images + [
+                ref for region in request.regions for ref in region.style_images
+            ]
+            scores = score_images(
+                self.encoder,
+                images,
+                [ref.image for ref in references],
+                [ref.weight for ref in references],
+                request.content_text,
+                request.prompt,
+            )
         return GenerationResult(
             images=images,
             seeds=[request.seed + i for i in range(request.batch)],
@@ -306,6 +318,7 @@ class InstantStyleEngine:
             is_test_model=self.spec.is_test_model,
             scale_map=self.scale_map(request),
             seconds=time.perf_counter() - started,
+            scores=scores,
         )
 
     def _denoise_and_decode(

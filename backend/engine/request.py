@@ -117,3 +117,5 @@ class GenerationResult:
     is_test_model: bool
     scale_map: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
+    scores: list = field(default_factory=list)
+    """``scores.ImageScores`` of each image: style similarity, content leakage, prompt alignment."""

@@ -101,6 +101,10 @@ class EncodeCounts:
 
     images: int = 0
     texts: int = 0
+    scored_images: int = 0
+    """Results encoded to score them (``scores.py``), never cached."""
+    scored_texts: int = 0
+    """Prompts encoded for the prompt-alignment score."""
 
 
 class StyleEncoder:
@@ -128,10 +132,11 @@ class StyleEncoder:
         self.counts = EncodeCounts()
 
     @torch.inference_mode()
-    def encode_image(self, image: Image.Image) -> torch.Tensor:
-        """The projected CLIP image embedding, shape (1, D)."""
-        key = image_key(image)
-        cached = self.image_cache.get(key)
+    def encode_image(self, image: Image.Image, cache: bool = True) -> torch.Tensor:
+        """The projected CLIP image embedding, shape (1, D); ``cache=False`` for one-off images (results
+        being scored), which would only push references out of the cache."""
+        key = image_key(image) if cache else ""
+        cached = self.image_cache.get(key) if cache else None
         if cached is not None:
             return cached
         resting, dtype = _placement(self.image_encoder)
@@ -139,13 +144,16 @@ class StyleEncoder:
         pixels = self.image_processor(images=image.convert("RGB"), return_tensors="pt").pixel_values  # type: ignore[operator]
         with visiting(self.image_encoder, device):
             embeds = self.image_encoder(pixels.to(device=device, dtype=dtype)).image_embeds
-        self.counts.images += 1
-        self.image_cache.put(key, embeds)
+        if cache:
+            self.counts.images += 1
+            self.image_cache.put(key, embeds)
+        else:
+            self.counts.scored_images += 1
         return embeds
 
     @torch.inference_mode()
-    def encode_text(self, text: str) -> torch.Tensor:
-        """The projected (pooled) CLIP text embedding, shape (1, D)."""
+    def encode_text(self, text: str, scoring: bool = False) -> torch.Tensor:
+        """The projected (pooled) CLIP text embedding, shape (1, D) (``scoring``: counted apart)."""
         cached = self.text_cache.get(text)
         if cached is not None:
             return cached
@@ -159,7 +167,10 @@ class StyleEncoder:
         )
         with without_lora(self.text_encoder):
             embeds = self.text_encoder(tokens.input_ids.to(device)).text_embeds
-        self.counts.texts += 1
+        if scoring:
+            self.counts.scored_texts += 1
+        else:
+            self.counts.texts += 1
         self.text_cache.put(text, embeds)
         return embeds
 

@@ -24,19 +24,14 @@ from protocol import (
     ModelPhase,
     ModelStatus,
     Ping,
-    PixelFormat,
     PixelFrame,
     Pong,
-    Progress,
     ProtocolError,
     Queued,
-    Result,
     Sampler,
     ServerHello,
-    Started,
     decode_client_message,
     decode_frame,
-    encode_frame_header,
     encode_message,
 )
 from protocol.messages import MAX_INPUT_INDEX
@@ -44,7 +39,8 @@ from protocol.schema import shown
 
 from .budgets import ByteBudget, OverBudget, decoded_bytes
 from .config import ServerConfig
-from .inputs import build_request, input_images, rgba_bytes
+from .inputs import build_request, input_images
+from .job_events import encode_event
 from .outbox import Outbox, OutboxItem, StepUpdate
 from .worker import (
     GpuWorker,
@@ -53,9 +49,6 @@ from .worker import (
     JobEvent,
     JobFailed,
     JobFinished,
-    JobMoved,
-    JobStarted,
-    JobStep,
     QueueFull,
 )
 
@@ -428,7 +421,7 @@ class Connection:
             if isinstance(event, JobCancelledEvent) and self.context.model_state.stopping:
                 # Stopped by the shutdown, not by the client: say so, as for the jobs still queued.
                 event = JobFailed(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
-            items = self._encode_event(job_id, event)
+            items = encode_event(job_id, event)
             terminal = isinstance(event, JobFinished | JobCancelledEvent | JobFailed)
             # RuntimeError: the loop is closed, nobody is listening any more.
             with contextlib.suppress(RuntimeError):
@@ -442,46 +435,6 @@ class Connection:
         if terminal:
             self.jobs.pop(job_id, None)
             self._release_images(job_id)
-
-    @staticmethod
-    def _encode_event(job_id: int, event: JobEvent) -> list[OutboxItem]:
-        if isinstance(event, JobMoved):
-            return [encode_message(Queued(job_id, event.position))]
-        if isinstance(event, JobStarted):
-            return [encode_message(Started(job_id, event.seed, event.total_steps))]
-        if isinstance(event, JobStep):
-            preview = event.preview
-            progress = Progress(job_id, preview.step, preview.total, round(event.eta_seconds, 3))
-            header = encode_frame_header(
-                FrameKind.PREVIEW, job_id, preview.step, preview.width, preview.height, PixelFormat.RGB8
-            )
-            return [StepUpdate(job_id, encode_message(progress), header + preview.rgb.tobytes())]
-        if isinstance(event, JobFinished):
-            result = event.result
-            height, width = result.images[0].shape[:2]
-            items: list[OutboxItem] = [
-                encode_message(
-                    Result(
-                        job_id,
-                        len(result.images),
-                        width,
-                        height,
-                        result.seeds,
-                        result.model_label,
-                        result.is_test_model,
-                        round(result.seconds, 3),
-                    )
-                )
-            ]
-            for index, image in enumerate(result.images):
-                header = encode_frame_header(
-                    FrameKind.RESULT, job_id, index, width, height, PixelFormat.RGBA8
-                )
-                items.append(header + rgba_bytes(image))
-            return items
-        if isinstance(event, JobCancelledEvent):
-            return [encode_message(Cancelled(job_id, event.last_step))]
-        return [encode_message(Error(event.code, event.message, job_id))]
 
 
 def _prepare(message: Generate, frames: dict[int, PixelFrame]) -> GenerationRequest:
