@@ -128,6 +128,29 @@ def region_argument(text: str) -> tuple[Path, Path, float]:
     return Path(mask), image, weight
 
 
+def sweep_argument(text: str):  # -> SweepValues
+    from protocol import SweepAxis, SweepValues
+
+    axis, sep, values = text.partition("=")
+    try:
+        kind = SweepAxis(axis.strip())
+    except ValueError:
+        names = ", ".join(a.value for a in SweepAxis)
+        raise argparse.ArgumentTypeError(f"unknown sweep axis {axis!r}: expected one of {names}") from None
+    if not sep or not values.strip():
+        raise argparse.ArgumentTypeError(f"expected {axis}=V1,V2,..., got {text!r}")
+    items = [v.strip() for v in values.split(",")]
+    try:
+        parsed = (
+            items
+            if kind is SweepAxis.PRESET
+            else [int(v) if kind is SweepAxis.SEED else float(v) for v in items]
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sweep {axis} values must be numbers, got {values!r}") from None
+    return SweepValues(kind, parsed)
+
+
 def lora_weight_argument(text: str) -> tuple[str, float]:
     name, _, weight = text.partition("=")
     return name, float(weight) if weight else 1.0
@@ -178,6 +201,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, help="guidance scale; default: the speed preset's, else 5")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        type=sweep_argument,
+        metavar="AXIS=V1,V2,...",
+        help="a grid over style_scale, content_scale, preset or seed (up to two --sweep): one scored "
+        "picture per cell, e.g. --sweep style_scale=0.4,0.7,1.0 --sweep content_scale=0,0.5",
+    )
     parser.add_argument(
         "--sampler",
         choices=[s.value for s in Sampler],
@@ -282,6 +314,7 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
         sampler=Sampler(args.sampler) if args.sampler else (preset.sampler if preset else None),
         loras=[LoraWeight(name, weight) for name, weight in loras],
         regions=list(regions.values()),
+        sweep=list(args.sweep),
     )
     return message, inputs
 
@@ -319,10 +352,23 @@ def run_generate(args: argparse.Namespace) -> int:
     for index, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
         path = args.out if index == 0 else args.out.with_stem(f"{args.out.stem}-{index}")
         Image.fromarray(pixels).save(path, pnginfo=png_labels(result.model_label, args.prompt, seed))
-        print(f"wrote {path} (seed {seed}, {result.model_label})")
+        cell = result.cells[index] if result.cells else None
+        settings = (
+            f"style {cell.style_scale}, content {cell.content_scale}, {cell.preset.value}, "
+            if cell is not None
+            else ""
+        )
+        scores = describe_scores(result.scores[index])
+        print(f"wrote {path} ({settings}seed {seed}, {result.model_label}) {scores}")
     if result.is_test_model:
         print("note: made with the embedded TEST model (random weights): the picture is noise by design")
     return 0
+
+
+def describe_scores(scores) -> str:
+    """``style 0.812 · content 0.104 · prompt 0.297`` (what is not measured is left out)."""
+    parts = [("style", scores.style), ("content", scores.content), ("prompt", scores.prompt)]
+    return " · ".join(f"{name} {value:.3f}" for name, value in parts if value is not None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,17 @@ messages and back, each validating everything it reads. See PROTOCOL.md.
 """
 
 from .codec import PROTOCOL_VERSION, decode_client_message, decode_server_message, encode_message
-from .enums import BlockPreset, ErrorCode, FrameKind, MessageType, Mode, ModelPhase, PixelFormat, Sampler
+from .enums import (
+    BlockPreset,
+    ErrorCode,
+    FrameKind,
+    MessageType,
+    Mode,
+    ModelPhase,
+    PixelFormat,
+    Sampler,
+    SweepAxis,
+)
 from .errors import ProtocolError
 from .frames import PixelFrame, decode_frame, encode_frame_header
 from .messages import (
@@ -33,6 +43,8 @@ from .messages import (
     SpeedPresetInfo,
     Started,
     StyleImage,
+    SweepCell,
+    SweepValues,
 )
 
 __all__ = [
@@ -70,6 +82,9 @@ __all__ = [
     "SpeedPresetInfo",
     "Started",
     "StyleImage",
+    "SweepAxis",
+    "SweepCell",
+    "SweepValues",
     "decode_client_message",
     "decode_frame",
     "decode_server_message",

@@ -56,6 +56,15 @@ class Sampler(str, Enum):
     TCD = "tcd"
 
 
+class SweepAxis(str, Enum):
+    """What a strength sweep varies, one grid axis each."""
+
+    STYLE_SCALE = "style_scale"
+    CONTENT_SCALE = "content_scale"
+    PRESET = "preset"
+    SEED = "seed"
+
+
 class MessageType(str, Enum):
     """The ``type`` of a JSON control message (text frame)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, Sampler
+from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, Sampler, SweepAxis
 from .errors import ProtocolError
 from .schema import bounds, shown
 
@@ -27,6 +27,8 @@ MAX_LORAS = 8
 MAX_LORA_WEIGHT = 4.0
 MAX_LAYOUT_PUSH = 5.0
 MAX_REGIONS = 8
+MAX_SWEEP_AXES = 2
+MAX_SWEEP_VALUES = 16
 DEFAULT_LAYOUT_PUSH = 2.0
 """ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
 
@@ -62,6 +64,8 @@ class Limits:
     max_queued_jobs: int = field(default=32, metadata=bounds(1, 10000))
     max_regions: int = field(default=4, metadata=bounds(0, MAX_REGIONS))
     """Regions one job may have (``generate.regions``)."""
+    max_sweep_cells: int = field(default=16, metadata=bounds(1, MAX_SWEEP_VALUES**MAX_SWEEP_AXES))
+    """Cells (pictures) one sweep may make."""
 
 
 # ---------------------------------------------------------------- client -> server
@@ -105,6 +109,34 @@ class Region:
 
 
 @dataclass(frozen=True)
+class SweepValues:
+    """One axis of a sweep and its values: numbers 0..2 for the scales, preset names (not ``custom``)
+    for ``preset``, seeds for ``seed``."""
+
+    axis: SweepAxis
+    values: list[Any] = field(metadata=bounds(max_items=MAX_SWEEP_VALUES))
+
+    def check(self, fail: Any) -> None:
+        if not self.values:
+            raise fail(ErrorCode.MISSING_FIELD, f"sweep axis {self.axis.value} needs at least one value")
+        for value in self.values:
+            if self.axis is SweepAxis.PRESET:
+                presets = [p.value for p in BlockPreset if p is not BlockPreset.CUSTOM]
+                if value not in presets:
+                    raise fail(
+                        ErrorCode.BAD_FIELD,
+                        f"sweep preset {shown(repr(value), 40)} is not one of {', '.join(presets)}",
+                    )
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise fail(ErrorCode.BAD_FIELD, f"sweep {self.axis.value} values must be numbers")
+            if self.axis is SweepAxis.SEED and (not isinstance(value, int) or not 0 <= value <= MAX_SEED):
+                raise fail(ErrorCode.OUT_OF_RANGE, f"sweep seeds must be whole numbers from 0 to {MAX_SEED}")
+            if self.axis is not SweepAxis.SEED and not 0.0 <= value <= 2.0:
+                raise fail(ErrorCode.OUT_OF_RANGE, f"sweep {self.axis.value} values must be from 0 to 2")
+
+
+@dataclass(frozen=True)
 class Generate:
     """Start a job. Images travel as INPUT binary frames (same ``job_id``) sent just before."""
 
@@ -138,9 +170,19 @@ class Generate:
     regions: list[Region] = field(default_factory=list, metadata=bounds(max_items=MAX_REGIONS))
     """Parts of the picture with their own references; ``style_images`` then style the rest (and may
     be empty: no style outside the regions)."""
+    sweep: list[SweepValues] = field(default_factory=list, metadata=bounds(max_items=MAX_SWEEP_AXES))
+    """A grid over one or two axes: one picture per cell (``batch`` must be 1), each scored; the
+    result's ``cells`` say each picture's settings."""
     live: bool = False
     """Latest wins: this job replaces the client's earlier live job, cancelled at its next step (or
     dropped from the queue). For re-rendering while the artist paints."""
+
+    @property
+    def sweep_cells(self) -> int:
+        cells = 1
+        for values in self.sweep:
+            cells *= len(values.values)
+        return cells
 
     def input_indices(self) -> set[int]:
         used = {ref.input for ref in self.style_images}
@@ -221,6 +263,19 @@ class Generate:
                     ErrorCode.OUT_OF_RANGE,
                     f"{shown(name)} must be a number from 0 to {MAX_BLOCK_SCALE}, got {shown(repr(value))}",
                 )
+        axes = [values.axis for values in self.sweep]
+        if len(set(axes)) != len(axes):
+            raise fail(ErrorCode.BAD_FIELD, "a sweep axis is named twice")
+        for values in self.sweep:
+            values.check(fail)
+        if self.sweep and self.sweep_cells > limits.max_sweep_cells:
+            raise fail(
+                ErrorCode.OUT_OF_RANGE,
+                f"a sweep of {self.sweep_cells} cells is over this server's limit of "
+                f"{limits.max_sweep_cells}",
+            )
+        if self.sweep and self.batch != 1:
+            raise fail(ErrorCode.BAD_FIELD, "a sweep makes one picture per cell: batch must be 1")
         names = [lora.name for lora in self.loras]
         if len(set(names)) != len(names):
             raise fail(ErrorCode.BAD_FIELD, "a LoRA is named twice in loras")
@@ -360,6 +415,16 @@ class Scores:
 
 
 @dataclass(frozen=True)
+class SweepCell:
+    """The settings of one picture of a sweep."""
+
+    style_scale: float
+    content_scale: float
+    preset: BlockPreset
+    seed: int = field(metadata=bounds(0, MAX_SEED))
+
+
+@dataclass(frozen=True)
 class Result:
     """The job finished; ``count`` RESULT frames with index 0..count-1 follow."""
 
@@ -374,6 +439,8 @@ class Result:
     seconds: float = field(default=0.0, metadata=bounds(0.0, None))
     scores: list[Scores] = field(default_factory=list, metadata=bounds(max_items=1000))
     """One per image, in order."""
+    cells: list[SweepCell] = field(default_factory=list, metadata=bounds(max_items=1000))
+    """For a sweep: each image's settings, in order (row by row: the first axis varies slowest)."""
 
 
 @dataclass(frozen=True)

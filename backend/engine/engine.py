@@ -10,6 +10,7 @@ per-step previews and the cancellation point. It knows nothing of sockets.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import threading
@@ -292,32 +293,62 @@ class InstantStyleEngine:
         on_step: StepCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        """Run one job; ``on_step`` sees every step, ``cancel`` stops it at the next one."""
+        """Run one job; ``on_step`` sees every step, ``cancel`` stops it at the next one. A sweep runs
+        its cells one after the other: the style, content and prompt encodings are cached after the
+        first, so each cell costs what a single job with those settings costs."""
         started = time.perf_counter()
         with self._lock:
-            try:
-                decoded = self._denoise_and_decode(request, on_step, cancel)
-            finally:
-                self.precise.set(None)  # at rest the UNet has only diffusers' own processors
-            images = [to_uint8(image) for image in decoded]
-            references = request.style_images + [
-                ref for region in request.regions for ref in region.style_images
-            ]
-            scores = score_images(
-                self.encoder,
-                images,
-                [ref.image for ref in references],
-                [ref.weight for ref in references],
-                request.content_text,
-                request.prompt,
-            )
+            if not request.sweep:
+                result = self._generate_one(request, on_step, cancel)
+            else:
+                request.validate()
+                cells = request.cells()
+                per_cell = request.effective_steps
+                parts = []
+                for index, cell in enumerate(cells):
+                    offset, total = index * per_cell, per_cell * len(cells)
+                    shifted = None
+                    if on_step is not None:
+
+                        def shifted(preview: StepPreview, offset: int = offset, total: int = total) -> None:
+                            on_step(dataclasses.replace(preview, step=offset + preview.step, total=total))
+
+                    parts.append(self._generate_one(request.for_cell(cell), shifted, cancel))
+                result = GenerationResult(
+                    images=[image for part in parts for image in part.images],
+                    seeds=[cell.seed for cell in cells],
+                    model_label=self.spec.label,
+                    is_test_model=self.spec.is_test_model,
+                    cells=cells,
+                    scores=[score for part in parts for score in part.scores],
+                )
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _generate_one(
+        self, request: GenerationRequest, on_step: StepCallback | None, cancel: threading.Event | None
+    ) -> GenerationResult:
+        """One job (with the lock held): denoise, decode, score."""
+        try:
+            decoded = self._denoise_and_decode(request, on_step, cancel)
+        finally:
+            self.precise.set(None)  # at rest the UNet has only diffusers' own processors
+        images = [to_uint8(image) for image in decoded]
+        references = request.style_images + [ref for region in request.regions for ref in region.style_images]
+        scores = score_images(
+            self.encoder,
+            images,
+            [ref.image for ref in references],
+            [ref.weight for ref in references],
+            request.content_text,
+            request.prompt,
+        )
         return GenerationResult(
             images=images,
             seeds=[request.seed + i for i in range(request.batch)],
             model_label=self.spec.label,
             is_test_model=self.spec.is_test_model,
             scale_map=self.scale_map(request),
-            seconds=time.perf_counter() - started,
             scores=scores,
         )
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
-from protocol.enums import BlockPreset, Mode, Sampler
+from protocol.enums import BlockPreset, Mode, Sampler, SweepAxis
 
 from .blocks import BlockScaleMap
 
@@ -32,6 +33,16 @@ class JobCancelled(Exception):
 class StyleReference:
     image: Image.Image
     weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """The settings one picture of a sweep varies."""
+
+    style_scale: float
+    content_scale: float
+    preset: BlockPreset
+    seed: int
 
 
 @dataclass
@@ -63,11 +74,56 @@ class GenerationRequest:
     sampler: Sampler | None = None
     """None: the model's own scheduler."""
     loras: LoraSelection = ()
+    sweep: list[tuple[SweepAxis, tuple]] = field(default_factory=list)
+    """A grid over one or two axes (first varies slowest): one picture per cell, batch 1."""
     regions: list = field(default_factory=list)
     """``regions.StyleRegion``s: parts of the picture with their own references; ``style_images``
     then style the rest (and may be empty)."""
 
+    def cells(self) -> list[SweepCell]:
+        """The sweep's cells in order (one cell, the request's own settings, without a sweep)."""
+        axes = [(axis, values) for axis, values in self.sweep]
+        combos = itertools.product(*[values for _, values in axes]) if axes else [()]
+        cells = []
+        for combo in combos:
+            chosen = dict(zip([axis for axis, _ in axes], combo, strict=True))
+            cells.append(
+                SweepCell(
+                    float(chosen.get(SweepAxis.STYLE_SCALE, self.style_scale)),
+                    float(chosen.get(SweepAxis.CONTENT_SCALE, self.content_scale)),
+                    BlockPreset(chosen.get(SweepAxis.PRESET, self.preset)),
+                    int(chosen.get(SweepAxis.SEED, self.seed)),
+                )
+            )
+        return cells
+
+    def for_cell(self, cell: SweepCell) -> GenerationRequest:
+        """The single job a sweep's cell is."""
+        return replace(
+            self,
+            sweep=[],
+            batch=1,
+            style_scale=cell.style_scale,
+            content_scale=cell.content_scale,
+            preset=cell.preset,
+            seed=cell.seed,
+        )
+
+    @property
+    def total_steps(self) -> int:
+        """Denoising steps of the whole job (every cell of a sweep)."""
+        return self.effective_steps * len(self.cells())
+
     def validate(self) -> None:
+        if self.sweep:
+            axes = [axis for axis, _ in self.sweep]
+            if len(set(axes)) != len(axes):
+                raise RequestError("a sweep axis is named twice")
+            if self.batch != 1:
+                raise RequestError("a sweep makes one picture per cell: batch must be 1")
+            for cell in self.cells():
+                self.for_cell(cell).validate()
+            return
         for name, value in (("width", self.width), ("height", self.height)):
             if value < 8 or value % 8:
                 raise RequestError(f"{name} must be a positive multiple of 8, got {value}")
@@ -117,5 +173,7 @@ class GenerationResult:
     is_test_model: bool
     scale_map: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
+    cells: list[SweepCell] = field(default_factory=list)
+    """For a sweep: each image's settings."""
     scores: list = field(default_factory=list)
     """``scores.ImageScores`` of each image: style similarity, content leakage, prompt alignment."""

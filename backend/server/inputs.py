@@ -117,6 +117,7 @@ def build_request(message: Generate, images: dict[int, Image.Image]) -> Generati
         sampler=message.sampler,
         loras=tuple((lora.name, lora.weight) for lora in message.loras),
         regions=regions,
+        sweep=[(values.axis, tuple(values.values)) for values in message.sweep],
     )
 
 

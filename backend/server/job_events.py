@@ -12,6 +12,7 @@ from protocol import (
     Result,
     Scores,
     Started,
+    SweepCell,
     encode_frame_header,
     encode_message,
 )
@@ -48,6 +49,7 @@ def encode_event(job_id: int, event: JobEvent) -> list[OutboxItem]:
                     result.is_test_model,
                     round(result.seconds, 3),
                     [wire_scores(scores) for scores in result.scores],
+                    [SweepCell(c.style_scale, c.content_scale, c.preset, c.seed) for c in result.cells],
                 )
             )
         ]

@@ -291,7 +291,7 @@ class GpuWorker:
         if job.cancel_event.is_set():
             job.emit(JobCancelledEvent(0))
             return
-        job.emit(JobStarted(request.seed, request.effective_steps))
+        job.emit(JobStarted(request.seed, request.total_steps))
         started = time.perf_counter()
 
         def on_step(preview: StepPreview) -> None:
