@@ -446,6 +446,26 @@ def test_a_two_region_job_from_the_docker_styles_each_part_with_its_reference(kr
     assert np.array_equal(krita.rgba("regions-layer.rgba")[..., :3], expected)
 
 
+def test_a_sweep_makes_a_scored_group_and_keep_leaves_one_exact_layer(krita: KritaRun, engine):
+    sweep = krita.scenario("sweep")
+    label = f"InstantStyle: {PROMPT}"
+    cells = [
+        f"{label} (style {s}, content {c}, style, seed {SEED}) [TEST MODEL]"
+        for s in ("0.5", "1")
+        for c in ("0", "1")
+    ]
+    assert sweep["group"] == f"InstantStyle sweep: {PROMPT} (4 cells)"
+    assert sweep["cells"] == cells  # Krita lists a group's children bottom to top: the order they were added
+    assert all(text.startswith("s ") and " c " in text and " p " in text for text in sweep["item_texts"])
+    assert sweep["selected"] == [True, 2]
+    assert cells[2] in sweep["layers_after_keep"] and sweep["group"] not in sweep["layers_after_keep"]
+    assert not [n for n in sweep["layers_after_keep"] if n in cells and n != cells[2]]
+    expected = expected_pixels(
+        engine, style_images=[StyleReference(krita.source())], style_scale=1.0, content_scale=0.0
+    )
+    assert np.array_equal(krita.rgba("sweep-kept.rgba")[..., :3], expected)
+
+
 def live_expected(lora_engine, source: Image.Image) -> np.ndarray:
     """A live job: the Lightning preset (4 steps, CFG off, trailing Euler, its LoRA), the live seed."""
     return expected_pixels(

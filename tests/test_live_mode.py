@@ -185,3 +185,22 @@ def test_regions_persist_with_their_mask_and_reference():
     assert load_settings(store).regions == [sky, ground]
     store.values["regions"] = '[{"name": "x", "mask_kind": "lasso"}]'
     assert load_settings(store).regions == []  # a corrupt entry keeps the default
+
+
+def test_the_dockers_sweep_text_becomes_the_protocols_axes():
+    from protocol import SweepAxis
+
+    settings = GenerationSettings(
+        sweep_first="style_scale", sweep_first_values="0.4, 0.6;0.8", sweep_second="seed"
+    )
+    settings.sweep_second_values = "7, 8"
+    axes = settings.sweep_values()
+    assert [(a.axis, a.values) for a in axes] == [
+        (SweepAxis.STYLE_SCALE, [0.4, 0.6, 0.8]),
+        (SweepAxis.SEED, [7, 8]),
+    ]
+    settings.sweep_second = ""
+    assert len(settings.sweep_values()) == 1
+    settings.sweep_first_values = "strong, weak"
+    with pytest.raises(ValueError, match="style scale values must be numbers"):
+        settings.sweep_values()

@@ -202,6 +202,7 @@ class CanvasWriter:
 
     def __init__(self) -> None:
         self._previews: dict[int, str] = {}  # job id -> uniqueId of its preview layer
+        self._groups: dict[int, str] = {}  # sweep job id -> uniqueId of the group holding its cells
         self._masks: dict[int, bytes] = {}
 
     def remember_mask(self, job: Job, mask: Image | None) -> None:
@@ -245,6 +246,41 @@ class CanvasWriter:
         if node is not None:
             node.remove()
             document.refreshProjection()
+
+    def apply_sweep(self, job: Job) -> str | None:
+        """Every cell of a finished sweep as a layer (named with its settings) in one new group."""
+        self.remove_preview(job)
+        document = self._document(job)
+        if document is None:
+            return None
+        cells = job.result.cells if job.result is not None else []
+        name = f"InstantStyle sweep: {job.label} ({len(cells)} cells)"
+        group = document.createGroupLayer(name)
+        source = find_node(document, job.target.above_layer)
+        parent = source.parentNode() if source is not None else document.rootNode()
+        parent.addChildNode(group, source)
+        for index, image in enumerate(job.images):
+            node = document.createNode(job.layer_names[index], "paintlayer")
+            group.addChildNode(node, None)
+            write_bgra(node, to_bgra(image, job.target.width, job.target.height), job.target)
+        self._groups[job.job_id] = group.uniqueId().toString()
+        document.refreshProjection()
+        return name
+
+    def keep_cell(self, job: Job, index: int) -> str | None:
+        """Keep one cell of a sweep as a normal layer and take the sweep's group away."""
+        document = self._document(job)
+        group = find_node(document, self._groups.get(job.job_id, "")) if document is not None else None
+        if group is None:
+            return None
+        name = job.layer_names[index]
+        kept = document.createNode(name, "paintlayer")
+        group.parentNode().addChildNode(kept, group)
+        write_bgra(kept, to_bgra(job.images[index], job.target.width, job.target.height), job.target)
+        group.remove()
+        del self._groups[job.job_id]
+        document.refreshProjection()
+        return name
 
     def apply_result(self, job: Job, index: int = 0) -> str | None:
         """Add image ``index`` of a finished job as a new layer; returns the layer's name."""

@@ -94,8 +94,9 @@ class Controller(QObject):
         keeping its lines if the docker says so."""
         return self.generate(stylize=True)
 
-    def generate(self, stylize: bool = False) -> Job | None:
-        """Start a job with the docker's settings; ``stylize`` forces a restyle of the active layer."""
+    def generate(self, stylize: bool = False, sweep: bool = False) -> Job | None:
+        """Start a job with the docker's settings; ``stylize`` forces a restyle of the active layer,
+        ``sweep`` makes it a grid over the docker's sweep axes."""
         for source in self.settings_sources:
             source()
         settings = self.settings
@@ -105,7 +106,7 @@ class Controller(QObject):
         job = None
         try:
             inputs, target = capture(Krita.instance().activeDocument(), settings, saved=self.saved_selections)
-            job = self.session.submit(settings, inputs, target)
+            job = self.session.submit(settings, inputs, target, sweep=sweep)
         except (CanvasError, SubmitError) as error:
             self._say(str(error))
         except Exception as error:  # never a traceback for the artist; the log keeps it
@@ -215,6 +216,17 @@ class Controller(QObject):
     def apply(self, job: Job, index: int = 0) -> None:
         self._safely(self.canvas.apply_result, job, index)
 
+    def keep_cell(self, job: Job, index: int) -> str | None:
+        """Keep one picture of a sweep as a layer; the sweep's group goes."""
+        try:
+            name = self.canvas.keep_cell(job, index)
+        except Exception as error:
+            log.exception("keeping a sweep cell failed")
+            self._say(f"could not keep the picture: {error}")
+            return None
+        self._say(f"kept '{name}'" if name else "the sweep's group is gone (closed or deleted)")
+        return name
+
     def discard(self, job: Job) -> None:
         self.session.discard(job)
         self.changed.emit()
@@ -251,6 +263,13 @@ class Controller(QObject):
             self._say(update.message)
         elif update.kind is UpdateKind.PREVIEW:
             self.canvas.show_preview(job)
+        elif update.kind is UpdateKind.RESULT and job.is_sweep:
+            name = self.canvas.apply_sweep(job)
+            self._say(
+                f"added group '{name}': pick a picture in the results and press Keep"
+                if name
+                else "the job's document was closed; the pictures are in the results"
+            )
         elif update.kind is UpdateKind.RESULT:
             name = self.canvas.apply_result(job, 0)
             self._say(

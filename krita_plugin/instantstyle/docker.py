@@ -30,7 +30,7 @@ from .qt import (
     QWidget,
 )
 from .sections import Section
-from .session import Job, JobState
+from .session import Job, JobState, describe_scores
 from .settings import JobKind, StyleSource
 from .style_rows import StyleRow
 
@@ -148,8 +148,13 @@ class InstantStyleDocker(DockWidget):
         discard_button.setToolTip("forget the selected result (the layers it made stay)")
         apply_button.clicked.connect(self._apply_selected)
         discard_button.clicked.connect(self._discard_selected)
+        self.keep_button = QPushButton("Keep")
+        self.keep_button.setToolTip(
+            "a sweep's picture: keep it as a layer and remove the sweep's group (the other pictures)"
+        )
+        self.keep_button.clicked.connect(self._keep_selected)
         column.addWidget(self.history)
-        column.addWidget(side_by_side(apply_button, discard_button))
+        column.addWidget(side_by_side(apply_button, self.keep_button, discard_button))
 
         for section in self._sections():
             column.addWidget(section)
@@ -197,6 +202,10 @@ class InstantStyleDocker(DockWidget):
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(s.sampler)))
         self.loras.set_values(s.loras)
         self.regions.set_values(s.regions)
+        self.sweep_first.setCurrentIndex(max(0, self.sweep_first.findData(s.sweep_first)))
+        self.sweep_second.setCurrentIndex(max(0, self.sweep_second.findData(s.sweep_second)))
+        self.sweep_first_values.setText(s.sweep_first_values)
+        self.sweep_second_values.setText(s.sweep_second_values)
         self.live_max_side.setValue(s.live_max_side)
         self.live_seed.setValue(s.live_seed)
 
@@ -230,6 +239,11 @@ class InstantStyleDocker(DockWidget):
         s.seed, s.seed_locked = self.seed.value(), self.seed_locked.isChecked()
         s.sampler, s.loras = self.sampler.currentData() or "", self.loras.values()
         s.regions = self.regions.values()
+        s.sweep_first, s.sweep_first_values = self.sweep_first.currentData(), self.sweep_first_values.text()
+        s.sweep_second, s.sweep_second_values = (
+            self.sweep_second.currentData() or "",
+            self.sweep_second_values.text(),
+        )
         s.speed_preset = self.speed.currentData() or ""
         s.live_preset = self.live_preset.currentData() or ""
         s.live_max_side, s.live_seed = self.live_max_side.value(), self.live_seed.value()
@@ -342,10 +356,16 @@ class InstantStyleDocker(DockWidget):
                 qimage = QImage(
                     image.data, image.width, image.height, image.width * 4, QImage.Format.Format_RGBA8888
                 )
+                scores = job.scores(index)
                 item = QListWidgetItem(
-                    QIcon(QPixmap.fromImage(qimage.scaled(72, 72, Qt.AspectRatioMode.KeepAspectRatio))), ""
+                    QIcon(QPixmap.fromImage(qimage.scaled(72, 72, Qt.AspectRatioMode.KeepAspectRatio))),
+                    describe_scores(scores, short=True),
                 )
-                item.setToolTip(job.layer_names[index])
+                item.setToolTip(
+                    f"{job.layer_names[index]}\n{describe_scores(scores)}\n"
+                    "style: likeness to the references; content: how much of the described content leaked "
+                    "in (lower is cleaner); prompt: likeness to the prompt"
+                )
                 item.setData(Qt.ItemDataRole.UserRole, (job.job_id, index))
                 self.history.addItem(item)
 
@@ -361,6 +381,11 @@ class InstantStyleDocker(DockWidget):
         selected = self._selected()
         if selected:
             self.controller.apply(*selected)
+
+    def _keep_selected(self) -> None:
+        selected = self._selected()
+        if selected and selected[0].is_sweep:
+            self.controller.keep_cell(*selected)
 
     def _discard_selected(self) -> None:
         selected = self._selected()

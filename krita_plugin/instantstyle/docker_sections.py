@@ -32,6 +32,12 @@ PRESETS = [
     ("All blocks", "all"),
     ("Custom", "custom"),
 ]
+SWEEP_AXES = [
+    ("Style strength", "style_scale"),
+    ("Content scale", "content_scale"),
+    ("Blocks preset", "preset"),
+    ("Seed", "seed"),
+]
 SAMPLER_LABELS = {
     "euler": "Euler",
     "euler_a": "Euler a",
@@ -151,6 +157,27 @@ def build_sections(docker) -> list[Section]:
     docker.regions = RegionList(docker.controller)
     QVBoxLayout(regions.body).addWidget(docker.regions)
 
+    sweep = Section("Sweep", "a grid of scored pictures over one or two settings, to find the balance")
+    form = QFormLayout(sweep.body)
+    docker.sweep_first, docker.sweep_second = QComboBox(), QComboBox()
+    docker.sweep_second.addItem("—", "")
+    for combo in (docker.sweep_first, docker.sweep_second):
+        for label, axis in SWEEP_AXES:
+            combo.addItem(label, axis)
+        combo.setToolTip("what changes from picture to picture")
+    docker.sweep_first_values, docker.sweep_second_values = QLineEdit(), QLineEdit()
+    for edit in (docker.sweep_first_values, docker.sweep_second_values):
+        edit.setToolTip("the values to try, separated by commas (e.g. 0.4, 0.6, 0.8, 1.0; presets by name)")
+    docker.sweep_button = QPushButton("Run sweep")
+    docker.sweep_button.setToolTip(
+        "one picture per combination, each scored: style (likeness to the references), content (leakage "
+        "of the described content) and prompt; they land in one layer group, Keep picks one"
+    )
+    docker.sweep_button.clicked.connect(lambda: docker.controller.generate(sweep=True))
+    form.addRow("Across", side_by_side(docker.sweep_first, docker.sweep_first_values))
+    form.addRow("Down", side_by_side(docker.sweep_second, docker.sweep_second_values))
+    form.addRow(docker.sweep_button)
+
     loras = Section("LoRAs", "extra trained looks the backend offers, each with a weight")
     docker.loras = LoraList()
     QVBoxLayout(loras.body).addWidget(docker.loras)
@@ -187,10 +214,11 @@ def build_sections(docker) -> list[Section]:
     form.addRow("Server", side_by_side(docker.url, docker.connect_button))
     form.addRow("Token", docker.token)
     docker.sections = {
+        "sweep": sweep,
         "blocks": blocks,
         "regions": regions,
         "sampling": sampling,
         "loras": loras,
         "live": live,
     }
-    return [blocks, regions, sampling, loras, live, negative, backend]
+    return [blocks, regions, sweep, sampling, loras, live, negative, backend]

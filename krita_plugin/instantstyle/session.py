@@ -102,11 +102,26 @@ class Job:
     """A live job: its result goes to the live layer, not to the history (``live.py``)."""
 
     @property
+    def label(self) -> str:
+        return self.prompt.strip().replace("\n", " ")[:40] or "untitled"
+
+    @property
     def layer_names(self) -> list[str]:
-        label = self.prompt.strip().replace("\n", " ")[:40] or "untitled"
         suffix = " [TEST MODEL]" if self.is_test_model else ""
+        if self.result is not None and self.result.cells:
+            return [
+                f"InstantStyle: {self.label} ({describe_cell(cell)}){suffix}" for cell in self.result.cells
+            ]
         seeds = self.result.seeds if self.result else [self.seed]
-        return [f"InstantStyle: {label} (seed {seed}){suffix}" for seed in seeds]
+        return [f"InstantStyle: {self.label} (seed {seed}){suffix}" for seed in seeds]
+
+    @property
+    def is_sweep(self) -> bool:
+        return self.result is not None and bool(self.result.cells)
+
+    def scores(self, index: int) -> protocol.Scores | None:
+        scores = self.result.scores if self.result is not None else []
+        return scores[index] if index < len(scores) else None
 
 
 class UpdateKind(str, Enum):
@@ -175,7 +190,12 @@ class Session:
         return fit_generation_size(width, height, limits.max_side, limits.max_pixels)
 
     def submit(
-        self, settings: GenerationSettings, inputs: JobInputs, target: Target, live: bool = False
+        self,
+        settings: GenerationSettings,
+        inputs: JobInputs,
+        target: Target,
+        live: bool = False,
+        sweep: bool = False,
     ) -> Job:
         """Send a job; raises ``SubmitError`` with an artist-facing message if it cannot be sent.
         A ``live`` job replaces the previous live job on the backend (latest wins)."""
@@ -192,6 +212,7 @@ class Session:
             )
         try:
             block_scales = settings.custom_block_scales()
+            sweep_axes = settings.sweep_values() if sweep else []
         except ValueError as error:
             raise SubmitError(str(error)) from None
         width, height = self.generation_size(target, settings)
@@ -240,11 +261,12 @@ class Session:
             steps=settings.steps,
             guidance_scale=settings.guidance_scale,
             seed=seed,
-            batch=settings.batch,
+            batch=1 if sweep_axes else settings.batch,
             sampler=protocol.Sampler(settings.sampler) if settings.sampler else None,
             loras=[protocol.LoraWeight(lora.name, lora.weight) for lora in settings.loras],
             live=live,
             regions=regions,
+            sweep=sweep_axes,
         )
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
@@ -383,6 +405,23 @@ class Session:
             job.state, job.message = JobState.FAILED, describe_error(item.code, item.message)
             return [JobUpdate(UpdateKind.FAILED, job, job.message)]
         return []
+
+
+def describe_cell(cell: protocol.SweepCell) -> str:
+    """A sweep cell's settings, as its layer is named: ``style 0.6, content 0.5, precise, seed 7``."""
+    return (
+        f"style {cell.style_scale:g}, content {cell.content_scale:g}, {cell.preset.value}, seed {cell.seed}"
+    )
+
+
+def describe_scores(scores: protocol.Scores | None, short: bool = False) -> str:
+    """``style 0.81 · content 0.10 · prompt 0.30`` (``short``: ``s 0.81 c 0.10 p 0.30``)."""
+    if scores is None:
+        return ""
+    parts = [("style", scores.style), ("content", scores.content), ("prompt", scores.prompt)]
+    if short:
+        return " ".join(f"{name[0]} {value:.2f}" for name, value in parts if value is not None)
+    return " · ".join(f"{name} {value:.2f}" for name, value in parts if value is not None)
 
 
 def describe_loading(status: protocol.ModelStatus) -> str:

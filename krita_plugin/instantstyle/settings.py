@@ -109,6 +109,12 @@ class GenerationSettings:
     """Parts of the picture with their own style; the style references then style the rest."""
     speed_preset: str = ""
     """The few-step preset last applied to the fields above (a label only: the fields are what is sent)."""
+    sweep_first: str = "style_scale"
+    """A ``protocol.SweepAxis`` value: the sweep's first (slowest) axis."""
+    sweep_first_values: str = "0.4, 0.6, 0.8, 1.0"
+    sweep_second: str = "content_scale"
+    """The second axis, or empty for a one-axis sweep."""
+    sweep_second_values: str = "0, 0.5, 1.0"
     live_preset: str = ""
     """The few-step preset live mode uses (the backend's first one when empty or not offered)."""
     live_max_side: int = 768
@@ -121,6 +127,33 @@ class GenerationSettings:
         if not self.seed_locked:
             self.seed = random.randrange(2**31)
         return self.seed
+
+    def sweep_values(self) -> list[protocol.SweepValues]:
+        """The sweep's axes, read from the docker's text ("0.4, 0.6"); ValueError says what is wrong."""
+        axes = []
+        for axis, text in (
+            (self.sweep_first, self.sweep_first_values),
+            (self.sweep_second, self.sweep_second_values),
+        ):
+            if not axis:
+                continue
+            kind = protocol.SweepAxis(axis)
+            items = [item.strip() for item in text.replace(";", ",").split(",") if item.strip()]
+            if not items:
+                raise ValueError(f"give the {kind.value.replace('_', ' ')} values to sweep, e.g. 0.5, 1.0")
+            try:
+                if kind is protocol.SweepAxis.PRESET:
+                    values: list[Any] = items
+                elif kind is protocol.SweepAxis.SEED:
+                    values = [int(item) for item in items]
+                else:
+                    values = [float(item) for item in items]
+            except ValueError:
+                raise ValueError(
+                    f"the {kind.value.replace('_', ' ')} values must be numbers: {text!r}"
+                ) from None
+            axes.append(protocol.SweepValues(kind, values))
+        return axes
 
     def custom_block_scales(self) -> dict[str, Any] | None:
         if self.preset != protocol.BlockPreset.CUSTOM.value:

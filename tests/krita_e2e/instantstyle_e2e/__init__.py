@@ -13,7 +13,8 @@ Scenarios, one Krita session, each with its own time budget:
 9. apply the newest of the docker's recent results as a layer once more;
 10. the docker's layout: its main path fits on screen, a grid box per UNet attention block, tooltips;
 11. a sampler and a LoRA chosen in the docker reach the engine; then the precise preset does; then a
-    two-region job (a saved selection and a layer's alpha, each with its own reference);
+    two-region job (a saved selection and a layer's alpha, each with its own reference); then a
+    2x2 strength sweep into one layer group, its scores in the results, Keep one picture;
 12. live mode: a result right away, a stroke re-rendered, Apply, the live layer gone when live stops;
     on again, then the document closed: live mode stops;
 13. live mode at 1024²: a stroke while a live job runs replaces it (latest wins); losing the backend
@@ -697,8 +698,6 @@ class Runner:
         self.state = self.wait_regions_result
 
     def wait_regions_result(self):
-        from instantstyle.settings import JobKind
-
         finished = self.finished_result(self.document_r, self.layers_r_before)
         if finished is None:
             return
@@ -718,6 +717,47 @@ class Runner:
         )
         docker = self.docker()
         docker.regions.set_values([])
+        self.start_sweep_scenario()
+
+    # ------------------------------------------------- scenario 11d: a strength sweep, Keep
+
+    def start_sweep_scenario(self):
+        self.document_s, _ = new_document(self.window, "sweep", SIZE)
+        docker = self.docker()
+        docker.sweep_first.setCurrentIndex(docker.sweep_first.findData("style_scale"))
+        docker.sweep_first_values.setText("0.5, 1.0")
+        docker.sweep_second.setCurrentIndex(docker.sweep_second.findData("content_scale"))
+        docker.sweep_second_values.setText("0, 1")
+        self.when_active("sweep", self.document_s, docker.sweep_button.click, self.wait_sweep)
+
+    def wait_sweep(self):
+        history = self.controller.session.history
+        groups = [n for n in self.document_s.rootNode().childNodes() if n.type() == "grouplayer"]
+        if not history or not history[0].is_sweep or not groups or self.controller._in_tick:
+            return
+        job, group = history[0], groups[0]
+        group_name, cells = group.name(), [child.name() for child in group.childNodes()]
+        docker = self.docker()
+        docker.refresh()
+        texts = [docker.history.item(i).text() for i in range(4)]
+        docker.history.setCurrentRow(2)
+        kept_job, index = docker._selected()
+        docker._keep_selected()
+        kept = [n for n in self.document_s.rootNode().childNodes() if n.name() == job.layer_names[2]]
+        if kept:
+            (OUT / "sweep-kept.rgba").write_bytes(rgba(bytes(kept[0].pixelData(0, 0, SIZE, SIZE))))
+        self.done(
+            {
+                "group": group_name,
+                "cells": cells,
+                "item_texts": texts,
+                "selected": [kept_job is job, index],
+                "layers_after_keep": layer_names(self.document_s),
+                "message": self.controller.message,
+            }
+        )
+        from instantstyle.settings import JobKind
+
         docker.kind.setCurrentIndex(docker.kind.findData(JobKind.STYLIZE))
         self.start_live_scenario()
 
