@@ -10,7 +10,6 @@ per-step previews and the cancellation point. It knows nothing of sockets.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import logging
 import threading
@@ -35,12 +34,13 @@ from .memory import MemoryTier, place, visiting
 from .precise import PreciseLayout
 from .previews import DenoisedCapture, PreviewStream, StepPreview
 from .prompt_cache import PromptCache, PromptKey
-from .regions import mask_tensor, plan_regions
+from .regions import style_and_masks
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
 from .samplers import make_scheduler
 from .scores import score_images
 from .speed_presets import SpeedPreset, lora_sources, speed_preset
 from .style_embedding import StyleEncoder, ip_adapter_embeds
+from .sweep import run_sweep
 
 log = logging.getLogger(__name__)
 
@@ -196,30 +196,9 @@ class InstantStyleEngine:
     def scale_map(self, request: GenerationRequest) -> dict[str, object]:
         return build_scale_map(self.layout, request.preset, request.style_scale, request.block_scales)
 
-    def style_and_masks(self, request: GenerationRequest) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """The (N, D) style embeddings of the job's IP-Adapter images, and their masks (regions only)."""
-        if not request.regions:
-            style = self.encoder.style_embedding(
-                [ref.image for ref in request.style_images],
-                [ref.weight for ref in request.style_images],
-                request.content_text,
-                request.content_scale,
-            )
-            return style, None
-        plan = plan_regions(
-            request.regions, request.style_images, request.content_text, (request.width, request.height)
-        )
-        embeds = [
-            self.encoder.style_embedding(
-                [ref.image for ref in refs], [ref.weight for ref in refs], content, request.content_scale
-            )
-            for refs, content in zip(plan.styles, plan.content_texts, strict=True)
-        ]
-        return torch.cat(embeds), mask_tensor(plan.masks, request.width, request.height)
-
     def pipeline_kwargs(self, request: GenerationRequest) -> dict[str, object]:
         """Everything the diffusers pipeline is called with, except the callback."""
-        style, masks = self.style_and_masks(request)
+        style, masks = style_and_masks(self.encoder, request)
         guidance = request.guidance_scale > 1.0
         prompt = PromptKey(
             request.prompt, request.negative_prompt, guidance, self.loras.text_state(request.loras)
@@ -301,27 +280,7 @@ class InstantStyleEngine:
             if not request.sweep:
                 result = self._generate_one(request, on_step, cancel)
             else:
-                request.validate()
-                cells = request.cells()
-                per_cell = request.effective_steps
-                parts = []
-                for index, cell in enumerate(cells):
-                    offset, total = index * per_cell, per_cell * len(cells)
-                    shifted = None
-                    if on_step is not None:
-
-                        def shifted(preview: StepPreview, offset: int = offset, total: int = total) -> None:
-                            on_step(dataclasses.replace(preview, step=offset + preview.step, total=total))
-
-                    parts.append(self._generate_one(request.for_cell(cell), shifted, cancel))
-                result = GenerationResult(
-                    images=[image for part in parts for image in part.images],
-                    seeds=[cell.seed for cell in cells],
-                    model_label=self.spec.label,
-                    is_test_model=self.spec.is_test_model,
-                    cells=cells,
-                    scores=[score for part in parts for score in part.scores],
-                )
+                result = run_sweep(request, self._generate_one, on_step, cancel)
         result.seconds = time.perf_counter() - started
         return result
 

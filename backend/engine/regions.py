@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .request import RequestError, StyleReference
+from .request import GenerationRequest, RequestError, StyleReference
+from .style_embedding import StyleEncoder
 
 MAX_REGIONS = 8
 
@@ -77,3 +78,27 @@ def mask_tensor(masks: list[Image.Image], width: int, height: int) -> list[torch
 
     processed = IPAdapterMaskProcessor().preprocess(masks, height=height, width=width)
     return [processed.reshape(1, processed.shape[0], processed.shape[-2], processed.shape[-1])]
+
+
+def style_and_masks(
+    encoder: StyleEncoder, request: GenerationRequest
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """The (N, D) style embeddings of a job's IP-Adapter images, and their masks (regions only)."""
+    if not request.regions:
+        style = encoder.style_embedding(
+            [ref.image for ref in request.style_images],
+            [ref.weight for ref in request.style_images],
+            request.content_text,
+            request.content_scale,
+        )
+        return style, None
+    plan = plan_regions(
+        request.regions, request.style_images, request.content_text, (request.width, request.height)
+    )
+    embeds = [
+        encoder.style_embedding(
+            [ref.image for ref in refs], [ref.weight for ref in refs], content, request.content_scale
+        )
+        for refs, content in zip(plan.styles, plan.content_texts, strict=True)
+    ]
+    return torch.cat(embeds), mask_tensor(plan.masks, request.width, request.height)

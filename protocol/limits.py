@@ -1,0 +1,43 @@
+"""The protocol's hard bounds, and the limits a server announces in ``hello``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .schema import bounds
+
+MAX_JOB_ID = 2**32 - 1
+MAX_SEED = 2**32 - 1
+MAX_TEXT = 4000
+MAX_INPUT_INDEX = 63
+"""INPUT frame indices a job may use (style images, init image, mask)."""
+MAX_BLOCK_SCALE = 10.0
+"""Largest per-block IP-Adapter scale (InstantStyle uses about 1; 10 is already far past useful)."""
+MAX_BLOCK_DEPTH = 4
+MAX_LORAS = 8
+"""LoRAs one job may use at once."""
+MAX_LORA_WEIGHT = 4.0
+MAX_LAYOUT_PUSH = 5.0
+MAX_REGIONS = 8
+MAX_SWEEP_AXES = 2
+MAX_SWEEP_VALUES = 16
+DEFAULT_LAYOUT_PUSH = 2.0
+"""ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a server accepts; sent in ``hello`` so clients can check before sending."""
+
+    max_side: int = field(default=2048, metadata=bounds(8, 16384))
+    max_pixels: int = field(default=2048 * 2048, metadata=bounds(64, 16384 * 16384))
+    max_steps: int = field(default=150, metadata=bounds(1, 1000))
+    max_batch: int = field(default=8, metadata=bounds(1, 64))
+    max_style_images: int = field(default=4, metadata=bounds(1, 16))
+    max_message_bytes: int = field(default=2048 * 2048 * 4 + 64, metadata=bounds(1024, 2**31))
+    """Largest WebSocket message accepted: one RGBA image of max_side x max_side plus its header."""
+    max_queued_jobs: int = field(default=32, metadata=bounds(1, 10000))
+    max_regions: int = field(default=4, metadata=bounds(0, MAX_REGIONS))
+    """Regions one job may have (``generate.regions``)."""
+    max_sweep_cells: int = field(default=16, metadata=bounds(1, MAX_SWEEP_VALUES**MAX_SWEEP_AXES))
+    """Cells (pictures) one sweep may make."""
