@@ -13,45 +13,10 @@ from typing import ClassVar
 from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, Sampler
 from .errors import ProtocolError
 from .generate import Generate, LoraWeight, Region, StyleImage, SweepValues
-from .limits import (
-    DEFAULT_LAYOUT_PUSH,
-    MAX_BLOCK_DEPTH,
-    MAX_BLOCK_SCALE,
-    MAX_INPUT_INDEX,
-    MAX_JOB_ID,
-    MAX_LAYOUT_PUSH,
-    MAX_LORA_WEIGHT,
-    MAX_LORAS,
-    MAX_REGIONS,
-    MAX_SEED,
-    MAX_SWEEP_AXES,
-    MAX_SWEEP_VALUES,
-    MAX_TEXT,
-    Limits,
-)
+from .limits import MAX_JOB_ID, MAX_SEED, MAX_TEXT, Limits
 from .schema import bounds
 
-__all__ = [
-    "DEFAULT_LAYOUT_PUSH",
-    "MAX_BLOCK_DEPTH",
-    "MAX_BLOCK_SCALE",
-    "MAX_INPUT_INDEX",
-    "MAX_JOB_ID",
-    "MAX_LAYOUT_PUSH",
-    "MAX_LORAS",
-    "MAX_LORA_WEIGHT",
-    "MAX_REGIONS",
-    "MAX_SEED",
-    "MAX_SWEEP_AXES",
-    "MAX_SWEEP_VALUES",
-    "MAX_TEXT",
-    "Generate",
-    "Limits",
-    "LoraWeight",
-    "Region",
-    "StyleImage",
-    "SweepValues",
-]
+__all__ = ["Generate", "Limits", "LoraWeight", "Region", "StyleImage", "SweepValues"]
 
 # ---------------------------------------------------------------- client -> server
 

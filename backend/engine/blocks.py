@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protocol.enums import BlockPreset
-from protocol.messages import MAX_BLOCK_SCALE
+from protocol.limits import MAX_BLOCK_SCALE
 
 STYLE_BLOCK = "up_blocks.0.attentions.1"
 LAYOUT_BLOCK = "down_blocks.2.attentions.1"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from protocol.messages import MAX_LAYOUT_PUSH
+from protocol.limits import MAX_LAYOUT_PUSH
 
 from .blocks import LAYOUT_BLOCK
 from .request import RequestError

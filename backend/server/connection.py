@@ -34,7 +34,7 @@ from protocol import (
     decode_frame,
     encode_message,
 )
-from protocol.messages import MAX_INPUT_INDEX
+from protocol.limits import MAX_INPUT_INDEX
 from protocol.schema import shown
 
 from .budgets import ByteBudget, OverBudget, decoded_bytes

@@ -169,15 +169,10 @@ class Controller(QObject):
         """Copy the live layer into a new permanent layer named after the prompt and seed."""
         if self.live is None:
             return None
-        name = None
-        try:
-            name = self.live.apply()
-        except Exception as error:
-            log.exception("applying the live layer failed")
-            self._say(f"could not apply the live result: {error}")
-            return None
-        self._say(f"added layer '{name}'" if name else "no live result to apply yet")
-        return name
+        name = self._attempt("apply the live result", self.live.apply)
+        if name is not False:
+            self._say(f"added layer '{name}'" if name else "no live result to apply yet")
+        return name or None
 
     def _check_live(self) -> None:
         """Send a live job once the watched layer's change has settled (called from the timer)."""
@@ -218,14 +213,10 @@ class Controller(QObject):
 
     def keep_cell(self, job: Job, index: int) -> str | None:
         """Keep one picture of a sweep as a layer; the sweep's group goes."""
-        try:
-            name = self.canvas.keep_cell(job, index)
-        except Exception as error:
-            log.exception("keeping a sweep cell failed")
-            self._say(f"could not keep the picture: {error}")
-            return None
-        self._say(f"kept '{name}'" if name else "the sweep's group is gone (closed or deleted)")
-        return name
+        name = self._attempt("keep the picture", self.canvas.keep_cell, job, index)
+        if name is not False:
+            self._say(f"kept '{name}'" if name else "the sweep's group is gone (closed or deleted)")
+        return name or None
 
     def discard(self, job: Job) -> None:
         self.session.discard(job)
@@ -295,6 +286,15 @@ class Controller(QObject):
     def _say(self, message: str) -> None:
         self.message = message
         self.changed.emit()
+
+    def _attempt(self, what: str, function, *args):
+        """``function(*args)``, or False after saying in one line that it could not ``what``."""
+        try:
+            return function(*args)
+        except Exception as error:  # never a traceback for the artist; the log keeps it
+            log.exception("could not %s", what)
+            self._say(f"could not {what}: {error}")
+            return False
 
     def _safely(self, function, *args) -> None:
         try:
