@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .qt import QGridLayout, QLineEdit, QPushButton, QToolButton, QVBoxLayout, QWidget, pyqtSignal
+from .qt import QGridLayout, QLineEdit, QPushButton, QToolButton, QWidget, pyqtSignal
+from .sections import RowList
 from .settings import RegionMaskKind, RegionSetting
 from .style_rows import LayerCombo, StyleRow
 
@@ -65,41 +66,22 @@ class RegionRow(QWidget):
         )
 
 
-class RegionList(QWidget):
+class RegionList(RowList):
     """The regions of the next job, with an "Add region" button."""
 
     def __init__(self, controller) -> None:
-        super().__init__()
+        super().__init__(
+            "Add region", "style one part of the picture with its own reference; the others style the rest"
+        )
         self.controller = controller
-        column = QVBoxLayout(self)
-        column.setContentsMargins(0, 0, 0, 0)
-        self.rows_box = QVBoxLayout()
-        self.rows: list[RegionRow] = []
-        add = QPushButton("Add region")
-        add.setToolTip("style one part of the picture with its own reference; the others style the rest")
-        add.clicked.connect(lambda: self.add(RegionSetting(f"region {len(self.rows) + 1}")))
-        column.addLayout(self.rows_box)
-        column.addWidget(add)
 
-    def add(self, region: RegionSetting) -> RegionRow:
-        row = RegionRow(region)
-        row.removed.connect(self.remove)
+    def make_row(self, value: object) -> RegionRow:
+        row = RegionRow(value)  # type: ignore[arg-type]
         row.save_selection.connect(lambda r: self.controller.save_region_selection(r.value().name))
-        self.rows.append(row)
-        self.rows_box.addWidget(row)
         return row
 
-    def remove(self, row: RegionRow) -> None:
-        if row in self.rows:
-            self.rows.remove(row)
-            row.setParent(None)
-            row.deleteLater()
-
-    def set_values(self, regions: list[RegionSetting]) -> None:
-        for row in list(self.rows):
-            self.remove(row)
-        for region in regions:
-            self.add(region)
+    def new_value(self) -> RegionSetting:
+        return RegionSetting(f"region {len(self.rows) + 1}")
 
     def values(self) -> list[RegionSetting]:
         return [row.value() for row in self.rows]

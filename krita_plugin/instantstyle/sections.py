@@ -152,45 +152,64 @@ class LoraRow(QWidget):
         return LoraChoice(self.name.currentText().strip(), self.weight.value())
 
 
-class LoraList(QWidget):
-    """The LoRAs of the next job, with an "Add LoRA" button."""
+class RowList(QWidget):
+    """Rows of one kind with an "Add" button under them; a row asks to go with its ``removed`` signal."""
 
-    def __init__(self) -> None:
+    def __init__(self, add_label: str, add_tooltip: str) -> None:
         super().__init__()
         column = QVBoxLayout(self)
         column.setContentsMargins(0, 0, 0, 0)
         self.rows_box = QVBoxLayout()
-        self.rows: list[LoraRow] = []
-        self.offered: list[str] = []
-        add = QPushButton("Add LoRA")
-        add.setToolTip("apply one more of the backend's LoRAs to the next jobs")
-        add.clicked.connect(lambda: self.add(LoraChoice(self.offered[0] if self.offered else "")))
+        self.rows: list = []
+        add = QPushButton(add_label)
+        add.setToolTip(add_tooltip)
+        add.clicked.connect(lambda: self.add(self.new_value()))
         column.addLayout(self.rows_box)
         column.addWidget(add)
 
-    def add(self, choice: LoraChoice) -> LoraRow:
-        row = LoraRow(choice, self.offered)
-        row.removed.connect(self.remove)
+    def make_row(self, value: object) -> QWidget:
+        raise NotImplementedError
+
+    def new_value(self) -> object:
+        raise NotImplementedError
+
+    def add(self, value: object) -> QWidget:
+        row = self.make_row(value)
+        row.removed.connect(self.remove)  # type: ignore[attr-defined]
         self.rows.append(row)
         self.rows_box.addWidget(row)
         return row
 
-    def remove(self, row: LoraRow) -> None:
+    def remove(self, row: QWidget) -> None:
         if row in self.rows:
             self.rows.remove(row)
             row.setParent(None)
             row.deleteLater()
 
+    def set_values(self, values: list) -> None:
+        for row in list(self.rows):
+            self.remove(row)
+        for value in values:
+            self.add(value)
+
+
+class LoraList(RowList):
+    """The LoRAs of the next job, with an "Add LoRA" button."""
+
+    def __init__(self) -> None:
+        super().__init__("Add LoRA", "apply one more of the backend's LoRAs to the next jobs")
+        self.offered: list[str] = []
+
+    def make_row(self, value: object) -> LoraRow:
+        return LoraRow(value, self.offered)  # type: ignore[arg-type]
+
+    def new_value(self) -> LoraChoice:
+        return LoraChoice(self.offered[0] if self.offered else "")
+
     def set_offered(self, names: list[str]) -> None:
         self.offered = list(names)
         for row in self.rows:
             row.set_offered(self.offered)
-
-    def set_values(self, choices: list[LoraChoice]) -> None:
-        for row in list(self.rows):
-            self.remove(row)
-        for choice in choices:
-            self.add(choice)
 
     def values(self) -> list[LoraChoice]:
         return [row.value() for row in self.rows if row.value().name]
