@@ -268,10 +268,11 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
 
     inputs = {i: _open(path) for i, (path, _) in enumerate(args.style)}
     # A speed preset fills in what the job's own options leave open (``generate --speed``).
-    speed = getattr(args, "speed", None)
-    if speed:
+    preset = None
+    if getattr(args, "speed", None):
         from backend.engine.speed_presets import speed_preset
-    preset = speed_preset(speed[0]) if speed else None
+
+        preset = speed_preset(args.speed[0])
     loras = list(args.use_lora)
     if preset and preset.lora.name not in {name for name, _ in loras}:
         loras.append((preset.lora.name, preset.lora_weight))

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
+from protocol.limits import MAX_LORAS
+
 from .loading import HubFile, ModelLoadError, check_safetensors, is_local, load_errors
 from .request import LoraSelection, RequestError
 
 log = logging.getLogger(__name__)
 
-MAX_LORAS_PER_JOB = 8
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """What a LoRA may be called (the adapter name diffusers keys it by; shown to artists)."""
 
@@ -150,8 +151,8 @@ class LoraSet:
 
     def check(self, selection: LoraSelection) -> None:
         """A clear error for a job naming a LoRA this server does not have."""
-        if len(selection) > MAX_LORAS_PER_JOB:
-            raise RequestError(f"at most {MAX_LORAS_PER_JOB} LoRAs per job, got {len(selection)}")
+        if len(selection) > MAX_LORAS:
+            raise RequestError(f"at most {MAX_LORAS} LoRAs per job, got {len(selection)}")
         names = [name for name, _ in selection]
         if len(set(names)) != len(names):
             raise RequestError("a LoRA is named twice in this job")

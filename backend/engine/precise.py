@@ -81,10 +81,16 @@ class PreciseLayout:
     def __init__(self, unet: torch.nn.Module) -> None:
         self.unet = unet
         self.names = layout_processor_names(unet)
+        self.installed: float | None = None
+        """The push the wrappers are installed at (None: diffusers' own processors), so that jobs
+        without the precise preset do not walk the UNet's processors twice each."""
 
     def set(self, push: float | None) -> None:
         """``push`` None: the block's own processors; else wrapped at that push weight. (Take them out
         before ``set_ip_adapter_scale``, which sets the scales of diffusers' own processors only.)"""
+        if push == self.installed:
+            return
+        self.installed = push
         processors = dict(self.unet.attn_processors)
         changed = False
         for name in self.names:

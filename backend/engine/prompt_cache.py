@@ -40,11 +40,6 @@ class PromptEncodings:
             "negative_pooled_prompt_embeds": self.negative_pooled_prompt_embeds,
         }
 
-    @property
-    def nbytes(self) -> int:
-        tensors = [t for t in self.as_kwargs().values() if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
 
 class PromptCache:
     """A least-recently-used map of prompt encodings, bounded by count (SDXL: ~0.6 MB each in fp16)."""

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from protocol.limits import MAX_REGIONS
+
 from .request import GenerationRequest, RequestError, StyleReference
 from .style_embedding import StyleEncoder
-
-MAX_REGIONS = 8
 
 
 @dataclass

@@ -114,9 +114,9 @@ class Connection:
         self.outbox = Outbox(context.config.max_pending_previews, context.config.outbox_budget)
         self.jobs: dict[int, Job] = {}
         self.preparing: set[int] = set()
+        """Jobs whose images are being decoded (off the loop) before they are queued."""
         self.live_job: int | None = None
         """The client's latest live job (``generate.live``): a newer one replaces it."""
-        """Jobs whose images are being decoded (off the loop) before they are queued."""
         self.image_bytes: dict[int, int] = {}
         """Each live job's reservation in the server's image budget."""
         self.inputs: dict[int, dict[int, PixelFrame]] = {}

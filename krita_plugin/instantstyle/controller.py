@@ -297,8 +297,5 @@ class Controller(QObject):
             return False
 
     def _safely(self, function, *args) -> None:
-        try:
-            function(*args)
-        except Exception as error:  # e.g. a document closed between two events
-            log.exception("canvas update failed")
-            self._say(f"could not update the canvas: {error}")
+        """A canvas change that may fail (e.g. its document closed between two events)."""
+        self._attempt("update the canvas", function, *args)
