@@ -199,3 +199,21 @@ def test_loras_reach_the_engine_through_the_server_which_lists_them_and_refuses_
     assert refused.error.code is ErrorCode.BAD_FIELD and "'nobody' is not loaded" in refused.error.message
     expected = pixels(lora_engine, job([("kohya", 0.6)], seed=8))
     assert np.array_equal(np.asarray(frame_image(done.images[0]))[..., :3], expected)
+
+
+def test_a_second_lora_of_the_same_name_is_left_out_and_the_first_still_serves(tiny_paths):
+    from backend.engine.loras import LoraSet
+
+    engine = InstantStyleEngine.load(tiny_paths.spec("diffusers"), device="cpu")
+    loras = LoraSet(engine.pipeline)
+    loras.load(
+        [
+            LoraSource("ink", str(tiny_paths.lora("style-peft"))),
+            LoraSource("ink", str(tiny_paths.lora("other-peft"))),
+        ],
+        None,
+        True,
+    )
+    assert list(loras.loaded) == ["ink"] and loras.failed == {}
+    assert len(loras.duplicates) == 1 and "other-peft.safetensors was left out" in loras.duplicates[0]
+    loras.activate((("ink", 1.0),))  # the first one still serves

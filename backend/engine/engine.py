@@ -151,7 +151,7 @@ class InstantStyleEngine:
             sorted(self.loras.loaded),
             presets,
             self.layout.attention_names(),
-            list(self.loras.failed.values()),
+            [*self.loras.failed.values(), *self.loras.duplicates],
         )
 
     @property

@@ -100,13 +100,19 @@ class LoraSet:
         self.loaded: dict[str, LoraInfo] = {}
         self.failed: dict[str, str] = {}
         """Name -> why it could not be loaded (one line, naming the file)."""
+        self.duplicates: list[str] = []
+        """One line for each source left out because its name was taken (the first keeps it)."""
         self._active: LoraSelection | None = ()
 
     def load(self, sources: Sequence[LoraSource], cache_dir: str | None, local_files_only: bool) -> None:
         """Load each LoRA as a named adapter; one that fails is recorded and skipped."""
         for source in sources:
             if source.name in self.loaded or source.name in self.failed:
-                self.failed[source.name] = f"LoRA {source.name!r} is named twice; each needs its own name"
+                self.duplicates.append(
+                    f"LoRA {source.name!r} is named twice; {source.location} was left out "
+                    "(each needs its own name)"
+                )
+                log.error("%s", self.duplicates[-1])
                 continue
             try:
                 self._load_one(source, cache_dir, local_files_only)
