@@ -36,6 +36,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-config", help="for a single-file model: a diffusers folder/repo with its configs"
     )
     group.add_argument(
+        "--preview-vae",
+        default="auto",
+        metavar="auto|none|PATH",
+        help="the tiny autoencoder for canvas-size step previews: auto (madebyollin/taesdxl from the hub "
+        "or its cache, else linear previews with one logged line), none (linear previews at 1/8 size), "
+        "or a folder, repo id, or taesdxl_decoder .safetensors/.pth file (an error at start if it fails)",
+    )
+    group.add_argument(
         "--lora",
         action="append",
         default=[],
@@ -91,6 +99,7 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
         "vae": args.vae,
         "base_config": args.base_config,
         "cache_dir": args.cache_dir,
+        "preview_vae": args.preview_vae,
     }
     spec = replace(spec, **{k: v for k, v in overrides.items() if v})
     loras = tuple(LoraSource.parse(text) for text in args.lora)

@@ -61,7 +61,7 @@ def _looks_local(option: str, text: str) -> bool:
         return True
     if option == "--ip-adapter":
         return len(Path(text).parts) < 3
-    return Path(text).suffix in (*SINGLE_FILE_SUFFIXES, ".bin")
+    return Path(text).suffix in (*SINGLE_FILE_SUFFIXES, ".bin", ".pth")
 
 
 def check_model_paths(args: argparse.Namespace) -> None:
@@ -73,6 +73,7 @@ def check_model_paths(args: argparse.Namespace) -> None:
         "--controlnet": args.controlnet,
         "--vae": args.vae,
         "--base-config": args.base_config,
+        "--preview-vae": args.preview_vae if args.preview_vae not in ("auto", "none") else None,
     }
     for option, value in options.items():
         if value and _looks_local(option, value) and not Path(value).expanduser().exists():

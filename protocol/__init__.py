@@ -14,6 +14,7 @@ from .enums import (
     Mode,
     ModelPhase,
     PixelFormat,
+    PreviewMethod,
     Sampler,
     SweepAxis,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "PixelFormat",
     "PixelFrame",
     "Pong",
+    "PreviewMethod",
     "Progress",
     "ProtocolError",
     "Queued",

@@ -65,6 +65,15 @@ class SweepAxis(str, Enum):
     SEED = "seed"
 
 
+class PreviewMethod(str, Enum):
+    """How the server draws its per-step previews (``model_status.features.preview``)."""
+
+    LINEAR = "linear"
+    """SDXL's linear latent-to-RGB factors, at latent resolution (1/8 of the image side)."""
+    TINY_VAE = "tiny-vae"
+    """A tiny autoencoder (TAESD-XL), at the size the client asks for (``generate.preview_side``)."""
+
+
 class MessageType(str, Enum):
     """The ``type`` of a JSON control message (text frame)."""
 

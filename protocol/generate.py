@@ -9,6 +9,7 @@ from .enums import BlockPreset, ErrorCode, MessageType, Mode, Sampler, SweepAxis
 from .errors import ProtocolError
 from .limits import (
     DEFAULT_LAYOUT_PUSH,
+    DEFAULT_PREVIEW_SIDE,
     MAX_BLOCK_DEPTH,
     MAX_BLOCK_SCALE,
     MAX_INPUT_INDEX,
@@ -16,6 +17,7 @@ from .limits import (
     MAX_LAYOUT_PUSH,
     MAX_LORA_WEIGHT,
     MAX_LORAS,
+    MAX_PREVIEW_SIDE,
     MAX_REGIONS,
     MAX_SEED,
     MAX_SWEEP_AXES,
@@ -136,6 +138,10 @@ class Generate:
     sweep: list[SweepValues] = field(default_factory=list, metadata=bounds(max_items=MAX_SWEEP_AXES))
     """A grid over one or two axes: one picture per cell (``batch`` must be 1), each scored; the
     result's ``cells`` say each picture's settings."""
+    preview_side: int = field(default=DEFAULT_PREVIEW_SIDE, metadata=bounds(8, MAX_PREVIEW_SIDE))
+    """Longest side of the preview frames when the server previews with a tiny autoencoder (never
+    above the image's, nor the server's ``limits.max_preview_side``); ask for less on a slow link.
+    Linear previews stay at latent resolution whatever this says."""
     live: bool = False
     """Latest wins: this job replaces the client's earlier live job, cancelled at its next step (or
     dropped from the queue). For re-rendering while the artist paints."""

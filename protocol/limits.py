@@ -21,6 +21,8 @@ MAX_LAYOUT_PUSH = 5.0
 MAX_REGIONS = 8
 MAX_SWEEP_AXES = 2
 MAX_SWEEP_VALUES = 16
+MAX_PREVIEW_SIDE = 4096
+DEFAULT_PREVIEW_SIDE = 1024
 DEFAULT_LAYOUT_PUSH = 2.0
 """ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
 
@@ -41,3 +43,5 @@ class Limits:
     """Regions one job may have (``generate.regions``)."""
     max_sweep_cells: int = field(default=16, metadata=bounds(1, MAX_SWEEP_VALUES**MAX_SWEEP_AXES))
     """Cells (pictures) one sweep may make."""
+    max_preview_side: int = field(default=1024, metadata=bounds(8, MAX_PREVIEW_SIDE))
+    """Longest side of preview frames: a larger ``generate.preview_side`` gets this size."""

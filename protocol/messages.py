@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, Sampler
+from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, PreviewMethod, Sampler
 from .errors import ProtocolError
 from .generate import Generate, LoraWeight, Region, StyleImage, SweepValues
 from .limits import MAX_JOB_ID, MAX_SEED, MAX_TEXT, Limits
@@ -80,6 +80,8 @@ class ModelFeatures:
     ``{"up": {"block_0": [a0, a1, a2]}}`` setting ``up_blocks.0.attentions.0`` to ``.2``."""
     problems: list[str] = field(default_factory=list, metadata=bounds(max_items=1000))
     """One line for each thing asked for at start that is not available (a LoRA file that failed)."""
+    preview: PreviewMethod = PreviewMethod.LINEAR
+    """How step previews are drawn: ``tiny-vae`` frames come at ``generate.preview_side``."""
 
 
 @dataclass(frozen=True)

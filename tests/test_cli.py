@@ -134,6 +134,7 @@ def test_arguments_are_checked_before_any_model_loads(monkeypatch, capsys, tmp_p
         "serve --memory-tier huge": "--memory-tier huge: expected one of auto, full",
         "serve --dtype fp8": "--dtype fp8: expected one of auto, fp16, bf16, fp32",
         f"serve --vae {tmp_path}/no-vae": f"--vae {tmp_path}/no-vae: no such file or folder",
+        "serve --preview-vae taesd.pth": "--preview-vae taesd.pth: no such file or folder",
         "serve --model ./nowhere.safetensors": "--model ./nowhere.safetensors: no such file or folder",
         # A hub IP-Adapter names a file as owner/repo/path; a bare file name is local.
         "serve --ip-adapter adapter.safetensors": "--ip-adapter adapter.safetensors: no such file or folder",

@@ -292,6 +292,34 @@ def test_stylize_layer_adds_the_exact_result_and_keeps_the_artists_layer(krita: 
     assert Image.open(krita.artifacts / "canvas.png").size == (SIZE, SIZE)
 
 
+def test_the_preview_layer_shows_the_tiny_autoencoders_frame_at_canvas_size(krita: KritaRun, engine):
+    shown = krita.scenario("stylize")["preview_shown"]
+    # The backend's tiny autoencoder sends canvas-size RGB frames (linear ones would be 8x8).
+    assert shown is not None and shown["size"] == [SIZE, SIZE] and shown["channels"] == 3
+    frame = np.frombuffer((krita.artifacts / "preview_frame.raw").read_bytes(), np.uint8).reshape(
+        SIZE, SIZE, 3
+    )
+    layer = krita.rgba("preview_layer.rgba")
+    assert np.array_equal(layer[..., :3], frame) and (layer[..., 3] == 255).all()
+    # The frame is the engine's tiny-autoencoder preview of that step of the same job.
+    source = krita.source()
+    previews = []
+    request = {"prompt": PROMPT, "content_text": "stripes", "width": SIZE, "height": SIZE, "steps": STEPS}
+    engine.generate(
+        GenerationRequest(
+            **request,
+            seed=SEED,
+            style_images=[StyleReference(source)],
+            mode=Mode.IMG2IMG,
+            init_image=source,
+            strength=STRENGTH,
+        ),
+        on_step=previews.append,
+    )
+    assert 1 <= shown["step"] <= len(previews)
+    assert np.array_equal(previews[shown["step"] - 1].rgb, frame)
+
+
 def test_cancel_from_the_action_leaves_no_stray_layer(krita: KritaRun):
     cancel = krita.scenario("cancel")
     assert cancel["state"] == "cancelled" and cancel["step"] < cancel["total"]

@@ -31,6 +31,23 @@ def test_the_tier_follows_the_free_memory(monkeypatch, free_gib, controlnet, tie
     assert pick_tier(CUDA, "model-offload", controlnet) is MemoryTier.MODEL_OFFLOAD  # a flag wins
 
 
+@pytest.mark.parametrize(
+    ("free_gib", "tier_without", "tier_with"),
+    [
+        (15.6, MemoryTier.FULL, MemoryTier.FULL),  # the full VAE decode stays the peak
+        (9.7, MemoryTier.ENCODERS_OFF, MemoryTier.MODEL_OFFLOAD),
+        (6.8, MemoryTier.MODEL_OFFLOAD, MemoryTier.GROUP_OFFLOAD),
+        (7.3, MemoryTier.MODEL_OFFLOAD, MemoryTier.MODEL_OFFLOAD),  # an 8 GB card keeps its tier
+    ],
+)
+def test_the_preview_autoencoder_is_counted_where_it_raises_the_peak(
+    monkeypatch, free_gib, tier_without, tier_with
+):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * GIB), 24 * GIB))
+    assert pick_tier(CUDA, "auto", controlnet=False, preview_vae=False) is tier_without
+    assert pick_tier(CUDA, "auto", controlnet=False, preview_vae=True) is tier_with
+
+
 def test_cpu_runs_in_full_and_unknown_tiers_are_refused():
     assert pick_tier(torch.device("cpu"), "auto", controlnet=True) is MemoryTier.FULL
     with pytest.raises(ValueError, match="unknown memory tier 'small': expected one of auto, full"):

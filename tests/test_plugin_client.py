@@ -58,6 +58,29 @@ def connect(url: str, token: str = "") -> Session:
     return session
 
 
+@pytest.mark.parametrize(("asked", "server_limit", "side"), [(512, 1024, 64), (32, 1024, 32), (512, 16, 16)])
+def test_the_preview_size_setting_reaches_the_frames_within_the_servers_limit(
+    engine, asked, server_limit, side
+):
+    from dataclasses import replace
+
+    from protocol import Limits
+
+    limits = replace(Limits(), max_preview_side=server_limit)
+    with ServerThread(engine, limits=limits) as server:
+        session = connect(server.url)
+        try:
+            assert session.status.endswith("— full-size previews")
+            job = session.submit(
+                settings(steps=2, preview_side=asked), JobInputs([(as_image(STYLE), 1.0)]), TARGET
+            )
+            pump(session, lambda u: any(x.kind is UpdateKind.RESULT for x in u))
+        finally:
+            session.connection.stop()
+    assert (job.preview.width, job.preview.height, job.preview.channels) == (side, side, 3)
+    assert job.preview_step == 2
+
+
 def test_previews_arrive_in_order_and_the_result_matches_the_engine(engine):
     with ServerThread(engine) as server:
         session = connect(server.url)
@@ -71,7 +94,7 @@ def test_previews_arrive_in_order_and_the_result_matches_the_engine(engine):
     previews = [u for u in updates if u.kind is UpdateKind.PREVIEW]
     assert kinds[0] is UpdateKind.QUEUED and kinds[-1] is UpdateKind.RESULT
     assert len(previews) == 4 and kinds.count(UpdateKind.PROGRESS) == 5  # started + 4 steps
-    assert job.state is JobState.DONE and job.step == 4 and job.preview.width == 8
+    assert job.state is JobState.DONE and job.step == 4 and job.preview.width == 64
     assert job.layer_names == ["InstantStyle: a fox (seed 11) [TEST MODEL]"]
     assert session.history == [job]
 

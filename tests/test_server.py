@@ -35,7 +35,7 @@ def test_round_trip_streams_every_step_then_the_exact_result(engine):
     assert outcome.started.total_steps == 5 and outcome.started.seed == 5
     assert [p.step for p in outcome.progress] == [1, 2, 3, 4, 5]
     assert [f.index for f in outcome.previews] == [1, 2, 3, 4, 5]
-    assert all((f.width, f.height, f.format) == (8, 8, PixelFormat.RGB8) for f in outcome.previews)
+    assert all((f.width, f.height, f.format) == (64, 64, PixelFormat.RGB8) for f in outcome.previews)
     assert outcome.result.seeds == [5] and outcome.result.is_test_model
 
     expected = engine.generate(

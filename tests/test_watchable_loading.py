@@ -292,7 +292,9 @@ def test_the_plugin_shows_the_loading_phase_then_the_model(engine):
             assert session.status.endswith("jobs wait until the model is ready")
             gate.set()
             pump(session, lambda _u: session.hello is not None and session.hello.status.ready)
-            assert session.status == "connected — tiny random-weight SDXL (TEST/DEMO model)"
+            assert (
+                session.status == "connected — tiny random-weight SDXL (TEST/DEMO model) — full-size previews"
+            )
         finally:
             session.connection.stop()
 

@@ -32,7 +32,16 @@ from .loading import ModelSpec, load_controlnet, load_models
 from .loras import LoraSet
 from .memory import MemoryTier, place, visiting
 from .precise import PreciseLayout
-from .previews import DenoisedCapture, PreviewStream, StepPreview
+from .preview_vae import LoadedPreviewVae, load_preview_vae
+from .previews import (
+    DenoisedCapture,
+    PreviewStream,
+    Renderer,
+    StepPreview,
+    TinyVaeRenderer,
+    preview_size,
+    rgb_tensor,
+)
 from .prompt_cache import PromptCache, PromptKey
 from .regions import style_and_masks
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
@@ -63,9 +72,11 @@ class InstantStyleEngine:
         device: torch.device | None = None,
         loras: LoraSet | None = None,
         prompt_cache_size: int = 32,
+        preview_vae: LoadedPreviewVae | None = None,
     ) -> None:
         """``device``: where jobs run (default: where the UNet's weights are, i.e. the full tier);
-        ``loras``: the LoRAs loaded into ``pipeline`` (``load_planned`` loads those of the spec)."""
+        ``loras``: the LoRAs loaded into ``pipeline`` (``load_planned`` loads those of the spec);
+        ``preview_vae``: the tiny autoencoder for previews (None: the linear previews)."""
         from transformers import CLIPImageProcessorPil
 
         self.pipeline = pipeline
@@ -93,6 +104,9 @@ class InstantStyleEngine:
         self.loras = loras or LoraSet(pipeline)
         self.precise = PreciseLayout(pipeline.unet)  # type: ignore[attr-defined]
         self.prompts = PromptCache(prompt_cache_size)
+        self.preview_vae = preview_vae or LoadedPreviewVae(None, "none")
+        if self.preview_vae.vae is not None:  # ~10 MB: it stays where jobs run, whatever the tier
+            self.preview_vae.vae.to(self._device)
         self._lock = threading.Lock()
         self.compiled = False
 
@@ -123,8 +137,17 @@ class InstantStyleEngine:
             report(ModelStatus(ModelPhase.LOADING, f"Loading LoRA {source.name}{where}"))
             loras.load([source], spec.cache_dir, spec.local_files_only)
         controlnet = load_controlnet(spec, dtype)
+        preview_vae = load_preview_vae(spec, dtype)
         place(pipeline, controlnet, tier, device)
-        engine = cls(pipeline, spec, controlnet=controlnet, memory_tier=tier, device=device, loras=loras)
+        engine = cls(
+            pipeline,
+            spec,
+            controlnet=controlnet,
+            memory_tier=tier,
+            device=device,
+            loras=loras,
+            preview_vae=preview_vae,
+        )
         if plan.compile:
             engine.compile_unet()
         return engine
@@ -151,7 +174,9 @@ class InstantStyleEngine:
             sorted(self.loras.loaded),
             presets,
             self.layout.attention_names(),
-            [*self.loras.failed.values(), *self.loras.duplicates],
+            [*self.loras.failed.values(), *self.loras.duplicates]
+            + ([self.preview_vae.note] if self.preview_vae.note else []),
+            self.preview_vae.method,
         )
 
     @property
@@ -317,7 +342,11 @@ class InstantStyleEngine:
         """``generate``'s work (with the lock held): the pipeline's denoising, then the engine's decode."""
         pipe, kwargs = self.prepare(request)
         capture = DenoisedCapture()
-        previews = PreviewStream(on_step, self.device) if on_step is not None else None
+        previews = (
+            PreviewStream(on_step, self.device, render=self.preview_renderer(request))
+            if on_step is not None
+            else None
+        )
 
         def step_end(p: object, index: int, _t: object, tensors: dict[str, torch.Tensor]) -> dict:
             if cancel is not None and cancel.is_set():
@@ -350,6 +379,13 @@ class InstantStyleEngine:
             check_finite(latents, "latents")
             decoded = decode(pipe, latents)
         return decoded
+
+    def preview_renderer(self, request: GenerationRequest) -> Renderer:
+        """How this job's previews are drawn: the tiny autoencoder at the asked size, or linear."""
+        vae = self.preview_vae.vae
+        if vae is None:
+            return rgb_tensor
+        return TinyVaeRenderer(vae, preview_size(request.width, request.height, request.preview_side))
 
     def compile_unet(self, backend: str | Callable[..., object] = "inductor") -> None:
         """``torch.compile`` the UNet's repeated transformer blocks (diffusers' regional compilation:

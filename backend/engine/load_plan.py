@@ -51,7 +51,8 @@ class LoadPlan:
         compile: bool = False,
     ) -> LoadPlan:
         torch_device = pick_device(device)
-        tier = pick_tier(torch_device, memory_tier, controlnet=spec.controlnet is not None)
+        previews = spec.preview_vae.strip().lower() != "none"
+        tier = pick_tier(torch_device, memory_tier, spec.controlnet is not None, previews)
         return cls(spec, torch_device, pick_dtype(torch_device, dtype), tier, compile)
 
     @property

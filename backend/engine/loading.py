@@ -29,6 +29,7 @@ T = TypeVar("T")
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 IP_ADAPTER_HUB_PATH = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
 IMAGE_ENCODER_HUB_PATH = "h94/IP-Adapter/sdxl_models/image_encoder"
+TAESDXL_REPO = "madebyollin/taesdxl"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -64,6 +65,11 @@ class ModelSpec:
     """LoRAs to load at start; jobs choose among them (``loras.py``)."""
     speed_presets: tuple[str, ...] = ()
     """Few-step presets to offer (``speed_presets.py``); their LoRAs load with the others."""
+    preview_vae: str = "auto"
+    """The tiny autoencoder for previews: ``auto``, ``none``, or a folder, repo id or file
+    (``preview_vae.py``)."""
+    preview_vae_default: str | None = TAESDXL_REPO
+    """What ``auto`` tries (the tiny test model names its own tiny one)."""
     cache_dir: str | None = None
     local_files_only: bool = False
     label: str = "SDXL base 1.0 + ip-adapter_sdxl"

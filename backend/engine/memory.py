@@ -48,12 +48,22 @@ FREE_GIB_NEEDED = {
 }
 """``group-offload`` is what remains below the model-offload threshold."""
 
+PREVIEW_VAE_GIB = 0.6
+"""A 1024² preview decode by the tiny autoencoder in fp16 (weights ~10 MB; its last stage holds a few
+64-channel full-size activations; estimated, not measured on a GPU). It runs beside the UNet's
+activations, not beside the full VAE decode: in the full tier the decode's 3.8 GiB stays the peak, in
+the tiled tiers it adds to it."""
 
-def choose_tier(free_bytes: int, controlnet: bool = False) -> MemoryTier:
-    """The fastest tier that fits ``free_bytes`` of accelerator memory."""
+
+def choose_tier(free_bytes: int, controlnet: bool = False, preview_vae: bool = False) -> MemoryTier:
+    """The fastest tier that fits ``free_bytes`` of accelerator memory (with a tiny autoencoder for
+    previews when ``preview_vae``)."""
     free = free_bytes / GIB
     for tier, (plain, with_controlnet) in FREE_GIB_NEEDED.items():
-        if free >= (with_controlnet if controlnet else plain):
+        needed = (with_controlnet if controlnet else plain) + (
+            PREVIEW_VAE_GIB if preview_vae and tier.tiles_vae else 0.0
+        )
+        if free >= needed:
             return tier
     return MemoryTier.GROUP_OFFLOAD
 
@@ -66,7 +76,9 @@ def free_memory(device: torch.device) -> int | None:
     return free
 
 
-def pick_tier(device: torch.device, preference: str | None, controlnet: bool) -> MemoryTier:
+def pick_tier(
+    device: torch.device, preference: str | None, controlnet: bool, preview_vae: bool = False
+) -> MemoryTier:
     """An explicit tier wins; ``auto`` measures CUDA's free memory (anything else runs in full)."""
     if preference and preference != "auto":
         try:
@@ -75,7 +87,7 @@ def pick_tier(device: torch.device, preference: str | None, controlnet: bool) ->
             names = ", ".join(["auto", *(t.value for t in MemoryTier)])
             raise ValueError(f"unknown memory tier {preference!r}: expected one of {names}") from None
     free = free_memory(device)
-    return MemoryTier.FULL if free is None else choose_tier(free, controlnet)
+    return MemoryTier.FULL if free is None else choose_tier(free, controlnet, preview_vae)
 
 
 def place(

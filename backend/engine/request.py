@@ -79,6 +79,9 @@ class GenerationRequest:
     regions: list = field(default_factory=list)
     """``regions.StyleRegion``s: parts of the picture with their own references; ``style_images``
     then style the rest (and may be empty)."""
+    preview_side: int = 1024
+    """Longest side of the tiny autoencoder's previews (never above the image's); the linear previews
+    stay at latent resolution."""
 
     def cells(self) -> list[SweepCell]:
         """The sweep's cells in order (one cell, the request's own settings, without a sweep)."""
@@ -129,6 +132,8 @@ class GenerationRequest:
                 raise RequestError(f"{name} must be a positive multiple of 8, got {value}")
         if self.steps < 1:
             raise RequestError(f"steps must be at least 1, got {self.steps}")
+        if self.preview_side < 8:
+            raise RequestError(f"preview_side must be at least 8, got {self.preview_side}")
         if self.batch < 1:
             raise RequestError(f"batch must be at least 1, got {self.batch}")
         if not self.style_images and not self.regions:

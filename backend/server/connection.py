@@ -344,7 +344,10 @@ class Connection:
         self.image_bytes[job_id] = cost
         self.preparing.add(job_id)
         try:
-            request = await self.loop.run_in_executor(self.context.decoder, _prepare, message, wanted)
+            preview_side = self.context.config.limits.max_preview_side
+            request = await self.loop.run_in_executor(
+                self.context.decoder, _prepare, message, wanted, preview_side
+            )
         except BaseException:
             self._release_images(job_id)
             raise
@@ -437,9 +440,9 @@ class Connection:
             self._release_images(job_id)
 
 
-def _prepare(message: Generate, frames: dict[int, PixelFrame]) -> GenerationRequest:
+def _prepare(message: Generate, frames: dict[int, PixelFrame], max_preview_side: int) -> GenerationRequest:
     """Decode the job's images and build its request (on the decoder threads, not the event loop)."""
-    request = build_request(message, input_images(message, frames))
+    request = build_request(message, input_images(message, frames), max_preview_side)
     try:
         request.validate()
     except RequestError as error:

@@ -79,8 +79,11 @@ def _same_shape(size: tuple[int, int], expected: tuple[int, int]) -> bool:
     return abs(width * want_height - height * want_width) <= max(want_width, want_height, width, height)
 
 
-def build_request(message: Generate, images: dict[int, Image.Image]) -> GenerationRequest:
-    """The engine request for a ``generate`` message and its input images (server and CLI alike)."""
+def build_request(
+    message: Generate, images: dict[int, Image.Image], max_preview_side: int | None = None
+) -> GenerationRequest:
+    """The engine request for a ``generate`` message and its input images (server and CLI alike);
+    previews larger than ``max_preview_side`` are made at that size."""
     mask = images[message.mask].convert("L") if message.mask is not None else None
     regions = [
         StyleRegion(
@@ -118,6 +121,7 @@ def build_request(message: Generate, images: dict[int, Image.Image]) -> Generati
         loras=tuple((lora.name, lora.weight) for lora in message.loras),
         regions=regions,
         sweep=[(values.axis, tuple(values.values)) for values in message.sweep],
+        preview_side=min(message.preview_side, max_preview_side or message.preview_side),
     )
 
 

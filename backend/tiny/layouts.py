@@ -8,7 +8,10 @@
   in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``);
 - ``controlnet-canny/``: a ControlNet folder, as ``diffusers/controlnet-canny-sdxl-1.0`` has;
 - ``loras/``: random LoRAs in the diffusers/PEFT and the Kohya key layouts (``backend/tiny/loras.py``),
-  also as a hub repo.
+  also as a hub repo;
+- ``taesd/``: a tiny autoencoder for previews, as ``madebyollin/taesdxl`` has it (also as a hub repo), and
+  ``vae_approx/taesdxl_decoder.safetensors``: its decoder in TAESD's original layout
+  (``backend/tiny/preview_vae.py``).
 
 Everything is generated from a fixed seed, so one generator version always
 writes the same weights; a marker file lets callers reuse a finished folder.
@@ -28,13 +31,15 @@ import torch
 from backend.engine.loading import ModelSpec
 from backend.tiny.components import TINY_LABEL, build_models
 from backend.tiny.loras import write_tiny_loras
+from backend.tiny.preview_vae import write_tiny_autoencoder
 from backend.tiny.single_file import save_single_file
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 TINY_REPO_ID = "instantstyle/tiny-sdxl"
 TINY_IP_REPO_ID = "instantstyle/tiny-ip-adapter"
 TINY_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-canny"
 TINY_LORA_REPO_ID = "instantstyle/tiny-loras"
+TINY_TAESD_REPO_ID = "instantstyle/tiny-taesdxl"
 SNAPSHOT = "0" * 39 + GENERATOR_VERSION  # a commit-hash-shaped revision name
 _MARKER = "COMPLETE.json"
 
@@ -79,13 +84,21 @@ class TinyModelPaths:
     def loras(self) -> Path:
         return self.root / "loras"
 
+    @property
+    def taesd(self) -> Path:
+        return self.root / "taesd"
+
+    @property
+    def taesd_decoder_file(self) -> Path:
+        return self.root / "vae_approx" / "taesdxl_decoder.safetensors"
+
     def lora(self, name: str) -> Path:
         """``style-peft``, ``style-kohya`` (the same LoRA in two layouts) or ``other-peft``."""
         return self.loras / f"{name}.safetensors"
 
     def spec(self, layout: str = "diffusers") -> ModelSpec:
         """A ``ModelSpec`` loading the tiny model from one of its layouts."""
-        common = {"label": TINY_LABEL, "is_test_model": True}
+        common = {"label": TINY_LABEL, "is_test_model": True, "preview_vae_default": str(self.taesd)}
         local = {
             "ip_adapter": str(self.ip_adapter_safetensors),
             "image_encoder": str(self.image_encoder),
@@ -105,7 +118,7 @@ class TinyModelPaths:
                 controlnet=TINY_CONTROLNET_REPO_ID,
                 cache_dir=str(self.hub_cache),
                 local_files_only=True,
-                **common,
+                **{**common, "preview_vae_default": TINY_TAESD_REPO_ID},
             )
         raise ValueError(f"unknown layout {layout!r}: expected diffusers, single-file or hub")
 
@@ -150,11 +163,13 @@ def _write_all(paths: TinyModelPaths) -> None:
     models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]
     models.controlnet.save_pretrained(paths.controlnet)  # type: ignore[attr-defined]
     write_tiny_loras(paths.loras, models.pipeline.unet, models.pipeline.text_encoder)  # type: ignore[attr-defined]
+    write_tiny_autoencoder(paths.taesd, paths.taesd_decoder_file)
 
     write_hub_snapshot(paths.hub_cache, TINY_REPO_ID, paths.diffusers_folder)
     write_hub_snapshot(paths.hub_cache, TINY_IP_REPO_ID, paths.ip_adapter_folder.parent)
     write_hub_snapshot(paths.hub_cache, TINY_CONTROLNET_REPO_ID, paths.controlnet)
     write_hub_snapshot(paths.hub_cache, TINY_LORA_REPO_ID, paths.loras)
+    write_hub_snapshot(paths.hub_cache, TINY_TAESD_REPO_ID, paths.taesd)
     shutil.rmtree(paths.root / ".scratch", ignore_errors=True)
     (paths.root / _MARKER).write_text(
         json.dumps({"label": TINY_LABEL, "generator_version": GENERATOR_VERSION}), encoding="utf-8"

@@ -207,6 +207,7 @@ class InstantStyleDocker(DockWidget):
         self.sweep_first_values.setText(s.sweep_first_values)
         self.sweep_second_values.setText(s.sweep_second_values)
         self.live_max_side.setValue(s.live_max_side)
+        self.preview_side.setCurrentIndex(max(0, self.preview_side.findData(s.preview_side)))
         self.live_seed.setValue(s.live_seed)
 
     def store(self) -> None:
@@ -247,6 +248,7 @@ class InstantStyleDocker(DockWidget):
         s.speed_preset = self.speed.currentData() or ""
         s.live_preset = self.live_preset.currentData() or ""
         s.live_max_side, s.live_seed = self.live_max_side.value(), self.live_seed.value()
+        s.preview_side = int(self.preview_side.currentData() or 1024)
 
     def _show_features(self) -> None:
         """What the backend's model offers, into the pickers (once it is known, and when it changes)."""

@@ -87,6 +87,13 @@ def custom_chosen(docker) -> None:
         docker.block_grid.set_text('{"up": {"block_0": [0.0, 1.0]}}')
 
 
+PREVIEW_SIDES = [
+    ("Canvas size (up to 1024 px)", 1024),
+    ("Up to 512 px", 512),
+    ("Up to 256 px (slow link)", 256),
+]
+
+
 def build_sections(docker) -> list[Section]:
     """The docker's parts an artist opens now and then; their widgets become the docker's attributes."""
     blocks = Section("Blocks", "which parts of the model take the style")
@@ -211,8 +218,16 @@ def build_sections(docker) -> list[Section]:
     docker.connect_button.clicked.connect(
         lambda: docker.controller.reconnect(docker.url.text(), docker.token.text())
     )
+    docker.preview_side = QComboBox()
+    for label, side in PREVIEW_SIDES:
+        docker.preview_side.addItem(label, side)
+    docker.preview_side.setToolTip(
+        "how large each step's preview is sent, when the backend previews with its tiny autoencoder "
+        "(a smaller one suits a slow network link; rough previews are always 1/8 size)"
+    )
     form.addRow("Server", side_by_side(docker.url, docker.connect_button))
     form.addRow("Token", docker.token)
+    form.addRow("Previews", docker.preview_side)
     docker.sections = {
         "sweep": sweep,
         "blocks": blocks,

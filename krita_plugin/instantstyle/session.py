@@ -94,6 +94,8 @@ class Job:
     total: int = 0
     eta_seconds: float = 0.0
     preview: Image | None = None
+    preview_step: int = 0
+    """The step ``preview`` shows."""
     result: protocol.Result | None = None
     images: list[Image] = field(default_factory=list)
     message: str = ""
@@ -267,6 +269,7 @@ class Session:
             live=live,
             regions=regions,
             sweep=sweep_axes,
+            preview_side=min(settings.preview_side, self.hello.limits.max_preview_side),  # type: ignore[union-attr]
         )
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
@@ -356,7 +359,13 @@ class Session:
             return "connected"
         text = f"connected — {describe_model(self.hello.model)}"
         loading = self.hello.status
-        return text if loading.ready else f"{text} — {describe_loading(loading)}"
+        if not loading.ready:
+            return f"{text} — {describe_loading(loading)}"
+        features = loading.features
+        if features is None:  # an older backend: nothing said about its previews
+            return text
+        tiny_vae = features.preview is protocol.PreviewMethod.TINY_VAE
+        return f"{text} — {'full-size' if tiny_vae else 'rough'} previews"
 
     def _received(self, item: protocol.ServerMessage | protocol.PixelFrame) -> list[JobUpdate]:
         if isinstance(item, protocol.ModelStatus):
@@ -384,7 +393,7 @@ class Session:
             )
             return [JobUpdate(UpdateKind.PROGRESS, job)]
         if isinstance(item, protocol.PixelFrame) and item.kind is protocol.FrameKind.PREVIEW:
-            job.preview = Image.from_frame(item)
+            job.preview, job.preview_step = Image.from_frame(item), item.index
             return [JobUpdate(UpdateKind.PREVIEW, job)]
         if isinstance(item, protocol.Result):
             job.result, job.is_test_model = item, item.is_test_model

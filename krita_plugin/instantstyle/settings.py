@@ -121,6 +121,8 @@ class GenerationSettings:
     """Live jobs run at most this many pixels a side (the result is scaled to the canvas)."""
     live_seed: int = 7
     """Live mode keeps one seed, so that only the painting changes the picture."""
+    preview_side: int = 1024
+    """Longest side of step previews from a backend with a tiny autoencoder (less for a slow link)."""
 
     def next_seed(self) -> int:
         """The seed for the next job: the locked one, or a fresh random one (remembered)."""

@@ -178,6 +178,7 @@ class Runner:
         dock.raise_()
         self.layers_before = layer_names(self.document)
         self.preview_seen = False
+        self.preview_shown = None
         # A 3-step tiny job can start and finish between two polls: watch the preview layer appear
         # right where the plugin paints it.
         show_preview = self.controller.canvas.show_preview
@@ -185,11 +186,24 @@ class Runner:
         def watched_show_preview(job):
             show_preview(job)
             self.preview_seen = self.preview_seen or "InstantStyle preview" in layer_names(self.document)
+            if self.preview_shown is None and self.preview_seen and job.preview is not None:
+                self.keep_first_preview(job)
 
         self.controller.canvas.show_preview = watched_show_preview
         self.begin("stylize", self.wait_for_result)
         self.app.action("instantstyle_stylize_layer").trigger()
         log(f"stylize triggered: {self.controller.message}")
+
+    def keep_first_preview(self, job):
+        """The first preview frame as received, and the preview layer's pixels right after painting it."""
+        layer = next(n for n in self.document.rootNode().childNodes() if n.name() == "InstantStyle preview")
+        (OUT / "preview_frame.raw").write_bytes(job.preview.data)
+        (OUT / "preview_layer.rgba").write_bytes(rgba(bytes(layer.pixelData(0, 0, SIZE, SIZE))))
+        self.preview_shown = {
+            "step": job.preview_step,
+            "size": [job.preview.width, job.preview.height],
+            "channels": job.preview.channels,
+        }
 
     def wait_for_result(self):
         names = layer_names(self.document)
@@ -206,6 +220,7 @@ class Runner:
             "layers_after": names,
             "new_layers": new_layers,
             "preview_seen": self.preview_seen,
+            "preview_shown": self.preview_shown,
             "message": self.controller.message,
             "seed": job.seed,
             "job_size": [job.width, job.height],
