@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from backend.engine.engine import InstantStyleEngine
+from backend.engine.loading import quiet_libraries
 from backend.engine.preview_vae import LoadedPreviewVae
 from backend.engine.previews import rgb_tensor, tiny_vae_rgb
 from backend.engine.request import GenerationRequest, StyleReference
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
+    quiet_libraries()
     torch.manual_seed(0)
     print(f"One preview at {args.size}² ({device}), median of {args.repeats}:")
     costs = preview_costs(args.size, args.repeats, device)
