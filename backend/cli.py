@@ -256,6 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-warm-up", action="store_true", help="skip the small job that warms the model up after loading"
     )
+    serve.add_argument(
+        "--ray",
+        metavar="local|auto|ADDRESS",
+        help="run jobs on Ray workers, one per GPU, each with its own copy of the model: 'local' starts Ray "
+        "here (every GPU of this machine), 'auto' joins the cluster this machine belongs to, ADDRESS joins "
+        "another (head:6379 or ray://head:10001); see docs/SCALING.md",
+    )
+    serve.add_argument(
+        "--workers", type=int, help="with --ray: how many workers (default: one per GPU of the cluster, or 1)"
+    )
     add_model_arguments(serve)
 
     tiny = commands.add_parser("make-tiny", help="write the tiny test model in every layout")
@@ -389,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     from backend.engine.style_embedding import EmbeddingSpaceMismatch
     from backend.preflight import ArgumentError
     from backend.server.config import ConfigError
+    from backend.server.ray_pool import RayUnavailable
 
     try:
         return _run(argv)
@@ -401,9 +412,29 @@ def main(argv: list[str] | None = None) -> int:
         ArgumentError,
         OSError,
         json.JSONDecodeError,
+        RayUnavailable,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def serve_on_ray(args: argparse.Namespace) -> int:
+    """``serve --ray``: the same server, its jobs run by a pool of Ray actors."""
+    from backend.preflight import ArgumentError
+    from backend.server.app import run_server
+    from backend.server.ray_actor import ActorPlan
+    from backend.server.ray_pool import RaySettings, RayWorkerPool, connect
+
+    if args.workers is not None and args.workers < 1:
+        raise ArgumentError(f"--workers {args.workers}: expected 1 or more")
+    settings = RaySettings(args.ray, args.workers)
+    owns_ray = connect(settings)  # one line (RayUnavailable) when Ray cannot be reached
+    spec = model_spec(args)
+    plan = ActorPlan(
+        spec, args.device, args.dtype, args.memory_tier, args.compile, warm_up=not args.no_warm_up
+    )
+    pool = RayWorkerPool(plan, settings, owns_ray)
+    return run_server(args, pool.load_plan_info(), lambda report: pool.start(report))
 
 
 def _run(argv: list[str] | None) -> int:
@@ -434,6 +465,8 @@ def _run(argv: list[str] | None) -> int:
     config = config_from_args(args)
     config.check()
     check_port(config.host, config.port)
+    if args.ray:
+        return serve_on_ray(args)
     plan = load_plan(args)
 
     def load(report):  # on the server's loading thread, while it already accepts clients

@@ -46,6 +46,7 @@ from .messages import (
     StyleImage,
     SweepCell,
     SweepValues,
+    WorkerInfo,
 )
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "SweepAxis",
     "SweepCell",
     "SweepValues",
+    "WorkerInfo",
     "decode_client_message",
     "decode_frame",
     "decode_server_message",

@@ -125,6 +125,9 @@ class ErrorCode(str, Enum):
     OUT_OF_MEMORY = "out_of_memory"
     SHUTTING_DOWN = "shutting_down"
     MODEL_FAILED = "model_failed"
+    WORKER_LOST = "worker_lost"
+    """The worker running the job died (killed, out of host memory, its machine lost); it is replaced
+    and the job may be sent again."""
     INTERNAL = "internal"
 
 

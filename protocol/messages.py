@@ -69,6 +69,14 @@ class SpeedPresetInfo:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """One of the server's workers: each runs one job at a time on its own copy of the model."""
+
+    name: str = field(metadata=bounds(max_length=200))
+    device: str = field(metadata=bounds(max_length=200))
+
+
+@dataclass(frozen=True)
 class ModelFeatures:
     """What the loaded model offers beyond the protocol's fixed choices (known once it is ready)."""
 
@@ -82,6 +90,9 @@ class ModelFeatures:
     """One line for each thing asked for at start that is not available (a LoRA file that failed)."""
     preview: PreviewMethod = PreviewMethod.LINEAR
     """How step previews are drawn: ``tiny-vae`` frames come at ``generate.preview_side``."""
+    workers: list[WorkerInfo] = field(default_factory=list, metadata=bounds(max_items=1024))
+    """Where jobs run: one entry per worker (jobs run side by side on several); empty from older
+    servers (one worker)."""
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,9 @@ def test_arguments_are_checked_before_any_model_loads(monkeypatch, capsys, tmp_p
         # A hub IP-Adapter names a file as owner/repo/path; a bare file name is local.
         "serve --ip-adapter adapter.safetensors": "--ip-adapter adapter.safetensors: no such file or folder",
         "serve --host 0.0.0.0": "binding beyond loopback needs a token",
+        "serve --ray 127.0.0.1:1": "cannot reach the Ray cluster at 127.0.0.1:1: Connection refused",
+        "serve --ray nowhere": "--ray nowhere: expected local, auto, HOST:PORT or ray://HOST:PORT",
+        "serve --ray local --workers 0": "--workers 0: expected 1 or more",
         f"generate --style {STYLE} --prompt x --width 60": "multiple of 8",
         f"generate --style {tmp_path}/none.png --prompt x": "No such file",
     }

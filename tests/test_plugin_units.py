@@ -124,3 +124,33 @@ def test_the_status_line_says_when_the_backend_runs_in_a_low_memory_tier():
     assert describe_model(ModelInfo("SDXL", False, "cuda", "fp16")) == "SDXL"  # an older backend
     low = describe_model(ModelInfo("SDXL", False, "cuda", "fp16", "model-offload"))
     assert low.startswith("SDXL") and "model-offload" in low and "slower" in low
+
+
+def test_the_status_line_says_how_previews_look_and_how_many_workers_run_jobs():
+    from krita_plugin.instantstyle.connection import Connection
+    from krita_plugin.instantstyle.session import Session
+    from protocol import (
+        Limits,
+        ModelFeatures,
+        ModelInfo,
+        ModelPhase,
+        ModelStatus,
+        PreviewMethod,
+        ServerHello,
+        WorkerInfo,
+    )
+
+    def status(features: ModelFeatures | None) -> str:
+        session = Session(Connection("ws://127.0.0.1:1", ""))
+        ready = ModelStatus(ModelPhase.READY, features=features)
+        session.hello = ServerHello("1", ModelInfo("SDXL", False), Limits(), status=ready)
+        return session._connected_status()
+
+    assert status(None) == "connected — SDXL"  # an older backend says nothing of either
+    assert status(ModelFeatures(preview=PreviewMethod.LINEAR)) == "connected — SDXL — rough previews"
+    two = [WorkerInfo("worker 1 on a", "cuda:0 (RTX 4090)"), WorkerInfo("worker 2 on b", "cuda:0 (RTX 3090)")]
+    assert status(ModelFeatures(preview=PreviewMethod.TINY_VAE, workers=two)) == (
+        "connected — SDXL — full-size previews — 2 workers (cuda:0 (RTX 3090), cuda:0 (RTX 4090))"
+    )
+    one = [WorkerInfo("local", "cuda")]
+    assert status(ModelFeatures(preview=PreviewMethod.TINY_VAE, workers=one)).endswith("full-size previews")

@@ -47,8 +47,9 @@ class StepPreview:
     rgb: np.ndarray
     """uint8 array of shape (height, width, 3) for the first image: latent resolution for the linear
     previews, the preview size for the tiny autoencoder's."""
-    latents: torch.Tensor
-    """The raw latents x_t after this step, for callers that want them."""
+    latents: torch.Tensor | None
+    """The raw latents x_t after this step, for callers that want them (None where a preview crossed
+    processes: a Ray worker sends only the picture)."""
 
     @property
     def width(self) -> int:

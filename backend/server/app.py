@@ -19,7 +19,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from backend import __version__
-from protocol import ErrorCode, Limits, Mode, ModelInfo, ModelPhase, ModelStatus, encode_message
+from protocol import ErrorCode, Limits, Mode, ModelInfo, ModelPhase, ModelStatus, WorkerInfo, encode_message
 
 from .config import ServerConfig
 from .connection import Connection, ModelState, ServerContext
@@ -55,7 +55,9 @@ class InstantStyleServer:
         if modes is None:
             modes = list(getattr(engine, "modes", [m for m in Mode if m is not Mode.CONTROL]))
         loading = ModelStatus(ModelPhase.LOADING, f"Loading {model.label}")
-        self.model_state = ModelState(ready_status(model, engine) if engine is not None else loading)
+        self.model_state = ModelState(
+            ready_status(model, engine, self.worker.workers()) if engine is not None else loading
+        )
         self.context = ServerContext(
             self.config, self.worker, model, __version__, tuple(modes), self.model_state
         )
@@ -149,7 +151,7 @@ class InstantStyleServer:
             )
             return False
         self.worker.attach(engine)
-        self.publish(ready_status(self.model, engine))
+        self.publish(ready_status(self.model, engine, self.worker.workers()))
         return True
 
     async def close(self, reason: str = "the server is shutting down") -> None:
@@ -185,11 +187,14 @@ class InstantStyleServer:
             self.connections.discard(connection)
 
 
-def ready_status(model: ModelInfo, engine: Engine) -> ModelStatus:
-    """READY, with what the engine offers (an engine without ``features`` offers nothing extra)."""
+def ready_status(model: ModelInfo, engine: Engine, workers: list[WorkerInfo] | None = None) -> ModelStatus:
+    """READY, with what the engine offers (an engine without ``features`` offers nothing extra) and the
+    workers that run jobs."""
     features = getattr(engine, "features", None)
+    if features is not None and workers:
+        features = replace(features, workers=list(workers))
     problems = len(features.problems) if features is not None else 0
-    note = f" ({problems} of its LoRAs could not be loaded)" if problems else ""
+    note = f" ({problems} of the files asked for could not be loaded)" if problems else ""
     return ModelStatus(ModelPhase.READY, f"{model.label} is ready{note}", features=features)
 
 

@@ -1,9 +1,10 @@
-"""The job queue and the one thread that runs jobs on the GPU.
+"""The job queue, and one thread per executor slot that runs its jobs.
 
 The asyncio loop never waits on the GPU: it submits jobs here and receives
 events back through ``Job.emit``, which the connection makes thread-safe
 (``loop.call_soon_threadsafe``). Every job ends in exactly one terminal event:
-``JobFinished``, ``JobCancelled`` or ``JobFailed``.
+``JobFinished``, ``JobCancelled`` or ``JobFailed``. Where jobs run is the
+executor's business (``executor.py``): one local engine, or a pool of Ray actors.
 """
 
 from __future__ import annotations
@@ -12,97 +13,40 @@ import collections
 import itertools
 import logging
 import threading
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
-from backend.engine.blocks import BlockMapError
-from backend.engine.decode import NonFiniteOutput
-from backend.engine.previews import StepPreview
-from backend.engine.request import GenerationRequest, GenerationResult, JobCancelled, RequestError
-from protocol import ErrorCode
+from protocol import ErrorCode, WorkerInfo
+
+from .executor import Executor, LocalExecutor
+from .jobs import (
+    Engine,
+    Job,
+    JobCancelledEvent,
+    JobEvent,
+    JobFailed,
+    JobFinished,
+    JobMoved,
+    JobStarted,
+    JobStep,
+    classify_failure,
+)
+
+__all__ = [
+    "Engine",
+    "GpuWorker",
+    "Job",
+    "JobCancelledEvent",
+    "JobEvent",
+    "JobFailed",
+    "JobFinished",
+    "JobMoved",
+    "JobStarted",
+    "JobStep",
+    "QueueFull",
+    "classify_failure",
+]
 
 log = logging.getLogger(__name__)
-
-
-class Engine(Protocol):
-    """What the server needs of an engine."""
-
-    def generate(
-        self,
-        request: GenerationRequest,
-        on_step: Callable[[StepPreview], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> GenerationResult: ...
-
-    def release_memory(self) -> None:
-        """Free what a failed job left cached on the accelerator."""
-
-
-@dataclass(frozen=True)
-class JobMoved:
-    """The job moved up the queue: ``position`` jobs now run before it."""
-
-    position: int
-
-
-@dataclass(frozen=True)
-class JobStarted:
-    seed: int
-    total_steps: int
-
-
-@dataclass(frozen=True)
-class JobStep:
-    preview: StepPreview
-    eta_seconds: float
-
-
-@dataclass(frozen=True)
-class JobFinished:
-    result: GenerationResult
-
-
-@dataclass(frozen=True)
-class JobCancelledEvent:
-    last_step: int
-
-
-@dataclass(frozen=True)
-class JobFailed:
-    code: ErrorCode
-    message: str
-
-
-JobEvent = JobMoved | JobStarted | JobStep | JobFinished | JobCancelledEvent | JobFailed
-
-
-@dataclass(eq=False)
-class Job:
-    job_id: int
-    request: GenerationRequest
-    emit: Callable[[JobEvent], None]
-    """Called from the worker thread; must be thread-safe."""
-    client: object = None
-    """Whose job it is: clients take turns (round-robin), each within its share of the queue."""
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    last_step: int = 0
-    position: int = -1
-    """Jobs ahead of this one, as last told to its client (-1: not queued yet)."""
-
-
-def classify_failure(error: BaseException) -> tuple[ErrorCode, str]:
-    """An engine exception as an error code and a message fit for an artist."""
-    if isinstance(error, RequestError | BlockMapError | ValueError):
-        return ErrorCode.BAD_REQUEST, str(error)
-    if isinstance(error, NonFiniteOutput):
-        return ErrorCode.ENGINE_ERROR, str(error)
-    text = str(error)
-    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
-        return ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory: try a smaller size or batch"
-    return ErrorCode.ENGINE_ERROR, f"the job failed: {type(error).__name__}: {text}"[:500]
 
 
 class QueueFull(Exception):
@@ -124,21 +68,23 @@ class _Line:
 
 
 class GpuWorker:
-    """Runs queued jobs one at a time on its own thread, the clients taking turns.
+    """Runs queued jobs on an executor's slots, one thread each, the clients taking turns.
 
     Each client has its own first-in-first-out line and may hold at most ``max_per_client`` queued
     jobs. Clients take turns: each line knows the round of its next job, a client that joins does so
     in the current round (ahead of those already served in it), so one client's batch of thirty holds
-    back another client's single job by at most one job per other client.
+    back another client's single job by at most one job per other client. With several slots, the
+    next job goes to an idle slot, preferably one the executor says runs it faster (cached encodings).
 
     It may start before its engine exists (the model still loading): jobs then wait in the queue
-    until ``attach`` hands it the engine, or ``fail_waiting`` ends them when loading failed.
+    until ``attach`` hands it the engine (or an ``Executor``), or ``fail_waiting`` ends them when
+    loading failed.
     """
 
     def __init__(
-        self, engine: Engine | None, max_queued: int = 32, max_per_client: int | None = None
+        self, engine: Engine | Executor | None, max_queued: int = 32, max_per_client: int | None = None
     ) -> None:
-        self.engine = engine
+        self.executor: Executor | None = None
         self.max_queued = max_queued
         self.max_per_client = max_per_client or max(1, max_queued // 4)
         self._lines: dict[object, _Line] = {}
@@ -149,33 +95,64 @@ class GpuWorker:
         (entries at or below the current round say nothing and are pruned)."""
         self._arrivals = itertools.count()
         self._condition = threading.Condition()
-        self._running: Job | None = None
+        self._running: dict[int, Job] = {}
+        """Slot -> its running job."""
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
+        self._started = False
+        self._threads: list[threading.Thread] = []
+        if engine is not None:
+            self.attach(engine)
+
+    @property
+    def engine(self) -> Engine | None:
+        """The local engine (None before it is attached, or when jobs run elsewhere)."""
+        executor = self.executor
+        return executor.engine if isinstance(executor, LocalExecutor) else None
 
     @property
     def busy(self) -> bool:
         """A job is running (its step may still be computing after ``stop`` gave up waiting)."""
-        return self._thread.is_alive() and self._running is not None
+        return any(thread.is_alive() for thread in self._threads) and bool(self._running)
 
     def start(self) -> None:
-        self._thread.start()
+        with self._condition:
+            self._started = True
+            self._start_threads()
+
+    def _start_threads(self) -> None:
+        """One thread per slot, once both started and attached (call with the lock held)."""
+        if not self._started or self.executor is None or self._threads:
+            return
+        for slot in range(self.executor.slots):
+            name = "gpu-worker" if self.executor.slots == 1 else f"gpu-worker-{slot}"
+            thread = threading.Thread(target=self._run, args=(slot,), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel everything and wait for the running job to stop at its next step."""
+        """Cancel everything and wait for the running jobs to stop at their next step."""
         with self._condition:
             self._stopping = True
             for job in self._order():
                 job.cancel_event.set()
-            if self._running is not None:
-                self._running.cancel_event.set()
+            running = dict(self._running)
+            for job in running.values():
+                job.cancel_event.set()
             self._condition.notify_all()
-        self._thread.join(timeout)
+        executor = self.executor
+        if executor is not None:
+            for slot, job in running.items():
+                _quietly(executor.interrupt, slot, job)
+        for thread in self._threads:
+            thread.join(timeout)
+        if executor is not None:
+            _quietly(executor.close)
 
-    def attach(self, engine: Engine) -> None:
-        """The model is loaded: run the waiting jobs on it."""
+    def attach(self, engine: Engine | Executor) -> None:
+        """The model is loaded: run the waiting jobs on it (an engine runs here, on one thread)."""
         with self._condition:
-            self.engine = engine
+            self.executor = engine if isinstance(engine, Executor) else LocalExecutor(engine)
+            self._start_threads()
             self._condition.notify_all()
 
     def fail_waiting(self, code: ErrorCode, message: str) -> None:
@@ -185,6 +162,10 @@ class GpuWorker:
             self._lines.clear()
         for job in waiting:
             job.emit(JobFailed(code, message))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Where jobs run (nothing before the executor is attached)."""
+        return self.executor.workers() if self.executor is not None else []
 
     @property
     def queued(self) -> int:
@@ -218,7 +199,7 @@ class GpuWorker:
                 line = self._lines[job.client] = _Line(collections.deque(), turn, next(self._arrivals))
             line.jobs.append(job)
             self._announce_positions()  # the new job may go ahead of later turns of other clients
-            self._condition.notify()
+            self._condition.notify_all()
             return job.position
 
     def cancel(self, job: Job) -> bool:
@@ -232,6 +213,9 @@ class GpuWorker:
                     del self._lines[job.client]
                 self._announce_positions()
                 return True
+            slot = next((slot for slot, running in self._running.items() if running is job), None)
+        if slot is not None and self.executor is not None:
+            _quietly(self.executor.interrupt, slot, job)
         return False
 
     def _order(self) -> list[Job]:
@@ -251,8 +235,10 @@ class GpuWorker:
 
     def _announce_positions(self) -> None:
         """Tell queued jobs where they now stand (call with the lock held); a new job learns its
-        position from ``submit``'s answer, the others hear only real moves."""
-        ahead = 1 if self._running is not None else 0
+        position from ``submit``'s answer, the others hear only real moves. With several slots, a
+        job's position counts the running jobs that must end before a slot is free for it."""
+        slots = self.executor.slots if self.executor is not None else 1
+        ahead = max(0, len(self._running) - (slots - 1))
         for index, job in enumerate(self._order()):
             if job.position != index + ahead:
                 moved = job.position != -1
@@ -260,15 +246,30 @@ class GpuWorker:
                 if moved:
                     job.emit(JobMoved(job.position))
 
-    def _next(self) -> Job | None:
+    def _takes_next(self, slot: int) -> bool:
+        """Whether ``slot`` takes the next job now (call with the lock held): no other idle slot runs
+        that job faster."""
+        executor = self.executor
+        if executor is None or not self._lines or not executor.usable(slot):
+            return False
+        head = self._order()[0]
+        if executor.prefers(slot, head):
+            return True
+        idle = [other for other in range(executor.slots) if other != slot and other not in self._running]
+        return not any(executor.usable(other) and executor.prefers(other, head) for other in idle)
+
+    def _next(self, slot: int) -> Job | _Stop | None:
+        """The slot's next job; None when the slot became unusable (it is restored, then asks again)."""
         with self._condition:
-            while (not self._lines or self.engine is None) and not self._stopping:
-                self._condition.wait()
+            while not self._stopping and not self._takes_next(slot):
+                self._condition.wait(timeout=1.0)  # a preferred slot's turn: look again now and then
+                if self.executor is not None and not self.executor.usable(slot):
+                    return None  # restored outside the lock, then back here
             if self._stopping:
-                return None
+                return _STOP
             client = self._order()[0].client  # the one rule of who goes next
             line = self._lines[client]
-            self._running = line.jobs.popleft()
+            job = self._running[slot] = line.jobs.popleft()
             self._round = line.turn
             line.turn += 1
             if not line.jobs:
@@ -276,47 +277,40 @@ class GpuWorker:
                 self._served[client] = line.turn
             self._served = {c: turn for c, turn in self._served.items() if turn > self._round}
             self._announce_positions()
-            return self._running
+            return job
 
-    def _run(self) -> None:
-        while (job := self._next()) is not None:
+    def _run(self, slot: int) -> None:
+        while True:
+            executor = self.executor
+            if executor is not None and not executor.usable(slot) and not self._stopping:
+                _quietly(executor.restore, slot)  # outside the lock: the other slots go on
+            job = self._next(slot)
+            if job is _STOP:
+                return
+            if job is None:
+                continue
             try:
-                self._execute(job)
+                assert self.executor is not None, "jobs run only once an executor is attached"
+                self.executor.run(slot, job)
+            except Exception as error:  # an executor must not raise; should it, the job still ends
+                log.exception("slot %s: job %s ended by an internal error", slot, job.job_id)
+                job.emit(JobFailed(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"))
             finally:
                 with self._condition:
-                    self._running = None
+                    self._running.pop(slot, None)
+                    self._condition.notify_all()
 
-    def _execute(self, job: Job) -> None:
-        request = job.request
-        if job.cancel_event.is_set():
-            job.emit(JobCancelledEvent(0))
-            return
-        job.emit(JobStarted(request.seed, request.total_steps))
-        started = time.perf_counter()
 
-        def on_step(preview: StepPreview) -> None:
-            job.last_step = preview.step
-            per_step = (time.perf_counter() - started) / preview.step
-            job.emit(JobStep(preview, per_step * (preview.total - preview.step)))
+class _Stop:
+    """What ``_next`` returns when the worker stops."""
 
-        failed = False
-        try:
-            assert self.engine is not None, "jobs run only once the engine is attached"
-            result = self.engine.generate(request, on_step=on_step, cancel=job.cancel_event)
-        except JobCancelled:
-            job.emit(JobCancelledEvent(job.last_step))
-        except Exception as error:  # one failed job must never stop the worker
-            code, message = classify_failure(error)
-            # The traceback as text: a live one in a log record (kept by some handlers) would keep
-            # every tensor of the failed call alive.
-            trace = "" if code is ErrorCode.BAD_REQUEST else "\n" + "".join(traceback.format_exception(error))
-            log.error("job %s failed: %s%s", job.job_id, message, trace)
-            job.emit(JobFailed(code, message))
-            failed = True
-        else:
-            job.emit(JobFinished(result))
-        if failed:  # only here is the exception, with the job's tensors in its traceback, gone
-            try:
-                self.engine.release_memory()
-            except Exception:  # best effort only
-                log.debug("could not release accelerator memory", exc_info=True)
+
+_STOP = _Stop()
+
+
+def _quietly(call, *args) -> None:
+    """Best effort during cancellation and shutdown: a failure is logged, never raised."""
+    try:
+        call(*args)
+    except Exception:
+        log.warning("%s failed", getattr(call, "__name__", call), exc_info=True)

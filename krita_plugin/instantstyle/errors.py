@@ -14,6 +14,7 @@ _ADVICE = {
     ),
     protocol.ErrorCode.ENGINE_ERROR: "The backend could not run the job.",
     protocol.ErrorCode.INTERNAL: "The backend hit an internal error.",
+    protocol.ErrorCode.WORKER_LOST: "The worker running this job stopped; it is being replaced. Try again.",
     protocol.ErrorCode.MODEL_FAILED: (
         "The backend could not load its model: see its console, then restart it."
     ),

@@ -365,7 +365,12 @@ class Session:
         if features is None:  # an older backend: nothing said about its previews
             return text
         tiny_vae = features.preview is protocol.PreviewMethod.TINY_VAE
-        return f"{text} — {'full-size' if tiny_vae else 'rough'} previews"
+        text = f"{text} — {'full-size' if tiny_vae else 'rough'} previews"
+        workers = features.workers
+        if len(workers) > 1:  # jobs run side by side
+            devices = sorted({worker.device for worker in workers})
+            text = f"{text} — {len(workers)} workers ({', '.join(devices)})"
+        return text
 
     def _received(self, item: protocol.ServerMessage | protocol.PixelFrame) -> list[JobUpdate]:
         if isinstance(item, protocol.ModelStatus):
