@@ -109,6 +109,15 @@ async def a_normal_job(url: str) -> bool:
     return outcome.error is None and len(outcome.images) == 1
 
 
+async def a_largest_job(url: str, side: int) -> bool:
+    """One job of the largest size the server accepts, with canvas-size previews: what the working
+    memory of a running job is, outside any client's budget."""
+    async with InstantStyleClient.connect(url, client="largest") as client:
+        await client.submit(generate_message(98, steps=2, width=side, height=side), {0: STYLE})
+        outcome = await client.follow(98)
+    return outcome.error is None and len(outcome.images) == 1
+
+
 async def many_connections(url: str, seconds: float, count: int = 200) -> None:
     """``count`` connections at once (the server refuses those over its cap), held open."""
     async with contextlib.AsyncExitStack() as stack:
