@@ -74,6 +74,13 @@ def test_three_clients_get_the_local_workers_results_with_streamed_previews(pool
         expected = local_result(engine, messages[index], STYLES[index])
         received = np.asarray(frame_image(outcome.images[0]).convert("RGB"))
         assert np.array_equal(received, expected), f"client {index} differs from the local worker"
+    # Each actor remembers the style images it encoded: the next job with one of them prefers it.
+    from backend.server.worker import Job
+
+    remembered = [slot.styles for slot in pool._slots]
+    assert sum(len(styles) for styles in remembered) == 3
+    again = Job(9, GenerationRequest(prompt="again", style_images=[StyleReference(STYLES[0])]), print)
+    assert [pool.prefers(slot, again) for slot in range(2)].count(True) == 1
 
 
 def test_a_cancel_after_a_preview_stops_the_actor_within_a_step(pool):

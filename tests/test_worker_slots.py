@@ -142,3 +142,24 @@ def test_stop_interrupts_every_running_job_and_closes_the_executor():
     started(executor, 2)
     worker.stop(TIMEOUT)
     assert sorted(executor.interrupted) == ["a1", "b2"] and executor.closed and not worker.busy
+
+
+def test_the_local_server_and_its_command_line_never_import_ray():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import sys\n"
+        "from backend import cli\n"
+        "from backend.server import app, connection, worker\n"
+        "from backend.server.executor import LocalExecutor\n"
+        "assert cli.main(['serve', '--port', '70000']) == 2\n"  # the CLI path up to its checks
+        "print('ray' in sys.modules)\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "False"
