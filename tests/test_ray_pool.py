@@ -178,52 +178,37 @@ def ray_processes() -> int:
 
 
 def test_serve_with_ray_local_runs_jobs_on_two_workers_and_stops_ray_on_sigterm(ray_cluster, tmp_path):
-    import re
-    import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
+    from tests.attack_probes import ServerProcess
 
     before = ray_processes()
-    log = tmp_path / "serve.log"
-    with log.open("w") as stderr:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "backend",
-                *["serve", "--ray", "local", "--workers", "2", "--port", "0", "--device", "cpu"],
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
+    server = ServerProcess("--ray", "local", "--workers", "2", "--device", "cpu", log=tmp_path / "serve.log")
     try:
-        url = None
-        for line in server.stdout:
-            match = re.search(r"ready on (ws://\S+)", line)
-            if match:
-                url = match.group(1)
-                break
-        assert url, log.read_text()[-3000:]
 
         async def scenario():
-            async with InstantStyleClient.connect(url) as client:
+            async with InstantStyleClient.connect(server.url) as client:
                 await client.submit(generate_message(1, steps=2), {0: STYLES[0]})
                 return client.hello, await client.follow(1)
 
         hello, done = run(scenario(), timeout=120)
-        assert hello.model.device == "ray: 2 workers (CPU)"
-        assert [w.device for w in hello.status.features.workers] == ["cpu", "cpu"]
-        assert done.error is None and len(done.images) == 1
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(60) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
+        server.stop()
+    assert hello.model.device == "ray: 2 workers (CPU)"
+    assert [w.device for w in hello.status.features.workers] == ["cpu", "cpu"]
+    assert done.error is None and len(done.images) == 1
+    assert server.process.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
     deadline = time.monotonic() + 30  # the server's own Ray cluster is gone with it
     while ray_processes() > before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray_processes() == before
+
+
+def test_workers_that_cannot_load_the_model_say_why_in_one_line(ray_cluster, tiny_paths, tmp_path):
+    spec = dataclasses.replace(
+        tiny_paths.spec("diffusers"), preview_vae=str(tmp_path / "missing.safetensors")
+    )
+    broken = RayWorkerPool(ActorPlan(spec, device="cpu"), RaySettings("local", workers=1))
+    with pytest.raises(RuntimeError) as caught:
+        broken.start()
+    message = str(caught.value)
+    assert message.startswith("a Ray worker could not start: ") and "\n" not in message
+    assert f"cannot load {tmp_path / 'missing.safetensors'}" in message

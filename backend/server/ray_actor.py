@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest, JobCancelled
 
-from .jobs import classify_failure
+from .jobs import JobCancelledEvent, JobFailed, JobFinished, classify_failure
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +43,9 @@ class ActorPlan:
     """Run the engine's small warm-up job after loading."""
 
 
-@dataclass(frozen=True)
-class Step:
-    step: int
-    total: int
-    rgb: object
-    """uint8 (H, W, 3) numpy array."""
-
-
-@dataclass(frozen=True)
-class Done:
-    result: object
-    """The job's ``GenerationResult``."""
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    last_step: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    code: object
-    """An ``ErrorCode``."""
-    message: str
-
-
-ActorEvent = Step | Done | Cancelled | Failed
+ActorEvent = StepPreview | JobFinished | JobCancelledEvent | JobFailed
+"""What ``generate`` yields: each step's preview (without its latents), then one of the job's terminal
+events, as the local worker emits them."""
 
 
 class EngineActor:
@@ -109,7 +86,7 @@ class EngineActor:
         }
 
     def generate(self, job_id: int, request: GenerationRequest) -> Iterator[ActorEvent]:
-        """The job's events as they happen; the last one is ``Done``, ``Cancelled`` or ``Failed``."""
+        """The job's events as they happen; the last one is its terminal event."""
         cancel = threading.Event()
         with self._lock:
             self._cancels[job_id] = cancel
@@ -122,20 +99,20 @@ class EngineActor:
         def on_step(preview) -> None:
             nonlocal last_step
             last_step = preview.step
-            events.put(Step(preview.step, preview.total, preview.rgb))
+            events.put(StepPreview(preview.step, preview.total, preview.rgb, None))  # x_t stays here
 
         def work() -> None:
             failed = False
             try:
-                events.put(Done(self.engine.generate(request, on_step=on_step, cancel=cancel)))
+                events.put(JobFinished(self.engine.generate(request, on_step=on_step, cancel=cancel)))
             except JobCancelled:
-                events.put(Cancelled(last_step))
+                events.put(JobCancelledEvent(last_step))
             except Exception as error:  # the actor goes on serving after any failed job
                 code, message = classify_failure(error)
                 log.error(
                     "job %s failed: %s\n%s", job_id, message, "".join(traceback.format_exception(error))
                 )
-                events.put(Failed(code, message))
+                events.put(JobFailed(code, message))
                 failed = True
             if failed:
                 self.engine.release_memory()
@@ -145,7 +122,7 @@ class EngineActor:
             while True:
                 event = events.get()
                 yield event
-                if not isinstance(event, Step):
+                if not isinstance(event, StepPreview):
                     return
         finally:
             cancel.set()  # the server stopped listening: stop the job too

@@ -14,7 +14,6 @@ import collections
 import contextlib
 import hashlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ from protocol import ErrorCode, ModelStatus
 
 from .executor import Executor, WorkerInfo, step_reporter
 from .jobs import Job, JobCancelledEvent, JobFailed, JobFinished, JobStarted
-from .ray_actor import ActorPlan, Cancelled, Done, EngineActor, Failed, Step
+from .ray_actor import ActorPlan, EngineActor
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,6 @@ class _Slot:
     styles: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
     running: int | None = None
     """The job id running here."""
-    lost_since: float | None = None
 
 
 class RayWorkerPool(Executor):
@@ -133,7 +131,6 @@ class RayWorkerPool(Executor):
             num_gpus=gpus, num_cpus=settings.cpus_per_worker, max_concurrency=2, max_restarts=0
         )
         self._slots = [_Slot() for _ in range(count)]
-        self._lock = threading.Lock()
         self._closed = False
         self.features = None
         self.modes: list = []
@@ -161,9 +158,13 @@ class RayWorkerPool(Executor):
             ModelStatus(ModelPhase.LOADING, f"Starting {len(self._slots)} Ray workers (each loads the model)")
         )
         actors = [self._remote.remote(self.plan) for _ in self._slots]
-        described = self._ray.get(
-            [actor.describe.remote() for actor in actors], timeout=READY_TIMEOUT_SECONDS
-        )
+        try:
+            described = self._ray.get([a.describe.remote() for a in actors], timeout=READY_TIMEOUT_SECONDS)
+        except self._ray.exceptions.RayError as error:  # e.g. a model file the workers cannot load
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(actor)
+            raise RuntimeError(f"a Ray worker could not start: {last_line(error)}") from None
         for index, (slot, actor, about) in enumerate(zip(self._slots, actors, described, strict=True)):
             slot.actor = actor
             slot.info = WorkerInfo(f"worker {index + 1} on {about['host']}", str(about["device"]))
@@ -210,21 +211,19 @@ class RayWorkerPool(Executor):
         try:
             for ref in actor.generate.remote(job.job_id, request):
                 event = self._ray.get(ref)
-                if isinstance(event, Step):
-                    on_step(StepPreview(event.step, event.total, event.rgb, None))
+                if isinstance(event, StepPreview):
+                    on_step(event)
                     if job.cancel_event.is_set() and not cancel_sent:  # a cancel raced the job's start
                         actor.cancel.remote(job.job_id)
                         cancel_sent = True
-                elif isinstance(event, Done):
+                    continue
+                if isinstance(event, JobFinished):
                     self._remember(state, job)
-                    job.emit(JobFinished(event.result))
-                    return
-                elif isinstance(event, Cancelled):
-                    job.emit(JobCancelledEvent(event.last_step))
-                    return
-                elif isinstance(event, Failed):
-                    job.emit(JobFailed(event.code, event.message))
-                    return
+                elif isinstance(event, JobFailed):
+                    name = state.info.name if state.info else slot
+                    log.error("job %s failed on %s: %s", job.job_id, name, event.message)
+                job.emit(event)
+                return
             job.emit(JobFailed(ErrorCode.INTERNAL, "the worker ended the job without a result"))
         except self._ray.exceptions.RayActorError as error:
             self._lost(slot, job, error)
@@ -270,7 +269,7 @@ class RayWorkerPool(Executor):
             self._ray.kill(state.actor)
         # Unusable from now: the queue restores the slot on its own thread (``restore``), the other
         # slots go on meanwhile.
-        state.actor, state.styles, state.lost_since = None, collections.OrderedDict(), time.monotonic()
+        state.actor, state.styles = None, collections.OrderedDict()
 
     def _replace(self, slot: int) -> None:
         """Start a new actor in a lost worker's slot and wait for its model (on the slot's thread)."""
@@ -298,7 +297,6 @@ class RayWorkerPool(Executor):
             return
         state.actor = actor
         state.info = WorkerInfo(f"worker {slot + 1} on {about['host']}", str(about["device"]))
-        state.lost_since = None
         log.info("%s replaced (%s)", state.info.name, state.info.device)
 
     def _wait(self, ref) -> object | None:
