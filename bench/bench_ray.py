@@ -2,9 +2,10 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ray.py [--jobs 8] [--size 256] [--steps 30]
 
-1. Added latency per job: one client sends jobs one after the other (30 steps, previews on, at
-   ``size``²) to a server with the local worker and to one with a single Ray worker using as many
-   PyTorch threads as the local one; median submit-to-last-result-frame time, and the ratio.
+1. Added latency per job: the same jobs (30 steps, previews on, at ``size``²) one after the other,
+   alternating between a server with the local worker and one with a single Ray worker using as many
+   PyTorch threads as the local one; median submit-to-last-result-frame time, the ratio, and the
+   quartiles of the job-by-job differences (this machine's speed drifts).
 2. Throughput: two clients send ``jobs`` jobs each at once; jobs per minute with 1 and 2 Ray workers
    (one CPU and one PyTorch thread each, Ray started with 2 CPUs), and the ratio.
 
@@ -40,16 +41,25 @@ from tests.server_helpers import generate_message, running_server
 STYLE = noise_image(4)
 
 
-async def latencies(executor, jobs: int, size: int, steps: int) -> list[float]:
-    times = []
-    async with running_server(executor) as server, InstantStyleClient.connect(server.url) as client:
+async def latencies(local, remote, jobs: int, size: int, steps: int) -> tuple[list[float], list[float]]:
+    """Submit-to-last-frame seconds of the same job on two servers, alternating local and Ray job by
+    job (this machine's speed drifts by ±20 % over a minute: alternating cancels the drift out)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    async with (
+        running_server(local) as local_server,
+        running_server(remote) as ray_server,
+        InstantStyleClient.connect(local_server.url) as local_client,
+        InstantStyleClient.connect(ray_server.url) as ray_client,
+    ):
         for job_id in range(1, jobs + 2):
-            started = time.perf_counter()
-            await client.submit(generate_message(job_id, steps=steps, width=size, height=size), {0: STYLE})
-            outcome = await client.follow(job_id)
-            assert outcome.error is None and len(outcome.previews) > 0, outcome.error
-            if job_id > 1:  # the first one warms up
-                times.append(time.perf_counter() - started)
+            for side, client in enumerate((local_client, ray_client)):
+                started = time.perf_counter()
+                message = generate_message(job_id, steps=steps, width=size, height=size)
+                await client.submit(message, {0: STYLE})
+                outcome = await client.follow(job_id)
+                assert outcome.error is None and len(outcome.previews) > 0, outcome.error
+                if job_id > 1:  # the first one warms up
+                    times[side].append(time.perf_counter() - started)
     return times
 
 
@@ -84,6 +94,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--latency-jobs", type=int, default=12)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", default="cpu")
@@ -96,14 +107,18 @@ def main() -> None:
     print(f"tiny model, {args.size}², {args.steps} steps, previews on, {args.device}, {cpus} CPUs")
 
     local = InstantStyleEngine.load(paths.spec("diffusers"), device=args.device)
-    local_times = asyncio.run(latencies(local, args.jobs, args.size, args.steps))
-    ray_times = asyncio.run(latencies(pool(paths, args.device, 1, threads), args.jobs, args.size, args.steps))
+    remote = pool(paths, args.device, 1, threads)
+    local_times, ray_times = asyncio.run(latencies(local, remote, args.latency_jobs, args.size, args.steps))
     local_ms, ray_ms = statistics.median(local_times) * 1000, statistics.median(ray_times) * 1000
-    print(f"\n1. latency per job, median of {args.jobs} ({threads} PyTorch threads each):")
+    spread = statistics.quantiles([r - lo for r, lo in zip(ray_times, local_times, strict=True)], n=4)
+    print(
+        f"\n1. latency per job, median of {args.latency_jobs}, alternating ({threads} PyTorch threads each):"
+    )
     print(f"   local worker      {local_ms:8.1f} ms")
     print(
         f"   one Ray worker    {ray_ms:8.1f} ms   ratio {ray_ms / local_ms:.3f} ({ray_ms - local_ms:+.1f} ms)"
     )
+    print(f"   Ray minus local, job by job: quartiles {', '.join(f'{q * 1000:+.0f}' for q in spread)} ms")
 
     one = asyncio.run(throughput(pool(paths, args.device, 1, 1), args.jobs, args.size, args.steps))
     two = asyncio.run(throughput(pool(paths, args.device, 2, 1), args.jobs, args.size, args.steps))
