@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from backend.engine.previews import StepPreview
@@ -132,6 +133,8 @@ class RayWorkerPool(Executor):
         )
         self._slots = [_Slot() for _ in range(count)]
         self._closed = False
+        self._keys: weakref.WeakKeyDictionary[Job, list[str]] = weakref.WeakKeyDictionary()
+        """Each queued job's style keys, hashed once: the queue asks ``prefers`` under its lock."""
         self.features = None
         self.modes: list = []
         self.info = None
@@ -187,8 +190,14 @@ class RayWorkerPool(Executor):
         self._replace(slot)
 
     def prefers(self, slot: int, job: Job) -> bool:
-        keys = style_keys(job)
+        keys = self._style_keys(job)
         return bool(keys) and all(key in self._slots[slot].styles for key in keys)
+
+    def _style_keys(self, job: Job) -> list[str]:
+        keys = self._keys.get(job)
+        if keys is None:
+            keys = self._keys[job] = style_keys(job)
+        return keys
 
     # ------------------------------------------------------------------ jobs
 
@@ -243,7 +252,7 @@ class RayWorkerPool(Executor):
             actor.cancel.remote(job.job_id)
 
     def _remember(self, state: _Slot, job: Job) -> None:
-        for key in style_keys(job):
+        for key in self._style_keys(job):
             state.styles[key] = None
             state.styles.move_to_end(key)
         while len(state.styles) > STYLE_KEYS_REMEMBERED:
