@@ -79,6 +79,10 @@ def sixteen(data):
     return bytes(out)
 
 
+CLOSE_SETTLE_SECONDS = 1.0
+"""After File > Close, before the next document's view: Krita's own teardown events run first."""
+
+
 def new_document(window, name, size, depth="U8"):
     app = Krita.instance()
     document = app.createDocument(size, size, name, "RGBA", depth, "", 72.0)
@@ -861,6 +865,7 @@ class Runner:
         if self.live_result(self.live_first.job_id) is None:
             return
         self.document12.setModified(False)
+        self.views_before_close = len(self.window.views())
         self.app.action("file_close").trigger()
         self.state = self.wait_live_closed
 
@@ -875,6 +880,14 @@ class Runner:
                 "button_off": not self.docker().live_button.isChecked(),
             }
         )
+        self.settled_at = time.monotonic() + CLOSE_SETTLE_SECONDS
+        self.state = self.wait_close_settled
+
+    def wait_close_settled(self):
+        """Krita 5.1 tears a closed document's view down in later events: adding a view before that
+        segfaulted in ``addView`` (the faulthandler stack of 1 soak run in 4, under load)."""
+        if len(self.window.views()) >= self.views_before_close or time.monotonic() < self.settled_at:
+            return
         self.start_live_supersede_scenario()
 
     # ------------------------------------------------- scenario 13: a stroke while a live job runs
