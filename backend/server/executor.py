@@ -9,11 +9,13 @@ imported), and ``ray_pool.RayWorkerPool``, one Ray actor per GPU.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
+from collections.abc import Callable
 
 from backend.engine.previews import StepPreview
-from backend.engine.request import JobCancelled
+from backend.engine.request import GenerationRequest, JobCancelled
 from protocol import ErrorCode, WorkerInfo
 
 from .jobs import (
@@ -97,23 +99,35 @@ class LocalExecutor(Executor):
             return
         job.emit(JobStarted(request.seed, request.total_steps))
         on_step = step_reporter(job, time.perf_counter())
-        failed = False
-        try:
-            result = self.engine.generate(request, on_step=on_step, cancel=job.cancel_event)
-        except JobCancelled:
-            job.emit(JobCancelledEvent(job.last_step))
-        except Exception as error:  # one failed job must never stop the worker
-            code, message = classify_failure(error)
-            # The traceback as text: a live one in a log record (kept by some handlers) would keep
-            # every tensor of the failed call alive.
-            trace = "" if code is ErrorCode.BAD_REQUEST else "\n" + "".join(traceback.format_exception(error))
-            log.error("job %s failed: %s%s", job.job_id, message, trace)
-            job.emit(JobFailed(code, message))
-            failed = True
-        else:
-            job.emit(JobFinished(result))
-        if failed:  # only here is the exception, with the job's tensors in its traceback, gone
-            try:
-                self.engine.release_memory()
-            except Exception:  # best effort only
-                log.debug("could not release accelerator memory", exc_info=True)
+        job.emit(
+            run_on_engine(self.engine, job.job_id, request, on_step, job.cancel_event, lambda: job.last_step)
+        )
+
+
+def run_on_engine(
+    engine: Engine,
+    job_id: int,
+    request: GenerationRequest,
+    on_step: Callable[[StepPreview], None],
+    cancel: threading.Event,
+    last_step: Callable[[], int],
+) -> JobFinished | JobCancelledEvent | JobFailed:
+    """Run one job on ``engine`` and say how it ended (the local worker and a Ray actor alike): a failed
+    job is logged, and the accelerator's cache released, and the engine goes on serving."""
+    try:
+        return JobFinished(engine.generate(request, on_step=on_step, cancel=cancel))
+    except JobCancelled:
+        return JobCancelledEvent(last_step())
+    except Exception as error:  # one failed job must never stop the worker
+        code, message = classify_failure(error)
+        # The traceback as text: a live one in a log record (kept by some handlers) would keep every
+        # tensor of the failed call alive.
+        trace = "" if code is ErrorCode.BAD_REQUEST else "\n" + "".join(traceback.format_exception(error))
+        log.error("job %s failed: %s%s", job_id, message, trace)
+        failed = JobFailed(code, message)
+    # Only here is the exception, with the job's tensors in its traceback, gone.
+    try:
+        engine.release_memory()
+    except Exception:  # best effort only
+        log.debug("could not release accelerator memory", exc_info=True)
+    return failed

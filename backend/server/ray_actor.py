@@ -10,19 +10,19 @@ thread, so that a CPU engine keeps one OpenMP pool (two threads taking turns cos
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socket
 import threading
-import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from backend.engine.previews import StepPreview
-from backend.engine.request import GenerationRequest, JobCancelled
+from backend.engine.request import GenerationRequest
+from protocol import Mode, ModelFeatures, WorkerInfo
 
-from .jobs import JobCancelledEvent, JobFailed, JobFinished, classify_failure
+from .executor import run_on_engine
+from .jobs import JobCancelledEvent, JobFailed, JobFinished
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,22 @@ class ActorPlan:
     """CPU threads for PyTorch in the actor (Ray sets one per requested CPU otherwise)."""
     warm_up: bool = False
     """Run the engine's small warm-up job after loading."""
+
+
+@dataclass(frozen=True)
+class ActorDescription:
+    """What an actor tells the server once its model is loaded."""
+
+    host: str
+    device: str
+    features: ModelFeatures
+    modes: list[Mode]
+    info: object
+    """The engine's ``EngineInfo``."""
+
+    def worker(self, index: int) -> WorkerInfo:
+        """The actor as clients see it, in slot ``index``."""
+        return WorkerInfo(f"worker {index + 1} on {self.host}", self.device)
 
 
 ActorEvent = StepPreview | JobFinished | JobCancelledEvent | JobFailed
@@ -68,7 +84,7 @@ class EngineActor:
         self._cancelled_early: set[int] = set()
         self._lock = threading.Lock()
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> ActorDescription:
         """Where this worker runs, and what its model offers."""
         import torch
 
@@ -76,14 +92,8 @@ class EngineActor:
         name = str(device)
         if device.type == "cuda":
             name = f"{device} ({torch.cuda.get_device_name(device)})"
-        return {
-            "device": name,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "features": self.engine.features,
-            "modes": self.engine.modes,
-            "info": self.engine.info,
-        }
+        engine = self.engine
+        return ActorDescription(socket.gethostname(), name, engine.features, engine.modes, engine.info)
 
     def generate(self, job_id: int, request: GenerationRequest) -> Iterator[ActorEvent]:
         """The job's events as they happen; the last one is its terminal event."""
@@ -102,20 +112,7 @@ class EngineActor:
             events.put(StepPreview(preview.step, preview.total, preview.rgb, None))  # x_t stays here
 
         def work() -> None:
-            failed = False
-            try:
-                events.put(JobFinished(self.engine.generate(request, on_step=on_step, cancel=cancel)))
-            except JobCancelled:
-                events.put(JobCancelledEvent(last_step))
-            except Exception as error:  # the actor goes on serving after any failed job
-                code, message = classify_failure(error)
-                log.error(
-                    "job %s failed: %s\n%s", job_id, message, "".join(traceback.format_exception(error))
-                )
-                events.put(JobFailed(code, message))
-                failed = True
-            if failed:
-                self.engine.release_memory()
+            events.put(run_on_engine(self.engine, job_id, request, on_step, cancel, lambda: last_step))
 
         self._inference.submit(work)
         try:

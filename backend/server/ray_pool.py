@@ -58,9 +58,6 @@ class RaySettings:
     gpus_per_worker: float | None = None
     """GPUs each actor reserves (default: 1 when the cluster has GPUs, else 0: a CPU actor)."""
     cpus_per_worker: float = 1.0
-    torch_threads: int | None = None
-    local_cpus: int | None = None
-    """For ``local``: the CPUs Ray may use (default: all)."""
 
 
 def connect(settings: RaySettings) -> bool:
@@ -75,12 +72,13 @@ def connect(settings: RaySettings) -> bool:
         probe(settings.address)  # ray.init itself retries an unreachable address for minutes
     try:
         if settings.address == "local":
-            ray.init(num_cpus=settings.local_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=settings.address, log_to_driver=False)
     except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError...
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RayUnavailable(f"cannot reach the Ray cluster at {settings.address}: {text}") from None
+        raise RayUnavailable(
+            f"cannot reach the Ray cluster at {settings.address}: {first_line(error)}"
+        ) from None
     return True
 
 
@@ -169,10 +167,9 @@ class RayWorkerPool(Executor):
                     self._ray.kill(actor)
             raise RuntimeError(f"a Ray worker could not start: {last_line(error)}") from None
         for index, (slot, actor, about) in enumerate(zip(self._slots, actors, described, strict=True)):
-            slot.actor = actor
-            slot.info = WorkerInfo(f"worker {index + 1} on {about['host']}", str(about["device"]))
+            slot.actor, slot.info = actor, about.worker(index)
         first = described[0]
-        self.features, self.modes, self.info = first["features"], first["modes"], first["info"]
+        self.features, self.modes, self.info = first.features, first.modes, first.info
         log.info("Ray workers ready: %s", ", ".join(f"{s.info.name} ({s.info.device})" for s in self._slots))
         return self
 
@@ -262,11 +259,8 @@ class RayWorkerPool(Executor):
 
     def _lost(self, slot: int, job: Job, error: BaseException) -> None:
         state = self._slots[slot]
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-
-        log.error(
-            "%s was lost running job %s: %s", state.info.name if state.info else slot, job.job_id, reason
-        )
+        name = state.info.name if state.info else slot
+        log.error("%s was lost running job %s: %s", name, job.job_id, first_line(error))
         job.emit(
             JobFailed(
                 ErrorCode.WORKER_LOST,
@@ -304,8 +298,7 @@ class RayWorkerPool(Executor):
             with contextlib.suppress(Exception):
                 self._ray.kill(actor)
             return
-        state.actor = actor
-        state.info = WorkerInfo(f"worker {slot + 1} on {about['host']}", str(about["device"]))
+        state.actor, state.info = actor, about.worker(slot)
         log.info("%s replaced (%s)", state.info.name, state.info.device)
 
     def _wait(self, ref) -> object | None:
@@ -330,6 +323,12 @@ class RayWorkerPool(Executor):
         if self.owns_ray:
             with contextlib.suppress(Exception):
                 self._ray.shutdown()
+
+
+def first_line(error: BaseException) -> str:
+    """What a Ray error says first (Ray's own errors: what happened; the details follow)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(error).__name__
 
 
 def last_line(error: BaseException) -> str:

@@ -104,12 +104,6 @@ class GpuWorker:
             self.attach(engine)
 
     @property
-    def engine(self) -> Engine | None:
-        """The local engine (None before it is attached, or when jobs run elsewhere)."""
-        executor = self.executor
-        return executor.engine if isinstance(executor, LocalExecutor) else None
-
-    @property
     def busy(self) -> bool:
         """A job is running (its step may still be computing after ``stop`` gave up waiting)."""
         return any(thread.is_alive() for thread in self._threads) and bool(self._running)
