@@ -4,8 +4,10 @@ its replacement while the others go on, and stop interrupts every running job.""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+from collections.abc import Iterator
 
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.server.executor import Executor
@@ -72,6 +74,18 @@ def started(executor: ScriptedExecutor, count: int) -> list[tuple[int, str]]:
     return [executor.started.get(timeout=TIMEOUT) for _ in range(count)]
 
 
+@contextlib.contextmanager
+def running(worker: GpuWorker, executor: ScriptedExecutor) -> Iterator[GpuWorker]:
+    """The worker started; afterwards every held job released and the worker stopped."""
+    worker.start()
+    try:
+        yield worker
+    finally:
+        for gate in executor.release.values():
+            gate.set()
+        worker.stop(TIMEOUT)
+
+
 def test_two_slots_run_two_jobs_at_once_and_clients_still_take_turns():
     executor = ScriptedExecutor(2)
     worker = GpuWorker(executor)
@@ -79,8 +93,7 @@ def test_two_slots_run_two_jobs_at_once_and_clients_still_take_turns():
         worker.submit(job(job_id, "a"))
     worker.submit(job(4, "b"))
     worker.submit(job(5, "c"))
-    worker.start()
-    try:
+    with running(worker, executor):
         first = started(executor, 2)
         assert sorted(name for _, name in first) == ["a1", "b4"] and {slot for slot, _ in first} == {0, 1}
         assert worker.workers() == [WorkerInfo("worker 1", "cpu"), WorkerInfo("worker 2", "cpu")]
@@ -90,34 +103,22 @@ def test_two_slots_run_two_jobs_at_once_and_clients_still_take_turns():
             executor.release[name].set()
             order.append(started(executor, 1)[0][1])
         assert order == ["c5", "a2", "a3"]
-    finally:
-        for gate in executor.release.values():
-            gate.set()
-        worker.stop(TIMEOUT)
     assert executor.closed
 
 
 def test_an_idle_slot_that_knows_the_style_gets_the_job():
     executor = ScriptedExecutor(2, knows={1: {"ink"}})
-    worker = GpuWorker(executor)
-    worker.start()
-    try:
+    with running(GpuWorker(executor), executor) as worker:
         worker.submit(job(1, "a", style="ink"))
         assert started(executor, 1) == [(1, "a1")]
         worker.submit(job(2, "b", style="oil"))  # nobody knows it: the idle slot 0 takes it
         assert started(executor, 1) == [(0, "b2")]
-    finally:
-        for gate in executor.release.values():
-            gate.set()
-        worker.stop(TIMEOUT)
 
 
 def test_a_lost_slot_is_restored_while_the_other_runs_the_queue():
     executor = ScriptedExecutor(2)
     executor.unusable.add(0)
-    worker = GpuWorker(executor)
-    worker.start()
-    try:
+    with running(GpuWorker(executor), executor) as worker:
         for job_id in (1, 2):
             worker.submit(job(job_id, "a"))
         assert started(executor, 1) == [(1, "a1")]
@@ -127,10 +128,6 @@ def test_a_lost_slot_is_restored_while_the_other_runs_the_queue():
         executor.unusable.clear()  # the replacement is ready: slot 0 takes jobs again
         worker.submit(job(3, "b"))
         assert started(executor, 1) == [(0, "b3")]
-    finally:
-        for gate in executor.release.values():
-            gate.set()
-        worker.stop(TIMEOUT)
 
 
 def test_stop_interrupts_every_running_job_and_closes_the_executor():
