@@ -6,10 +6,9 @@ from __future__ import annotations
 from krita import DockWidget  # type: ignore[import-not-found]
 
 from .controller import Controller
-from .docker_sections import build_sections, side_by_side, spin
+from .docker_sections import build_sections, choices, side_by_side, spin
 from .live import apply_preset
 from .qt import (
-    QComboBox,
     QFormLayout,
     QGroupBox,
     QIcon,
@@ -97,9 +96,7 @@ class InstantStyleDocker(DockWidget):
         column.addWidget(self.prompt)
 
         form = QFormLayout()
-        self.kind = QComboBox()
-        for label, kind in KINDS:
-            self.kind.addItem(label, kind)
+        self.kind = choices(KINDS)
         self.kind.setToolTip(
             "Stylize: repaint the active layer (or only the selection) in the style. Keep the lines: the "
             "same, following the layer's edges. New image: paint the prompt from scratch in the style."

@@ -6,6 +6,8 @@ and stores them with the rest of its settings.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .deps import protocol
 from .qt import (
     QCheckBox,
@@ -61,6 +63,14 @@ def spin(low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpin
     return box
 
 
+def choices(items: Iterable[tuple[str, object]]) -> QComboBox:
+    """A combo box of (label, value) items; ``currentData()`` is the chosen value."""
+    box = QComboBox()
+    for label, value in items:
+        box.addItem(label, value)
+    return box
+
+
 def int_spin(low: int, high: int, step: int = 1) -> QSpinBox:
     box = QSpinBox()
     box.setRange(low, high)
@@ -98,9 +108,7 @@ def build_sections(docker) -> list[Section]:
     """The docker's parts an artist opens now and then; their widgets become the docker's attributes."""
     blocks = Section("Blocks", "which parts of the model take the style")
     form = QFormLayout(blocks.body)
-    docker.preset = QComboBox()
-    for label, value in PRESETS:
-        docker.preset.addItem(label, value)
+    docker.preset = choices(PRESETS)
     docker.preset.setToolTip(
         "Style: only the block that carries style (InstantStyle's default, least content leaks). "
         "Precise: the same, and the reference's composition actively pushed away (needs guidance > 1). "
@@ -218,9 +226,7 @@ def build_sections(docker) -> list[Section]:
     docker.connect_button.clicked.connect(
         lambda: docker.controller.reconnect(docker.url.text(), docker.token.text())
     )
-    docker.preview_side = QComboBox()
-    for label, side in PREVIEW_SIDES:
-        docker.preview_side.addItem(label, side)
+    docker.preview_side = choices(PREVIEW_SIDES)
     docker.preview_side.setToolTip(
         "how large each step's preview is sent, when the backend previews with its tiny autoencoder "
         "(a smaller one suits a slow network link; rough previews are always 1/8 size)"
