@@ -71,6 +71,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
     group.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for PyTorch (default: $INSTANTSTYLE_TORCH_THREADS, else one per core); the same "
+        "seed, device, dtype and thread count give the same pixels, another count may differ by a level",
+    )
+    group.add_argument(
         "--memory-tier",
         default="auto",
         help="auto (from the GPU's free memory), full (16 GB+), encoders-off (12 GB), model-offload (8 GB) "
@@ -400,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     from backend.preflight import ArgumentError
     from backend.server.config import ConfigError
     from backend.server.ray_pool import RayUnavailable
+    from backend.threads import ThreadCountError
 
     try:
         return _run(argv)
@@ -413,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         OSError,
         json.JSONDecodeError,
         RayUnavailable,
+        ThreadCountError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -424,6 +433,7 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     from backend.server.app import run_server
     from backend.server.ray_actor import ActorPlan
     from backend.server.ray_pool import RaySettings, RayWorkerPool, connect
+    from backend.threads import requested_threads
 
     if args.workers is not None and args.workers < 1:
         raise ArgumentError(f"--workers {args.workers}: expected 1 or more")
@@ -431,7 +441,13 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     owns_ray = connect(settings)  # one line (RayUnavailable) when Ray cannot be reached
     spec = model_spec(args)
     plan = ActorPlan(
-        spec, args.device, args.dtype, args.memory_tier, args.compile, warm_up=not args.no_warm_up
+        spec,
+        args.device,
+        args.dtype,
+        args.memory_tier,
+        args.compile,
+        torch_threads=requested_threads(args.threads),
+        warm_up=not args.no_warm_up,
     )
     pool = RayWorkerPool(plan, settings, owns_ray)
     return run_server(args, pool.load_plan_info(), lambda report: pool.start(report))
@@ -454,7 +470,10 @@ def _run(argv: list[str] | None) -> int:
         print(ensure_tiny_model(args.out).root)
         return 0
     from backend.preflight import check_model_arguments, check_port
+    from backend.threads import describe_numerics, pin_threads
 
+    pin_threads(args.threads)
+    log.info("torch: %s", describe_numerics())
     check_model_arguments(args)
     if args.command == "generate":
         return run_generate(args)

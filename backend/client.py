@@ -196,9 +196,11 @@ async def _demo(args: argparse.Namespace) -> int:
         from backend.engine.engine import InstantStyleEngine
         from backend.server.app import InstantStyleServer
         from backend.server.config import ServerConfig
+        from backend.threads import pin_threads
         from backend.tiny.layouts import ensure_tiny_model
         from protocol import ModelInfo
 
+        pin_threads()
         engine = InstantStyleEngine.load(ensure_tiny_model().spec(), device="cpu")
         info = engine.info
         server = InstantStyleServer(

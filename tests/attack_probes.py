@@ -45,10 +45,11 @@ MiB = 1 << 20
 class ServerProcess:
     """``python -m backend serve`` on the tiny model, with its resident memory sampled as it runs."""
 
-    def __init__(self, *arguments: str, log: Path) -> None:
+    def __init__(self, *arguments: str, log: Path, env: dict[str, str] | None = None) -> None:
+        """``env``: variables added to this process's environment (which the server inherits)."""
         self.log = log
         command = [sys.executable, "-m", "backend", "serve", "--port", "0", "--no-warm-up", *arguments]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **(env or {})}
         self.process = subprocess.Popen(
             command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env=env
         )

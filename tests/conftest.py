@@ -11,12 +11,19 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # The tiny model is generated once into the repository's ignored .cache/, shared with
 # subprocesses (``python -m backend serve --model tiny``) started by tests.
 os.environ.setdefault("INSTANTSTYLE_HOME", str(REPO / ".cache"))
+# Pixel-exact tests compare a job run here (the reference engine) with the same job run by a server
+# process, a Ray actor or Krita's backend: every one of them takes this thread count (inherited
+# through the environment; backend/threads.py says why the count decides the last bits).
+os.environ.setdefault("INSTANTSTYLE_TORCH_THREADS", "2")
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from backend.threads import pin_threads
 from backend.tiny.layouts import TinyModelPaths, default_root, ensure_tiny_model
+
+pin_threads()
 
 TINY_ROOT = default_root()
 

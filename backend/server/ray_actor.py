@@ -15,10 +15,11 @@ import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest
+from backend.threads import pin_threads, requested_threads
 from protocol import Mode, ModelFeatures, WorkerInfo
 
 from .executor import run_on_engine
@@ -37,8 +38,9 @@ class ActorPlan:
     dtype: str | None = None
     memory_tier: str | None = "auto"
     compile: bool = False
-    torch_threads: int | None = None
-    """CPU threads for PyTorch in the actor (Ray sets one per requested CPU otherwise)."""
+    torch_threads: int | None = field(default_factory=requested_threads)
+    """CPU threads for PyTorch in the actor: by default the driver's ``$INSTANTSTYLE_TORCH_THREADS``
+    (``backend/threads.py``), else Ray's one per requested CPU."""
     warm_up: bool = False
     """Run the engine's small warm-up job after loading."""
 
@@ -68,13 +70,10 @@ class EngineActor:
     """One engine in one Ray worker; ``ray_pool`` wraps it with ``ray.remote`` when Ray is in use."""
 
     def __init__(self, plan: ActorPlan) -> None:
-        import torch
-
         from backend.engine.engine import InstantStyleEngine
         from backend.engine.load_plan import LoadPlan
 
-        if plan.torch_threads:
-            torch.set_num_threads(plan.torch_threads)
+        pin_threads(plan.torch_threads)
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         load = LoadPlan.make(plan.spec, plan.device, plan.dtype, plan.memory_tier, plan.compile)  # type: ignore[arg-type]
         self.engine = self._inference.submit(InstantStyleEngine.load_planned, load).result()
