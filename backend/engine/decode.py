@@ -48,6 +48,34 @@ def unscale(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
     return latents / config.scaling_factor
 
 
+TILE_SIDE = 512
+"""Pixels a side of a decode tile in the memory tiers that always tile: a 1024² decode in fp32 needs
+~3.8 GiB whole and about a quarter of it per tile (512 px and the overlap diffusers blends)."""
+WHOLE_DECODE_UP_TO = 1536
+"""Pixels a side up to which the full tier decodes whole; above, in the VAE's own tiles."""
+
+
+def set_decode_tiles(vae: torch.nn.Module, always: bool, longest_side: int) -> int | None:
+    """Tile the next decode and return the tile's side in pixels (None: decoded whole).
+
+    diffusers tiles only above the VAE's ``sample_size``, 1024 for SDXL: ``enable_tiling`` alone
+    never tiled a 1024² decode, so the tiers that always tile set ``TILE_SIDE`` themselves."""
+    sample = vae.config.sample_size  # type: ignore[attr-defined]
+    sample = int(sample[0] if isinstance(sample, (list, tuple)) else sample)
+    if always:
+        side: int | None = min(TILE_SIDE, sample)
+    else:
+        side = sample if longest_side > WHOLE_DECODE_UP_TO else None
+    if side is None:
+        vae.disable_tiling()  # type: ignore[operator]
+        return None
+    downscale = 2 ** (len(vae.config.block_out_channels) - 1)  # type: ignore[attr-defined]
+    vae.tile_sample_min_size = side
+    vae.tile_latent_min_size = side // downscale
+    vae.enable_tiling()  # type: ignore[operator]
+    return side
+
+
 @torch.no_grad()
 def decode(pipeline: object, latents: torch.Tensor) -> list[np.ndarray]:
     """Final latents to float [0, 1] HWC images, exactly as the SDXL pipelines' own decode."""

@@ -25,12 +25,12 @@ from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
 from .blocks import UNetAttentionLayout, build_scale_map
 from .canny import canny
-from .decode import check_finite, decode
+from .decode import check_finite, decode, set_decode_tiles
 from .downloads import prefetch
 from .load_plan import EngineInfo, LoadPlan, download_status, engine_info
 from .loading import ModelSpec, load_controlnet, load_models
 from .loras import LoraSet
-from .memory import MemoryTier, place, visiting
+from .memory import MemoryTier, place, unet_alone, visiting
 from .precise import PreciseLayout
 from .preview_vae import LoadedPreviewVae, load_preview_vae
 from .previews import (
@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepPreview], None]
 StatusCallback = Callable[[ModelStatus], None]
-VAE_TILING_ABOVE = 1536
-"""Pixels a side above which the VAE decodes in tiles."""
 
 
 class InstantStyleEngine:
@@ -107,6 +105,8 @@ class InstantStyleEngine:
         self.preview_vae = preview_vae or LoadedPreviewVae(None, "none")
         if self.preview_vae.vae is not None:  # ~10 MB: it stays where jobs run, whatever the tier
             self.preview_vae.vae.to(self._device)
+        # A batch decodes one image at a time: up to 8 fp32 1024² decodes at once took ~3.8 GiB each.
+        pipeline.vae.enable_slicing()  # type: ignore[attr-defined]
         self._lock = threading.Lock()
         self.compiled = False
 
@@ -127,7 +127,7 @@ class InstantStyleEngine:
         about each phase (and the bytes while downloading)."""
         report = on_status or (lambda status: None)
         spec, device, dtype, tier = plan.spec, plan.device, plan.dtype, plan.memory_tier
-        log.info("memory tier: %s on %s", tier.value, device)
+        log.info("memory tier: %s on %s, %s", tier.value, device, str(dtype).removeprefix("torch."))
         prefetch(spec, dtype, lambda progress: report(download_status(progress)))
         report(ModelStatus(ModelPhase.LOADING, f"Loading {spec.label} ({device}, {tier.value})"))
         pipeline = load_models(spec, device, dtype)
@@ -193,7 +193,10 @@ class InstantStyleEngine:
         return engine_info(self.spec, self.device, self.dtype, self.memory_tier)
 
     def pipeline_for(self, mode: Mode) -> object:
-        """The pipeline for a mode; img2img and inpaint share every module with the base."""
+        """The pipeline for a mode; img2img and inpaint share every module with the base.
+
+        ``from_pipe`` casts every shared module to its ``dtype``, fp32 when none is given: without the
+        model's own dtype the first img2img job doubled a half-precision model's memory."""
         if mode not in self._pipelines:
             from diffusers import (
                 StableDiffusionXLControlNetPipeline,
@@ -208,12 +211,12 @@ class InstantStyleEngine:
                         "(e.g. diffusers/controlnet-canny-sdxl-1.0) to restyle while keeping the lines"
                     )
                 pipe = StableDiffusionXLControlNetPipeline.from_pipe(
-                    self.pipeline, controlnet=self.controlnet
+                    self.pipeline, controlnet=self.controlnet, dtype=self.dtype
                 )
             elif mode is Mode.IMG2IMG:
-                pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(self.pipeline)
+                pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(self.pipeline, dtype=self.dtype)
             else:
-                pipe = StableDiffusionXLInpaintPipeline.from_pipe(self.pipeline)
+                pipe = StableDiffusionXLInpaintPipeline.from_pipe(self.pipeline, dtype=self.dtype)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[mode] = pipe
         return self._pipelines[mode]
@@ -282,13 +285,9 @@ class InstantStyleEngine:
             if request.sampler is not None
             else type(base).from_config(base.config)
         )
-        # A full VAE decode above ~1.5k pixels a side needs more memory than the UNet: tile it there
-        # (the VAE is shared by every mode's pipeline, so this is per job).
-        vae = self.pipeline.vae  # type: ignore[attr-defined]
-        if self.memory_tier.tiles_vae or max(request.width, request.height) > VAE_TILING_ABOVE:
-            vae.enable_tiling()
-        else:
-            vae.disable_tiling()
+        # The VAE is shared by every mode's pipeline: its tiling is set per job.
+        longest = max(request.width, request.height)
+        set_decode_tiles(self.pipeline.vae, self.memory_tier.tiles_vae, longest)  # type: ignore[attr-defined]
         return pipe, self.pipeline_kwargs(request)
 
     def generate(
@@ -368,6 +367,7 @@ class InstantStyleEngine:
             capture.attached(pipe.scheduler),  # type: ignore[attr-defined]
             torch.inference_mode(),
             visiting(visitor, self.device) if visitor is not None else contextlib.nullcontext(),
+            unet_alone(self.pipeline),
         ):
             latents = pipe(  # type: ignore[operator]
                 **kwargs,

@@ -93,32 +93,78 @@ def pick_tier(
 def place(
     pipeline: object, controlnet: torch.nn.Module | None, tier: MemoryTier, device: torch.device
 ) -> None:
-    """Put the pipeline's modules where ``tier`` keeps them at rest."""
+    """Put the pipeline's modules where ``tier`` keeps them at rest.
+
+    Each model moves on its own, so the image encoder (3.44 GiB) never visits the GPU on the way to
+    CPU memory in ``encoders-off`` (``pipeline.to`` moved all of them first). Group offload leaves the
+    VAE out (it stays on the GPU, 0.16 GiB): with CUDA streams it restores its offloaded fp16 copy at
+    every onload, which undid the decode's fp32 upcast mid-decode (a dtype error in every job).
+    """
     if tier is MemoryTier.MODEL_OFFLOAD:
         pipeline.enable_model_cpu_offload(device=device)  # type: ignore[attr-defined]
     elif tier is MemoryTier.GROUP_OFFLOAD:
         pipeline.enable_group_offload(  # type: ignore[attr-defined]
-            onload_device=device,
-            offload_device=torch.device("cpu"),
-            offload_type="leaf_level",
-            use_stream=device.type == "cuda",
+            exclude_modules=["vae"], **_group_offload_options(device)
         )
     else:
-        pipeline.to(device)  # type: ignore[attr-defined]
-        if tier is MemoryTier.ENCODERS_OFF:
-            pipeline.image_encoder.to("cpu")  # type: ignore[attr-defined]
-    if controlnet is not None:
+        for name, module in models(pipeline).items():
+            resting = "image_encoder" if tier is MemoryTier.ENCODERS_OFF else None
+            module.to("cpu" if name == resting else device)
+    if controlnet is None:
+        return
+    if tier is MemoryTier.GROUP_OFFLOAD:  # a whole ControlNet (2.33 GiB) does not fit beside a 6 GB job
+        controlnet.enable_group_offload(**_group_offload_options(device))  # type: ignore[operator]
+    else:
         controlnet.to("cpu" if tier is not MemoryTier.FULL else device)
+
+
+def _group_offload_options(device: torch.device) -> dict[str, object]:
+    return {
+        "onload_device": device,
+        "offload_device": torch.device("cpu"),
+        "offload_type": "leaf_level",
+        "use_stream": device.type == "cuda",
+    }
+
+
+def models(pipeline: object) -> dict[str, torch.nn.Module]:
+    """The pipeline's models by component name (tokenizers, scheduler and the like left out)."""
+    components = pipeline.components.items()  # type: ignore[attr-defined]
+    return {name: module for name, module in components if isinstance(module, torch.nn.Module)}
+
+
+@contextlib.contextmanager
+def unet_alone(pipeline: object) -> Iterator[None]:
+    """With model CPU offload, every other model of the chain leaves the GPU as the UNet starts.
+
+    accelerate's hooks only offload a model's predecessor in the chain when the next one runs. With the
+    prompt or style embeddings cached, ``text_encoder_2`` or the image encoder stayed on the GPU through
+    the whole denoising loop; in img2img and inpaint the VAE (which encoded the picture) did too.
+    """
+    hooks = getattr(pipeline, "_all_hooks", None)
+    if not hooks:
+        yield
+        return
+    unet = pipeline.unet  # type: ignore[attr-defined]
+
+    def offload_the_others(_module: torch.nn.Module, _args: object) -> None:
+        handle.remove()  # once a job: nothing else runs until the decode, whose hook offloads the UNet
+        for hook in hooks:
+            if hook.model is not unet:
+                hook.offload()
+
+    handle = unet.register_forward_pre_hook(offload_the_others)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
 def visiting(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
     """Run ``module`` on ``device`` for the block, then send it back where it rested (if it moved)."""
     resting = next(module.parameters()).device
-    hooked = (
-        getattr(module, "_hf_hook", None) is not None or getattr(module, "_diffusers_hook", None) is not None
-    )
-    if resting == device or hooked:
+    if resting == device or moved_by_hooks(module):
         yield  # already there, or an offload hook moves it by itself
         return
     module.to(device)
@@ -126,3 +172,12 @@ def visiting(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
         yield
     finally:
         module.to(resting)
+
+
+def moved_by_hooks(module: torch.nn.Module) -> bool:
+    """Whether offload hooks bring ``module`` to the GPU by themselves: accelerate's model offload (a
+    hook on the model) or diffusers' group offload (hooks on its layers, none on the model itself: a
+    check of the model alone moved a whole group-offloaded image encoder, 3.44 GiB, onto a 6 GB card)."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    return getattr(module, "_hf_hook", None) is not None or _is_group_offload_enabled(module)

@@ -66,11 +66,18 @@ def rgb_tensor(latents: torch.Tensor) -> torch.Tensor:
     if latents.ndim != 4 or latents.shape[1] != SDXL_LATENT_RGB_FACTORS.shape[0]:
         raise ValueError(f"expected latents of shape (B, 4, h, w), got {tuple(latents.shape)}")
     first = latents[0].detach().to(dtype=torch.float32)
-    factors = SDXL_LATENT_RGB_FACTORS.to(first.device)
+    factors, bias = _linear_rgb(first.device)
     # (4, h, w) -> (h, w, 4) @ (4, 3) -> (h, w, 3)
-    rgb = torch.matmul(first.permute(1, 2, 0), factors) + SDXL_LATENT_RGB_BIAS.to(first.device)
+    rgb = torch.matmul(first.permute(1, 2, 0), factors) + bias
     rgb = ((rgb.clamp_(-1.0, 1.0) + 1.0) * 127.5).round_()
     return rgb.to(torch.uint8)
+
+
+@functools.cache
+def _linear_rgb(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear previews' factors and bias on ``device``, copied there once: a copy from CPU memory
+    on every step waits for the GPU's queued work (a stall that the one-step-late hand-over avoids)."""
+    return SDXL_LATENT_RGB_FACTORS.to(device), SDXL_LATENT_RGB_BIAS.to(device)
 
 
 def latents_to_rgb(latents: torch.Tensor) -> np.ndarray:
