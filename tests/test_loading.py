@@ -123,12 +123,24 @@ def test_mismatched_embedding_spaces_refuse_content_subtraction_clearly(engine, 
     assert encoder.style_embedding([style_image], [1.0]).shape == (1, 32)  # style alone works
 
 
-def test_device_and_dtype_selection():
+def test_device_and_dtype_selection(monkeypatch):
     cpu = torch.device("cpu")
     assert pick_device("cpu") == cpu
     assert pick_device() == (torch.device("cuda") if torch.cuda.is_available() else pick_device())
     assert pick_dtype(cpu) == torch.float32
-    assert pick_dtype(torch.device("cuda")) == torch.float16
+    # bf16 where the GPU computes it natively (Ampere and newer), else fp16; emulation does not count.
+    asked = []
+
+    def natively(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return generation == "ampere"
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", natively)
+    for generation, expected in (("ampere", torch.bfloat16), ("turing", torch.float16)):
+        assert pick_dtype(torch.device("cuda")) == expected, generation
+        assert pick_dtype(torch.device("cuda"), "fp16") == torch.float16  # a flag wins
+    assert asked == [False, False]
+    assert pick_dtype(torch.device("mps")) == torch.float16
     assert pick_dtype(torch.device("cuda"), "bf16") == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
         pick_dtype(cpu, "fp8")
