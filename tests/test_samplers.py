@@ -60,6 +60,31 @@ def test_every_sampler_has_its_scheduler_and_settings(engine):
         assert scheduler.config.beta_schedule == base.beta_schedule
 
 
+def test_the_tiny_models_scheduler_config_is_sdxls_so_ddim_runs_as_on_sdxl(engine):
+    """SDXL base 1.0's published scheduler_config.json; DDIM's own defaults (clip_sample and
+    set_alpha_to_one True) would make DDIM samplers on the tiny model differ from real SDXL."""
+    published = {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "sample_max_value": 1.0,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "prediction_type": "epsilon",
+        "interpolation_type": "linear",
+        "use_karras_sigmas": False,
+    }
+    config = engine.pipeline.scheduler.config  # as loaded from the tiny model's folder
+    assert {key: config.get(key) for key in published} == published
+    for sampler in (Sampler.DDIM, Sampler.DDIM_TRAILING):
+        ddim = make_scheduler(sampler, config)
+        assert (ddim.config.clip_sample, ddim.config.set_alpha_to_one) == (False, False), sampler
+        ddim.set_timesteps(4)
+        assert float(ddim.final_alpha_cumprod) == pytest.approx(float(ddim.alphas_cumprod[0]))
+
+
 @pytest.mark.parametrize("sampler", list(Sampler), ids=lambda s: s.value)
 def test_each_sampler_runs_and_is_deterministic_with_a_seed(engine, sampler):
     first = engine.generate(job(sampler)).images[0]

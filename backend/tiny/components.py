@@ -206,19 +206,30 @@ def build_image_encoder(shape: ModelShape = TINY) -> torch.nn.Module:
     return CLIPVisionModelWithProjection(config)
 
 
+SDXL_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    # Read by the samplers built from this config (DDIM's defaults are True, not SDXL's):
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "sample_max_value": 1.0,
+    "skip_prk_steps": True,
+}
+"""SDXL base 1.0's ``scheduler/scheduler_config.json`` (its keys that set numbers)."""
+
+
 def tiny_scheduler() -> object:
-    """SDXL base's own scheduler configuration."""
+    """SDXL base's own scheduler, with every key of its config: the other samplers are built from it."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
+    return EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG)
 
 
 def byte_symbols() -> list[str]:

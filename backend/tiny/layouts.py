@@ -34,7 +34,7 @@ from backend.tiny.loras import write_tiny_loras
 from backend.tiny.preview_vae import write_tiny_autoencoder
 from backend.tiny.single_file import save_single_file
 
-GENERATOR_VERSION = "5"
+GENERATOR_VERSION = "6"
 TINY_REPO_ID = "instantstyle/tiny-sdxl"
 TINY_IP_REPO_ID = "instantstyle/tiny-ip-adapter"
 TINY_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-canny"
