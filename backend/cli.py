@@ -432,11 +432,12 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     from backend.preflight import ArgumentError
     from backend.server.app import run_server
     from backend.server.ray_actor import ActorPlan
-    from backend.server.ray_pool import RaySettings, RayWorkerPool, connect
+    from backend.server.ray_pool import RaySettings, RayWorkerPool, check_worker_device, connect
     from backend.threads import requested_threads
 
     if args.workers is not None and args.workers < 1:
         raise ArgumentError(f"--workers {args.workers}: expected 1 or more")
+    check_worker_device(args.device)  # before Ray starts: one line
     settings = RaySettings(args.ray, args.workers)
     owns_ray = connect(settings)  # one line (RayUnavailable) when Ray cannot be reached
     spec = model_spec(args)

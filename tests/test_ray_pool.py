@@ -212,3 +212,18 @@ def test_workers_that_cannot_load_the_model_say_why_in_one_line(ray_cluster, tin
     message = str(caught.value)
     assert message.startswith("a Ray worker could not start: ") and "\n" not in message
     assert f"cannot load {tmp_path / 'missing.safetensors'}" in message
+
+
+def test_a_worker_sees_its_one_gpu_as_cuda_and_cpu_workers_reserve_none():
+    from backend.server.ray_pool import RayUnavailable, check_worker_device, gpus_per_worker
+
+    for device in (None, "auto", "cpu", "cuda", "cuda:0"):
+        check_worker_device(device)
+    # Ray gives each actor one GPU, which it sees as cuda:0: cuda:1 was an "invalid device ordinal".
+    with pytest.raises(RayUnavailable, match="--device cuda:1: with --ray each worker sees only the GPU"):
+        check_worker_device("cuda:1")
+    local = RaySettings("local")
+    assert gpus_per_worker("cpu", local, cluster_gpus=4) == 0.0  # reserved a GPU per CPU actor before
+    assert gpus_per_worker("auto", local, cluster_gpus=4) == 1.0
+    assert gpus_per_worker("cuda", local, cluster_gpus=0) == 0.0
+    assert gpus_per_worker("cpu", RaySettings("local", gpus_per_worker=0.5), cluster_gpus=4) == 0.5

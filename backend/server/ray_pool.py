@@ -60,6 +60,25 @@ class RaySettings:
     cpus_per_worker: float = 1.0
 
 
+def check_worker_device(device: str | None) -> None:
+    """``--device`` as every actor reads it: each sees only its own GPU, as ``cuda`` (``cuda:0``)."""
+    if device is None or device in ("auto", "cpu", "cuda", "cuda:0"):
+        return
+    raise RayUnavailable(
+        f"--device {device}: with --ray each worker sees only the GPU Ray gives it, as cuda; "
+        "use --device cuda (or auto), or cpu for CPU workers"
+    )
+
+
+def gpus_per_worker(device: str | None, settings: RaySettings, cluster_gpus: float) -> float:
+    """GPUs each actor reserves: ``--device cpu`` reserves none, else one where the cluster has GPUs."""
+    if settings.gpus_per_worker is not None:
+        return settings.gpus_per_worker
+    if device == "cpu":
+        return 0.0
+    return 1.0 if cluster_gpus >= 1 else 0.0
+
+
 def connect(settings: RaySettings) -> bool:
     """Start or join Ray; True when this process started it (and so stops it). One line on failure."""
     try:
@@ -121,9 +140,7 @@ class RayWorkerPool(Executor):
         self.settings = settings
         self.owns_ray = owns_ray
         resources = ray.cluster_resources()
-        gpus = settings.gpus_per_worker
-        if gpus is None:
-            gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+        gpus = gpus_per_worker(plan.device, settings, resources.get("GPU", 0))
         self.gpus_per_worker = gpus
         count = settings.workers or (int(resources.get("GPU", 0) // gpus) if gpus else 1) or 1
         self._remote = ray.remote(EngineActor).options(
