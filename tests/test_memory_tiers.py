@@ -1,4 +1,5 @@
-"""Memory tiers: the choice from free GPU memory (mocked), and every tier's job on the tiny model."""
+"""Memory tiers: peaks computed from the placement, the choice from free GPU memory (mocked), and every
+tier's job on the tiny model."""
 
 from __future__ import annotations
 
@@ -7,45 +8,96 @@ import pytest
 import torch
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.memory import GIB, MemoryTier, pick_tier
+from backend.engine.memory import GIB, MemoryTier
+from backend.engine.memory_budget import (
+    JobShape,
+    free_needed,
+    peak,
+    phases,
+    pick_tier,
+    sdxl_sizes,
+)
 from backend.engine.request import GenerationRequest, StyleReference
 from protocol import Mode
 
 CUDA = torch.device("cuda")
 
 
-@pytest.mark.parametrize(
-    ("free_gib", "controlnet", "tier"),
-    [
-        (22.0, True, MemoryTier.FULL),  # a 24 GB card
-        (15.6, False, MemoryTier.FULL),  # 16 GB
-        (15.6, True, MemoryTier.ENCODERS_OFF),  # 16 GB with a ControlNet (+2.33 GiB)
-        (11.2, False, MemoryTier.ENCODERS_OFF),  # 12 GB
-        (7.3, True, MemoryTier.MODEL_OFFLOAD),  # 8 GB
-        (5.4, False, MemoryTier.GROUP_OFFLOAD),  # 6 GB
-    ],
-)
-def test_the_tier_follows_the_free_memory(monkeypatch, free_gib, controlnet, tier):
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * GIB), 24 * GIB))
-    assert pick_tier(CUDA, "auto", controlnet) is tier
-    assert pick_tier(CUDA, "model-offload", controlnet) is MemoryTier.MODEL_OFFLOAD  # a flag wins
+FP16, BF16 = torch.float16, torch.bfloat16
+
+
+def card_free_bytes(card_gb: int) -> int:
+    """A card's free memory at start: its GB (10^9 bytes) less ~0.5 GiB of CUDA context."""
+    return int(card_gb * 1e9 - 0.5 * GIB)
+
+
+def test_the_weights_are_sdxls_real_sizes_from_the_meta_device():
+    """The sizes the tiers are computed from: SDXL's shapes, counted, equal the measured fp16 sizes."""
+    sizes = sdxl_sizes(FP16)
+    measured = {"unet": 4.78, "text_encoders": 1.52, "image_encoder": 3.44, "ip_adapter": 0.65, "vae": 0.16}
+    assert {name: round(getattr(sizes, name), 2) for name in measured} == measured
+    assert round(sizes.controlnet, 2) == 2.33
+    assert sdxl_sizes(BF16) == sizes  # two bytes a weight either way
+    assert round(sdxl_sizes(torch.float32).unet, 2) == 9.56
 
 
 @pytest.mark.parametrize(
-    ("free_gib", "tier_without", "tier_with"),
+    ("dtype", "controlnet", "peaks"),
     [
-        (15.6, MemoryTier.FULL, MemoryTier.FULL),  # the full VAE decode stays the peak
-        (9.7, MemoryTier.ENCODERS_OFF, MemoryTier.MODEL_OFFLOAD),
-        (6.8, MemoryTier.MODEL_OFFLOAD, MemoryTier.GROUP_OFFLOAD),
-        (7.3, MemoryTier.MODEL_OFFLOAD, MemoryTier.MODEL_OFFLOAD),  # an 8 GB card keeps its tier
+        # full: the fp32-upcast decode is fp16's peak; bf16 decodes in bf16 (half) and denoising peaks.
+        (FP16, False, {"full": (14.5, "decode"), "encoders-off": (10.7, "encode style / score"),
+                       "model-offload": (7.5, "denoise"), "group-offload": (2.5, "denoise")}),
+        (FP16, True, {"full": (16.8, "decode"), "encoders-off": (12.2, "denoise"),
+                      "model-offload": (10.5, "denoise"), "group-offload": (3.1, "denoise")}),
+        (BF16, False, {"full": (12.7, "denoise"), "encoders-off": (10.7, "encode style / score"),
+                       "model-offload": (7.5, "denoise"), "group-offload": (2.5, "denoise")}),
+        (BF16, True, {"full": (15.6, "denoise"), "encoders-off": (12.2, "denoise"),
+                      "model-offload": (10.5, "denoise"), "group-offload": (3.1, "denoise")}),
+    ],
+)  # fmt: skip
+def test_each_tiers_peak_is_computed_from_its_placement(dtype, controlnet, peaks):
+    job = JobShape(controlnet=controlnet, dtype=dtype)
+    computed = {tier.value: (round(peak(tier, job).gib, 1), peak(tier, job).name) for tier in MemoryTier}
+    assert computed == peaks
+    # encoders-off: the image encoder visits beside what stays resident (it did not count before).
+    visit = next(p for p in phases(MemoryTier.ENCODERS_OFF, job) if p.name == "encode style / score")
+    assert visit.weights >= sdxl_sizes(dtype).image_encoder + sdxl_sizes(dtype).unet
+    # model-offload: the UNet runs alone (with the ControlNet it drives), text_encoder_2 is gone.
+    denoise = next(p for p in phases(MemoryTier.MODEL_OFFLOAD, job) if p.name == "denoise")
+    sizes = sdxl_sizes(dtype)
+    alone = sizes.unet + sizes.ip_adapter + sizes.preview_vae + (sizes.controlnet if controlnet else 0)
+    assert denoise.weights == pytest.approx(alone)
+
+
+@pytest.mark.parametrize(
+    ("card_gb", "tiers"),
+    [  # (fp16, fp16 + ControlNet, bf16, bf16 + ControlNet)
+        (6, ("group-offload", "group-offload", "group-offload", "group-offload")),
+        (8, ("group-offload", "group-offload", "group-offload", "group-offload")),
+        (12, ("model-offload", "group-offload", "model-offload", "group-offload")),
+        (16, ("encoders-off", "encoders-off", "full", "encoders-off")),
+        (24, ("full", "full", "full", "full")),
     ],
 )
-def test_the_preview_autoencoder_is_counted_where_it_raises_the_peak(
-    monkeypatch, free_gib, tier_without, tier_with
-):
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * GIB), 24 * GIB))
-    assert pick_tier(CUDA, "auto", controlnet=False, preview_vae=False) is tier_without
-    assert pick_tier(CUDA, "auto", controlnet=False, preview_vae=True) is tier_with
+def test_the_tier_follows_the_cards_free_memory(monkeypatch, card_gb, tiers):
+    free = card_free_bytes(card_gb)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, card_gb * 10**9))
+    cases = [(FP16, False), (FP16, True), (BF16, False), (BF16, True)]
+    chosen = tuple(pick_tier(CUDA, "auto", cn, preview_vae=True, dtype=dtype).value for dtype, cn in cases)
+    assert chosen == tiers
+    for (dtype, cn), tier in zip(cases, chosen, strict=True):
+        job = JobShape(controlnet=cn, dtype=dtype)
+        assert free_needed(MemoryTier(tier), job) <= free / GIB or tier == "group-offload"
+    assert pick_tier(CUDA, "model-offload", True) is MemoryTier.MODEL_OFFLOAD  # a flag wins
+
+
+def test_the_preview_autoencoder_is_counted_where_it_runs(monkeypatch):
+    """It draws beside the next step's UNet (its own CUDA stream): part of the denoising phase."""
+    without, with_previews = JobShape(preview_vae=False), JobShape(preview_vae=True)
+    for tier in MemoryTier:
+        before = next(p for p in phases(tier, without) if p.name == "denoise").gib
+        after = next(p for p in phases(tier, with_previews) if p.name == "denoise").gib
+        assert after - before == pytest.approx(0.6 + sdxl_sizes(FP16).preview_vae, abs=1e-6)
 
 
 def test_cpu_runs_in_full_and_unknown_tiers_are_refused():

@@ -11,7 +11,8 @@ from protocol.messages import ModelStatus
 
 from .downloads import DownloadProgress
 from .loading import ModelSpec, pick_device, pick_dtype
-from .memory import MemoryTier, pick_tier
+from .memory import MemoryTier
+from .memory_budget import pick_tier
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class LoadPlan:
     ) -> LoadPlan:
         torch_device = pick_device(device)
         previews = spec.preview_vae.strip().lower() != "none"
-        tier = pick_tier(torch_device, memory_tier, spec.controlnet is not None, previews)
-        return cls(spec, torch_device, pick_dtype(torch_device, dtype), tier, compile)
+        torch_dtype = pick_dtype(torch_device, dtype)
+        tier = pick_tier(torch_device, memory_tier, spec.controlnet is not None, previews, torch_dtype)
+        return cls(spec, torch_device, torch_dtype, tier, compile)
 
     @property
     def info(self) -> EngineInfo:
