@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from backend.client import InstantStyleClient, frame_image
 from backend.engine.request import GenerationRequest, StyleReference
@@ -120,3 +121,44 @@ def test_the_sampler_reaches_the_engine_through_the_server_and_hello_lists_them(
     expected = engine.generate(job(Sampler.EULER_A)).images[0]
     assert np.array_equal(np.asarray(frame_image(done.images[0]))[..., :3], expected)
     assert refused.code is ErrorCode.BAD_FIELD and "sampler" in refused.message
+
+
+def test_stochastic_step_noise_is_drawn_on_the_gpu_from_the_jobs_seed(engine, monkeypatch):
+    """Euler a's per-step noise: from CPU generators it was copied to the GPU every step (a copy that
+    waits for the queued kernels). On CUDA it comes from generators there; a CPU generator stands in for
+    the GPU's here (the factory is the one thing that differs), and on the CPU nothing changes."""
+    from backend.engine.previews import DenoisedCapture
+    from backend.engine.step_noise import STEP_NOISE_SEED_OFFSET, step_noise_on_device
+
+    scheduler = make_scheduler(Sampler.EULER_A, engine.pipeline.scheduler.config)
+    received = []
+    class_step = type(scheduler).step
+
+    def spy(self, *args, **kwargs):
+        received.append(kwargs.get("generator"))
+        return class_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(scheduler), "step", spy)
+    made = []
+
+    def stand_in(device, seed):
+        made.append((device.type, seed))
+        return torch.Generator("cpu").manual_seed(seed)
+
+    job_generators = [torch.Generator("cpu").manual_seed(5), torch.Generator("cpu").manual_seed(6)]
+    scheduler.set_timesteps(2)
+    latents = torch.zeros(2, 4, 8, 8)
+
+    def one_step():
+        return scheduler.step(latents, scheduler.timesteps[0], latents, generator=job_generators)
+
+    with DenoisedCapture().attached(scheduler):
+        for device in ("cuda", "cpu"):
+            with step_noise_on_device(scheduler, torch.device(device), 5, 2, make=stand_in):
+                one_step()
+        assert "step" in scheduler.__dict__  # the capture's wrapper is back in place
+    assert "step" not in scheduler.__dict__
+    on_gpu, on_cpu = received
+    assert made == [("cuda", 5 + STEP_NOISE_SEED_OFFSET), ("cuda", 6 + STEP_NOISE_SEED_OFFSET)]
+    assert [g.initial_seed() for g in on_gpu] == [5 + STEP_NOISE_SEED_OFFSET, 6 + STEP_NOISE_SEED_OFFSET]
+    assert on_cpu is job_generators

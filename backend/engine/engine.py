@@ -48,6 +48,7 @@ from .request import GenerationRequest, GenerationResult, JobCancelled, RequestE
 from .samplers import make_scheduler
 from .scores import score_images
 from .speed_presets import SpeedPreset, lora_sources, speed_preset
+from .step_noise import step_noise_on_device
 from .style_embedding import StyleEncoder, ip_adapter_embeds
 from .sweep import run_sweep
 
@@ -365,6 +366,7 @@ class InstantStyleEngine:
         visitor = self.controlnet if request.mode is Mode.CONTROL and self.controlnet is not None else None
         with (
             capture.attached(pipe.scheduler),  # type: ignore[attr-defined]
+            step_noise_on_device(pipe.scheduler, self.device, request.seed, request.batch),  # type: ignore[attr-defined]
             torch.inference_mode(),
             visiting(visitor, self.device) if visitor is not None else contextlib.nullcontext(),
             unet_alone(self.pipeline),
