@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from enum import Enum
@@ -124,7 +125,15 @@ def _convert(kind: Any, value: Any, where: str, meta: typing.Mapping[str, Any]) 
             raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be an integer")
         return _in_range(value, where, meta)
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be a finite number")
+        if isinstance(value, int) and abs(value) > FLOAT_MAX:  # float() of it raises OverflowError
+            low, high = meta.get("low"), meta.get("high")
+            raise ProtocolError(
+                ErrorCode.OUT_OF_RANGE,
+                f"{where} must be between {low} and {high}, got an integer beyond 1e308",
+            )
+        if not math.isfinite(value):
             raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be a finite number")
         return _in_range(float(value), where, meta)
     if kind is str:
@@ -143,6 +152,10 @@ def _convert(kind: Any, value: Any, where: str, meta: typing.Mapping[str, Any]) 
     if kind is Any or kind is object:
         return value
     raise TypeError(f"unsupported field type {kind!r} for {where}")  # a bug in a message definition
+
+
+FLOAT_MAX = sys.float_info.max
+"""The largest float: a JSON integer beyond it has no float value."""
 
 
 def _in_range(value: float, where: str, meta: typing.Mapping[str, Any]) -> Any:

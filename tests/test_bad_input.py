@@ -150,6 +150,37 @@ async def _serves_a_valid_job(ws, job_id: int) -> bool:
             return False
 
 
+HUGE = 10**400  # a JSON integer with no float value: float() of it raised OverflowError (an internal error)
+HUGE_NUMBERS = {
+    "guidance_scale": {"guidance_scale": HUGE},
+    "strength": {"strength": -HUGE},
+    "style image weight": {"style_images": [{"input": 0, "weight": HUGE}]},
+    "LoRA weight": {"loras": [{"name": "ink", "weight": HUGE}]},
+    "region's style weight": {
+        "regions": [{"mask": 0, "style_images": [{"input": 0, "weight": HUGE}]}],
+    },
+}
+
+
+@pytest.mark.parametrize("fields", list(HUGE_NUMBERS.values()), ids=list(HUGE_NUMBERS))
+def test_a_huge_integer_in_a_number_field_is_out_of_range_for_that_job(engine, fields):
+    async def scenario():
+        async with (
+            running_server(engine) as server,
+            connect(server.url, compression=None, max_size=None) as ws,
+        ):
+            await _hello(ws)
+            await ws.send(STYLE_FRAME)
+            await ws.send(generate(**fields))
+            error = await _first_error(ws)
+            return error, await _serves_a_valid_job(ws, 77)
+
+    error, still_serving = run(scenario(), timeout=60)
+    assert (error.code, error.job_id) == (ErrorCode.OUT_OF_RANGE, 1), error
+    assert "got an integer beyond 1e308" in error.message
+    assert still_serving
+
+
 @pytest.mark.parametrize(("frames", "code"), [c[1:] for c in BAD_MESSAGES], ids=[c[0] for c in BAD_MESSAGES])
 def test_bad_message_gets_a_clear_error_and_the_server_keeps_serving(engine, frames, code):
     async def scenario():
