@@ -456,15 +456,10 @@ def serve_on_ray(args: argparse.Namespace) -> int:
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve" and args.log_json:
-        from backend.server.logs import configure_json_logging
+    from backend.server.logs import configure_logging
 
-        configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
-    else:
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    configure_logging(level, json_lines=args.command == "serve" and args.log_json)
     if args.command == "make-tiny":
         from backend.tiny.layouts import ensure_tiny_model
 

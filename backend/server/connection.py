@@ -39,7 +39,7 @@ from protocol.schema import shown
 
 from .budgets import ByteBudget, OverBudget, decoded_bytes
 from .config import ServerConfig
-from .inputs import build_request, input_images
+from .inputs import build_request, check_inputs_arrived, input_images
 from .job_events import encode_event
 from .outbox import Outbox, OutboxItem, StepUpdate
 from .worker import (
@@ -274,6 +274,10 @@ class Connection:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello was already received")
         except ProtocolError as error:
             log.info("bad message from %s: %s", self.name, shown(error.message, 300))
+            if isinstance(message, str) and error.job_id is not None:
+                # A refused generate (or cancel) releases the INPUT frames sent for its job: they stayed
+                # charged to the client until it disconnected, and a few refusals blocked its next jobs.
+                self._discard_inputs(error.job_id)
             self.outbox.put(encode_message(Error.from_exception(error)), droppable=error.job_id is None)
         except Exception:  # a bug must cost one message, not the connection
             log.exception("internal error handling a message from %s", self.name)
@@ -329,6 +333,7 @@ class Connection:
         if job_id in self.jobs or job_id in self.preparing:
             raise ProtocolError(ErrorCode.DUPLICATE_JOB, f"job {job_id} already exists", job_id)
         self._check_loras(message)
+        check_inputs_arrived(message, self.inputs.get(job_id, {}))  # before a live job is superseded
         if message.live:
             self._supersede_live(job_id)
         frames = self._discard_inputs(job_id)

@@ -122,8 +122,8 @@ def run_on_engine(
         code, message = classify_failure(error)
         # The traceback as text: a live one in a log record (kept by some handlers) would keep every
         # tensor of the failed call alive.
-        trace = "" if code is ErrorCode.BAD_REQUEST else "\n" + "".join(traceback.format_exception(error))
-        log.error("job %s failed: %s%s", job_id, message, trace)
+        trace = "" if code is ErrorCode.BAD_REQUEST else "".join(traceback.format_exception(error))
+        log.error("job %s failed: %s", job_id, message, extra={"trace": trace})
         failed = JobFailed(code, message)
     # Only here is the exception, with the job's tensors in its traceback, gone.
     try:

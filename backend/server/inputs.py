@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Collection
 
 import numpy as np
 from PIL import Image
@@ -39,8 +40,8 @@ def flatten(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def input_images(message: Generate, frames: dict[int, PixelFrame]) -> dict[int, Image.Image]:
-    """The images a ``generate`` refers to, decoded; every referenced INPUT frame must have arrived."""
+def check_inputs_arrived(message: Generate, frames: Collection[int]) -> None:
+    """Every INPUT frame a ``generate`` refers to has arrived (``frames``: their indices)."""
     missing = sorted(message.input_indices() - set(frames))
     if missing:
         raise ProtocolError(
@@ -49,6 +50,11 @@ def input_images(message: Generate, frames: dict[int, PixelFrame]) -> dict[int, 
             f"{message.job_id}",
             message.job_id,
         )
+
+
+def input_images(message: Generate, frames: dict[int, PixelFrame]) -> dict[int, Image.Image]:
+    """The images a ``generate`` refers to, decoded; every referenced INPUT frame must have arrived."""
+    check_inputs_arrived(message, frames)
     return {index: frame_to_image(frames[index]) for index in message.input_indices()}
 
 
