@@ -1,0 +1,268 @@
+"""The real-shape lane (issue 19): SDXL's real components with random bf16 weights, through the engine.
+
+The tiny model runs every code path at toy sizes; this runs them at SDXL's: the UNet, both text
+encoders, the VAE, ViT-bigG and ViT-H image encoders with their IP-Adapters (70 layers), a canny
+ControlNet, TAESD-XL and a Kohya-layout LoRA named after the real UNet's blocks, all built on the meta
+device and materialised in bf16 (``backend/tiny/real_shapes.py``; ~15 GB, no download). One small job
+per mode (256², 2 steps) proves that every shape, key mapping and wrapper works at real sizes; after
+every job each component must still be bf16 on the CPU, and the output finite and of the right shape.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.engine.engine import InstantStyleEngine
+from backend.engine.loading import ModelSpec, check_ip_adapter
+from backend.engine.loras import LoraSet, LoraSource
+from backend.engine.preview_vae import LoadedPreviewVae
+from backend.engine.previews import StepPreview
+from backend.engine.request import GenerationRequest, GenerationResult, StyleReference
+from backend.engine.style_embedding import EmbeddingSpaceMismatch
+from backend.tiny.components import FULL_LABEL, TINY, build_models
+from backend.tiny.real_shapes import (
+    attach_ip_adapter,
+    build_real_controlnet,
+    build_sdxl_pipeline,
+    build_taesdxl,
+    write_kohya_lora,
+)
+from protocol.enums import BlockPreset, Mode
+from tests.conftest import noise_image
+
+DTYPE, CPU = torch.bfloat16, torch.device("cpu")
+SIZE, STEPS = 256, 2
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder")
+SPEC = ModelSpec(label=FULL_LABEL, is_test_model=True)
+
+
+@dataclass
+class Lane:
+    engine: InstantStyleEngine
+    lora_modules: dict[str, set[str]]
+    """The modules the LoRA file names, per component: exactly these must be wrapped."""
+    modes: set[Mode] = field(default_factory=set)
+    """The modes run so far (their pipelines share every module with the base one)."""
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def lane(tmp_path_factory: pytest.TempPathFactory) -> Lane:
+    scratch = tmp_path_factory.mktemp("real-shapes")
+    pipe = build_sdxl_pipeline(scratch)
+    pipe.set_progress_bar_config(disable=True)
+    controlnet = build_real_controlnet(pipe.unet)
+    attach_ip_adapter(pipe, "vit-bigg")
+    check_ip_adapter(pipe, SPEC)  # a plain adapter whose input is the encoder's 1280-d embedding
+    lora_modules = write_kohya_lora(scratch / "ink.safetensors", pipe)
+    loras = LoraSet(pipe)
+    loras.load([LoraSource("ink", str(scratch / "ink.safetensors"))], None, True)
+    assert loras.failed == {}, loras.failed
+    preview = LoadedPreviewVae(build_taesdxl(), "TAESD-XL shapes, random weights")
+    engine = InstantStyleEngine(
+        pipe, SPEC, controlnet=controlnet, device=CPU, loras=loras, preview_vae=preview
+    )
+    return Lane(engine, lora_modules)
+
+
+def placements(module: torch.nn.Module) -> set[tuple[torch.dtype | None, torch.device]]:
+    """Every parameter's and buffer's (dtype, device); integer buffers (position ids) count by device."""
+    found = {(p.dtype, p.device) for p in module.parameters()}
+    return found | {(b.dtype if b.is_floating_point() else None, b.device) for b in module.buffers()}
+
+
+def assert_components_kept(lane: Lane) -> None:
+    """Every component bf16 on the CPU, and every mode's pipeline still holding the very same modules."""
+    engine = lane.engine
+    base = {name: getattr(engine.pipeline, name) for name in COMPONENTS}
+    modules = {**base, "controlnet": engine.controlnet, "preview_vae": engine.preview_vae.vae}
+    wrong = {
+        name: sorted(map(str, found))
+        for name, module in modules.items()
+        if (found := placements(module)) - {(DTYPE, CPU), (None, CPU)}
+    }
+    assert wrong == {}, f"components changed dtype or device: {wrong}"
+    for mode in lane.modes:
+        pipe = engine.pipeline_for(mode)
+        assert all(getattr(pipe, name) is module for name, module in base.items()), mode
+
+
+def job(**changes: object) -> GenerationRequest:
+    settings: dict[str, object] = {
+        "prompt": "a lighthouse at dusk",
+        "style_images": [StyleReference(noise_image(1, 96))],
+        "content_text": "a cat",
+        "width": SIZE,
+        "height": SIZE,
+        "steps": STEPS,
+        "seed": 5,
+        **changes,
+    }
+    return GenerationRequest(**settings)  # type: ignore[arg-type]
+
+
+def run(lane: Lane, request: GenerationRequest, name: str) -> tuple[GenerationResult, list[StepPreview]]:
+    """One job with previews: the frames, the picture, the scores and every component checked."""
+    frames: list[StepPreview] = []
+    result = lane.engine.generate(request, on_step=frames.append)
+    lane.modes.add(request.mode)
+    assert_components_kept(lane)
+    (image,) = result.images
+    assert image.shape == (request.height, request.width, 3) and image.dtype == np.uint8
+    levels = len(np.unique(image))
+    assert levels > 16, f"a flat picture ({levels} levels): activations saturated somewhere"
+    assert [frame.step for frame in frames] == list(range(1, request.effective_steps + 1))
+    for frame in frames:
+        levels = len(np.unique(frame.rgb))
+        assert levels > 16, f"a flat preview at step {frame.step} ({levels} levels)"
+        assert frame.latents is not None and bool(torch.isfinite(frame.latents).all())
+        assert frame.latents.shape == (1, 4, request.height // 8, request.width // 8)
+    score = result.scores[0]
+    assert math.isfinite(score.style) and -1.0 <= score.style <= 1.0
+    lane.images[name] = image
+    return result, frames
+
+
+def style_image_of(lane: Lane) -> np.ndarray:
+    """The plain style job's picture (run here when this test runs alone), to compare others with."""
+    if "style" not in lane.images:
+        run(lane, job(preview_side=128), "style")
+    return lane.images["style"]
+
+
+def test_components_have_the_published_sizes(lane: Lane) -> None:
+    """ViT-bigG, ControlNet canny SDXL and TAESD-XL by exact parameter counts; the IP-Adapter's 70 layers."""
+    engine = lane.engine
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(engine.pipeline.image_encoder) == 1_844_907_264
+    assert count(engine.controlnet) == 1_251_014_160
+    assert count(engine.preview_vae.vae) == 2_445_063
+    unet = engine.pipeline.unet
+    ip_layers = [n for n, m in unet.named_modules() if n.endswith("attn2.processor.to_k_ip.0")]
+    assert len(ip_layers) == 70
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    assert (projection.image_embeds.in_features, projection.image_embeds.out_features) == (1280, 4 * 2048)
+    assert len(engine.precise.names) == 10  # the layout block's 10 transformer layers
+    assert_components_kept(lane)
+
+
+def test_the_kohya_lora_wraps_exactly_the_modules_it_names(lane: Lane) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    pipe = lane.engine.pipeline
+    wrapped = {
+        name: {n for n, m in getattr(pipe, name).named_modules() if isinstance(m, BaseTunerLayer)}
+        for name in ("unet", "text_encoder", "text_encoder_2")
+    }
+    assert wrapped == lane.lora_modules
+    assert set(lane.engine.loras.loaded["ink"].components) == {"unet", "text_encoder", "text_encoder_2"}
+
+
+def test_txt2img_with_content_subtraction_and_tiny_autoencoder_previews(lane: Lane) -> None:
+    assert lane.engine.encoder.content_subtraction  # ViT-bigG and text_encoder_2: one 1280-d space
+    _, frames = run(lane, job(preview_side=128), "style")
+    assert {frame.rgb.shape for frame in frames} == {(128, 128, 3)}
+    assert all(frame.rgb.dtype == np.uint8 for frame in frames)
+    _, frames = run(lane, job(preview_side=1024, seed=6), "style, full-size previews")
+    assert {frame.rgb.shape for frame in frames} == {(SIZE, SIZE, 3)}
+
+
+def test_precise_preset(lane: Lane) -> None:
+    style = style_image_of(lane)
+    run(lane, job(preset=BlockPreset.PRECISE, guidance_scale=5.0), "precise")
+    assert lane.engine.precise.installed is None  # the wrappers are out again after the job
+    assert not np.array_equal(lane.images["precise"], style)
+
+
+def test_lora_selected_in_the_request(lane: Lane) -> None:
+    style = style_image_of(lane)
+    run(lane, job(loras=(("ink", 1.0),)), "lora")
+    assert not np.array_equal(lane.images["lora"], style)
+
+
+@pytest.fixture(scope="module")
+def from_pipe_problems(tmp_path_factory: pytest.TempPathFactory) -> dict[Mode, dict[str, str]]:
+    """What ``pipeline_for`` does to the modules' dtypes, on the tiny model in bf16 first: at real size a
+    cast to fp32 (issue 19, finding 1) needs ~31 GB, which would take the machine down, not fail a test."""
+    models = build_models(tmp_path_factory.mktemp("tiny-bf16"), TINY)
+    pipe = models.pipeline
+    pipe.register_modules(image_encoder=models.image_encoder)
+    pipe.load_ip_adapter(models.ip_adapter_state, subfolder="", weight_name="", image_encoder_folder=None)
+    pipe.to(dtype=DTYPE)
+    engine = InstantStyleEngine(pipe, SPEC, controlnet=models.controlnet.to(dtype=DTYPE), device=CPU)
+    problems: dict[Mode, dict[str, str]] = {}
+    for mode in (Mode.IMG2IMG, Mode.INPAINT, Mode.CONTROL):
+        engine.pipeline_for(mode)
+        modules = {name: getattr(pipe, name) for name in COMPONENTS} | {"controlnet": engine.controlnet}
+        cast = {name: str(m.dtype) for name, m in modules.items() if m.dtype != DTYPE}
+        if cast:
+            problems[mode] = cast
+            pipe.to(dtype=DTYPE)
+            engine.controlnet.to(dtype=DTYPE)
+    return problems
+
+
+def run_shared_pipeline_mode(
+    lane: Lane, problems: dict[Mode, dict[str, str]], request: GenerationRequest
+) -> None:
+    if request.mode in problems:
+        pytest.fail(
+            f"engine.pipeline_for({request.mode.value}) casts shared modules to fp32 (from_pipe without a "
+            f"dtype), seen on the tiny model in bf16: {problems[request.mode]}; not run at real size"
+        )
+    run(lane, request, request.mode.value)
+
+
+def test_img2img(lane: Lane, from_pipe_problems: dict[Mode, dict[str, str]]) -> None:
+    init = noise_image(2, SIZE)
+    run_shared_pipeline_mode(
+        lane, from_pipe_problems, job(mode=Mode.IMG2IMG, init_image=init, steps=4, strength=0.5)
+    )
+
+
+def test_inpaint(lane: Lane, from_pipe_problems: dict[Mode, dict[str, str]]) -> None:
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    request = job(mode=Mode.INPAINT, init_image=noise_image(3, SIZE), mask=mask, steps=4, strength=0.5)
+    run_shared_pipeline_mode(lane, from_pipe_problems, request)
+
+
+def test_control_with_the_controlnet(lane: Lane, from_pipe_problems: dict[Mode, dict[str, str]]) -> None:
+    lines = Image.new("RGB", (SIZE, SIZE), "white")
+    lines.paste((0, 0, 0), (40, 40, 216, 60))
+    lines.paste((0, 0, 0), (120, 40, 136, 220))
+    run_shared_pipeline_mode(lane, from_pipe_problems, job(mode=Mode.CONTROL, init_image=lines))
+
+
+def test_vit_h_adapter_runs_without_content_subtraction(lane: Lane) -> None:
+    """Last: swaps the bigG encoder and its adapter for ip-adapter_sdxl_vit-h's (the UNet is shared)."""
+    old = lane.engine
+    pipe, controlnet, loras, preview = old.pipeline, old.controlnet, old.loras, old.preview_vae
+    lane.engine, lane.modes = None, set()  # type: ignore[assignment]
+    del old  # the bigG engine, its mode pipelines and its encoder go
+    gc.collect()
+    pipe.unload_ip_adapter()
+    attach_ip_adapter(pipe, "vit-h")
+    check_ip_adapter(pipe, SPEC)  # 1024-d embeddings into the adapter's 1024-d projection
+    projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    assert projection.image_embeds.in_features == pipe.image_encoder.config.projection_dim == 1024
+    assert sum(p.numel() for p in pipe.image_encoder.parameters()) == 632_076_800
+    lane.engine = InstantStyleEngine(
+        pipe, SPEC, controlnet=controlnet, device=CPU, loras=loras, preview_vae=preview
+    )
+    assert not lane.engine.encoder.content_subtraction
+    with pytest.raises(EmbeddingSpaceMismatch, match="leave 'subtract content' empty"):
+        lane.engine.generate(job())
+    assert_components_kept(lane)
+    result, _ = run(lane, job(content_text=""), "vit-h")
+    assert result.scores[0].content is None and result.scores[0].prompt is None
