@@ -361,11 +361,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from backend.server.inputs import build_request
+    from backend.threads import describe_numerics
 
     # Everything about the job is checked before minutes go into loading a model.
     message, images = job_from_arguments(args, job_id=1)
     request = build_request(message, images)
     request.validate()
+    log.info("torch: %s", describe_numerics())  # what decides the last bits of a CPU job's pixels
     engine = load_engine(args)
 
     def save_preview(preview) -> None:
@@ -468,8 +470,7 @@ def _run(argv: list[str] | None) -> int:
     from backend.preflight import check_model_arguments, check_port
     from backend.threads import describe_numerics, pin_threads
 
-    pin_threads(args.threads)
-    log.info("torch: %s", describe_numerics())
+    pin_threads(args.threads)  # a bad count is an argument error like the others
     check_model_arguments(args)
     if args.command == "generate":
         return run_generate(args)
@@ -481,7 +482,8 @@ def _run(argv: list[str] | None) -> int:
     config.check()
     check_port(config.host, config.port)
     if args.ray:
-        return serve_on_ray(args)
+        return serve_on_ray(args)  # each actor pins its own threads
+    log.info("torch: %s", describe_numerics())  # what decides the last bits of a CPU job's pixels
     plan = load_plan(args)
 
     def load(report):  # on the server's loading thread, while it already accepts clients
