@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+import numpy as np
 import pytest
 import websockets
 from PIL import Image
@@ -20,6 +21,7 @@ from backend.client import InstantStyleClient, input_frame
 from backend.server import inputs
 from backend.server.config import ConfigError, ServerConfig
 from protocol import (
+    BlockPreset,
     ErrorCode,
     FrameKind,
     Hello,
@@ -276,3 +278,27 @@ def test_shutdown_stops_accepting_first_and_ends_quickly_whatever_clients_do(eng
     seconds, told = run(scenario())
     assert seconds < 3.0, f"shutdown took {seconds:.1f} s"
     assert told.error is not None and told.error.code is ErrorCode.SHUTTING_DOWN
+
+
+def test_the_unsent_bytes_budget_holds_a_whole_sweep_result():
+    """A slow but reading client gets its result: the budget held 8 pictures (the largest batch) and a
+    16-cell sweep at the largest size (its RESULT frames as the server encodes them) did not fit."""
+    from backend.engine.request import GenerationResult, SweepCell
+    from backend.server.job_events import encode_event
+    from backend.server.jobs import JobFinished
+
+    limits = Limits()
+    side = limits.max_side
+    picture = np.zeros((side, side, 3), dtype=np.uint8)
+    cells = limits.max_sweep_cells
+    assert cells > limits.max_batch
+    result = GenerationResult(
+        images=[picture] * cells,
+        seeds=list(range(cells)),
+        model_label="tiny",
+        is_test_model=True,
+        cells=[SweepCell(1.0, 0.5, BlockPreset.STYLE, seed) for seed in range(cells)],
+    )
+    sent = sum(len(item) for item in encode_event(1, JobFinished(result)) if isinstance(item, str | bytes))
+    assert sent > cells * side * side * 3  # every picture is in it
+    assert sent <= ServerConfig().outbox_budget

@@ -63,9 +63,11 @@ class ServerConfig:
 
     @property
     def outbox_budget(self) -> int:
+        """A job's largest result, a batch or a sweep's cells (a sweep of 16 got 3 of its 16 pictures
+        when only the batch was counted), at 4 bytes a pixel, plus 8 MiB for everything else."""
         limits = self.limits
-        largest_result = limits.max_batch * limits.max_pixels * 4
-        return self.outbox_bytes_per_client or largest_result + 8 * 1024 * 1024
+        pictures = max(limits.max_batch, limits.max_sweep_cells)
+        return self.outbox_bytes_per_client or pictures * limits.max_pixels * 4 + 8 * 1024 * 1024
 
     def check(self) -> None:
         try:  # the limits must be ones the protocol itself accepts, or every client refuses the hello
