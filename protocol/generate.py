@@ -45,6 +45,12 @@ def _leaves(tree: dict, path: str, depth: int = 0) -> list[tuple[str, object]]:
     return found
 
 
+MIN_REGION_SIDE = 32
+"""Pixels a side a job with regions needs: each region's mask is scaled to every attention level of
+the UNet, the smallest of which is 1/32 of the picture (an 8-px side made an empty mask: an engine
+error after the job had been accepted)."""
+
+
 @dataclass(frozen=True)
 class StyleImage:
     """A style reference: the index of an INPUT frame sent before ``generate``, and its weight."""
@@ -193,6 +199,12 @@ class Generate:
             raise fail(
                 ErrorCode.OUT_OF_RANGE,
                 f"{len(self.regions)} regions is over this server's limit of {limits.max_regions}",
+            )
+        if self.regions and min(self.width, self.height) < MIN_REGION_SIDE:
+            raise fail(
+                ErrorCode.BAD_FIELD,
+                f"regions need a picture at least {MIN_REGION_SIDE} px a side (their masks are scaled down "
+                f"to 1/{MIN_REGION_SIDE} of it), got {self.width}x{self.height}",
             )
         named = [("style_images", self.style_images)] + [
             (f"regions[{i}].style_images", region.style_images) for i, region in enumerate(self.regions)

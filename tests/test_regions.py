@@ -158,3 +158,29 @@ def test_regions_through_the_server_and_their_bad_input(engine):
         )
     ).images[0]
     assert np.array_equal(np.asarray(frame_image(done.images[0]))[..., :3], expected)
+
+
+def test_a_region_picture_too_thin_for_the_smallest_attention_level_is_refused_up_front(engine):
+    """8x512 with a region was accepted and then failed in the engine (an empty mask at 1/32 scale);
+    32 px a side is the least that works, at any aspect ratio."""
+    from backend.client import InstantStyleClient
+    from protocol import ErrorCode, Region, StyleImage
+    from tests.server_helpers import generate_message, run, running_server
+
+    async def scenario():
+        async with running_server(engine) as server, InstantStyleClient.connect(server.url) as client:
+            outcomes = []
+            for job_id, (width, height) in enumerate([(8, 512), (32, 512)], start=1):
+                mask = Image.new("L", (width, height), 0)
+                mask.paste(255, (0, 0, width, height // 2))
+                message = generate_message(
+                    job_id, width=width, height=height, steps=1, regions=[Region(1, [StyleImage(0)])]
+                )
+                await client.submit(message, {0: SKY, 1: mask})
+                outcomes.append(await client.follow(job_id))
+            return outcomes
+
+    thin, narrow = run(scenario())
+    assert thin.error.code is ErrorCode.BAD_FIELD and thin.error.job_id == 1
+    assert "regions need a picture at least 32 px a side" in thin.error.message
+    assert narrow.error is None and (narrow.images[0].width, narrow.images[0].height) == (32, 512)
