@@ -162,27 +162,9 @@ HUGE_NUMBERS = {
 }
 
 
-@pytest.mark.parametrize("fields", list(HUGE_NUMBERS.values()), ids=list(HUGE_NUMBERS))
-def test_a_huge_integer_in_a_number_field_is_out_of_range_for_that_job(engine, fields):
-    async def scenario():
-        async with (
-            running_server(engine) as server,
-            connect(server.url, compression=None, max_size=None) as ws,
-        ):
-            await _hello(ws)
-            await ws.send(STYLE_FRAME)
-            await ws.send(generate(**fields))
-            error = await _first_error(ws)
-            return error, await _serves_a_valid_job(ws, 77)
+def first_error_then_a_valid_job(engine, frames: list[str | bytes]) -> tuple[Error, bool]:
+    """Send ``frames`` after hello: the first error they get, and whether a valid job runs after it."""
 
-    error, still_serving = run(scenario(), timeout=60)
-    assert (error.code, error.job_id) == (ErrorCode.OUT_OF_RANGE, 1), error
-    assert "got an integer beyond 1e308" in error.message
-    assert still_serving
-
-
-@pytest.mark.parametrize(("frames", "code"), [c[1:] for c in BAD_MESSAGES], ids=[c[0] for c in BAD_MESSAGES])
-def test_bad_message_gets_a_clear_error_and_the_server_keeps_serving(engine, frames, code):
     async def scenario():
         async with (
             running_server(engine) as server,
@@ -194,7 +176,20 @@ def test_bad_message_gets_a_clear_error_and_the_server_keeps_serving(engine, fra
             error = await _first_error(ws)
             return error, await _serves_a_valid_job(ws, 77)
 
-    error, still_serving = run(scenario(), timeout=60)
+    return run(scenario(), timeout=60)
+
+
+@pytest.mark.parametrize("fields", list(HUGE_NUMBERS.values()), ids=list(HUGE_NUMBERS))
+def test_a_huge_integer_in_a_number_field_is_out_of_range_for_that_job(engine, fields):
+    error, still_serving = first_error_then_a_valid_job(engine, [STYLE_FRAME, generate(**fields)])
+    assert (error.code, error.job_id) == (ErrorCode.OUT_OF_RANGE, 1), error
+    assert "got an integer beyond 1e308" in error.message
+    assert still_serving
+
+
+@pytest.mark.parametrize(("frames", "code"), [c[1:] for c in BAD_MESSAGES], ids=[c[0] for c in BAD_MESSAGES])
+def test_bad_message_gets_a_clear_error_and_the_server_keeps_serving(engine, frames, code):
+    error, still_serving = first_error_then_a_valid_job(engine, frames)
     assert error.code is code, error
     assert error.message and "Traceback" not in error.message
     assert still_serving
