@@ -3,6 +3,8 @@ and reaches the engine through the protocol and the server."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -123,42 +125,45 @@ def test_the_sampler_reaches_the_engine_through_the_server_and_hello_lists_them(
     assert refused.code is ErrorCode.BAD_FIELD and "sampler" in refused.message
 
 
-def test_stochastic_step_noise_is_drawn_on_the_gpu_from_the_jobs_seed(engine, monkeypatch):
-    """Euler a's per-step noise: from CPU generators it was copied to the GPU every step (a copy that
-    waits for the queued kernels). On CUDA it comes from generators there; a CPU generator stands in for
-    the GPU's here (the factory is the one thing that differs), and on the CPU nothing changes."""
-    from backend.engine.previews import DenoisedCapture
+@pytest.mark.parametrize("sampler", [Sampler.EULER_A, Sampler.TCD], ids=lambda s: s.value)
+def test_stochastic_step_noise_is_drawn_on_the_gpu_from_the_jobs_seed(engine, monkeypatch, sampler):
+    """Euler a's (and TCD's) per-step noise: from CPU generators it was copied to the GPU every step (a
+    copy that waits for the queued kernels). On CUDA it comes from generators there, seeded from the
+    job's seed; a CPU generator stands in for the GPU's here (the factory is the one thing that
+    differs). Through the real pipeline: diffusers passes ``generator`` and ``eta`` only to a ``step``
+    whose signature names them (a wrapper that hid it made the seed and TCD's eta vanish)."""
+    from backend.engine import engine as engine_module
     from backend.engine.step_noise import STEP_NOISE_SEED_OFFSET, step_noise_on_device
 
-    scheduler = make_scheduler(Sampler.EULER_A, engine.pipeline.scheduler.config)
-    received = []
-    class_step = type(scheduler).step
-
-    def spy(self, *args, **kwargs):
-        received.append(kwargs.get("generator"))
-        return class_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(scheduler), "step", spy)
     made = []
 
     def stand_in(device, seed):
         made.append((device.type, seed))
         return torch.Generator("cpu").manual_seed(seed)
 
-    job_generators = [torch.Generator("cpu").manual_seed(5), torch.Generator("cpu").manual_seed(6)]
-    scheduler.set_timesteps(2)
-    latents = torch.zeros(2, 4, 8, 8)
+    def as_on_cuda(scheduler, _device, seed, batch):
+        return step_noise_on_device(scheduler, torch.device("cuda"), seed, batch, make=stand_in)
 
-    def one_step():
-        return scheduler.step(latents, scheduler.timesteps[0], latents, generator=job_generators)
+    received = []
+    scheduler_class = type(make_scheduler(sampler, engine.pipeline.scheduler.config))
+    class_step = scheduler_class.step
 
-    with DenoisedCapture().attached(scheduler):
-        for device in ("cuda", "cpu"):
-            with step_noise_on_device(scheduler, torch.device(device), 5, 2, make=stand_in):
-                one_step()
-        assert "step" in scheduler.__dict__  # the capture's wrapper is back in place
-    assert "step" not in scheduler.__dict__
-    on_gpu, on_cpu = received
-    assert made == [("cuda", 5 + STEP_NOISE_SEED_OFFSET), ("cuda", 6 + STEP_NOISE_SEED_OFFSET)]
-    assert [g.initial_seed() for g in on_gpu] == [5 + STEP_NOISE_SEED_OFFSET, 6 + STEP_NOISE_SEED_OFFSET]
-    assert on_cpu is job_generators
+    @functools.wraps(class_step)  # diffusers reads the signature: the spy must keep it too
+    def spy(self, *args, **kwargs):
+        received.append(kwargs)
+        return class_step(self, *args, **kwargs)
+
+    on_cpu = engine.generate(job(sampler, steps=3)).images[0]
+    monkeypatch.setattr(scheduler_class, "step", spy)
+    monkeypatch.setattr(engine_module, "step_noise_on_device", as_on_cuda)
+    first = engine.generate(job(sampler, steps=3)).images[0]
+    second = engine.generate(job(sampler, steps=3)).images[0]
+    assert made == [("cuda", 21 + STEP_NOISE_SEED_OFFSET)] * 2  # job(): seed 21, batch 1
+    generators = [kwargs.get("generator") for kwargs in received]
+    assert all(g is not None and g.initial_seed() == 21 + STEP_NOISE_SEED_OFFSET for g in generators)
+    assert np.array_equal(first, second)  # the same seed, the same pictures
+    if sampler is Sampler.TCD:  # the pipeline's eta 0 (not TCD's own 0.3): no step noise at all
+        assert all(kwargs.get("eta") == 0.0 for kwargs in received)
+        assert np.array_equal(first, on_cpu)
+    else:
+        assert not np.array_equal(first, on_cpu)  # the step noise came from the device's stream

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .scheduler_step import Step, wrapped_step
+
 # Rows = latent channels, columns = R, G, B; applies to diffusers' scaled latents.
 SDXL_LATENT_RGB_FACTORS = torch.tensor(
     [
@@ -206,20 +208,19 @@ class DenoisedCapture:
 
     @contextlib.contextmanager
     def attached(self, scheduler: object) -> Iterator[None]:
-        original = scheduler.step  # type: ignore[attr-defined]
+        def wrap(original: Step) -> Step:
+            def step(*args: object, **kwargs: object) -> object:
+                output = original(*args, **kwargs)
+                if isinstance(output, tuple):
+                    self.latest = output[1] if len(output) > 1 else None
+                else:
+                    self.latest = getattr(output, "pred_original_sample", None)
+                return output
 
-        @functools.wraps(original)
-        def step(*args: object, **kwargs: object) -> object:
-            output = original(*args, **kwargs)
-            if isinstance(output, tuple):
-                self.latest = output[1] if len(output) > 1 else None
-            else:
-                self.latest = getattr(output, "pred_original_sample", None)
-            return output
+            return step
 
-        scheduler.step = step  # type: ignore[attr-defined]
         try:
-            yield
+            with wrapped_step(scheduler, wrap):
+                yield
         finally:
-            del scheduler.step  # type: ignore[attr-defined]  # back to the class's method
             self.latest = None

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .scheduler_step import Step, wrapped_step
+
 STEP_NOISE_SEED_OFFSET = 0x5EED
 """Added to the job's seed: the step noise is not a copy of the initial noise's stream."""
 
@@ -35,24 +37,19 @@ def step_noise_on_device(
     make: GeneratorFactory = device_generator,
 ) -> Iterator[None]:
     """While the block runs, ``scheduler.step`` draws its noise from generators on ``device`` (CUDA
-    only; elsewhere nothing changes). Nests with other wrappers of ``step``: the one found is restored."""
+    only; elsewhere nothing changes)."""
     if device.type != "cuda":
         yield
         return
     generators = [make(device, seed + i + STEP_NOISE_SEED_OFFSET) for i in range(batch)]
-    found = scheduler.__dict__.get("step")  # another wrapper of this job, or None (the class's method)
-    original = scheduler.step  # type: ignore[attr-defined]
 
-    def step(*args: object, **kwargs: object) -> object:
-        if kwargs.get("generator") is not None:
-            kwargs["generator"] = generators if batch > 1 else generators[0]
-        return original(*args, **kwargs)
+    def wrap(original: Step) -> Step:
+        def step(*args: object, **kwargs: object) -> object:
+            if kwargs.get("generator") is not None:
+                kwargs["generator"] = generators if batch > 1 else generators[0]
+            return original(*args, **kwargs)
 
-    scheduler.step = step  # type: ignore[attr-defined]
-    try:
+        return step
+
+    with wrapped_step(scheduler, wrap):
         yield
-    finally:
-        if found is None:
-            del scheduler.step  # type: ignore[attr-defined]
-        else:
-            scheduler.step = found  # type: ignore[attr-defined]
