@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 from websockets.asyncio.client import connect
 
 from backend.client import InstantStyleClient, input_frame
 from backend.server.logs import EscapingFormatter
-from protocol import Error, ErrorCode, FrameKind, Hello, decode_server_message, encode_message
+from protocol import Error, ErrorCode, FrameKind, Hello, Progress, decode_server_message, encode_message
 from tests.attack_probes import ServerProcess, a_normal_job
 from tests.conftest import noise_image
 from tests.server_helpers import generate_message, run
@@ -88,6 +89,8 @@ def test_a_refused_live_generate_leaves_the_running_live_job_alone(server):
     async def scenario():
         async with InstantStyleClient.connect(server.url, client="live") as client:
             await client.submit(generate_message(1, steps=6, live=True), {0: STYLE})
+            while not isinstance(await client.receive(), Progress):  # job 1 is running
+                pass
             await client.connection.send(generate(2, live=True))  # its input never sent
             return await client.follow_all([1, 2])
 
@@ -123,3 +126,10 @@ def test_a_traceback_follows_its_record_on_indented_escaped_lines():
     assert first.startswith("ERROR backend.server.executor: job 7 failed: block_0\\nFORGED")
     assert first.endswith("\\u202e\\x00") and len(rest) == 4  # the message's newline became an indented line
     assert all(line.startswith("    ") for line in rest) and "\u202e" not in "".join(rest)
+    try:  # log.exception's traceback (exc_info) follows the same rule
+        raise ValueError(FORGED)
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "internal error", (), sys.exc_info())
+    first, *rest = EscapingFormatter("%(message)s").format(record).split("\n")
+    assert first == "internal error" and rest[-1].startswith("    FORGED") and rest[-1].endswith("\\x00")
+    assert all(line.startswith("    ") for line in rest)

@@ -33,13 +33,20 @@ def indented_trace(trace: str) -> str:
 
 
 class EscapingFormatter(logging.Formatter):
-    """The console's format, with the message escaped and a ``trace`` extra indented below it."""
+    """The console's format, with the message escaped and a traceback (``exc_info``, a stack, or the
+    ``trace`` extra) on indented escaped lines below it."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escaped(record.message)
         line = super().formatMessage(record)
         trace = getattr(record, "trace", None)
         return line + indented_trace(trace) if trace else line
+
+    def formatException(self, ei: object) -> str:
+        return indented_trace(super().formatException(ei)).removeprefix("\n")  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return indented_trace(stack_info).removeprefix("\n")
 
 
 class JsonFormatter(logging.Formatter):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest
+from backend.server.logs import configure_logging
 from backend.threads import pin_threads, requested_threads
 from protocol import Mode, ModelFeatures, WorkerInfo
 
@@ -73,6 +74,7 @@ class EngineActor:
         from backend.engine.engine import InstantStyleEngine
         from backend.engine.load_plan import LoadPlan
 
+        configure_logging(logging.INFO)  # the driver's rules: escaped lines, tracebacks indented below
         pin_threads(plan.torch_threads)
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         load = LoadPlan.make(plan.spec, plan.device, plan.dtype, plan.memory_tier, plan.compile)  # type: ignore[arg-type]
