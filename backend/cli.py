@@ -80,8 +80,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--memory-tier",
         default="auto",
-        help="auto (from the GPU's free memory), full (16 GB+), encoders-off (12 GB), model-offload (8 GB) "
-        "or group-offload (6 GB)",
+        help="auto (the fastest whose computed peak fits the GPU's free memory: fp16 SDXL runs full on "
+        "16 GB, encoders-off on 12 GB, group-offload on 8 GB and less), full, encoders-off, model-offload "
+        "or group-offload",
     )
 
 

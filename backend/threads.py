@@ -2,7 +2,8 @@
 
 A CPU reduction (a matrix product, a convolution, a softmax) sums in another order when it is split
 over another number of threads, so the same seed can differ by one level in a pixel between a process
-with 1 thread and one with 2 (measured on an AVX-512 CPU; on others the kernels happened to agree).
+with 1 thread and one with 2 (seen on two AVX-512 machines, on the AVX-512 path of one and the AVX2
+path of the other; elsewhere the kernels happened to agree).
 Results reproduce exactly for the same seed, device, dtype, CPU kernel path (``ATEN_CPU_CAPABILITY``)
 and thread count: every process of ours that runs jobs (``serve``, ``generate``, a Ray actor, the
 tests' reference engine) takes its count from here, so an operator or a test sets it in one place.

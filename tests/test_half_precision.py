@@ -80,7 +80,7 @@ MATRIX = {
     "regions": request(regions=[StyleRegion(half_mask(False), [StyleReference(OTHER)])]),
     "sweep": request(sweep=[(SweepAxis.STYLE_SCALE, (0.5, 1.0))]),
     "lora": request(loras=(("ink", 0.8),)),
-    "speed preset sampler": request(sampler=Sampler.DDIM_TRAILING, guidance_scale=1.0),
+    "trailing DDIM without CFG": request(sampler=Sampler.DDIM_TRAILING, guidance_scale=1.0),
     "ancestral sampler": request(sampler=Sampler.EULER_A),
     "batch": request(batch=2),
 }

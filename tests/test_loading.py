@@ -128,18 +128,19 @@ def test_device_and_dtype_selection(monkeypatch):
     assert pick_device("cpu") == cpu
     assert pick_device() == (torch.device("cuda") if torch.cuda.is_available() else pick_device())
     assert pick_dtype(cpu) == torch.float32
-    # bf16 where the GPU computes it natively (Ampere and newer), else fp16; emulation does not count.
+    # bf16 where the chosen GPU computes it natively (compute capability 8.0: Ampere and newer).
+    cards = {0: (7, 5), 1: (8, 6)}  # a Turing card as the current device, an Ampere one beside it
     asked = []
 
-    def natively(including_emulation: bool = True) -> bool:
-        asked.append(including_emulation)
-        return generation == "ampere"
+    def capability(device=None):
+        asked.append(device)
+        return cards[device.index or 0]
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", natively)
-    for generation, expected in (("ampere", torch.bfloat16), ("turing", torch.float16)):
-        assert pick_dtype(torch.device("cuda")) == expected, generation
-        assert pick_dtype(torch.device("cuda"), "fp16") == torch.float16  # a flag wins
-    assert asked == [False, False]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    assert pick_dtype(torch.device("cuda:1")) == torch.bfloat16
+    assert pick_dtype(torch.device("cuda:0")) == torch.float16
+    assert pick_dtype(torch.device("cuda:1"), "fp16") == torch.float16  # a flag wins
+    assert asked == [torch.device("cuda:1"), torch.device("cuda:0")]
     assert pick_dtype(torch.device("mps")) == torch.float16
     assert pick_dtype(torch.device("cuda"), "bf16") == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):

@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 from backend.engine.decode import TILE_SIDE, set_decode_tiles
 from backend.engine.engine import InstantStyleEngine
 from backend.engine.memory import MemoryTier, models, moved_by_hooks, place, visiting
+from backend.engine.memory_budget import AT_REST_ON_GPU
 from backend.engine.previews import SDXL_LATENT_RGB_BIAS, SDXL_LATENT_RGB_FACTORS, rgb_tensor
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.tiny.components import build_models, build_vae
@@ -165,3 +166,16 @@ def test_the_linear_previews_copy_their_factors_once_per_device():
         for _ in range(3):
             frame = rgb_tensor(latents)
     assert counter.copies == 0 and frame.shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("tier", [MemoryTier.FULL, MemoryTier.ENCODERS_OFF])
+def test_the_budget_counts_what_place_leaves_on_the_gpu(tmp_path, tier):
+    """memory_budget's models at rest on the GPU are the ones ``place`` puts there (the meta device
+    stands for the GPU); the offload tiers' hooks are checked by the tests above."""
+    built = build_models(tmp_path)
+    pipeline = built.pipeline
+    pipeline.register_modules(image_encoder=built.image_encoder)
+    place(pipeline, built.controlnet, tier, torch.device("meta"))
+    placed = {**models(pipeline), "controlnet": built.controlnet}
+    on_gpu = {name for name, module in placed.items() if next(module.parameters()).device.type == "meta"}
+    assert on_gpu == AT_REST_ON_GPU[tier]

@@ -11,7 +11,6 @@ from backend.engine.engine import InstantStyleEngine
 from backend.engine.memory import GIB, MemoryTier
 from backend.engine.memory_budget import (
     JobShape,
-    free_needed,
     peak,
     phases,
     pick_tier,
@@ -27,8 +26,9 @@ FP16, BF16 = torch.float16, torch.bfloat16
 
 
 def card_free_bytes(card_gb: int) -> int:
-    """A card's free memory at start: its GB (10^9 bytes) less ~0.5 GiB of CUDA context."""
-    return int(card_gb * 1e9 - 0.5 * GIB)
+    """A card's free memory at start: an "N GB" card has N GiB (nvidia-smi: 12288 MiB on a 12 GB one),
+    less ~0.5 GiB of CUDA context."""
+    return int((card_gb - 0.5) * GIB)
 
 
 def test_the_weights_are_sdxls_real_sizes_from_the_meta_device():
@@ -53,6 +53,9 @@ def test_the_weights_are_sdxls_real_sizes_from_the_meta_device():
                        "model-offload": (7.5, "denoise"), "group-offload": (2.5, "denoise")}),
         (BF16, True, {"full": (15.6, "denoise"), "encoders-off": (12.2, "denoise"),
                       "model-offload": (10.5, "denoise"), "group-offload": (3.1, "denoise")}),
+        # --dtype fp32 (the advice for NaN output): twice the weights and the working memory.
+        (torch.float32, False, {"full": (25.3, "denoise"), "encoders-off": (21.2, "encode style / score"),
+                                "model-offload": (15.1, "denoise"), "group-offload": (5.0, "denoise")}),
     ],
 )  # fmt: skip
 def test_each_tiers_peak_is_computed_from_its_placement(dtype, controlnet, peaks):
@@ -74,8 +77,8 @@ def test_each_tiers_peak_is_computed_from_its_placement(dtype, controlnet, peaks
     [  # (fp16, fp16 + ControlNet, bf16, bf16 + ControlNet)
         (6, ("group-offload", "group-offload", "group-offload", "group-offload")),
         (8, ("group-offload", "group-offload", "group-offload", "group-offload")),
-        (12, ("model-offload", "group-offload", "model-offload", "group-offload")),
-        (16, ("encoders-off", "encoders-off", "full", "encoders-off")),
+        (12, ("encoders-off", "model-offload", "encoders-off", "model-offload")),
+        (16, ("full", "encoders-off", "full", "encoders-off")),
         (24, ("full", "full", "full", "full")),
     ],
 )
@@ -85,9 +88,6 @@ def test_the_tier_follows_the_cards_free_memory(monkeypatch, card_gb, tiers):
     cases = [(FP16, False), (FP16, True), (BF16, False), (BF16, True)]
     chosen = tuple(pick_tier(CUDA, "auto", cn, preview_vae=True, dtype=dtype).value for dtype, cn in cases)
     assert chosen == tiers
-    for (dtype, cn), tier in zip(cases, chosen, strict=True):
-        job = JobShape(controlnet=cn, dtype=dtype)
-        assert free_needed(MemoryTier(tier), job) <= free / GIB or tier == "group-offload"
     assert pick_tier(CUDA, "model-offload", True) is MemoryTier.MODEL_OFFLOAD  # a flag wins
 
 

@@ -67,7 +67,8 @@ class GeneratorDeviceCheck(TorchFunctionMode):
 
 
 def test_building_the_full_size_models_draws_every_random_number_where_it_lands(tmp_path):
-    """What bench/bench_gpu_sdxl.py does on a GPU, on the meta device: build the full SDXL shapes."""
+    """Build the full SDXL shapes on the meta device (as memory_budget.py counts them), every random
+    number drawn where the model lands."""
     with torch.device("meta"), GeneratorDeviceCheck() as check:
         models = build_models(tmp_path, SDXL)
     assert check.mismatches == []

@@ -378,9 +378,9 @@ class InstantStyleEngine:
             ).images
             if previews is not None:
                 previews.flush()
+        with torch.inference_mode():  # a visiting ControlNet has left: it is not beside the decode
             check_finite(latents, "latents")
-            decoded = decode(pipe, latents)
-        return decoded
+            return decode(pipe, latents)
 
     def preview_renderer(self, request: GenerationRequest) -> Renderer:
         """How this job's previews are drawn: the tiny autoencoder at the asked size, or linear."""

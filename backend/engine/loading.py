@@ -118,8 +118,8 @@ def pick_dtype(device: torch.device, preference: str | None = None) -> torch.dty
         return DTYPES[preference]
     if device.type == "cpu":
         return torch.float32
-    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return torch.bfloat16  # that card's own compute capability, not the current device's
     return torch.float16
 
 

@@ -4,15 +4,17 @@ fp16 SDXL needs about 10.6 GiB of weights (UNet 4.78, text encoders 1.52,
 ViT-bigG image encoder 3.44, IP-Adapter 0.65, VAE 0.16; a ControlNet adds 2.33).
 Each tier trades speed for memory with what diffusers already offers:
 
-- ``full``: everything on the GPU (16 GB cards and up);
+- ``full``: everything on the GPU;
 - ``encoders-off``: the image encoder (it runs once per new style image and to
   score results) and the ControlNet wait in CPU memory and visit the GPU only to
-  run; the VAE decodes in tiles (12 GB cards);
+  run; the VAE decodes in tiles;
 - ``model-offload``: diffusers' model CPU offload, one model on the GPU at a
-  time; tiled VAE (8 GB cards);
-- ``group-offload``: diffusers' group offload, layer by layer (6 GB cards; slow).
+  time; tiled VAE;
+- ``group-offload``: diffusers' group offload, layer by layer (slow).
 
-Which tier fits a card is computed from this placement in ``memory_budget.py``.
+Which tier fits a card is computed from this placement in ``memory_budget.py``
+(for fp16 SDXL: 16 GB cards run ``full``, 12 GB ``encoders-off``, 8 and 6 GB
+``group-offload``; a ControlNet moves each a tier down).
 """
 
 from __future__ import annotations

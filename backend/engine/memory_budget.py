@@ -23,7 +23,8 @@ from .memory import GIB, MemoryTier
 DECODE_FP32_GIB_1024 = 3.8
 """Working memory of one 1024² SDXL VAE decode in fp32 (measured); half of it in fp16 or bf16."""
 UNET_WORKING_GIB_1024 = 1.5
-"""The UNet's activations for a 1024² step with classifier-free guidance (estimate)."""
+"""The UNet's activations for a 1024² step with classifier-free guidance in fp16 or bf16 (estimate;
+the working figures below are for half precision too, and double in fp32)."""
 CONTROLNET_WORKING_GIB_1024 = 0.6
 """A ControlNet's activations beside the UNet's: its half of the UNet, at 1024² (estimate)."""
 PREVIEW_WORKING_GIB_1024 = 0.6
@@ -125,22 +126,51 @@ class JobShape:
 
     @property
     def scale(self) -> float:
+        """Working memory relative to a half-precision 1024² job: pixels, and bytes per value."""
+        return (self.side / 1024) ** 2 * torch.finfo(self.dtype).bits / 16
+
+    @property
+    def pixels(self) -> float:
         """Pixels relative to a 1024² job."""
         return (self.side / 1024) ** 2
 
 
 def decode_phase(sizes: WeightSizes, job: JobShape, tiled: bool) -> tuple[float, float]:
-    """(extra weights, working memory) of the decode: the fp32 upcast doubles the VAE's weights."""
+    """(extra weights, working memory) of the decode: the fp32 upcast doubles the VAE's weights; a
+    decode in fp32 (upcast, or an fp32 model) needs the measured fp32 working set, half of it else."""
     upcast = job.upcast_vae and job.dtype == torch.float16
-    per_image = DECODE_FP32_GIB_1024 * (1.0 if upcast else 0.5)
-    area = (min(job.side, TILE_SIDE) / 1024) ** 2 if tiled else job.scale
+    in_fp32 = upcast or job.dtype == torch.float32
+    per_image = DECODE_FP32_GIB_1024 * (1.0 if in_fp32 else 0.5)
+    area = (min(job.side, TILE_SIDE) / 1024) ** 2 if tiled else job.pixels
     return (sizes.vae if upcast else 0.0), per_image * area
+
+
+AT_REST_ON_GPU: dict[MemoryTier, frozenset[str]] = {
+    MemoryTier.FULL: frozenset(
+        {"unet", "text_encoder", "text_encoder_2", "image_encoder", "vae", "controlnet"}
+    ),
+    MemoryTier.ENCODERS_OFF: frozenset({"unet", "text_encoder", "text_encoder_2", "vae"}),
+    MemoryTier.MODEL_OFFLOAD: frozenset(),
+    MemoryTier.GROUP_OFFLOAD: frozenset({"vae"}),
+}
+"""The models ``memory.place`` leaves on the GPU between jobs (checked against it by a test; the
+engine keeps the preview autoencoder, ~5 MB, there in every tier)."""
+
+
+def at_rest(tier: MemoryTier, job: JobShape, sizes: WeightSizes) -> float:
+    """GiB of weights on the GPU between jobs in ``tier`` (the UNet with its IP-Adapter layers)."""
+    names = AT_REST_ON_GPU[tier] - (set() if job.controlnet else {"controlnet"})
+    weights = sum(getattr(sizes, name) for name in names)
+    return (
+        weights
+        + (sizes.ip_adapter if "unet" in names else 0.0)
+        + (sizes.preview_vae if job.preview_vae else 0.0)
+    )
 
 
 def phases(tier: MemoryTier, job: JobShape, sizes: WeightSizes | None = None) -> list[Phase]:
     """The GPU's contents during each part of a job in ``tier`` (``memory.place``'s placement)."""
     sizes = sizes or sdxl_sizes(job.dtype)
-    preview = sizes.preview_vae if job.preview_vae else 0.0
     denoise_working = UNET_WORKING_GIB_1024 * job.scale + (
         PREVIEW_WORKING_GIB_1024 * job.scale if job.preview_vae else 0.0
     )
@@ -149,14 +179,13 @@ def phases(tier: MemoryTier, job: JobShape, sizes: WeightSizes | None = None) ->
     )
     unet = sizes.unet + sizes.ip_adapter
     upcast, decoding = decode_phase(sizes, job, tiled=tier.tiles_vae)
+    resident = at_rest(tier, job, sizes)
     if tier is MemoryTier.FULL:
-        resident = unet + sizes.text_encoders + sizes.image_encoder + sizes.vae + controlnet + preview
         return [
             Phase("denoise", resident, denoise_working + controlnet_working),
             Phase("decode", resident + upcast, decoding),
         ]
     if tier is MemoryTier.ENCODERS_OFF:  # the image encoder and the ControlNet visit
-        resident = unet + sizes.text_encoders + sizes.vae + preview
         return [
             Phase("encode style / score", resident + sizes.image_encoder, ENCODER_WORKING_GIB),
             Phase("denoise", resident + controlnet, denoise_working + controlnet_working),
@@ -164,14 +193,13 @@ def phases(tier: MemoryTier, job: JobShape, sizes: WeightSizes | None = None) ->
         ]
     if tier is MemoryTier.MODEL_OFFLOAD:  # one model of the chain at a time; the ControlNet visits
         return [
-            Phase("encode prompt", sizes.text_encoder_2 + preview, ENCODER_WORKING_GIB),
-            Phase("encode style / score", sizes.image_encoder + preview, ENCODER_WORKING_GIB),
-            Phase("denoise", unet + controlnet + preview, denoise_working + controlnet_working),
-            Phase("decode", sizes.vae + upcast + preview, decoding),
+            Phase("encode prompt", resident + sizes.text_encoder_2, ENCODER_WORKING_GIB),
+            Phase("encode style / score", resident + sizes.image_encoder, ENCODER_WORKING_GIB),
+            Phase("denoise", resident + unet + controlnet, denoise_working + controlnet_working),
+            Phase("decode", resident + sizes.vae + upcast, decoding),
         ]
-    # group offload: two layers in flight (one computing, the next arriving on its stream), the VAE
-    # and the preview autoencoder resident.
-    streamed = 2 * sizes.largest_layer + sizes.vae + preview
+    # group offload: two layers in flight (one computing, the next arriving on its stream).
+    streamed = resident + 2 * sizes.largest_layer
     return [
         Phase("denoise", streamed, denoise_working + controlnet_working),
         Phase("decode", streamed + upcast, decoding),
