@@ -20,6 +20,7 @@ from PIL import Image
 from backend.engine.engine import InstantStyleEngine
 from backend.engine.loras import LoraSource
 from backend.engine.memory import MemoryTier
+from backend.engine.memory import models as pipeline_models
 from backend.engine.regions import StyleRegion
 from backend.engine.request import GenerationRequest, StyleReference
 from protocol import BlockPreset, Mode, Sampler, SweepAxis
@@ -32,11 +33,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def placement(engine: InstantStyleEngine) -> dict[str, tuple[torch.dtype, str]]:
     """Every model's dtype and device, where its weights are at rest."""
-    models = {
-        name: module
-        for name, module in engine.pipeline.components.items()  # type: ignore[attr-defined]
-        if isinstance(module, torch.nn.Module)
-    }
+    models = dict(pipeline_models(engine.pipeline))
     if engine.controlnet is not None:
         models["controlnet"] = engine.controlnet
     if engine.preview_vae.vae is not None:

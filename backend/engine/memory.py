@@ -60,8 +60,8 @@ def place(
             exclude_modules=["vae"], **_group_offload_options(device)
         )
     else:
+        resting = "image_encoder" if tier is MemoryTier.ENCODERS_OFF else None
         for name, module in models(pipeline).items():
-            resting = "image_encoder" if tier is MemoryTier.ENCODERS_OFF else None
             module.to("cpu" if name == resting else device)
     if controlnet is None:
         return
