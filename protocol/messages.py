@@ -205,7 +205,8 @@ class Cancelled:
     TYPE: ClassVar[MessageType] = MessageType.CANCELLED
     job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
     step: int = field(default=0, metadata=bounds(0, None))
-    """The last step that ran (0 = cancelled while queued)."""
+    """The last step that ran (0 = cancelled while queued). A sweep counts its steps across its cells:
+    one cancelled while it waits for its next cell's turn says the steps of the cells done."""
 
 
 @dataclass(frozen=True)

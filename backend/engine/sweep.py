@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from .previews import StepPreview
-from .request import GenerationRequest, GenerationResult
+from .request import GenerationRequest, GenerationResult, SweepCell
 
 StepCallback = Callable[[StepPreview], None]
 OneJob = Callable[[GenerationRequest, StepCallback | None, threading.Event | None], GenerationResult]
@@ -37,6 +37,11 @@ def run_sweep(
                 on_step(dataclasses.replace(preview, step=offset + preview.step, total=total))
 
         parts.append(generate_one(request.for_cell(cell), shifted, cancel))
+    return join_cells(cells, parts)
+
+
+def join_cells(cells: list[SweepCell], parts: list[GenerationResult]) -> GenerationResult:
+    """The cells' single-job results as the sweep's one result (its time: the cells' together)."""
     return GenerationResult(
         images=[image for part in parts for image in part.images],
         seeds=[cell.seed for cell in cells],
@@ -44,4 +49,5 @@ def run_sweep(
         is_test_model=parts[0].is_test_model,
         cells=cells,
         scores=[score for part in parts for score in part.scores],
+        seconds=sum(part.seconds for part in parts),
     )

@@ -410,7 +410,7 @@ class Connection:
         if self.context.worker.cancel(job):
             del self.jobs[job_id]
             self._release_images(job_id)
-            self.outbox.put(encode_message(Cancelled(job_id, 0)))
+            self.outbox.put(encode_message(Cancelled(job_id, job.last_step)))  # a sweep between cells
 
     def _drop_all_jobs(self) -> None:
         for job in list(self.jobs.values()):

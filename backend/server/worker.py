@@ -30,6 +30,7 @@ from .jobs import (
     JobStep,
     classify_failure,
 )
+from .sweep_turns import SweepTurns
 
 __all__ = [
     "Engine",
@@ -73,8 +74,10 @@ class GpuWorker:
     Each client has its own first-in-first-out line and may hold at most ``max_per_client`` queued
     jobs. Clients take turns: each line knows the round of its next job, a client that joins does so
     in the current round (ahead of those already served in it), so one client's batch of thirty holds
-    back another client's single job by at most one job per other client. With several slots, the
-    next job goes to an idle slot, preferably one the executor says runs it faster (cached encodings).
+    back another client's single job by at most one job per other client. A sweep takes one turn per
+    cell (``sweep_turns``): between its cells, it goes back to the front of its client's line. With
+    several slots, the next job goes to an idle slot, preferably one the executor says runs it faster
+    (cached encodings).
 
     It may start before its engine exists (the model still loading): jobs then wait in the queue
     until ``attach`` hands it the engine (or an ``Executor``), or ``fail_waiting`` ends them when
@@ -97,6 +100,8 @@ class GpuWorker:
         self._condition = threading.Condition()
         self._running: dict[int, Job] = {}
         """Slot -> its running job."""
+        self._sweeps: dict[Job, SweepTurns] = {}
+        """Sweeps in progress: each cell takes a turn of its own, then the sweep queues again."""
         self._stopping = False
         self._started = False
         self._threads: list[threading.Thread] = []
@@ -203,6 +208,7 @@ class GpuWorker:
             line = self._lines.get(job.client)
             if line is not None and job in line.jobs:
                 line.jobs.remove(job)
+                self._sweeps.pop(job, None)
                 if not line.jobs:
                     del self._lines[job.client]
                 self._announce_positions()
@@ -237,7 +243,8 @@ class GpuWorker:
             if job.position != index + ahead:
                 moved = job.position != -1
                 job.position = index + ahead
-                if moved:
+                sweep = self._sweeps.get(job)
+                if moved and not (sweep is not None and sweep.started):  # a started job stays started
                     job.emit(JobMoved(job.position))
 
     def _takes_next(self, slot: int) -> bool:
@@ -264,6 +271,8 @@ class GpuWorker:
             client = self._order()[0].client  # the one rule of who goes next
             line = self._lines[client]
             job = self._running[slot] = line.jobs.popleft()
+            if job not in self._sweeps and SweepTurns.applies_to(job):
+                self._sweeps[job] = SweepTurns(job)
             self._round = line.turn
             line.turn += 1
             if not line.jobs:
@@ -283,16 +292,38 @@ class GpuWorker:
                 return
             if job is None:
                 continue
+            sweep = self._sweeps.get(job)
+            runs = job if sweep is None else sweep.cell_job()
             try:
                 assert self.executor is not None, "jobs run only once an executor is attached"
-                self.executor.run(slot, job)
+                self.executor.run(slot, runs)
             except Exception as error:  # an executor must not raise; should it, the job still ends
                 log.exception("slot %s: job %s ended by an internal error", slot, job.job_id)
-                job.emit(JobFailed(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"))
+                runs.emit(JobFailed(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"))
             finally:
                 with self._condition:
                     self._running.pop(slot, None)
+                    if sweep is not None:
+                        self._after_cell(sweep)
                     self._condition.notify_all()
+
+    def _after_cell(self, sweep: SweepTurns) -> None:
+        """A sweep's cell ended (call with the lock held): its next cell queues at the front of its
+        client's line, to run in that client's next turn."""
+        job = sweep.job
+        if not sweep.more:
+            del self._sweeps[job]
+            return
+        if job.cancel_event.is_set() or self._stopping:
+            del self._sweeps[job]
+            sweep.cancelled_between_cells()
+            return
+        line = self._lines.get(job.client)
+        if line is None:
+            turn = max(self._round, self._served.pop(job.client, 0))
+            line = self._lines[job.client] = _Line(collections.deque(), turn, next(self._arrivals))
+        line.jobs.appendleft(job)
+        self._announce_positions()
 
 
 class _Stop:
