@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from backend.client import InstantStyleClient, input_frame
 from backend.server import inputs
 from backend.server.config import ConfigError, ServerConfig
+from backend.server.outbox import Outbox, OutboxPool
 from protocol import (
     BlockPreset,
     ErrorCode,
@@ -120,6 +121,44 @@ def test_a_client_that_never_reads_is_cut_off_and_the_others_are_served(engine):
             return cut_off
 
     assert run(scenario(), timeout=180), "the non-reading client was never disconnected"
+
+
+def test_the_servers_budget_of_unsent_bytes_cuts_off_the_client_holding_most(engine, caplog):
+    """Each client within its own budget (a 16 MiB result against 72 MiB) could still together hold
+    gigabytes: over the server's budget, the one with the most waiting is cut off."""
+    config = {"outbox_bytes_total": 4 << 20, "slow_client_seconds": 1.0}
+
+    async def scenario():
+        async with running_server(engine, **config) as server:
+            async with connect(server.url, max_size=None, max_queue=1, compression=None) as silent:
+                await silent.send(encode_message(Hello(client="silent")))
+                await silent.send(input_frame(1, 0, STYLE))
+                message = generate_message(1, steps=1, width=1024, height=1024, batch=4, preview_side=64)
+                await silent.send(encode_message(message))
+                deadline = time.monotonic() + 90
+                while len(server.connections) > 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                cut_off = len(server.connections) == 0
+            await a_normal_job_succeeds(server.url)
+            return cut_off
+
+    with caplog.at_level(logging.WARNING, logger="backend.server.connection"):
+        assert run(scenario(), timeout=180), "the client over the server's budget was never disconnected"
+    # Cut off for its unread bytes (not by the keepalive's unanswered ping, 40 s on).
+    assert any("disconnecting client silent" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_the_servers_unsent_bytes_count_against_the_client_holding_most():
+    pool = OutboxPool(max_bytes=100)
+    small, large = Outbox(4, max_bytes=1000, pool=pool), Outbox(4, max_bytes=1000, pool=pool)
+    small.put(b"x" * 40)
+    large.put(b"x" * 50)
+    now = time.monotonic()
+    assert small.over_budget_for(now) == large.over_budget_for(now) == 0.0  # 90 of 100
+    large.put(b"x" * 20)  # 110 of 100: over from now on, and the large one holds the most
+    assert 2.4 < large.over_budget_for(now + 2.5) <= 2.5 and small.over_budget_for(now + 2.5) == 0.0
+    large.close()  # disconnected: out of the pool, the rest is under the budget again
+    assert pool.bytes == 40 and small.over_budget_for(now + 3) == 0.0
 
 
 def test_before_hello_only_small_messages_and_a_bounded_number_of_connections(engine):

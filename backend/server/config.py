@@ -52,6 +52,9 @@ class ServerConfig:
     outbox_bytes_per_client: int | None = None
     """Unsent bytes one client may have waiting (default: its largest result plus 8 MiB): a client
     that stays over it for ``slow_client_seconds`` is disconnected, its jobs cancelled."""
+    outbox_bytes_total: int = 1024 * 1024 * 1024
+    """Unsent bytes of all clients together: while over it, the client with the most waiting counts
+    as over its own budget (and is disconnected after ``slow_client_seconds``)."""
     slow_client_seconds: float = 5.0
     max_per_client_jobs: int | None = None
     """Queued jobs per client (default: a quarter of ``max_queued_jobs``); clients take turns."""

@@ -41,7 +41,7 @@ from .budgets import ByteBudget, OverBudget, decoded_bytes
 from .config import ServerConfig
 from .inputs import build_request, check_inputs_arrived, input_images
 from .job_events import encode_event
-from .outbox import Outbox, OutboxItem, StepUpdate
+from .outbox import Outbox, OutboxItem, OutboxPool, StepUpdate
 from .worker import (
     GpuWorker,
     Job,
@@ -86,6 +86,8 @@ class ServerContext:
     """Decoded images of queued and running jobs."""
     decoder: Executor = field(default_factory=_decoder_pool)
     """Where PNGs are decoded and requests built: never on the event loop."""
+    outbox_pool: OutboxPool | None = None
+    """Every client's unsent bytes, within ``config.outbox_bytes_total`` (made from ``config``)."""
 
     def __post_init__(self) -> None:
         config = self.config
@@ -104,6 +106,8 @@ class ServerContext:
         for name, (what, total, per_client) in budgets.items():
             if getattr(self, name) is None:  # frozen: set once, here
                 object.__setattr__(self, name, ByteBudget(what, total, per_client))
+        if self.outbox_pool is None:
+            object.__setattr__(self, "outbox_pool", OutboxPool(config.outbox_bytes_total))
 
 
 class Connection:
@@ -111,7 +115,8 @@ class Connection:
         self.ws = websocket
         self.context = context
         self.loop = asyncio.get_running_loop()
-        self.outbox = Outbox(context.config.max_pending_previews, context.config.outbox_budget)
+        config = context.config
+        self.outbox = Outbox(config.max_pending_previews, config.outbox_budget, context.outbox_pool)
         self.jobs: dict[int, Job] = {}
         self.preparing: set[int] = set()
         """Jobs whose images are being decoded (off the loop) before they are queued."""
@@ -126,6 +131,7 @@ class Connection:
 
     async def run(self) -> None:
         if not await self._handshake():
+            self.outbox.close()  # out of the server's pool
             return
         sender = asyncio.create_task(self._send_loop())
         watchdog = asyncio.create_task(self._watch_backlog())

@@ -7,7 +7,9 @@ text plus preview frame) of a job are dropped, oldest first. Everything else
 
 The bytes waiting are counted: a client that stays over its budget (it sends but
 never reads) is found by ``over_budget_for`` and disconnected by its connection;
-a slow but alive client gets its finished result, however large.
+a slow but alive client gets its finished result, however large. The clients'
+outboxes together have a budget too (``OutboxPool``): while they are over it, the
+client with the most bytes waiting counts as over its own.
 """
 
 from __future__ import annotations
@@ -37,10 +39,32 @@ def size_of(item: OutboxItem) -> int:
     return len(item)
 
 
+class OutboxPool:
+    """Every client's outbox, for the server's budget of unsent bytes (32 clients each within their
+    own budget could otherwise hold 8 GiB at the default 2048 px)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.outboxes: set[Outbox] = set()
+
+    @property
+    def bytes(self) -> int:
+        return sum(outbox.bytes for outbox in self.outboxes)
+
+    def over_because_of(self, outbox: Outbox) -> bool:
+        """The pool is over its budget and ``outbox`` holds the most of it."""
+        return self.bytes > self.max_bytes and outbox is max(self.outboxes, key=lambda o: o.bytes)
+
+
 class Outbox:
-    def __init__(self, max_pending_steps: int, max_bytes: int | None = None) -> None:
+    def __init__(
+        self, max_pending_steps: int, max_bytes: int | None = None, pool: OutboxPool | None = None
+    ) -> None:
         self.max_pending_steps = max_pending_steps
         self.max_bytes = max_bytes
+        self.pool = pool
+        if pool is not None:
+            pool.outboxes.add(self)
         self._items: collections.deque[OutboxItem] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closed = False
@@ -76,6 +100,7 @@ class Outbox:
 
     def _note_budget(self, now: float | None = None) -> None:
         over = self.max_bytes is not None and self.bytes > self.max_bytes
+        over = over or (self.pool is not None and self.pool.over_because_of(self))
         if not over:
             self._over_since = None
         elif self._over_since is None:
@@ -87,6 +112,8 @@ class Outbox:
 
     def close(self) -> None:
         self._closed = True
+        if self.pool is not None:
+            self.pool.outboxes.discard(self)
         self._wakeup.set()
 
     async def get(self) -> OutboxItem | None:
