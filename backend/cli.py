@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
+from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
 from protocol.enums import BlockPreset, Mode, Sampler
 
 log = logging.getLogger("backend")
@@ -262,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-side", type=int, default=2048, help="largest width/height accepted")
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     serve.add_argument(
+        "--preview-budget",
+        type=float,
+        metavar="PERCENT",
+        default=DEFAULT_PREVIEW_SHARE * 100,
+        help="step previews cost at most this share of each job's denoising time, the first step's "
+        "and the result's always shown (default %(default)g; 100 with a fast GPU and a fast link)",
+    )
+    serve.add_argument(
         "--no-warm-up", action="store_true", help="skip the small job that warms the model up after loading"
     )
     serve.add_argument(
@@ -370,6 +380,9 @@ def run_generate(args: argparse.Namespace) -> int:
     request.validate()
     log.info("torch: %s", describe_numerics())  # what decides the last bits of a CPU job's pixels
     engine = load_engine(args)
+
+    if args.previews:  # the folder wants every step's preview, whatever it costs
+        request = dataclasses.replace(request, preview_share=None)
 
     def save_preview(preview) -> None:
         Image.fromarray(preview.rgb).save(args.previews / f"step-{preview.step:03d}.png")

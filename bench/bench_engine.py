@@ -1,15 +1,28 @@
-"""Engine overhead against calling the diffusers pipeline directly, and preview cost.
+"""Engine overhead against calling the diffusers pipeline directly, with each kind of preview.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_engine.py [--size 256] [--steps 30] [--repeats 5]
 
-Both sides run the same inputs in one process, alternately, so the figure is a
-ratio from one run: engine (block scales + cached style embedding + per-step
-preview callback + uint8 conversion) / raw ``pipe(**kwargs)``.
+Each figure is a ratio from one run: the engine's job (block scales, cached style embedding, a
+step callback, uint8 conversion, scores) against a raw ``pipe(**kwargs)`` of the same inputs, run
+alternately in one process: each round runs the raw pipeline, then every setting once, and a
+setting's figure is the median over the rounds of its time against that round's raw time (pairs
+taken close together cancel the slow drifts of a shared machine). Four settings:
+
+- no step callback at all (the engine's own overhead, without previews);
+- linear previews on every step (``--preview-vae none``);
+- tiny-autoencoder previews on every step (``preview_share=None``);
+- the preview budget on (the default: 3 % of the denoising time, first step and result always).
+
+It also times a tiny-autoencoder preview decoded at the image's size against one at half its side
+(latents scaled first), and a live job (4 steps at the live default of 768²) with and without step
+pictures: what decides that live jobs send none.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import statistics
 import sys
 import time
@@ -20,21 +33,70 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.previews import latents_to_rgb
+from backend.engine.previews import tiny_vae_rgb
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.tiny.layouts import ensure_tiny_model
+
+
+@dataclasses.dataclass
+class Variant:
+    """One way of running the engine's job, timed against the same raw pipeline runs."""
+
+    engine: InstantStyleEngine
+    request: GenerationRequest
+    times: list[float] = dataclasses.field(default_factory=list)
+    pictures: int = 0
+    """Steps that got a preview picture (last run)."""
+    longest_gap: float = 0.0
+    """Longest time from the job's start or a picture to the next picture (last run)."""
+
+    callback: bool = True
+
+    def run(self) -> None:
+        moments = [time.perf_counter()]
+
+        def on_step(preview) -> None:
+            if preview.rgb is not None:
+                moments.append(time.perf_counter())
+
+        self.engine.generate(self.request, on_step=on_step if self.callback else None)
+        self.times.append(time.perf_counter() - moments[0])
+        self.pictures = len(moments) - 1
+        self.longest_gap = max((b - a for a, b in itertools.pairwise(moments)), default=0.0)
+
+
+def raw_pipeline(engine: InstantStyleEngine, request: GenerationRequest) -> float:
+    pipe, kwargs = engine.prepare(request)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        pipe(**{**kwargs, "output_type": "np"})  # the pipeline decodes itself, as diffusers users run it
+    return time.perf_counter() - start
+
+
+def decode_ms(vae: torch.nn.Module, side: int, preview_side: int, repeats: int = 5) -> float:
+    latents = torch.randn(1, 4, side // 8, side // 8)
+    with torch.inference_mode():
+        tiny_vae_rgb(vae, latents, (preview_side, preview_side))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            tiny_vae_rgb(vae, latents, (preview_side, preview_side))
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
 
     from PIL import Image
 
-    engine = InstantStyleEngine.load(ensure_tiny_model().spec(), device="cpu")
+    spec = ensure_tiny_model().spec()
+    engine = InstantStyleEngine.load(spec, device="cpu")
+    linear = InstantStyleEngine.load(dataclasses.replace(spec, preview_vae="none"), device="cpu")
     style = Image.open(Path(__file__).resolve().parents[1] / "examples" / "style.png").convert("RGB")
     request = GenerationRequest(
         prompt="a lighthouse",
@@ -44,36 +106,55 @@ def main() -> None:
         height=args.size,
         steps=args.steps,
     )
-    previews: list[int] = []
-    engine.generate(request, on_step=lambda p: previews.append(p.step))  # warm-up, fills the caches
+    every_step = dataclasses.replace(request, preview_share=None)
+    variants = {
+        "no step callback": Variant(engine, request, callback=False),
+        "linear previews, every step": Variant(linear, every_step),
+        "tiny autoencoder, every step": Variant(engine, every_step),
+        "preview budget on (default)": Variant(engine, request),
+    }
+    for variant in variants.values():
+        variant.run()  # warm-up: caches filled
+    raw_times = []
+    for _ in range(args.repeats):  # alternately, so that a slow moment of the machine hits all alike
+        raw_times.append(raw_pipeline(engine, request))
+        for variant in variants.values():
+            variant.run()
+    raw = statistics.median(raw_times)
+    print(f"tiny model, {args.size}x{args.size}, {args.steps} steps, CPU, {args.repeats} rounds, one run")
+    print(f"raw diffusers pipeline: {raw * 1000:.1f} ms (median)")
+    for name, variant in variants.items():
+        ratio = statistics.median(t / r for t, r in zip(variant.times[1:], raw_times, strict=True)) - 1
+        print(
+            f"{name:30s}: engine overhead {ratio * 100:+6.2f} %"
+            + (
+                f", {variant.pictures:2d} of {args.steps} steps with a picture, "
+                f"longest wait for one {variant.longest_gap * 1000:.0f} ms"
+                if variant.callback
+                else ""
+            )
+        )
 
-    raw_times, engine_times = [], []
-    for _ in range(args.repeats):
-        pipe, kwargs = engine.prepare(request)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            pipe(**{**kwargs, "output_type": "np"})  # the pipeline decodes itself, as diffusers users run it
-        raw_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        engine.generate(request, on_step=lambda p: previews.append(p.step))
-        engine_times.append(time.perf_counter() - start)
-    raw, eng = statistics.median(raw_times), statistics.median(engine_times)
+    vae = engine.preview_vae.vae
+    full, half = decode_ms(vae, 1024, 1024), decode_ms(vae, 1024, 512)
+    shares = f"1024 px {full:.1f} ms, 512 px {half:.1f} ms ({half / full:.2f} of it)"
+    print(f"tiny autoencoder preview of a 1024² job: {shares}")
 
-    latents = torch.randn(1, 4, 128, 128)
-    for _ in range(20):
-        latents_to_rgb(latents)
-    preview_times = []
-    for _ in range(200):
-        start = time.perf_counter()
-        latents_to_rgb(latents)
-        preview_times.append(time.perf_counter() - start)
-
-    print(f"tiny model, {args.size}x{args.size}, {args.steps} steps, CPU, median of {args.repeats}")
-    print(f"raw diffusers pipeline : {raw * 1000:8.1f} ms")
-    print(f"InstantStyleEngine     : {eng * 1000:8.1f} ms  (previews on every step)")
-    print(f"engine overhead        : {(eng / raw - 1) * 100:+8.2f} %")
-    median, p95 = statistics.median(preview_times) * 1000, sorted(preview_times)[189] * 1000
-    print(f"preview 1024x1024 (128x128 latents -> RGB): median {median:.3f} ms, p95 {p95:.3f} ms")
+    live = dataclasses.replace(request, width=768, height=768, steps=4)
+    times = {}
+    for pictures in (True, False):
+        job = dataclasses.replace(live, preview_share=None, step_pictures=pictures)
+        engine.generate(job, on_step=lambda p: None)
+        runs = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            engine.generate(job, on_step=lambda p: None)
+            runs.append(time.perf_counter() - start)
+        times[pictures] = statistics.median(runs)
+    print(
+        f"live job, 4 steps at 768²: {times[False] * 1000:.0f} ms without step pictures, "
+        f"{times[True] * 1000:.0f} ms with one every step ({(times[True] / times[False] - 1) * 100:+.1f} %)"
+    )
 
 
 if __name__ == "__main__":

@@ -164,7 +164,8 @@ def test_the_readme_main_job_writes_a_labelled_png_with_progress(tmp_path, capsy
     assert client.main(arguments.split()) == 0
     captured = capsys.readouterr()
     assert [line for line in captured.err.splitlines() if line.startswith("step ")][-1].startswith("step 3/3")
-    assert len(list(previews.glob("step-*.png"))) == 3
+    # The server's preview budget: the first step and the last (the result itself) at least.
+    assert {"step-001.png", "step-003.png"} <= {path.name for path in previews.glob("step-*.png")}
     labels = Image.open(out).text
     assert "TEST" in labels["instantstyle:model"] and labels["instantstyle:prompt"] == "a-lighthouse"
     assert "TEST model" in captured.out

@@ -142,7 +142,8 @@ def test_same_seed_same_pixels_and_batch_is_seed_sequence(engine, style_image):
 
 def test_previews_fire_every_step_at_the_image_size(engine, style_image):
     previews: list[StepPreview] = []
-    engine.generate(request(style_image, steps=5, width=96, height=64), on_step=previews.append)
+    job = request(style_image, steps=5, width=96, height=64, preview_share=None)  # every step, drawn
+    engine.generate(job, on_step=previews.append)
     assert [p.step for p in previews] == [1, 2, 3, 4, 5]
     assert all(p.total == 5 for p in previews)
     # The tiny model's tiny autoencoder draws them at the image's size (linear ones: test_tiny_vae_previews).

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import torch
 
-from backend.engine import engine as engine_module
+from backend.engine import previews as previews_module
 from backend.engine.previews import PreviewStream, latents_to_rgb
 from backend.engine.request import GenerationRequest, JobCancelled, StyleReference
 from tests.conftest import noise_image
@@ -51,13 +51,14 @@ def _job(steps: int = 4) -> GenerationRequest:
         height=64,
         steps=steps,
         seed=9,
+        preview_share=None,  # every step drawn: immediate and deferred hand-overs compared one by one
     )
 
 
 def test_the_engine_with_deferred_previews_streams_the_same_previews_and_result(engine, monkeypatch):
     immediate = []
     plain = engine.generate(_job(), on_step=immediate.append)
-    monkeypatch.setattr(engine_module, "PreviewStream", functools.partial(PreviewStream, deferred=True))
+    monkeypatch.setattr(previews_module, "PreviewStream", functools.partial(PreviewStream, deferred=True))
     deferred = []
     late = engine.generate(_job(), on_step=deferred.append)
     assert [p.step for p in deferred] == [p.step for p in immediate] == [1, 2, 3, 4]
@@ -66,7 +67,7 @@ def test_the_engine_with_deferred_previews_streams_the_same_previews_and_result(
 
 
 def test_a_cancelled_job_with_deferred_previews_still_shows_its_last_step(engine, monkeypatch):
-    monkeypatch.setattr(engine_module, "PreviewStream", functools.partial(PreviewStream, deferred=True))
+    monkeypatch.setattr(previews_module, "PreviewStream", functools.partial(PreviewStream, deferred=True))
     cancel = threading.Event()
     seen = []
 

@@ -23,7 +23,11 @@ STYLE = noise_image(3)
 
 def test_round_trip_streams_every_step_then_the_exact_result(engine):
     async def scenario():
-        async with running_server(engine) as server, InstantStyleClient.connect(server.url) as client:
+        # preview_share None: a preview every step (test_preview_budget.py: the default budget).
+        async with (
+            running_server(engine, preview_share=None) as server,
+            InstantStyleClient.connect(server.url) as client,
+        ):
             assert client.hello.model.is_test_model
             await client.submit(generate_message(1, steps=5, content_text="a cat"), {0: STYLE})
             return await client.follow(1)

@@ -1,8 +1,10 @@
 """Previews through the tiny autoencoder (TAESD-XL shaped, tiny random weights) on the tiny model.
 
 Each step's preview must be exactly an independent ``AutoencoderTiny.decode`` of that step's x0
-estimate, at the size the client asked for; ``none`` keeps the linear previews; every layout a user
-has loads; a broken file is an error at start, or with ``auto`` a logged fallback.
+estimate, at the size the client asked for (a smaller preview decodes latents scaled to its size, and
+stays close to a downscaled full decode); ``none`` keeps the linear previews; every layout a user has
+loads; a broken file is an error at start, or with ``auto`` a logged fallback. The jobs here ask for
+every step's preview (``preview_share=None``); ``test_preview_budget.py`` tests the budget.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from backend.engine.engine import InstantStyleEngine
 from backend.engine.loading import ModelLoadError
 from backend.engine.preview_vae import load_tiny_autoencoder
-from backend.engine.previews import latents_to_rgb, preview_size
+from backend.engine.previews import latents_to_rgb, preview_size, tiny_vae_rgb
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.tiny.preview_vae import build_tiny_autoencoder, original_decoder_state
 from protocol import PreviewMethod
@@ -34,6 +36,7 @@ def job(**overrides) -> GenerationRequest:
         "height": 64,
         "steps": 4,
         "seed": 11,
+        "preview_share": None,
     }
     return GenerationRequest(**{**fields, **overrides})
 
@@ -57,8 +60,13 @@ def x0_estimates(engine: InstantStyleEngine, request: GenerationRequest) -> list
 
 
 def independent_preview(vae, x0: torch.Tensor, width: int, height: int) -> np.ndarray:
+    """A smaller preview decodes the latents scaled to its size / 8 (rounded up), then fits exactly."""
     with torch.inference_mode():
-        image = vae.decode(x0[:1]).sample
+        x0 = x0[:1]
+        grid = (-(-height // 8), -(-width // 8))
+        if grid[0] < x0.shape[-2] and grid[1] < x0.shape[-1]:
+            x0 = F.interpolate(x0, size=grid, mode="bilinear", antialias=True)
+        image = vae.decode(x0).sample
         if image.shape[-2:] != (height, width):
             image = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
     rgb = ((image[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0)
@@ -93,6 +101,30 @@ def test_each_step_shows_the_tiny_autoencoders_decode_of_its_x0_at_the_asked_siz
     # Not a constant picture: the steps differ, and so do the pixels within one.
     assert not np.array_equal(previews[0].rgb, previews[-1].rgb)
     assert previews[-1].rgb.std() > 1.0
+
+
+def test_a_smaller_preview_stays_close_to_the_downscaled_full_decode(engine):
+    """A 256 or 128 preview of a 512² job decodes 1/4 or 1/16 of the pixels (``bench_engine`` times
+    it); on the tiny model it stays within 30 dB PSNR of the full decode scaled down, and well above
+    what a flat picture of the right mean would score."""
+    latents = []
+    request = job(width=512, height=512, steps=3, content_text="")
+    engine.generate(request, on_step=lambda p: latents.append(p.latents))
+    vae = engine.preview_vae.vae
+    for x0 in (latents[0], latents[-1]):
+        with torch.inference_mode():
+            full = vae.decode(x0[:1]).sample.float()
+        for side in (256, 128):
+            shrunk = F.interpolate(full, size=(side, side), mode="bilinear", antialias=True)
+            reference = ((shrunk[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+            with torch.inference_mode():
+                preview = tiny_vae_rgb(vae, x0, (side, side)).numpy().astype(np.float64)
+            flat = np.full_like(reference, reference.mean())
+            assert psnr(preview, reference) > 30.0 and psnr(preview, reference) > psnr(flat, reference) + 5
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a - b) ** 2)))
 
 
 def test_the_preview_size_keeps_the_aspect_and_never_grows_the_image():
@@ -196,5 +228,8 @@ def test_the_server_says_its_preview_method_and_sends_frames_at_the_asked_size(e
     hello, asked, small = run(scenario())
     assert hello.status.features.preview is PreviewMethod.TINY_VAE and hello.limits.max_preview_side == 40
     # 48 asked, the server's limit of 40 wins; 24 asked and given.
-    assert [(f.width, f.height) for f in asked.previews] == [(40, 27)] * 3
-    assert [(f.width, f.height) for f in small.previews] == [(24, 16)] * 3
+    # The server's preview budget shows the first step and the last (the result itself) at least.
+    for outcome, size in ((asked, (40, 27)), (small, (24, 16))):
+        assert {(f.width, f.height) for f in outcome.previews} == {size}
+        assert [p.step for p in outcome.progress] == [1, 2, 3]
+        assert {1, 3} <= {f.index for f in outcome.previews}

@@ -33,15 +33,7 @@ from .loras import LoraSet
 from .memory import MemoryTier, place, unet_alone, visiting
 from .precise import PreciseLayout
 from .preview_vae import LoadedPreviewVae, load_preview_vae
-from .previews import (
-    DenoisedCapture,
-    PreviewStream,
-    Renderer,
-    StepPreview,
-    TinyVaeRenderer,
-    preview_size,
-    rgb_tensor,
-)
+from .previews import DenoisedCapture, StepPreview, job_previews, result_preview
 from .prompt_cache import PromptCache, PromptKey
 from .regions import style_and_masks
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
@@ -342,13 +334,12 @@ class InstantStyleEngine:
         """``generate``'s work (with the lock held): the pipeline's denoising, then the engine's decode."""
         pipe, kwargs = self.prepare(request)
         capture = DenoisedCapture()
-        previews = (
-            PreviewStream(on_step, self.device, render=self.preview_renderer(request))
-            if on_step is not None
-            else None
-        )
+        previews = job_previews(request, on_step, self.device, self.preview_vae.vae)
+        last: tuple[int, torch.Tensor] | None = None
+        """The last step and its latents: its preview is the result itself, once decoded."""
 
         def step_end(p: object, index: int, _t: object, tensors: dict[str, torch.Tensor]) -> dict:
+            nonlocal last
             if cancel is not None and cancel.is_set():
                 if previews is not None:
                     previews.flush()  # the last step that ran is shown, as without deferral
@@ -357,7 +348,10 @@ class InstantStyleEngine:
                 latents = tensors["latents"]
                 shown = capture.latest if capture.latest is not None else latents
                 total = int(p.num_timesteps)  # type: ignore[attr-defined]
-                previews.push(index + 1, total, shown, latents)
+                if index + 1 < total or previews.budget is None:
+                    previews.push(index + 1, total, shown, latents)
+                else:
+                    last = (total, latents)
             return tensors
 
         if cancel is not None and cancel.is_set():
@@ -380,14 +374,12 @@ class InstantStyleEngine:
                 previews.flush()
         with torch.inference_mode():  # a visiting ControlNet has left: it is not beside the decode
             check_finite(latents, "latents")
-            return decode(pipe, latents)
-
-    def preview_renderer(self, request: GenerationRequest) -> Renderer:
-        """How this job's previews are drawn: the tiny autoencoder at the asked size, or linear."""
-        vae = self.preview_vae.vae
-        if vae is None:
-            return rgb_tensor
-        return TinyVaeRenderer(vae, preview_size(request.width, request.height, request.preview_side))
+            decoded = decode(pipe, latents)
+        if previews is not None and last is not None:
+            step, latents = last
+            picture = result_preview(decoded[0], request.preview_side) if request.step_pictures else None
+            previews.last(step, step, picture, latents)
+        return decoded
 
     def compile_unet(self, backend: str | Callable[..., object] = "inductor") -> None:
         """``torch.compile`` the UNet's repeated transformer blocks (diffusers' regional compilation:

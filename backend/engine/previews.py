@@ -11,13 +11,15 @@ renderers of the scheduler's x0 estimate:
 On a GPU, fetching a preview must not stall the denoising loop: ``PreviewStream``
 renders it on its own CUDA stream, copies it asynchronously into pinned host memory
 and hands it over one step late, when the copy is done without the CPU ever waiting
-for the UNet.
+for the UNet. Which steps get a preview at all is the job's ``PreviewBudget``'s call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .preview_budget import PreviewBudget
+from .request import GenerationRequest
 from .scheduler_step import Step, wrapped_step
 
 # Rows = latent channels, columns = R, G, B; applies to diffusers' scaled latents.
@@ -46,20 +50,21 @@ class StepPreview:
     step: int
     """1-based index of the finished denoising step."""
     total: int
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     """uint8 array of shape (height, width, 3) for the first image: latent resolution for the linear
-    previews, the preview size for the tiny autoencoder's."""
+    previews, the preview size for the tiny autoencoder's and the last step's (the result itself).
+    None: the preview budget skipped this step, which reports its progress only."""
     latents: torch.Tensor | None
     """The raw latents x_t after this step, for callers that want them (None where a preview crossed
     processes: a Ray worker sends only the picture)."""
 
     @property
     def width(self) -> int:
-        return int(self.rgb.shape[1])
+        return 0 if self.rgb is None else int(self.rgb.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.rgb.shape[0])
+        return 0 if self.rgb is None else int(self.rgb.shape[0])
 
 
 def rgb_tensor(latents: torch.Tensor) -> torch.Tensor:
@@ -100,6 +105,19 @@ def preview_size(width: int, height: int, preview_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def result_preview(image: np.ndarray, preview_side: int) -> np.ndarray:
+    """The decoded picture (float HWC in 0..1) as the last step's preview: uint8, at most
+    ``preview_side`` on its longest side (antialiased)."""
+    from PIL import Image
+
+    rgb = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    height, width = rgb.shape[:2]
+    size = preview_size(width, height, preview_side)
+    if size == (width, height):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+
+
 class TinyVaeRenderer:
     """Previews through a tiny autoencoder (diffusers' ``AutoencoderTiny``), resized to ``size``."""
 
@@ -113,14 +131,21 @@ class TinyVaeRenderer:
 
 
 def tiny_vae_rgb(vae: torch.nn.Module, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The first sample of scaled latents decoded by ``vae`` as a uint8 (H, W, 3) image of ``size``
-    (an antialiased bilinear resize when smaller than the decode)."""
+    """The first sample of scaled latents decoded by ``vae`` as a uint8 (H, W, 3) image of ``size``.
+
+    A preview smaller than the image decodes fewer pixels: the latents are first scaled to the
+    preview's size / 8 (a 512 preview of a 1024² job costs about a sixth of a full decode on the tiny
+    model, ``bench/bench_engine.py``), then the picture is resized to the exact size."""
     config = vae.config  # type: ignore[attr-defined]
     first = latents[:1].detach().to(dtype=vae.dtype)  # type: ignore[attr-defined]
+    width, height = size
+    grid = (math.ceil(height / 8), math.ceil(width / 8))
+    if grid[0] < first.shape[-2] and grid[1] < first.shape[-1]:
+        first = F.interpolate(first.float(), size=grid, mode="bilinear", antialias=True, align_corners=False)
+        first = first.to(dtype=vae.dtype)  # type: ignore[attr-defined]
     # Scaled latents as the pipelines hand them to their VAE (TAESD-XL's factors are 1 and 0).
     first = first / config.scaling_factor + getattr(config, "shift_factor", 0.0)
     image = vae.decode(first).sample.float()  # type: ignore[attr-defined]
-    width, height = size
     if image.shape[-2:] != (height, width):
         image = F.interpolate(
             image, size=(height, width), mode="bilinear", antialias=True, align_corners=False
@@ -137,6 +162,8 @@ class _InFlight:
     latents: torch.Tensor
     ready: Callable[[], None]
     """Waits until ``host`` holds the preview (the asynchronous copy is done)."""
+    cost: Callable[[], float]
+    """Seconds the render took (once ``ready``): on a GPU, its own stream's time."""
 
 
 class PreviewStream:
@@ -148,6 +175,8 @@ class PreviewStream:
     k+1's callback, by when the CPU has queued step k+1 and waiting for the copy costs the GPU nothing.
     ``flush`` hands over the last one (after the loop, or on cancellation). Immediate: each preview is
     rendered, copied to the CPU and handed over in its own step's callback (what a CPU run needs).
+
+    With a ``budget``, a step it skips is handed over as progress only (``rgb`` None), in order.
     """
 
     def __init__(
@@ -156,48 +185,107 @@ class PreviewStream:
         device: torch.device,
         deferred: bool | None = None,
         render: Renderer = rgb_tensor,
+        budget: PreviewBudget | None = None,
+        first_render: Renderer | None = None,
     ):
         self.emit = emit
         self.render = render
+        self.first_render = first_render
+        """Draws step 1 when set: a blur at that point, at half the side costs a quarter."""
+        self.budget = budget
         self.deferred = device.type == "cuda" if deferred is None else deferred
         self._pending: _InFlight | None = None
         self._buffers: list[torch.Tensor] = []
         self._side = torch.cuda.Stream(device) if self.deferred and device.type == "cuda" else None
+        if budget is not None:
+            budget.resume()
 
     def push(self, step: int, total: int, shown: torch.Tensor, latents: torch.Tensor) -> None:
-        if not self.deferred:
-            self.emit(StepPreview(step, total, self.render(shown).cpu().numpy(), latents))
-            return
-        host, ready = self._render_to_host(shown, step)
-        previous, self._pending = self._pending, _InFlight(step, total, host, latents, ready)
-        if previous is not None:
-            self._hand_over(previous)
+        if self.budget is not None and not self.budget.step_ended(step):
+            self.flush()
+            self.emit(StepPreview(step, total, None, latents))
+        elif not self.deferred:
+            started = time.perf_counter()
+            rgb = self._renderer(step)(shown).cpu().numpy()
+            self._rendered(time.perf_counter() - started, step)
+            self.emit(StepPreview(step, total, rgb, latents))
+        else:
+            host, ready, cost = self._render_to_host(shown, step)
+            previous, self._pending = self._pending, _InFlight(step, total, host, latents, ready, cost)
+            if previous is not None:
+                self._hand_over(previous)
+        if self.budget is not None:
+            self.budget.resume()
+
+    def last(self, step: int, total: int, rgb: np.ndarray | None, latents: torch.Tensor) -> None:
+        """The last step's preview: the finished picture (uint8 HWC), at no rendering cost."""
+        self.flush()
+        self.emit(StepPreview(step, total, rgb, latents))
 
     def flush(self) -> None:
         previous, self._pending = self._pending, None
         if previous is not None:
             self._hand_over(previous)
 
-    def _render_to_host(self, shown: torch.Tensor, step: int) -> tuple[torch.Tensor, Callable[[], None]]:
+    def _renderer(self, step: int) -> Renderer:
+        return self.first_render if step == 1 and self.first_render is not None else self.render
+
+    def _rendered(self, seconds: float, step: int) -> None:
+        if self.budget is not None:
+            self.budget.rendered(seconds, 0.25 if step == 1 and self.first_render is not None else 1.0)
+
+    def _render_to_host(
+        self, shown: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, Callable[[], None], Callable[[], float]]:
         if self._side is None or shown.device.type != "cuda":  # deferred on a CPU: same hand-over
-            return self.render(shown).clone(), lambda: None
+            started = time.perf_counter()
+            rgb = self._renderer(step)(shown).clone()
+            seconds = time.perf_counter() - started
+            return rgb, lambda: None, lambda: seconds
         side = self._side
         side.wait_stream(torch.cuda.current_stream(shown.device))  # step k's x0 is computed first
         with torch.cuda.stream(side):
-            rgb = self.render(shown)
+            began = torch.cuda.Event(enable_timing=True)
+            began.record(side)
+            rgb = self._renderer(step)(shown)
             if not self._buffers or self._buffers[0].shape != rgb.shape:
                 self._buffers = [torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
             host = self._buffers[step % 2]  # the other one may still be read by the previous hand-over
             host.copy_(rgb, non_blocking=True)
-            copied = torch.cuda.Event()
+            copied = torch.cuda.Event(enable_timing=True)
             copied.record(side)
         shown.record_stream(side)  # its memory is not reused by the main stream before the side read it
-        return host, copied.synchronize
+        return host, copied.synchronize, lambda: began.elapsed_time(copied) / 1000.0
 
     def _hand_over(self, preview: _InFlight) -> None:
         preview.ready()
+        self._rendered(preview.cost(), preview.step)
         rgb = preview.host.numpy().copy()  # the pinned buffer is reused two steps later
         self.emit(StepPreview(preview.step, preview.total, rgb, preview.latents))
+
+
+def job_previews(
+    request: GenerationRequest,
+    on_step: Callable[[StepPreview], None] | None,
+    device: torch.device,
+    tiny_vae: torch.nn.Module | None,
+) -> PreviewStream | None:
+    """The job's previews, within its budget: drawn by the tiny autoencoder at the asked size, else
+    linear. None without a step callback."""
+    if on_step is None:
+        return None
+    share = request.preview_share
+    budget = None if share is None else PreviewBudget(share)
+    if not request.step_pictures:
+        budget = PreviewBudget(pictures=False)
+    if tiny_vae is None:
+        return PreviewStream(on_step, device, budget=budget)
+    width, height = preview_size(request.width, request.height, request.preview_side)
+    render = TinyVaeRenderer(tiny_vae, (width, height))
+    # Within a budget the first step, a blur yet, is drawn at half the side: a quarter of the cost,
+    # which leaves the budget room for a picture in the middle of the job.
+    first = TinyVaeRenderer(tiny_vae, (max(8, width // 2), max(8, height // 2))) if budget else None
+    return PreviewStream(on_step, device, render=render, budget=budget, first_render=first)
 
 
 class DenoisedCapture:

@@ -11,6 +11,7 @@ from PIL import Image
 from protocol.enums import BlockPreset, Mode, Sampler, SweepAxis
 
 from .blocks import BlockScaleMap
+from .preview_budget import DEFAULT_PREVIEW_SHARE
 
 LoraSelection = tuple[tuple[str, float], ...]
 """The LoRAs a job uses with their weights, in order; empty: none."""
@@ -82,6 +83,11 @@ class GenerationRequest:
     preview_side: int = 1024
     """Longest side of the tiny autoencoder's previews (never above the image's); the linear previews
     stay at latent resolution."""
+    preview_share: float | None = DEFAULT_PREVIEW_SHARE
+    """What previews may cost, as a share of the denoising time (``preview_budget``); None: every
+    step gets one drawn from its own latents, whatever it costs (the command line's ``--previews``)."""
+    step_pictures: bool = True
+    """False: steps report progress only (a live job: its result is what the artist waits for)."""
 
     def cells(self) -> list[SweepCell]:
         """The sweep's cells in order (one cell, the request's own settings, without a sweep)."""
@@ -134,6 +140,8 @@ class GenerationRequest:
             raise RequestError(f"steps must be at least 1, got {self.steps}")
         if self.preview_side < 8:
             raise RequestError(f"preview_side must be at least 8, got {self.preview_side}")
+        if self.preview_share is not None and not 0.0 <= self.preview_share <= 1.0:
+            raise RequestError(f"preview_share must be within 0..1, got {self.preview_share}")
         if self.batch < 1:
             raise RequestError(f"batch must be at least 1, got {self.batch}")
         if not self.style_images and not self.regions:

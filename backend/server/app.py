@@ -211,7 +211,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token or os.environ.get("INSTANTSTYLE_TOKEN") or None
     side = args.max_side
     limits = replace(Limits(), max_side=side, max_pixels=side * side, max_message_bytes=side * side * 4 + 64)
-    return ServerConfig(host=args.host, port=args.port, token=token, limits=limits)
+    share = None if args.preview_budget is None else args.preview_budget / 100
+    return ServerConfig(host=args.host, port=args.port, token=token, limits=limits, preview_share=share)
 
 
 def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:

@@ -7,6 +7,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
+from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
 from protocol import Limits, ProtocolError
 from protocol.schema import from_json_object, to_json_object
 
@@ -36,6 +37,9 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     hello_timeout: float = 10.0
     """Seconds a client has to send ``hello`` after connecting."""
+    preview_share: float | None = DEFAULT_PREVIEW_SHARE
+    """What step previews may cost, as a share of each job's denoising time (None: every step,
+    whatever it costs)."""
     max_pending_previews: int = 4
     """Step updates buffered for one slow client before older ones are dropped (results never are)."""
     max_connections: int = 32
@@ -82,6 +86,8 @@ class ServerConfig:
                 f"refusing to listen on {self.host}: binding beyond loopback needs a token "
                 "(--token or INSTANTSTYLE_TOKEN), or anyone on the network could use this GPU"
             )
+        if self.preview_share is not None and not 0.0 <= self.preview_share <= 1.0:
+            raise ConfigError(f"the preview budget must be 0 to 100 %, got {self.preview_share * 100:g}")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the token must be at least 8 characters long")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -245,7 +246,8 @@ class Connection:
             try:
                 if isinstance(item, StepUpdate):
                     await self.ws.send(item.progress)  # type: ignore[attr-defined]
-                    await self.ws.send(item.preview)  # type: ignore[attr-defined]
+                    if item.preview:  # empty: a step without a preview
+                        await self.ws.send(item.preview)  # type: ignore[attr-defined]
                 else:
                     await self.ws.send(item)  # type: ignore[attr-defined]
             except Exception:
@@ -355,9 +357,14 @@ class Connection:
         self.image_bytes[job_id] = cost
         self.preparing.add(job_id)
         try:
-            preview_side = self.context.config.limits.max_preview_side
+            config = self.context.config
             request = await self.loop.run_in_executor(
-                self.context.decoder, _prepare, message, wanted, preview_side
+                self.context.decoder,
+                _prepare,
+                message,
+                wanted,
+                config.limits.max_preview_side,
+                config.preview_share,
             )
         except BaseException:
             self._release_images(job_id)
@@ -451,9 +458,12 @@ class Connection:
             self._release_images(job_id)
 
 
-def _prepare(message: Generate, frames: dict[int, PixelFrame], max_preview_side: int) -> GenerationRequest:
+def _prepare(
+    message: Generate, frames: dict[int, PixelFrame], max_preview_side: int, preview_share: float | None
+) -> GenerationRequest:
     """Decode the job's images and build its request (on the decoder threads, not the event loop)."""
     request = build_request(message, input_images(message, frames), max_preview_side)
+    request = dataclasses.replace(request, preview_share=preview_share)
     try:
         request.validate()
     except RequestError as error:

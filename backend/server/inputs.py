@@ -128,6 +128,7 @@ def build_request(
         regions=regions,
         sweep=[(values.axis, tuple(values.values)) for values in message.sweep],
         preview_side=min(message.preview_side, max_preview_side or message.preview_side),
+        step_pictures=not message.live,  # a live job's result is what the artist waits for
     )
 
 

@@ -30,6 +30,8 @@ def encode_event(job_id: int, event: JobEvent) -> list[OutboxItem]:
     if isinstance(event, JobStep):
         preview = event.preview
         progress = Progress(job_id, preview.step, preview.total, round(event.eta_seconds, 3))
+        if preview.rgb is None:  # the preview budget skipped this step: its progress only
+            return [StepUpdate(job_id, encode_message(progress), b"")]
         header = encode_frame_header(
             FrameKind.PREVIEW, job_id, preview.step, preview.width, preview.height, PixelFormat.RGB8
         )
