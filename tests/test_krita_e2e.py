@@ -292,20 +292,19 @@ def test_stylize_layer_adds_the_exact_result_and_keeps_the_artists_layer(krita: 
     assert Image.open(krita.artifacts / "canvas.png").size == (SIZE, SIZE)
 
 
-def test_the_preview_layer_shows_the_tiny_autoencoders_frame_at_canvas_size(krita: KritaRun, engine):
-    shown = krita.scenario("stylize")["preview_shown"]
-    # The backend's tiny autoencoder sends canvas-size RGB frames (linear ones would be 8x8).
-    assert shown is not None and shown["size"] == [SIZE, SIZE] and shown["channels"] == 3
-    frame = np.frombuffer((krita.artifacts / "preview_frame.raw").read_bytes(), np.uint8).reshape(
-        SIZE, SIZE, 3
-    )
-    layer = krita.rgba("preview_layer.rgba")
-    assert np.array_equal(layer[..., :3], frame) and (layer[..., 3] == 255).all()
-    # The frame is the engine's tiny-autoencoder preview of that step of the same job.
+def test_the_preview_layer_shows_the_first_step_and_the_last_which_is_the_result(krita: KritaRun, engine):
+    """The backend's preview budget always sends the first step (drawn at half size) and the last
+    (the result itself); the plugin paints both, even when a short job's frames come in one tick."""
+    stylize = krita.scenario("stylize")
+    painted = stylize["previews_painted"]
+    assert painted[0]["step"] == 1 and painted[-1]["step"] == stylize["total_steps"] > 1, painted
+    assert painted[0]["size"] == [SIZE // 2, SIZE // 2] and painted[-1]["size"] == [SIZE, SIZE]
+    assert all(p["channels"] == 3 for p in painted)  # the tiny autoencoder's RGB frames
+    # The first frame is the engine's first-step preview of the same job, on any budget.
     source = krita.source()
     previews = []
     request = {"prompt": PROMPT, "content_text": "stripes", "width": SIZE, "height": SIZE, "steps": STEPS}
-    engine.generate(
+    result = engine.generate(
         GenerationRequest(
             **request,
             seed=SEED,
@@ -316,8 +315,14 @@ def test_the_preview_layer_shows_the_tiny_autoencoders_frame_at_canvas_size(krit
         ),
         on_step=previews.append,
     )
-    assert 1 <= shown["step"] <= len(previews)
-    assert np.array_equal(previews[shown["step"] - 1].rgb, frame)
+    first = np.frombuffer((krita.artifacts / "preview_first_frame.raw").read_bytes(), np.uint8)
+    assert np.array_equal(first.reshape(SIZE // 2, SIZE // 2, 3), previews[0].rgb)
+    assert (krita.rgba("preview_first_layer.rgba")[..., 3] == 255).all()  # painted over the whole area
+    # The last one is the picture itself, painted as the layer the result becomes.
+    last = np.frombuffer((krita.artifacts / "preview_last_frame.raw").read_bytes(), np.uint8)
+    assert np.array_equal(last.reshape(SIZE, SIZE, 3), result.images[0])
+    layer = krita.rgba("preview_last_layer.rgba")
+    assert np.array_equal(layer[..., :3], result.images[0]) and (layer[..., 3] == 255).all()
 
 
 def test_cancel_from_the_action_leaves_no_stray_layer(krita: KritaRun):

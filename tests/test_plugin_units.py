@@ -101,19 +101,21 @@ def test_error_wording_is_for_artists():
     assert describe_error(ErrorCode.BAD_FIELD, "") == "bad field"
 
 
-def test_only_the_newest_preview_of_each_job_is_painted():
+def test_only_the_first_step_and_the_newest_preview_of_each_job_are_painted():
     from krita_plugin.instantstyle.session import Job, JobUpdate, Target, UpdateKind, drop_stale_previews
 
     a, b = (Job(i, "p", 1, Target(0, 0, 8, 8), 8, 8) for i in (1, 2))
     updates = [
-        JobUpdate(UpdateKind.PREVIEW, a),
+        JobUpdate(UpdateKind.PREVIEW, a, step=4),
         JobUpdate(UpdateKind.PROGRESS, a),
-        JobUpdate(UpdateKind.PREVIEW, b),
-        JobUpdate(UpdateKind.PREVIEW, a),
+        JobUpdate(UpdateKind.PREVIEW, b, step=1),
+        JobUpdate(UpdateKind.PREVIEW, b, step=3),
+        JobUpdate(UpdateKind.PREVIEW, b, step=7),
+        JobUpdate(UpdateKind.PREVIEW, a, step=9),
         JobUpdate(UpdateKind.RESULT, b),
     ]
     kept = drop_stale_previews(updates)
-    assert kept == [updates[1], updates[2], updates[3], updates[4]]
+    assert kept == [updates[1], updates[2], updates[4], updates[5], updates[6]]
 
 
 def test_the_status_line_says_when_the_backend_runs_in_a_low_memory_tier():

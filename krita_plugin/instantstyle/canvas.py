@@ -222,16 +222,18 @@ class CanvasWriter:
         parent.addChildNode(node, source)
         return node
 
-    def show_preview(self, job: Job) -> None:
+    def show_preview(self, job: Job, frame: Image | None = None) -> None:
+        """Paint ``frame`` (default: the job's newest preview) into the job's preview layer."""
+        frame = frame if frame is not None else job.preview
         document = self._document(job)
-        if document is None or job.preview is None:
+        if document is None or frame is None:
             return
         target = job.target
         node = self._preview_node(document, job)
         if node is None:
             node = self._place(document, job, PREVIEW_LAYER_NAME)
             self._previews[job.job_id] = node.uniqueId().toString()
-        write_bgra(node, to_bgra(job.preview, target.width, target.height), target)
+        write_bgra(node, to_bgra(frame, target.width, target.height), target)
         document.refreshProjection()
 
     def _preview_node(self, document, job: Job):

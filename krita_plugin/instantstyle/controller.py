@@ -253,7 +253,7 @@ class Controller(QObject):
         elif job is None:
             self._say(update.message)
         elif update.kind is UpdateKind.PREVIEW:
-            self.canvas.show_preview(job)
+            self.canvas.show_preview(job, update.preview)
         elif update.kind is UpdateKind.RESULT and job.is_sweep:
             name = self.canvas.apply_sweep(job)
             self._say(

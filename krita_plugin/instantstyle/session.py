@@ -141,13 +141,21 @@ class JobUpdate:
     kind: UpdateKind
     job: Job | None = None
     message: str = ""
+    preview: Image | None = None
+    """A ``PREVIEW``'s own frame (the job's ``preview`` is already its newest)."""
+    step: int = 0
+    """The step ``preview`` shows."""
 
 
 def drop_stale_previews(updates: list[JobUpdate]) -> list[JobUpdate]:
-    """Keep only each job's newest preview: painting older ones would only slow the canvas down."""
+    """Keep each job's newest preview, and its first step's: painting the others would only slow the
+    canvas down, and a short job's first and last previews often arrive between two ticks (the
+    backend's preview budget always sends both: the artist sees the job begin and end)."""
     newest = {id(u.job): index for index, u in enumerate(updates) if u.kind is UpdateKind.PREVIEW}
     return [
-        u for index, u in enumerate(updates) if u.kind is not UpdateKind.PREVIEW or newest[id(u.job)] == index
+        u
+        for index, u in enumerate(updates)
+        if u.kind is not UpdateKind.PREVIEW or newest[id(u.job)] == index or u.step == 1
     ]
 
 
@@ -399,7 +407,7 @@ class Session:
             return [JobUpdate(UpdateKind.PROGRESS, job)]
         if isinstance(item, protocol.PixelFrame) and item.kind is protocol.FrameKind.PREVIEW:
             job.preview, job.preview_step = Image.from_frame(item), item.index
-            return [JobUpdate(UpdateKind.PREVIEW, job)]
+            return [JobUpdate(UpdateKind.PREVIEW, job, preview=job.preview, step=item.index)]
         if isinstance(item, protocol.Result):
             job.result, job.is_test_model = item, item.is_test_model
             return []

@@ -182,32 +182,35 @@ class Runner:
         dock.raise_()
         self.layers_before = layer_names(self.document)
         self.preview_seen = False
-        self.preview_shown = None
-        # A 3-step tiny job can start and finish between two polls: watch the preview layer appear
-        # right where the plugin paints it.
-        show_preview = self.controller.canvas.show_preview
+        self.previews_painted = []
+        # A 3-step tiny job can start and finish between two polls: watch the preview layer where the
+        # controller paints each preview it keeps.
+        handle = self._unwatched_handle = self.controller._handle
 
-        def watched_show_preview(job):
-            show_preview(job)
+        def watched_handle(update):
+            handle(update)
+            if update.kind.value != "preview" or update.job.live:
+                return
             self.preview_seen = self.preview_seen or "InstantStyle preview" in layer_names(self.document)
-            if self.preview_shown is None and self.preview_seen and job.preview is not None:
-                self.keep_first_preview(job)
+            if self.preview_seen:
+                self.keep_preview(update)
 
-        self.controller.canvas.show_preview = watched_show_preview
+        self.controller._handle = watched_handle
         self.begin("stylize", self.wait_for_result)
         self.app.action("instantstyle_stylize_layer").trigger()
         log(f"stylize triggered: {self.controller.message}")
 
-    def keep_first_preview(self, job):
-        """The first preview frame as received, and the preview layer's pixels right after painting it."""
+    def keep_preview(self, update):
+        """Each preview painted: its step and size; the first's and the last's frame as received, and
+        the preview layer's pixels right after painting it."""
         layer = next(n for n in self.document.rootNode().childNodes() if n.name() == "InstantStyle preview")
-        (OUT / "preview_frame.raw").write_bytes(job.preview.data)
-        (OUT / "preview_layer.rgba").write_bytes(rgba(bytes(layer.pixelData(0, 0, SIZE, SIZE))))
-        self.preview_shown = {
-            "step": job.preview_step,
-            "size": [job.preview.width, job.preview.height],
-            "channels": job.preview.channels,
-        }
+        which = "first" if not self.previews_painted else "last"
+        (OUT / f"preview_{which}_frame.raw").write_bytes(update.preview.data)
+        (OUT / f"preview_{which}_layer.rgba").write_bytes(rgba(bytes(layer.pixelData(0, 0, SIZE, SIZE))))
+        frame = update.preview
+        self.previews_painted.append(
+            {"step": update.step, "size": [frame.width, frame.height], "channels": frame.channels}
+        )
 
     def wait_for_result(self):
         names = layer_names(self.document)
@@ -219,12 +222,14 @@ class Runner:
         if not history or not new_layers or self.controller._in_tick:
             return
         job = history[0]
+        self.controller._handle = self._unwatched_handle  # the other scenarios' previews go unwatched
         stylize = {
             "layers_before": self.layers_before,
             "layers_after": names,
             "new_layers": new_layers,
             "preview_seen": self.preview_seen,
-            "preview_shown": self.preview_shown,
+            "previews_painted": self.previews_painted,
+            "total_steps": job.total,
             "message": self.controller.message,
             "seed": job.seed,
             "job_size": [job.width, job.height],
