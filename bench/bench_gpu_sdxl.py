@@ -12,7 +12,8 @@ leaves every figure before it; a section that raises records its error and the n
    encoders; nothing else is built yet, so its peak is plain SDXL's): ms/step, job, peak memory.
 2. ``engine``: the same model with ViT-bigG and ip-adapter_sdxl through ``InstantStyleEngine``
    (style preset, content subtraction): ms/step, its ratio to plain, the first job after loading.
-3. ``previews``: that job without previews, with the linear ones, with TAESD-XL.
+3. ``previews``: that job without previews, with the linear ones and with TAESD-XL on every step,
+   and with the preview budget on (the server's default: 3 % of the denoising time).
 4. ``tiers``: each memory tier placed by ``memory.place`` as the backend does, one txt2img and one
    img2img job each (TAESD-XL previews on): memory resident at rest, peak allocated and reserved.
 5. ``compile``: a fresh full-tier engine's ms/step before and after ``compile_unet`` (speed-up).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -46,6 +48,7 @@ from PIL import Image
 from backend.engine.engine import InstantStyleEngine
 from backend.engine.loading import ModelSpec, pick_dtype
 from backend.engine.memory import MemoryTier, models, place
+from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
 from backend.engine.preview_vae import LoadedPreviewVae
 from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StyleReference
 from backend.tiny.components import FULL_LABEL, SDXL, TINY, TINY_LABEL
@@ -326,17 +329,24 @@ def main() -> int:
     if engine is not None and in_budget("previews"):
         with report.section("previews"):
             linear = LoadedPreviewVae(None, "none")
-            for label, previews in (("off", None), ("linear", linear), ("tiny_autoencoder", tiny_vae)):
+            settings = (
+                ("off", None, None),
+                ("linear", linear, None),
+                ("tiny_autoencoder", tiny_vae, None),
+                ("budget", tiny_vae, DEFAULT_PREVIEW_SHARE),
+            )
+            for label, previews, share in settings:
                 engine.preview_vae = previews or tiny_vae
                 on_step = None if previews is None else (lambda preview: None)
+                every = dataclasses.replace(request(args.steps), preview_share=share)
 
-                def job(on_step: Callable | None = on_step) -> object:
-                    return engine.generate(request(args.steps), on_step=on_step)
+                def job(on_step: Callable | None = on_step, every: GenerationRequest = every) -> object:
+                    return engine.generate(every, on_step=on_step)
 
                 report.put("previews", label, value=timed_runs(device, pipe.unet, job, args.repeats))  # type: ignore[attr-defined]
             engine.preview_vae = tiny_vae
             off = report.get("previews", "off", "ms_per_step")
-            for label in ("linear", "tiny_autoencoder"):
+            for label in ("linear", "tiny_autoencoder", "budget"):
                 ms = report.get("previews", label, "ms_per_step")
                 if isinstance(ms, float) and isinstance(off, float):
                     report.put("previews", f"{label}_step_cost_ratio", value=round(ms / off - 1, 4))

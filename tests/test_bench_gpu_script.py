@@ -46,9 +46,10 @@ def test_the_smoke_run_writes_every_section(smoke: dict) -> None:
         assert "error" not in smoke[section] and "skipped" not in smoke[section], section
     assert smoke["plain_sdxl"]["job"]["ms_per_step"] > 0
     assert smoke["engine"]["job"]["ms_per_step"] > 0 and smoke["engine"]["step_ratio_to_plain"] > 0
-    for label in ("off", "linear", "tiny_autoencoder"):
+    for label in ("off", "linear", "tiny_autoencoder", "budget"):
         assert smoke["previews"][label]["ms_per_step"] > 0 and smoke["previews"][label]["job_seconds"] > 0
-    assert {"linear_step_cost_ratio", "tiny_autoencoder_step_cost_ratio"} <= set(smoke["previews"])
+    ratios = {f"{label}_step_cost_ratio" for label in ("linear", "tiny_autoencoder", "budget")}
+    assert ratios <= set(smoke["previews"])
     assert set(smoke["tiers"]) == set(TIERS)
     for tier in TIERS:
         figures = smoke["tiers"][tier]
