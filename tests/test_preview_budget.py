@@ -98,7 +98,7 @@ def test_every_step_reports_and_the_last_preview_is_the_result_itself(engine, sh
     previews = []
     result = engine.generate(job(preview_share=share), on_step=previews.append)
     assert [p.step for p in previews] == list(range(1, 13)) and all(p.total == 12 for p in previews)
-    assert previews[0].rgb is not None and previews[0].rgb.shape == (64, 64, 3)
+    assert previews[0].rgb is not None and previews[0].rgb.shape == (32, 32, 3)  # at half the side
     assert np.array_equal(previews[-1].rgb, result.images[0])  # at preview size: the picture itself
     if share == 0.0:
         assert all(p.rgb is None for p in previews[1:-1])

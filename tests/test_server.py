@@ -214,6 +214,21 @@ def test_outbox_drops_stale_steps_but_never_results():
     assert items == ["progress 4", "progress 5", "result"] and dropped == 3
 
 
+def test_outbox_never_drops_a_jobs_first_step_picture():
+    async def scenario():
+        outbox = Outbox(max_pending_steps=2)
+        outbox.put(StepUpdate(7, "progress 1", b"first", kept=True))
+        for step in range(2, 7):
+            outbox.put(StepUpdate(7, f"progress {step}", b""))
+        outbox.close()
+        items = []
+        while (item := await outbox.get()) is not None:
+            items.append(item.progress)
+        return items
+
+    assert asyncio.run(scenario()) == ["progress 1", "progress 5", "progress 6"]
+
+
 def test_shutdown_tells_connected_clients(engine):
     async def scenario():
         async with running_server(engine) as server:

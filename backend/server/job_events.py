@@ -35,7 +35,8 @@ def encode_event(job_id: int, event: JobEvent) -> list[OutboxItem]:
         header = encode_frame_header(
             FrameKind.PREVIEW, job_id, preview.step, preview.width, preview.height, PixelFormat.RGB8
         )
-        return [StepUpdate(job_id, encode_message(progress), header + preview.rgb.tobytes())]
+        first = preview.step == 1
+        return [StepUpdate(job_id, encode_message(progress), header + preview.rgb.tobytes(), kept=first)]
     if isinstance(event, JobFinished):
         result = event.result
         height, width = result.images[0].shape[:2]

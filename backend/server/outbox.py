@@ -27,6 +27,8 @@ class StepUpdate:
     job_id: int
     progress: str
     preview: bytes
+    kept: bool = False
+    """Never dropped: the first step's picture (the artist sees the job begin, however slow the link)."""
 
 
 OutboxItem = str | bytes | StepUpdate
@@ -83,7 +85,9 @@ class Outbox:
             self.dropped_replies += 1
             return
         if isinstance(item, StepUpdate):
-            pending = [i for i in self._items if isinstance(i, StepUpdate) and i.job_id == item.job_id]
+            pending = [
+                i for i in self._items if isinstance(i, StepUpdate) and i.job_id == item.job_id and not i.kept
+            ]
             if len(pending) >= self.max_pending_steps:
                 self._items.remove(pending[0])
                 self.bytes -= size_of(pending[0])
