@@ -286,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(serve)
 
+    doctor = commands.add_parser(
+        "doctor", help="what this machine runs and whether a job works: text for a bug report"
+    )
+    from backend.doctor import add_doctor_arguments
+
+    add_doctor_arguments(doctor)
+    add_model_arguments(doctor)
+
     tiny = commands.add_parser("make-tiny", help="write the tiny test model in every layout")
     tiny.add_argument("--out", type=Path, help="folder (default: the user cache)")
     return parser
@@ -488,6 +496,10 @@ def _run(argv: list[str] | None) -> int:
     check_model_arguments(args)
     if args.command == "generate":
         return run_generate(args)
+    if args.command == "doctor":
+        from backend.doctor import run_doctor
+
+        return run_doctor(args)
     from backend.engine.engine import InstantStyleEngine
     from backend.server.app import config_from_args, run_server
     from protocol import ModelPhase, ModelStatus
