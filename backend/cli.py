@@ -264,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-side", type=int, default=2048, help="largest width/height accepted")
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     serve.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="shut down when stdin closes (the process that started the server is gone): for launchers",
+    )
+    serve.add_argument(
         "--preview-budget",
         type=float,
         metavar="PERCENT",

@@ -225,7 +225,9 @@ def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        _on_stop_signal(loop, stop)
+        stop_now = _on_stop_signal(loop, stop)
+        if getattr(args, "exit_with_stdin", False):
+            _stop_when_stdin_closes(loop, stop_now)
         await server.start()
         print(f"InstantStyle backend listening on {server.url}; loading {info.label}", flush=True)
         loading = asyncio.create_task(server.load_model(load))
@@ -244,8 +246,8 @@ def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
     return 0
 
 
-def _on_stop_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """SIGINT/SIGTERM set ``stop`` and start the shutdown deadline.
+def _on_stop_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
+    """SIGINT/SIGTERM set ``stop`` and start the shutdown deadline (returned: for other reasons to stop).
 
     The graceful steps are each bounded; should the machine be too loaded to finish them in time, the
     process still ends, and nothing is lost that a client was not already told about. (asyncio's own
@@ -263,6 +265,25 @@ def _on_stop_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Non
         # On Windows there are no signal handlers: KeyboardInterrupt ends asyncio.run instead.
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, arrived)
+    return arrived
+
+
+def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop_now: Callable[[], None]) -> None:
+    """``serve --exit-with-stdin``: the process that started the server (the Krita plugin) holds the
+    other end of its stdin; when that process ends in any way, a crash included, the pipe closes and
+    the server shuts down as for SIGTERM: never an orphan holding the GPU. (Portable, where a parent
+    PID to poll or Linux's parent-death signal are not.)"""
+
+    def watch() -> None:
+        stream = sys.stdin.buffer
+        with contextlib.suppress(OSError, ValueError):
+            while stream.read(4096):
+                pass  # nothing is ever sent; read until the other end closes
+        log.info("stdin closed: the process that started this server is gone")
+        with contextlib.suppress(RuntimeError):  # the loop already closed: stopping anyway
+            loop.call_soon_threadsafe(stop_now)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
 
 
 SHUTDOWN_DEADLINE_SECONDS = 2.5
