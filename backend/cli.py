@@ -299,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_arguments(doctor)
     add_model_arguments(doctor)
 
+    models = commands.add_parser(
+        "models", help="the model's files from the hub: --plan (sizes, free disk) or --download, as JSON"
+    )
+    from backend.models_command import add_models_arguments
+
+    add_models_arguments(models)
+    add_model_arguments(models)
+
     tiny = commands.add_parser("make-tiny", help="write the tiny test model in every layout")
     tiny.add_argument("--out", type=Path, help="folder (default: the user cache)")
     return parser
@@ -501,6 +509,10 @@ def _run(argv: list[str] | None) -> int:
     check_model_arguments(args)
     if args.command == "generate":
         return run_generate(args)
+    if args.command == "models":
+        from backend.models_command import run_models
+
+        return run_models(args)
     if args.command == "doctor":
         from backend.doctor import run_doctor
 
