@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PERCENT",
         default=DEFAULT_PREVIEW_SHARE * 100,
         help="step previews cost at most this share of each job's denoising time, the first step's "
-        "and the result's always shown (default %(default)g; 100 with a fast GPU and a fast link)",
+        "and the result's always shown, at most ten a second (default %(default)g)",
     )
     serve.add_argument(
         "--no-warm-up", action="store_true", help="skip the small job that warms the model up after loading"

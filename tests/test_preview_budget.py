@@ -7,6 +7,8 @@ this machine is; ``bench/bench_engine.py`` measures what the budget saves.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,34 @@ def test_cheap_previews_come_every_step_and_fast_steps_at_most_ten_a_second():
 def test_a_share_of_zero_shows_the_first_step_only_and_a_live_job_none():
     assert simulate(30, 0.1, 0.01, share=0.0)[0] == [1]
     assert simulate(30, 0.1, 0.01, pictures=False)[0] == []
+
+
+def simulate_deferred(steps: int, step_seconds: float, render_seconds: float, **budget) -> list[int]:
+    """As on a GPU: a preview's cost is told at the next step's callback, after its decision."""
+    clock = Clock()
+    budget = PreviewBudget(clock=clock, **budget)
+    budget.resume()
+    shown, in_flight = [], None
+    for step in range(1, steps + 1):
+        clock.now += step_seconds
+        wanted = budget.step_ended(step)
+        if in_flight is not None:
+            budget.rendered(render_seconds, 0.5 if in_flight == 1 else 1.0)
+            in_flight = None
+        if wanted:
+            shown.append(step)
+            in_flight = step
+        budget.resume()
+    return shown
+
+
+def test_on_a_gpu_a_preview_whose_cost_is_not_known_yet_holds_the_next_one_back():
+    """Before, the step after each preview was drawn too (its cost unknown, the budget looked empty):
+    pairs of previews, and step 2 even with a budget of 0."""
+    assert simulate_deferred(30, 0.15, 0.01, share=0.0) == [1]
+    shown = simulate_deferred(60, 0.15, 0.02, share=0.03)
+    assert shown[0] == 1 and len(shown) >= 3
+    assert all(b - a > 1 for a, b in itertools.pairwise(shown))  # never two in a row
 
 
 def test_a_deferred_stream_hands_over_in_step_order_when_the_budget_skips():
@@ -143,3 +173,20 @@ def test_the_servers_preview_budget_is_a_percentage_of_the_denoising_time():
     assert config_from_args(parse(["serve", "--preview-budget", "100"])).preview_share == 1.0
     with pytest.raises(ConfigError, match="the preview budget must be 0 to 100 %, got 150"):
         config_from_args(parse(["serve", "--preview-budget", "150"])).check()
+
+
+def test_with_linear_previews_the_last_picture_stays_as_small_as_they_are(tiny_paths):
+    """The result as the last preview, at latent resolution: not 3 MiB at 1024² to a client that asked
+    for rough previews."""
+    import dataclasses
+
+    from backend.engine.engine import InstantStyleEngine
+
+    linear = InstantStyleEngine.load(dataclasses.replace(tiny_paths.spec("diffusers"), preview_vae="none"))
+    previews = []
+    result = linear.generate(job(width=128, height=64, steps=4), on_step=previews.append)
+    assert previews[0].rgb.shape == (8, 16, 3) and previews[-1].rgb.shape == (8, 16, 3)
+    from PIL import Image
+
+    scaled = np.asarray(Image.fromarray(result.images[0]).resize((16, 8), Image.Resampling.BILINEAR))
+    assert np.array_equal(previews[-1].rgb, scaled)

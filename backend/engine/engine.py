@@ -377,7 +377,7 @@ class InstantStyleEngine:
             decoded = decode(pipe, latents)
         if previews is not None and last is not None:
             step, latents = last
-            picture = result_preview(decoded[0], request.preview_side) if request.step_pictures else None
+            picture = result_preview(decoded[0], previews.last_side) if request.step_pictures else None
             previews.last(step, step, picture, latents)
         return decoded
 

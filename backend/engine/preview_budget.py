@@ -6,8 +6,10 @@ previews of each job as it runs and previews a step only while the previews so f
 one's expected cost, stay within ``share`` of the denoising time so far. The first step always gets
 one (the artist sees the job has begun); the last step's preview is the finished picture itself,
 made from the result at no cost (``engine``), so its step here never draws. Between, never more than
-one preview every ``min_interval`` seconds: a client shows no more than that anyway. Every step
-still reports its progress.
+one preview every ``min_interval`` seconds (a client shows no more than that anyway), and none while
+the previous one's cost is not known yet (on a GPU a preview is measured a step late). Every step
+still reports its progress. Denoising is counted from the end of the first step: what comes before
+it (prompt encoding, a model moving to the GPU) is not denoising.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class PreviewBudget:
     """What the next preview should cost: the last one's time."""
     _mark: float | None = field(default=None, repr=False)
     _last_shown: float | None = field(default=None, repr=False)
+    _in_flight: bool = field(default=False, repr=False)
+    """A picture is drawn but its cost not known yet (on a GPU it is told a step later)."""
 
     def resume(self) -> None:
         """Denoising (re)starts now: the time until the next ``step_ended`` counts as denoising."""
@@ -49,16 +53,19 @@ class PreviewBudget:
             self._mark = None
         if not self.pictures:
             return False
-        if step == 1:
-            return True
-        if self._last_shown is not None and now - self._last_shown < self.min_interval:
-            return False
-        return self.spent + self.estimate <= self.share * self.denoising
+        wanted = step == 1 or (
+            not self._in_flight
+            and (self._last_shown is None or now - self._last_shown >= self.min_interval)
+            and self.spent + self.estimate <= self.share * self.denoising
+        )
+        if wanted:
+            self._in_flight, self._last_shown = True, now
+        return wanted
 
-    def rendered(self, seconds: float, pixels_share: float = 1.0) -> None:
+    def rendered(self, seconds: float, cost_share: float = 1.0) -> None:
         """A preview was drawn in ``seconds`` (on a GPU: its own stream's time, known a step late);
-        ``pixels_share``: its pixels against a full preview's (the first step's is drawn smaller), so
+        ``cost_share``: what it cost against a full preview (the first step's is drawn smaller), so
         that the next full one's cost is not underestimated."""
         self.spent += seconds
-        self.estimate = seconds / pixels_share
-        self._last_shown = self.clock()
+        self.estimate = seconds / cost_share
+        self._in_flight = False

@@ -31,6 +31,10 @@ from .preview_budget import PreviewBudget
 from .request import GenerationRequest
 from .scheduler_step import Step, wrapped_step
 
+HALF_SIDE_COST = 0.13
+"""A tiny-autoencoder preview at half the side against a full one: 0.12 to 0.14 measured on a CPU
+(``bench/bench_engine.py``: the decoder's cost falls faster than its pixels)."""
+
 # Rows = latent channels, columns = R, G, B; applies to diffusers' scaled latents.
 SDXL_LATENT_RGB_FACTORS = torch.tensor(
     [
@@ -191,14 +195,14 @@ class PreviewStream:
         self.emit = emit
         self.render = render
         self.first_render = first_render
-        """Draws step 1 when set: a blur at that point, at half the side costs a quarter."""
+        """Draws step 1 when set: a blur at that point, at half the side costs about an eighth."""
+        self.last_side = 1024
+        """Longest side of the last step's picture (the result scaled down)."""
         self.budget = budget
         self.deferred = device.type == "cuda" if deferred is None else deferred
         self._pending: _InFlight | None = None
         self._buffers: list[torch.Tensor] = []
         self._side = torch.cuda.Stream(device) if self.deferred and device.type == "cuda" else None
-        if budget is not None:
-            budget.resume()
 
     def push(self, step: int, total: int, shown: torch.Tensor, latents: torch.Tensor) -> None:
         if self.budget is not None and not self.budget.step_ended(step):
@@ -232,7 +236,8 @@ class PreviewStream:
 
     def _rendered(self, seconds: float, step: int) -> None:
         if self.budget is not None:
-            self.budget.rendered(seconds, 0.25 if step == 1 and self.first_render is not None else 1.0)
+            first = step == 1 and self.first_render is not None
+            self.budget.rendered(seconds, HALF_SIDE_COST if first else 1.0)
 
     def _render_to_host(
         self, shown: torch.Tensor, step: int
@@ -279,13 +284,17 @@ def job_previews(
     if not request.step_pictures:
         budget = PreviewBudget(pictures=False)
     if tiny_vae is None:
-        return PreviewStream(on_step, device, budget=budget)
+        linear = PreviewStream(on_step, device, budget=budget)
+        linear.last_side = max(request.width, request.height) // 8  # as small as the linear ones
+        return linear
     width, height = preview_size(request.width, request.height, request.preview_side)
     render = TinyVaeRenderer(tiny_vae, (width, height))
     # Within a budget the first step, a blur yet, is drawn at half the side: a quarter of the cost,
     # which leaves the budget room for a picture in the middle of the job.
     first = TinyVaeRenderer(tiny_vae, (max(8, width // 2), max(8, height // 2))) if budget else None
-    return PreviewStream(on_step, device, render=render, budget=budget, first_render=first)
+    stream = PreviewStream(on_step, device, render=render, budget=budget, first_render=first)
+    stream.last_side = request.preview_side
+    return stream
 
 
 class DenoisedCapture:

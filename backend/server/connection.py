@@ -451,6 +451,8 @@ class Connection:
         return emit
 
     def _deliver(self, job_id: int, items: list[OutboxItem], terminal: bool) -> None:
+        if job_id not in self.jobs:  # its terminal message went out already (a cancel between cells)
+            return
         for item in items:
             self.outbox.put(item)
         if terminal:

@@ -89,8 +89,10 @@ class Outbox:
                 i for i in self._items if isinstance(i, StepUpdate) and i.job_id == item.job_id and not i.kept
             ]
             if len(pending) >= self.max_pending_steps:
-                self._items.remove(pending[0])
-                self.bytes -= size_of(pending[0])
+                # A stale progress without a picture goes first: the budget paid for the pictures.
+                victim = next((i for i in pending if not i.preview), pending[0])
+                self._items.remove(victim)
+                self.bytes -= size_of(victim)
                 self.dropped_steps += 1
         self._items.append(item)
         self.bytes += size_of(item)

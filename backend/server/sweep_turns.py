@@ -41,6 +41,7 @@ class SweepTurns:
 
     @property
     def started(self) -> bool:
+        """A cell has finished: the client was told the sweep started and must not hear ``queued``."""
         return bool(self.done)
 
     @property
@@ -60,6 +61,8 @@ class SweepTurns:
         return Job(job.job_id, job.request.for_cell(cell), self._emit, job.client, job.cancel_event)
 
     def _emit(self, event: JobEvent) -> None:
+        if self.ended:  # one terminal event per job, whatever an executor does after it
+            return
         job, offset = self.job, len(self.done) * self.per_cell
         total = self.per_cell * len(self.cells)
         if isinstance(event, JobStarted):

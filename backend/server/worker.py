@@ -293,13 +293,16 @@ class GpuWorker:
             if job is None:
                 continue
             sweep = self._sweeps.get(job)
-            runs = job if sweep is None else sweep.cell_job()
+            runs = job
             try:
                 assert self.executor is not None, "jobs run only once an executor is attached"
+                runs = job if sweep is None else sweep.cell_job()
                 self.executor.run(slot, runs)
             except Exception as error:  # an executor must not raise; should it, the job still ends
                 log.exception("slot %s: job %s ended by an internal error", slot, job.job_id)
                 runs.emit(JobFailed(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"))
+                if sweep is not None:
+                    sweep.ended = True  # told, through the cell or directly: it never queues again
             finally:
                 with self._condition:
                     self._running.pop(slot, None)

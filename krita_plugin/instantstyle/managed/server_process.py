@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 LISTENING = "InstantStyle backend listening on "
 READY = "InstantStyle backend ready on "
@@ -66,7 +67,7 @@ class ManagedServer:
         """One line for the docker: what the server does now, or why it failed."""
         self.restarts = 0
         self._read = 0
-        self._log = None
+        self._log: BinaryIO | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -84,17 +85,25 @@ class ManagedServer:
         self.token = secrets.token_urlsafe(24)
         self.url = None
         arguments = [*self.command.python, "-m", "backend", "serve", "--port", "0", "--exit-with-stdin"]
-        env = {**os.environ, **self.command.env, "INSTANTSTYLE_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        # Krita's own Python settings (an AppImage's PYTHONHOME, say) must not reach the backend's.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env = {**inherited, **self.command.env, "INSTANTSTYLE_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
-        self.process = self._spawn(
-            [*arguments, *self.command.arguments],
-            stdin=subprocess.PIPE,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.command.cwd,
-            env=env,
-            creationflags=flags,
-        )
+        try:
+            self.process = self._spawn(
+                [*arguments, *self.command.arguments],
+                stdin=subprocess.PIPE,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                cwd=self.command.cwd,
+                env=env,
+                creationflags=flags,
+            )
+        except OSError as error:  # the backend's Python is missing or cannot run
+            self.process = None
+            self.state, self.message = ServerState.FAILED, f"could not start the backend: {error}"
+            self._close_log()
+            return
         self.state, self.message = ServerState.STARTING, "starting the backend"
 
     def poll(self) -> ServerState:
@@ -112,9 +121,9 @@ class ManagedServer:
         """Stop the server: close its stdin (it shuts down as for SIGTERM), then terminate, then kill."""
         process, self.process = self.process, None
         self.state, self.message = ServerState.STOPPED, "stopped"
+        if process is not None and process.stdin is not None:
+            process.stdin.close()  # also a dead one's: the pipe is a handle of this process
         if process is not None and process.poll() is None:
-            if process.stdin is not None:
-                process.stdin.close()
             try:
                 process.wait(seconds)
             except subprocess.TimeoutExpired:
@@ -164,6 +173,8 @@ class ManagedServer:
 
     def _died(self, code: int) -> None:
         self._forget()
+        if self.process is not None and self.process.stdin is not None:
+            self.process.stdin.close()
         if self.restarts < self.restarts_allowed:
             self.restarts += 1
             self.start()
