@@ -91,3 +91,43 @@ def test_bad_custom_maps_give_clear_errors(engine, custom, message):
 def test_custom_preset_needs_a_map(engine):
     with pytest.raises(BlockMapError, match="needs a per-block scale map"):
         build_scale_map(engine.layout, BlockPreset.CUSTOM, 1.0, None)
+
+
+def test_a_jobs_scales_are_set_again_only_when_the_processors_no_longer_hold_them(engine, monkeypatch):
+    """diffusers' ``set_ip_adapter_scale`` walks the UNet's state dict every call: the engine skips it
+    when the processors still hold the job's map, and sets it again when anything changed them."""
+    from backend.engine.request import GenerationRequest, StyleReference
+    from tests.conftest import noise_image
+
+    calls = []
+    original = type(engine.pipeline).set_ip_adapter_scale
+
+    def counting(pipe, scale_map):
+        calls.append(scale_map)
+        return original(pipe, scale_map)
+
+    monkeypatch.setattr(type(engine.pipeline), "set_ip_adapter_scale", counting)
+    request = GenerationRequest(prompt="a tower", style_images=[StyleReference(noise_image(2))], steps=1)
+    unet = engine.pipeline.unet
+    engine.prepare(request)
+    engine.prepare(request)
+    held = ip_scales(unet)
+    assert len(calls) <= 1  # at most once: a previous test's engine may hold this map already
+    engine.pipeline.set_ip_adapter_scale(build_scale_map(engine.layout, BlockPreset.ALL, 1.0))  # by hand
+    calls.clear()
+    engine.prepare(request)
+    assert len(calls) == 1 and ip_scales(unet) == held  # noticed and set again
+    name, processor = next(
+        (n, p) for n, p in unet.attn_processors.items() if isinstance(getattr(p, "scale", None), list)
+    )
+    fresh = type(processor)(processor.hidden_size, processor.cross_attention_dim, processor.num_tokens, [1.0])
+    try:
+        unet.set_attn_processor({**unet.attn_processors, name: fresh})
+        engine.prepare(request)
+        assert len(calls) == 2 and ip_scales(unet) == held  # a replaced processor is noticed too
+    finally:
+        unet.set_attn_processor({**unet.attn_processors, name: processor})  # the engine is shared
+    engine.prepare(request)
+    assert len(calls) == 3 and ip_scales(unet) == held
+    engine.prepare(request)
+    assert len(calls) == 3  # and held again: nothing to set

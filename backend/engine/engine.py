@@ -23,7 +23,7 @@ from PIL import Image
 from protocol.enums import BlockPreset, Mode, ModelPhase
 from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
-from .blocks import UNetAttentionLayout, build_scale_map
+from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
 from .canny import canny
 from .decode import check_finite, decode, set_decode_tiles
 from .downloads import prefetch
@@ -94,6 +94,7 @@ class InstantStyleEngine:
         """The model's own scheduler: the default sampler and the base of the others' configs."""
         self.loras = loras or LoraSet(pipeline)
         self.precise = PreciseLayout(pipeline.unet)  # type: ignore[attr-defined]
+        self.applied_scales = AppliedScales()
         self.prompts = PromptCache(prompt_cache_size)
         self.preview_vae = preview_vae or LoadedPreviewVae(None, "none")
         if self.preview_vae.vae is not None:  # ~10 MB: it stays where jobs run, whatever the tier
@@ -267,7 +268,7 @@ class InstantStyleEngine:
         request.validate()
         pipe = self.pipeline_for(request.mode)
         self.precise.set(None)  # diffusers sets the scales of its own processors only
-        pipe.set_ip_adapter_scale(self.scale_map(request))  # type: ignore[attr-defined]
+        self.applied_scales.apply(pipe, self.pipeline.unet, self.scale_map(request))  # type: ignore[attr-defined]
         if request.preset is BlockPreset.PRECISE and request.layout_push > 0:
             self.precise.set(request.layout_push)  # at 0 nothing is pushed: exactly the style preset
         self.loras.activate(request.loras)  # before the prompt is encoded: a LoRA may change it
