@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
 from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
-from protocol.enums import BlockPreset, Mode, Sampler
+from backend.generate_command import add_job_arguments, run_generate
 
 log = logging.getLogger("backend")
 
@@ -134,118 +133,6 @@ def load_engine(args: argparse.Namespace):  # -> InstantStyleEngine
     return InstantStyleEngine.load_planned(load_plan(args))
 
 
-def style_argument(text: str) -> tuple[Path, float]:
-    path, _, weight = text.partition("=")
-    return Path(path), float(weight) if weight else 1.0
-
-
-def region_argument(text: str) -> tuple[Path, Path, float]:
-    mask, sep, style = text.partition(":")
-    if not sep or not style:
-        raise argparse.ArgumentTypeError(f"expected MASK:IMAGE[=WEIGHT], got {text!r}")
-    image, weight = style_argument(style)
-    return Path(mask), image, weight
-
-
-def sweep_argument(text: str):  # -> SweepValues
-    from protocol import SweepAxis, SweepValues
-
-    axis, sep, values = text.partition("=")
-    try:
-        kind = SweepAxis(axis.strip())
-    except ValueError:
-        names = ", ".join(a.value for a in SweepAxis)
-        raise argparse.ArgumentTypeError(f"unknown sweep axis {axis!r}: expected one of {names}") from None
-    if not sep or not values.strip():
-        raise argparse.ArgumentTypeError(f"expected {axis}=V1,V2,..., got {text!r}")
-    items = [v.strip() for v in values.split(",")]
-    try:
-        parsed = (
-            items
-            if kind is SweepAxis.PRESET
-            else [int(v) if kind is SweepAxis.SEED else float(v) for v in items]
-        )
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sweep {axis} values must be numbers, got {values!r}") from None
-    return SweepValues(kind, parsed)
-
-
-def lora_weight_argument(text: str) -> tuple[str, float]:
-    name, _, weight = text.partition("=")
-    return name, float(weight) if weight else 1.0
-
-
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of one job, shared by ``generate`` and the headless client."""
-    parser.add_argument(
-        "--style",
-        action="append",
-        default=[],
-        type=style_argument,
-        metavar="IMAGE[=WEIGHT]",
-        help="style reference (repeat to blend several)",
-    )
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative", default=None, help="negative prompt (default: InstantStyle's)")
-    parser.add_argument("--content", default="", help="content of the reference to subtract, e.g. 'a cat'")
-    parser.add_argument("--content-scale", type=float, default=0.5)
-    parser.add_argument("--preset", choices=[p.value for p in BlockPreset], default=BlockPreset.STYLE.value)
-    parser.add_argument(
-        "--blocks", help='custom per-block map as JSON, e.g. \'{"up": {"block_0": [0, 1, 0]}}\''
-    )
-    parser.add_argument(
-        "--region",
-        action="append",
-        default=[],
-        type=region_argument,
-        metavar="MASK:IMAGE[=WEIGHT]",
-        help="a part of the picture (white in MASK, at the output's size) styled by IMAGE (repeat with "
-        "the same MASK to blend several); --style then styles the rest",
-    )
-    parser.add_argument("--style-scale", type=float, default=1.0)
-    parser.add_argument(
-        "--layout-push",
-        type=float,
-        default=2.0,
-        help="preset precise: how hard the reference's layout is pushed away (0 to 5; 0 = preset style)",
-    )
-    parser.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.TXT2IMG.value)
-    parser.add_argument("--init", type=Path, help="image to stylize (img2img, inpaint, control)")
-    parser.add_argument("--mask", type=Path, help="inpaint mask (white = change)")
-    parser.add_argument("--strength", type=float, default=0.6)
-    parser.add_argument("--control-scale", type=float, default=0.6, help="ControlNet scale (mode control)")
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--steps", type=int, help="default: the speed preset's, else 30")
-    parser.add_argument("--cfg", type=float, help="guidance scale; default: the speed preset's, else 5")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument(
-        "--sweep",
-        action="append",
-        default=[],
-        type=sweep_argument,
-        metavar="AXIS=V1,V2,...",
-        help="a grid over style_scale, content_scale, preset or seed (up to two --sweep): one scored "
-        "picture per cell, e.g. --sweep style_scale=0.4,0.7,1.0 --sweep content_scale=0,0.5",
-    )
-    parser.add_argument(
-        "--sampler",
-        choices=[s.value for s in Sampler],
-        help="default: the speed preset's, else the model's own scheduler",
-    )
-    parser.add_argument(
-        "--use-lora",
-        action="append",
-        default=[],
-        type=lora_weight_argument,
-        metavar="NAME[=WEIGHT]",
-        help="apply a LoRA the backend offers (repeatable; weight 1 by default)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("out.png"))
-    parser.add_argument("--previews", type=Path, help="folder to write each step's preview PNG into")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -310,129 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny", help="write the tiny test model in every layout")
     tiny.add_argument("--out", type=Path, help="folder (default: the user cache)")
     return parser
-
-
-def _open(path: Path):  # -> PIL.Image.Image
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image.load()
-        return image.copy()
-
-
-def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, {index: PIL image})
-    """A ``generate`` message and its INPUT images from ``add_job_arguments``' options."""
-    from protocol import Generate, LoraWeight, Region, StyleImage
-
-    inputs = {i: _open(path) for i, (path, _) in enumerate(args.style)}
-    # A speed preset fills in what the job's own options leave open (``generate --speed``).
-    preset = None
-    if getattr(args, "speed", None):
-        from backend.engine.speed_presets import speed_preset
-
-        preset = speed_preset(args.speed[0])
-    loras = list(args.use_lora)
-    if preset and preset.lora.name not in {name for name, _ in loras}:
-        loras.append((preset.lora.name, preset.lora_weight))
-    regions: dict[Path, Region] = {}
-    for mask_path, image_path, weight in args.region:
-        if mask_path not in regions:
-            regions[mask_path] = Region(len(inputs), [], name=mask_path.stem)
-            inputs[len(inputs)] = _open(mask_path).convert("L")
-        inputs[len(inputs)] = _open(image_path)
-        regions[mask_path].style_images.append(StyleImage(len(inputs) - 1, weight))
-    init_index = mask_index = None
-    if args.init:
-        init_index = len(inputs)
-        inputs[init_index] = _open(args.init)
-    if args.mask:
-        mask_index = len(inputs)
-        inputs[mask_index] = _open(args.mask).convert("L")
-    message = Generate(
-        job_id=job_id,
-        prompt=args.prompt,
-        style_images=[StyleImage(i, weight) for i, (_, weight) in enumerate(args.style)],
-        negative_prompt=args.negative,
-        content_text=args.content,
-        content_scale=args.content_scale,
-        preset=BlockPreset(args.preset),
-        block_scales=json.loads(args.blocks) if args.blocks else None,
-        style_scale=args.style_scale,
-        layout_push=args.layout_push,
-        mode=Mode(args.mode),
-        init_image=init_index,
-        mask=mask_index,
-        strength=args.strength,
-        control_scale=args.control_scale,
-        width=args.width,
-        height=args.height,
-        steps=args.steps or (preset.steps if preset else 30),
-        guidance_scale=args.cfg if args.cfg is not None else (preset.guidance_scale if preset else 5.0),
-        seed=args.seed,
-        batch=args.batch,
-        sampler=Sampler(args.sampler) if args.sampler else (preset.sampler if preset else None),
-        loras=[LoraWeight(name, weight) for name, weight in loras],
-        regions=list(regions.values()),
-        sweep=list(args.sweep),
-    )
-    return message, inputs
-
-
-def png_labels(model_label: str, prompt: str, seed: int):  # -> PngImagePlugin.PngInfo
-    """Text chunks every PNG we write carries: which model (the TEST model says so), prompt, seed."""
-    from PIL import PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("instantstyle:model", model_label)
-    info.add_text("instantstyle:prompt", prompt)
-    info.add_text("instantstyle:seed", str(seed))
-    return info
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from backend.server.inputs import build_request
-    from backend.threads import describe_numerics
-
-    # Everything about the job is checked before minutes go into loading a model.
-    message, images = job_from_arguments(args, job_id=1)
-    request = build_request(message, images)
-    request.validate()
-    log.info("torch: %s", describe_numerics())  # what decides the last bits of a CPU job's pixels
-    engine = load_engine(args)
-
-    if args.previews:  # the folder wants every step's preview, whatever it costs
-        request = dataclasses.replace(request, preview_share=None)
-
-    def save_preview(preview) -> None:
-        Image.fromarray(preview.rgb).save(args.previews / f"step-{preview.step:03d}.png")
-        print(f"step {preview.step}/{preview.total}", file=sys.stderr)
-
-    if args.previews:
-        args.previews.mkdir(parents=True, exist_ok=True)
-    result = engine.generate(request, on_step=save_preview if args.previews else None)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for index, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-        path = args.out if index == 0 else args.out.with_stem(f"{args.out.stem}-{index}")
-        Image.fromarray(pixels).save(path, pnginfo=png_labels(result.model_label, args.prompt, seed))
-        cell = result.cells[index] if result.cells else None
-        settings = (
-            f"style {cell.style_scale}, content {cell.content_scale}, {cell.preset.value}, "
-            if cell is not None
-            else ""
-        )
-        scores = describe_scores(result.scores[index])
-        print(f"wrote {path} ({settings}seed {seed}, {result.model_label}) {scores}")
-    if result.is_test_model:
-        print("note: made with the embedded TEST model (random weights): the picture is noise by design")
-    return 0
-
-
-def describe_scores(scores) -> str:
-    """``style 0.812 · content 0.104 · prompt 0.297`` (what is not measured is left out)."""
-    parts = [("style", scores.style), ("content", scores.content), ("prompt", scores.prompt)]
-    return " · ".join(f"{name} {value:.3f}" for name, value in parts if value is not None)
 
 
 def main(argv: list[str] | None = None) -> int:

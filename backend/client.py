@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 
-from backend.cli import add_job_arguments, job_from_arguments, png_labels
+from backend.generate_command import add_job_arguments, job_from_arguments, png_labels
 from protocol import (
     Cancel,
     Cancelled,

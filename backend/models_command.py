@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 
@@ -43,7 +45,14 @@ def is_cached(repo_id: str, path: str, cache_dir: str | None) -> bool:
 
 def run_models(args: argparse.Namespace) -> int:
     from backend.cli import load_plan
-    from backend.engine.downloads import fetch, hub_json, hub_sizes, plan_downloads, wanted_from_hub
+    from backend.engine.downloads import (
+        DownloadProgress,
+        fetch,
+        hub_json,
+        hub_sizes,
+        plan_downloads,
+        wanted_from_hub,
+    )
     from backend.engine.loading import load_errors
 
     plan = load_plan(args)
@@ -69,9 +78,20 @@ def run_models(args: argparse.Namespace) -> int:
         print(json.dumps({"files": listing, **summary}))
         return 0
 
-    def report(progress) -> None:
+    # Files download in parallel, each thread reporting: one whole line at a time, never an older
+    # count after a newer one (a thread may report after another that counted later).
+    written = threading.Lock()
+    shown = [(-1, -1)]
+
+    def report(progress: DownloadProgress) -> None:
         fields = ("bytes_done", "bytes_total", "files_done", "files_total")
-        print(json.dumps({name: getattr(progress, name) for name in fields}), flush=True)
+        line = json.dumps({name: getattr(progress, name) for name in fields}) + "\n"
+        with written:
+            if (progress.bytes_done, progress.files_done) < shown[0]:
+                return
+            shown[0] = (progress.bytes_done, progress.files_done)
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
     with load_errors(where, "model files from the Hugging Face hub"):
         fetch(files, report, spec.cache_dir)
