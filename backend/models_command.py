@@ -58,13 +58,11 @@ def run_models(args: argparse.Namespace) -> int:
     plan = load_plan(args)
     spec = plan.spec
     folders, singles = wanted_from_hub(spec, plan.dtype)
-    where = ", ".join(sorted({f.repo_id for f in folders} | {repo for repo, _ in singles})) or "nothing"
-    with load_errors(where, "model files from the Hugging Face hub"):
-        files = (
-            plan_downloads(folders, singles, hub_sizes, hub_json(spec.cache_dir))
-            if folders or singles
-            else []
-        )
+    where = ", ".join(sorted({f.repo_id for f in folders} | {repo for repo, _ in singles}))
+    files = []
+    if folders or singles:  # a model on disk needs nothing from the hub
+        with load_errors(where, "model files from the Hugging Face hub"):
+            files = plan_downloads(folders, singles, hub_sizes, hub_json(spec.cache_dir))
     cached = {(f.repo_id, f.path) for f in files if is_cached(f.repo_id, f.path, spec.cache_dir)}
     total = sum(f.size for f in files)
     missing = sum(f.size for f in files if (f.repo_id, f.path) not in cached)

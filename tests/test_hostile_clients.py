@@ -98,6 +98,14 @@ def test_clients_take_turns_so_a_single_job_is_not_stuck_behind_a_batch(engine):
     assert gated.started[:4] == ["batch 1", "other", "single", "batch 2"]
 
 
+async def all_disconnected(server, seconds: float) -> bool:
+    """Whether the server has let go of every connection within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while server.connections and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return not server.connections
+
+
 def test_a_client_that_never_reads_is_cut_off_and_the_others_are_served(engine):
     config = {"outbox_bytes_per_client": 1 << 20, "slow_client_seconds": 1.0}
 
@@ -113,10 +121,7 @@ def test_a_client_that_never_reads_is_cut_off_and_the_others_are_served(engine):
                 for nonce in range(2000):  # replies to a client that does not read are dropped, not kept
                     await silent.send(encode_message(Ping(nonce)))
                 await a_normal_job_succeeds(server.url)
-                deadline = time.monotonic() + 60
-                while len(server.connections) > 0 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.2)
-                cut_off = len(server.connections) == 0
+                cut_off = await all_disconnected(server, 60)
             await a_normal_job_succeeds(server.url)
             return cut_off
 
@@ -135,10 +140,7 @@ def test_the_servers_budget_of_unsent_bytes_cuts_off_the_client_holding_most(eng
                 await silent.send(input_frame(1, 0, STYLE))
                 message = generate_message(1, steps=1, width=1024, height=1024, batch=4, preview_side=64)
                 await silent.send(encode_message(message))
-                deadline = time.monotonic() + 90
-                while len(server.connections) > 0 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.2)
-                cut_off = len(server.connections) == 0
+                cut_off = await all_disconnected(server, 90)
             await a_normal_job_succeeds(server.url)
             return cut_off
 

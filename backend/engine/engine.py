@@ -307,10 +307,9 @@ class InstantStyleEngine:
     ) -> GenerationResult:
         """One job (with the lock held): denoise, decode, score."""
         try:
-            decoded = self._denoise_and_decode(request, on_step, cancel)
+            images = self._denoise_and_decode(request, on_step, cancel)
         finally:
             self.precise.set(None)  # at rest the UNet has only diffusers' own processors
-        images = [to_uint8(image) for image in decoded]
         references = request.style_images + [ref for region in request.regions for ref in region.style_images]
         scores = score_images(
             self.encoder,
@@ -332,7 +331,8 @@ class InstantStyleEngine:
     def _denoise_and_decode(
         self, request: GenerationRequest, on_step: StepCallback | None, cancel: threading.Event | None
     ) -> list[np.ndarray]:
-        """``generate``'s work (with the lock held): the pipeline's denoising, then the engine's decode."""
+        """``generate``'s work (with the lock held): the pipeline's denoising, then the engine's decode
+        into uint8 pictures."""
         pipe, kwargs = self.prepare(request)
         capture = DenoisedCapture()
         previews = job_previews(request, on_step, self.device, self.preview_vae.vae)
@@ -375,12 +375,12 @@ class InstantStyleEngine:
                 previews.flush()
         with torch.inference_mode():  # a visiting ControlNet has left: it is not beside the decode
             check_finite(latents, "latents")
-            decoded = decode(pipe, latents)
+            images = [to_uint8(image) for image in decode(pipe, latents)]
         if previews is not None and last is not None:
             step, latents = last
-            picture = result_preview(decoded[0], previews.last_side) if request.step_pictures else None
+            picture = result_preview(images[0], previews.last_side) if request.step_pictures else None
             previews.last(step, step, picture, latents)
-        return decoded
+        return images
 
     def compile_unet(self, backend: str | Callable[..., object] = "inductor") -> None:
         """``torch.compile`` the UNet's repeated transformer blocks (diffusers' regional compilation:

@@ -111,12 +111,11 @@ def preview_size(width: int, height: int, preview_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def result_preview(image: np.ndarray, preview_side: int) -> np.ndarray:
-    """The decoded picture (float HWC in 0..1) as the last step's preview: uint8, at most
-    ``preview_side`` on its longest side (antialiased)."""
+def result_preview(rgb: np.ndarray, preview_side: int) -> np.ndarray:
+    """The finished picture (uint8 HWC) as the last step's preview: at most ``preview_side`` on its
+    longest side (antialiased)."""
     from PIL import Image
 
-    rgb = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     height, width = rgb.shape[:2]
     size = preview_size(width, height, preview_side)
     if size == (width, height):
@@ -193,12 +192,13 @@ class PreviewStream:
         render: Renderer = rgb_tensor,
         budget: PreviewBudget | None = None,
         first_render: Renderer | None = None,
+        last_side: int = 1024,
     ):
         self.emit = emit
         self.render = render
         self.first_render = first_render
         """Draws step 1 when set: a blur at that point, at half the side it costs a quarter or less."""
-        self.last_side = 1024
+        self.last_side = last_side
         """Longest side of the last step's picture (the result scaled down)."""
         self.budget = budget
         self.deferred = device.type == "cuda" if deferred is None else deferred
@@ -281,22 +281,23 @@ def job_previews(
     linear. None without a step callback."""
     if on_step is None:
         return None
-    share = request.preview_share
-    budget = None if share is None else PreviewBudget(share)
     if not request.step_pictures:
-        budget = PreviewBudget(pictures=False)
-    if tiny_vae is None:
-        linear = PreviewStream(on_step, device, budget=budget)
-        linear.last_side = max(request.width, request.height) // 8  # as small as the linear ones
-        return linear
+        budget: PreviewBudget | None = PreviewBudget(pictures=False)
+    elif request.preview_share is None:
+        budget = None  # every step drawn
+    else:
+        budget = PreviewBudget(request.preview_share)
+    if tiny_vae is None:  # the last picture as small as the linear ones: latent resolution
+        latent_side = max(request.width, request.height) // 8
+        return PreviewStream(on_step, device, budget=budget, last_side=latent_side)
     width, height = preview_size(request.width, request.height, request.preview_side)
     render = TinyVaeRenderer(tiny_vae, (width, height))
     # Within a budget the first step, a blur yet, is drawn at half the side: a quarter of the cost,
     # which leaves the budget room for a picture in the middle of the job.
     first = TinyVaeRenderer(tiny_vae, (max(8, width // 2), max(8, height // 2))) if budget else None
-    stream = PreviewStream(on_step, device, render=render, budget=budget, first_render=first)
-    stream.last_side = request.preview_side
-    return stream
+    return PreviewStream(
+        on_step, device, render=render, budget=budget, first_render=first, last_side=request.preview_side
+    )
 
 
 class DenoisedCapture:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -464,8 +463,7 @@ def _prepare(
     message: Generate, frames: dict[int, PixelFrame], max_preview_side: int, preview_share: float | None
 ) -> GenerationRequest:
     """Decode the job's images and build its request (on the decoder threads, not the event loop)."""
-    request = build_request(message, input_images(message, frames), max_preview_side)
-    request = dataclasses.replace(request, preview_share=preview_share)
+    request = build_request(message, input_images(message, frames), max_preview_side, preview_share)
     try:
         request.validate()
     except RequestError as error:

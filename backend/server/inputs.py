@@ -9,6 +9,7 @@ from collections.abc import Collection
 import numpy as np
 from PIL import Image
 
+from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
 from backend.engine.regions import StyleRegion
 from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StyleReference
 from protocol import ErrorCode, Generate, PixelFormat, PixelFrame, ProtocolError
@@ -86,10 +87,14 @@ def _same_shape(size: tuple[int, int], expected: tuple[int, int]) -> bool:
 
 
 def build_request(
-    message: Generate, images: dict[int, Image.Image], max_preview_side: int | None = None
+    message: Generate,
+    images: dict[int, Image.Image],
+    max_preview_side: int | None = None,
+    preview_share: float | None = DEFAULT_PREVIEW_SHARE,
 ) -> GenerationRequest:
     """The engine request for a ``generate`` message and its input images (server and CLI alike);
-    previews larger than ``max_preview_side`` are made at that size."""
+    previews larger than ``max_preview_side`` are made at that size, within ``preview_share`` of the
+    denoising time."""
     mask = images[message.mask].convert("L") if message.mask is not None else None
     regions = [
         StyleRegion(
@@ -128,6 +133,7 @@ def build_request(
         regions=regions,
         sweep=[(values.axis, tuple(values.values)) for values in message.sweep],
         preview_side=min(message.preview_side, max_preview_side or message.preview_side),
+        preview_share=preview_share,
         step_pictures=not message.live,  # a live job's result is what the artist waits for
     )
 

@@ -192,11 +192,7 @@ class GpuWorker:
         if reason is not None:
             raise QueueFull(reason)
         with self._condition:
-            line = self._lines.get(job.client)
-            if line is None:
-                turn = max(self._round, self._served.pop(job.client, 0))
-                line = self._lines[job.client] = _Line(collections.deque(), turn, next(self._arrivals))
-            line.jobs.append(job)
+            self._line_of(job.client).jobs.append(job)
             self._announce_positions()  # the new job may go ahead of later turns of other clients
             self._condition.notify_all()
             return job.position
@@ -321,12 +317,17 @@ class GpuWorker:
             del self._sweeps[job]
             sweep.cancelled_between_cells()
             return
-        line = self._lines.get(job.client)
-        if line is None:
-            turn = max(self._round, self._served.pop(job.client, 0))
-            line = self._lines[job.client] = _Line(collections.deque(), turn, next(self._arrivals))
-        line.jobs.appendleft(job)
+        self._line_of(job.client).jobs.appendleft(job)
         self._announce_positions()
+
+    def _line_of(self, client: object) -> _Line:
+        """The client's line, made in the current round if it has none (call with the lock held): a
+        client coming back does not jump the queue (``_served`` remembers its next turn)."""
+        line = self._lines.get(client)
+        if line is None:
+            turn = max(self._round, self._served.pop(client, 0))
+            line = self._lines[client] = _Line(collections.deque(), turn, next(self._arrivals))
+        return line
 
 
 class _Stop:

@@ -8,7 +8,6 @@ its folder sits beside Krita's own resource folder (``~/.local/share/krita``,
 
 from __future__ import annotations
 
-import os
 import platform as _platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,9 +27,6 @@ class Platform(str, Enum):
     def current(cls) -> Platform:
         system = _platform.system()
         return cls.WINDOWS if system == "Windows" else cls.MACOS if system == "Darwin" else cls.LINUX
-
-    def path(self, text: str) -> PurePath:
-        return PureWindowsPath(text) if self is Platform.WINDOWS else PurePosixPath(text)
 
 
 def backend_home(system: Platform, env: Mapping[str, str], home: str) -> PurePath:
@@ -128,11 +124,3 @@ def pick_uv_wheel(filenames: list[str], system: Platform, machine: str) -> str |
 
 ARCHES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
 MAC_ARCHES = {"x86_64": "x86_64", "aarch64": "arm64"}
-
-
-def uv_binary_name(system: Platform) -> str:
-    return "uv.exe" if system is Platform.WINDOWS else "uv"
-
-
-def this_machine() -> tuple[Platform, Mapping[str, str], str]:
-    return Platform.current(), os.environ, os.path.expanduser("~")
