@@ -3,15 +3,16 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_engine.py [--size 256] [--steps 30] [--repeats 5]
 
 Each figure is a ratio from one run: the engine's job (block scales, cached style embedding, a
-step callback, uint8 conversion, scores) against a raw ``pipe(**kwargs)`` of the same inputs, run
-alternately in one process: each round runs the raw pipeline, then every setting once, and a
-setting's figure is the median over the rounds of its time against that round's raw time (pairs
-taken close together cancel the slow drifts of a shared machine). Four settings:
+step callback, uint8 conversion, scores) against a raw ``pipe(**kwargs)`` of the same inputs, in one
+process: each round times every setting right beside a raw run of its own (before it in even
+rounds, after it in odd ones), and a setting's figure is the median of its time against its raw
+time over the rounds, with the quartiles (this shared machine's speed drifts within seconds). Five settings:
 
 - no step callback at all (the engine's own overhead, without previews);
 - linear previews on every step (``--preview-vae none``);
 - tiny-autoencoder previews on every step (``preview_share=None``);
-- the preview budget on (the default: 3 % of the denoising time, first step and result always).
+- the preview budget on (the default: 2 % of the denoising time, first step and result always);
+- the preview budget at 3 %, for comparison.
 
 It also times a tiny-autoencoder preview decoded at the image's size against one at half its side
 (latents scaled first), and a live job (4 steps at the live default of 768²) with and without step
@@ -89,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=12)
     args = parser.parse_args()
 
     from PIL import Image
@@ -112,21 +113,33 @@ def main() -> None:
         "linear previews, every step": Variant(linear, every_step),
         "tiny autoencoder, every step": Variant(engine, every_step),
         "preview budget on (default)": Variant(engine, request),
+        "preview budget at 3 %": Variant(engine, dataclasses.replace(request, preview_share=0.03)),
     }
     for variant in variants.values():
         variant.run()  # warm-up: caches filled
-    raw_times = []
-    for _ in range(args.repeats):  # alternately, so that a slow moment of the machine hits all alike
-        raw_times.append(raw_pipeline(engine, request))
-        for variant in variants.values():
-            variant.run()
-    raw = statistics.median(raw_times)
+    raw_times: list[float] = []
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for round_ in range(args.repeats):
+        # Each setting is timed right beside its own raw run, the order of the two and of the settings
+        # turning with the round: this machine's speed drifts by ±10 % within seconds.
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            variant = variants[name]
+            if round_ % 2 == 0:
+                raw = raw_pipeline(engine, variant.request)
+                variant.run()
+            else:
+                variant.run()
+                raw = raw_pipeline(engine, variant.request)
+            raw_times.append(raw)
+            ratios[name].append(variant.times[-1] / raw)
     print(f"tiny model, {args.size}x{args.size}, {args.steps} steps, CPU, {args.repeats} rounds, one run")
-    print(f"raw diffusers pipeline: {raw * 1000:.1f} ms (median)")
+    print(f"raw diffusers pipeline: {statistics.median(raw_times) * 1000:.1f} ms (median)")
     for name, variant in variants.items():
-        ratio = statistics.median(t / r for t, r in zip(variant.times[1:], raw_times, strict=True)) - 1
+        quartiles = statistics.quantiles([r - 1 for r in ratios[name]], n=4)
         print(
-            f"{name:30s}: engine overhead {ratio * 100:+6.2f} %"
+            f"{name:30s}: engine overhead {quartiles[1] * 100:+6.2f} % "
+            f"(quartiles {quartiles[0] * 100:+.1f} / {quartiles[2] * 100:+.1f} %)"
             + (
                 f", {variant.pictures:2d} of {args.steps} steps with a picture, "
                 f"longest wait for one {variant.longest_gap * 1000:.0f} ms"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backend.cli import build_parser
-from backend.engine.preview_budget import PreviewBudget
+from backend.engine.preview_budget import HALF_SIDE_COST, Picture, PreviewBudget
 from backend.engine.previews import PreviewStream
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.server.app import config_from_args
@@ -33,32 +33,61 @@ class Clock:
         return self.now
 
 
-def simulate(steps: int, step_seconds: float, render_seconds: float, **budget) -> tuple[list[int], list]:
-    """A job on the made-up clock: which steps got a preview, and the budget after each."""
+def simulate_sized(
+    steps: int, step_seconds: float, render_seconds: float, **budget
+) -> tuple[list[tuple[int, Picture]], list]:
+    """A job on the made-up clock (a half-side picture costs ``HALF_SIDE_COST`` of a full one): which
+    steps got a picture and how big, and the budget after each step."""
     clock = Clock()
     budget = PreviewBudget(clock=clock, **budget)
     budget.resume()
     shown, states = [], []
     for step in range(1, steps + 1):
         clock.now += step_seconds
-        if budget.step_ended(step):
-            clock.now += render_seconds
-            budget.rendered(render_seconds)
-            shown.append(step)
+        picture = budget.step_ended(step)
+        if picture:
+            cost = render_seconds * (HALF_SIDE_COST if picture is Picture.HALF else 1.0)
+            clock.now += cost
+            budget.rendered(cost, picture)
+            shown.append((step, picture))
         states.append((budget.spent, budget.denoising))
         budget.resume()
     return shown, states
 
 
+def simulate(steps: int, step_seconds: float, render_seconds: float, **budget) -> tuple[list[int], list]:
+    """As ``simulate_sized``, the steps only."""
+    shown, states = simulate_sized(steps, step_seconds, render_seconds, **budget)
+    return [step for step, _ in shown], states
+
+
 def test_costly_previews_stay_within_their_share_and_use_it():
     """A preview costing a fifth of a step (the tiny autoencoder at 1024² on this CPU costs 29 %)."""
-    shown, states = simulate(100, 0.1, 0.02, share=0.03)
-    assert shown[0] == 1
+    shown, states = simulate_sized(100, 0.1, 0.02, share=0.03)
+    assert shown[0] == (1, Picture.HALF)  # a blur yet: half the side, a quarter of the cost
     for spent, denoising in states[1:]:
-        assert spent <= max(0.02, 0.03 * denoising) + 1e-9  # the first preview is always drawn
-    # 3 % of 10 s is 0.3 s: 15 previews of 0.02 s; the budget spends nearly all of it.
+        assert spent <= max(0.005, 0.03 * denoising) + 1e-9  # the first preview is always drawn
+    # 3 % of 10 s is 0.3 s: 15 full previews of 0.02 s; the budget spends nearly all of it. A full
+    # one fits every 0.67 s, before a half one would be due: never sharp, blurred, sharp again.
+    assert 0.28 <= states[-1][0] <= 0.03 * 10.0 + 1e-9
+    assert [picture for _, picture in shown[1:]] == [Picture.FULL] * (len(shown) - 1)
     assert len(shown) in (14, 15)
-    assert states[-1][0] <= 0.03 * 10.0 + 1e-9
+
+
+def test_when_a_full_picture_does_not_fit_a_half_one_comes_about_every_second():
+    """A CPU job of 2 s whose full preview costs 16 ms (the tiny model at 256²): within 2 % a full
+    one fits only after 1 s of denoising; a half-side one (4 ms) when none came for 0.8 s."""
+    shown, states = simulate_sized(50, 0.04, 0.016, share=0.02)
+    times = [step * 0.04 for step, _ in shown]
+    assert shown[0] == (1, Picture.HALF) and len(shown) >= 3
+    assert shown[1][1] is Picture.HALF
+    assert max(b - a for a, b in itertools.pairwise([*times, 50 * 0.04])) <= 1.0  # then the result
+    assert states[-1][0] <= 0.02 * states[-1][1] + 1e-9
+
+
+def test_a_full_picture_is_drawn_where_it_fits():
+    shown, _ = simulate_sized(30, 0.2, 0.01, share=0.1)
+    assert shown[0] == (1, Picture.HALF) and all(picture is Picture.FULL for _, picture in shown[1:])
 
 
 def test_cheap_previews_come_every_step_and_fast_steps_at_most_ten_a_second():
@@ -83,11 +112,12 @@ def simulate_deferred(steps: int, step_seconds: float, render_seconds: float, **
         clock.now += step_seconds
         wanted = budget.step_ended(step)
         if in_flight is not None:
-            budget.rendered(render_seconds, 0.5 if in_flight == 1 else 1.0)
+            share = HALF_SIDE_COST if in_flight is Picture.HALF else 1.0
+            budget.rendered(render_seconds * share, in_flight)
             in_flight = None
         if wanted:
             shown.append(step)
-            in_flight = step
+            in_flight = wanted
         budget.resume()
     return shown
 
@@ -105,10 +135,10 @@ def test_a_deferred_stream_hands_over_in_step_order_when_the_budget_skips():
     """Step 2 is skipped: step 1's preview (held for the next callback) goes out before step 2's
     progress, then step 3's preview at the end."""
     emitted = []
-    answers = iter([True, False, True])
+    answers = iter([Picture.HALF, Picture.NONE, Picture.FULL])
 
     class Budget(PreviewBudget):
-        def step_ended(self, step: int) -> bool:
+        def step_ended(self, step: int) -> Picture:
             return next(answers)
 
     stream = PreviewStream(emitted.append, torch.device("cpu"), deferred=True, budget=Budget())
@@ -169,7 +199,7 @@ def test_through_the_server_a_preview_follows_its_progress_and_a_live_job_sends_
 
 def test_the_servers_preview_budget_is_a_percentage_of_the_denoising_time():
     parse = build_parser().parse_args
-    assert config_from_args(parse(["serve"])).preview_share == pytest.approx(0.03)
+    assert config_from_args(parse(["serve"])).preview_share == pytest.approx(0.02)
     assert config_from_args(parse(["serve", "--preview-budget", "100"])).preview_share == 1.0
     with pytest.raises(ConfigError, match="the preview budget must be 0 to 100 %, got 150"):
         config_from_args(parse(["serve", "--preview-budget", "150"])).check()

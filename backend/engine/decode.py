@@ -81,7 +81,7 @@ def decode(pipeline: object, latents: torch.Tensor) -> list[np.ndarray]:
     """Final latents to float [0, 1] HWC images, exactly as the SDXL pipelines' own decode."""
     check_finite(latents, "latents")
     vae = pipeline.vae  # type: ignore[attr-defined]
-    dtype = vae.dtype
+    dtype = next(vae.parameters()).dtype  # diffusers' ``vae.dtype`` walks every module
     upcast = dtype == torch.float16 and vae.config.force_upcast
     try:
         if upcast:  # fp16 SDXL VAE overflows: decode in fp32
@@ -90,7 +90,7 @@ def decode(pipeline: object, latents: torch.Tensor) -> list[np.ndarray]:
         latents = unscale(vae, latents).to(_execution_device(vae))
         image = vae.decode(latents, return_dict=False)[0]
     finally:
-        if vae.dtype != dtype:
+        if upcast:
             vae.to(dtype=dtype)
     check_finite(image, "decoded image")
     watermark = getattr(pipeline, "watermark", None)

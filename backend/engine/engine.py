@@ -37,7 +37,7 @@ from .previews import DenoisedCapture, StepPreview, job_previews, result_preview
 from .prompt_cache import PromptCache, PromptKey
 from .regions import style_and_masks
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
-from .samplers import make_scheduler
+from .samplers import JobSchedulers
 from .scores import score_images
 from .speed_presets import SpeedPreset, lora_sources, speed_preset
 from .step_noise import step_noise_on_device
@@ -90,8 +90,9 @@ class InstantStyleEngine:
         )
         self.controlnet = controlnet
         self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
-        self._model_scheduler = pipeline.scheduler  # type: ignore[attr-defined]
-        """The model's own scheduler: the default sampler and the base of the others' configs."""
+        self.schedulers = JobSchedulers(pipeline.scheduler)  # type: ignore[attr-defined]
+        self._dtype: torch.dtype = pipeline.unet.dtype  # type: ignore[attr-defined]
+        """Read once: diffusers' ``dtype`` walks every module of the UNet (~2 ms a job on the tiny model)."""
         self.loras = loras or LoraSet(pipeline)
         self.precise = PreciseLayout(pipeline.unet)  # type: ignore[attr-defined]
         self.applied_scales = AppliedScales()
@@ -180,7 +181,8 @@ class InstantStyleEngine:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipeline.unet.dtype  # type: ignore[attr-defined]
+        """The weights' dtype, fixed when the model is loaded."""
+        return self._dtype
 
     @property
     def info(self) -> EngineInfo:
@@ -272,13 +274,7 @@ class InstantStyleEngine:
         if request.preset is BlockPreset.PRECISE and request.layout_push > 0:
             self.precise.set(request.layout_push)  # at 0 nothing is pushed: exactly the style preset
         self.loras.activate(request.loras)  # before the prompt is encoded: a LoRA may change it
-        # Every job gets its own scheduler: they keep per-run state, and the sampler is the job's choice.
-        base = self._model_scheduler
-        pipe.scheduler = (  # type: ignore[attr-defined]
-            make_scheduler(request.sampler, base.config)
-            if request.sampler is not None
-            else type(base).from_config(base.config)
-        )
+        pipe.scheduler = self.schedulers.fresh(request.sampler)  # type: ignore[attr-defined]
         # The VAE is shared by every mode's pipeline: its tiling is set per job.
         longest = max(request.width, request.height)
         set_decode_tiles(self.pipeline.vae, self.memory_tier.tiles_vae, longest)  # type: ignore[attr-defined]

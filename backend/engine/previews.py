@@ -27,15 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .preview_budget import PreviewBudget
+from .preview_budget import Picture, PreviewBudget
 from .request import GenerationRequest
 from .scheduler_step import Step, wrapped_step
-
-HALF_SIDE_COST = 0.25
-"""What the first step's half-side preview is taken to cost against a full one: its share of the
-pixels. Measured on a CPU the real share is 0.23 at 256² and 0.10 to 0.17 at 1024² (the decoder's cost
-falls faster than its pixels on big pictures), so a big job's next preview may be estimated at half
-its cost once; the budget then goes by what it really cost."""
 
 # Rows = latent channels, columns = R, G, B; applies to diffusers' scaled latents.
 SDXL_LATENT_RGB_FACTORS = torch.tensor(
@@ -142,12 +136,13 @@ def tiny_vae_rgb(vae: torch.nn.Module, latents: torch.Tensor, size: tuple[int, i
     preview's size / 8 (a 512 preview of a 1024² job costs about a sixth of a full decode on the tiny
     model, ``bench/bench_engine.py``), then the picture is resized to the exact size."""
     config = vae.config  # type: ignore[attr-defined]
-    first = latents[:1].detach().to(dtype=vae.dtype)  # type: ignore[attr-defined]
+    dtype = next(vae.parameters()).dtype  # diffusers' ``vae.dtype`` walks every module: ~0.2 ms a call
+    first = latents[:1].detach().to(dtype=dtype)
     width, height = size
     grid = (math.ceil(height / 8), math.ceil(width / 8))
     if grid[0] < first.shape[-2] and grid[1] < first.shape[-1]:
         first = F.interpolate(first.float(), size=grid, mode="bilinear", antialias=True, align_corners=False)
-        first = first.to(dtype=vae.dtype)  # type: ignore[attr-defined]
+        first = first.to(dtype=dtype)
     # Scaled latents as the pipelines hand them to their VAE (TAESD-XL's factors are 1 and 0).
     first = first / config.scaling_factor + getattr(config, "shift_factor", 0.0)
     image = vae.decode(first).sample.float()  # type: ignore[attr-defined]
@@ -169,6 +164,7 @@ class _InFlight:
     """Waits until ``host`` holds the preview (the asynchronous copy is done)."""
     cost: Callable[[], float]
     """Seconds the render took (once ``ready``): on a GPU, its own stream's time."""
+    picture: Picture
 
 
 class PreviewStream:
@@ -191,33 +187,40 @@ class PreviewStream:
         deferred: bool | None = None,
         render: Renderer = rgb_tensor,
         budget: PreviewBudget | None = None,
-        first_render: Renderer | None = None,
+        half_render: Renderer | None = None,
         last_side: int = 1024,
     ):
         self.emit = emit
         self.render = render
-        self.first_render = first_render
-        """Draws step 1 when set: a blur at that point, at half the side it costs a quarter or less."""
+        self.half_render = half_render
+        """Draws the pictures the budget affords at half the side only (step 1's, a blur yet, among
+        them): a quarter of the cost or less. None: every picture is drawn by ``render``."""
         self.last_side = last_side
         """Longest side of the last step's picture (the result scaled down)."""
         self.budget = budget
         self.deferred = device.type == "cuda" if deferred is None else deferred
         self._pending: _InFlight | None = None
-        self._buffers: list[torch.Tensor] = []
+        self._buffers: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        """Two pinned host buffers per picture shape (full and half side), used in turn."""
+        self._turn = 0
         self._side = torch.cuda.Stream(device) if self.deferred and device.type == "cuda" else None
 
     def push(self, step: int, total: int, shown: torch.Tensor, latents: torch.Tensor) -> None:
-        if self.budget is not None and not self.budget.step_ended(step):
+        picture = self.budget.step_ended(step) if self.budget is not None else Picture.FULL
+        if picture is Picture.HALF and self.half_render is None:
+            picture = Picture.FULL  # what is drawn is what is charged
+        if not picture:
             self.flush()
             self.emit(StepPreview(step, total, None, latents))
         elif not self.deferred:
             started = time.perf_counter()
-            rgb = self._renderer(step)(shown).cpu().numpy()
-            self._rendered(time.perf_counter() - started, step)
+            rgb = self._renderer(picture)(shown).cpu().numpy()
+            self._rendered(time.perf_counter() - started, picture)
             self.emit(StepPreview(step, total, rgb, latents))
         else:
-            host, ready, cost = self._render_to_host(shown, step)
-            previous, self._pending = self._pending, _InFlight(step, total, host, latents, ready, cost)
+            host, ready, cost = self._render_to_host(shown, picture)
+            in_flight = _InFlight(step, total, host, latents, ready, cost, picture)
+            previous, self._pending = self._pending, in_flight
             if previous is not None:
                 self._hand_over(previous)
         if self.budget is not None:
@@ -233,20 +236,19 @@ class PreviewStream:
         if previous is not None:
             self._hand_over(previous)
 
-    def _renderer(self, step: int) -> Renderer:
-        return self.first_render if step == 1 and self.first_render is not None else self.render
+    def _renderer(self, picture: Picture) -> Renderer:
+        return self.half_render if picture is Picture.HALF and self.half_render is not None else self.render
 
-    def _rendered(self, seconds: float, step: int) -> None:
+    def _rendered(self, seconds: float, picture: Picture) -> None:
         if self.budget is not None:
-            first = step == 1 and self.first_render is not None
-            self.budget.rendered(seconds, HALF_SIDE_COST if first else 1.0)
+            self.budget.rendered(seconds, picture)
 
     def _render_to_host(
-        self, shown: torch.Tensor, step: int
+        self, shown: torch.Tensor, picture: Picture
     ) -> tuple[torch.Tensor, Callable[[], None], Callable[[], float]]:
         if self._side is None or shown.device.type != "cuda":  # deferred on a CPU: same hand-over
             started = time.perf_counter()
-            rgb = self._renderer(step)(shown).clone()
+            rgb = self._renderer(picture)(shown).clone()
             seconds = time.perf_counter() - started
             return rgb, lambda: None, lambda: seconds
         side = self._side
@@ -254,10 +256,13 @@ class PreviewStream:
         with torch.cuda.stream(side):
             began = torch.cuda.Event(enable_timing=True)
             began.record(side)
-            rgb = self._renderer(step)(shown)
-            if not self._buffers or self._buffers[0].shape != rgb.shape:
-                self._buffers = [torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-            host = self._buffers[step % 2]  # the other one may still be read by the previous hand-over
+            rgb = self._renderer(picture)(shown)
+            pair = self._buffers.get(tuple(rgb.shape))
+            if pair is None:
+                pair = [torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+                self._buffers[tuple(rgb.shape)] = pair
+            self._turn ^= 1
+            host = pair[self._turn]  # the other one may still be read by the previous hand-over
             host.copy_(rgb, non_blocking=True)
             copied = torch.cuda.Event(enable_timing=True)
             copied.record(side)
@@ -266,7 +271,7 @@ class PreviewStream:
 
     def _hand_over(self, preview: _InFlight) -> None:
         preview.ready()
-        self._rendered(preview.cost(), preview.step)
+        self._rendered(preview.cost(), preview.picture)
         rgb = preview.host.numpy().copy()  # the pinned buffer is reused two steps later
         self.emit(StepPreview(preview.step, preview.total, rgb, preview.latents))
 
@@ -292,11 +297,11 @@ def job_previews(
         return PreviewStream(on_step, device, budget=budget, last_side=latent_side)
     width, height = preview_size(request.width, request.height, request.preview_side)
     render = TinyVaeRenderer(tiny_vae, (width, height))
-    # Within a budget the first step, a blur yet, is drawn at half the side: a quarter of the cost,
-    # which leaves the budget room for a picture in the middle of the job.
-    first = TinyVaeRenderer(tiny_vae, (max(8, width // 2), max(8, height // 2))) if budget else None
+    # Within a budget step 1, a blur yet, and the pictures a full one does not fit are drawn at half
+    # the side: a quarter of the cost, which leaves the budget room for pictures during the job.
+    half = TinyVaeRenderer(tiny_vae, (max(8, width // 2), max(8, height // 2))) if budget else None
     return PreviewStream(
-        on_step, device, render=render, budget=budget, first_render=first, last_side=request.preview_side
+        on_step, device, render=render, budget=budget, half_render=half, last_side=request.preview_side
     )
 
 

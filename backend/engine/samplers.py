@@ -8,6 +8,7 @@ as the distilled models and LoRAs they are made for (Lightning, Hyper-SD) expect
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,3 +61,26 @@ def make_scheduler(sampler: Sampler, base_config: object) -> object:
     recipe = SAMPLERS[sampler]
     scheduler_class = getattr(diffusers, recipe.scheduler)
     return scheduler_class.from_config(base_config, **recipe.config)
+
+
+class JobSchedulers:
+    """A scheduler of its own for each job (they keep per-run state, and the sampler is the job's choice),
+    copied from one unused scheduler per sampler: building one from its config inspects signatures
+    (~1 ms a job on a CPU), copying it takes ~0.1 ms."""
+
+    def __init__(self, model_scheduler: object) -> None:
+        self.model_scheduler = model_scheduler
+        """The model's own scheduler: the default sampler and the base of the others' configs."""
+        self._pristine: dict[Sampler | None, object] = {}
+
+    def fresh(self, sampler: Sampler | None) -> object:
+        """A new scheduler for ``sampler`` (None: the model's own kind)."""
+        pristine = self._pristine.get(sampler)
+        if pristine is None:
+            config = self.model_scheduler.config  # type: ignore[attr-defined]
+            if sampler is None:
+                pristine = type(self.model_scheduler).from_config(config)  # type: ignore[attr-defined]
+            else:
+                pristine = make_scheduler(sampler, config)
+            self._pristine[sampler] = pristine
+        return copy.deepcopy(pristine)
