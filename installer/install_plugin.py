@@ -90,6 +90,17 @@ def plugin_files() -> dict[str, Path]:
     files.update(tree(REPO / "krita_plugin" / PLUGIN_NAME, PLUGIN_NAME))
     files.update(tree(REPO / "protocol", f"{PLUGIN_NAME}/protocol"))
     files.update(tree(websockets_source(), f"{PLUGIN_NAME}/vendor/websockets"))
+    # The backend's code travels with the plugin: the docker's Install copies it into the managed
+    # backend's folder, so plugin and backend always speak the same protocol version.
+    if str(REPO) not in sys.path:  # run as a script
+        sys.path.insert(0, str(REPO))
+    from krita_plugin.instantstyle.managed.install import BUNDLED  # Qt-free, standard library only
+
+    for name in BUNDLED:
+        if (REPO / name).is_dir():
+            files.update(tree(REPO / name, f"{PLUGIN_NAME}/backend_bundle/{name}"))
+        else:
+            files[f"{PLUGIN_NAME}/backend_bundle/{name}"] = REPO / name
     return files
 
 

@@ -3,6 +3,8 @@
     python installer/setup_backend.py            # runtime + test dependencies, into .venv
     python installer/setup_backend.py --runtime  # runtime only (what an artist needs)
     python installer/setup_backend.py --dry-run  # say what would be installed
+    python installer/setup_backend.py --runtime --packages-from SITE_PACKAGES
+                                                 # reuse installed packages, no network (tests)
 
 PyPI's torch wheel is CUDA-enabled on Linux, but CPU-only on Windows: with an
 NVIDIA GPU on Windows, torch comes from PyTorch's own CUDA wheel index. macOS
@@ -89,9 +91,24 @@ def venv_python(folder: Path) -> Path:
     return folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def reuse_packages(python: Path, site_packages: Path) -> None:
+    """Let the environment of ``python`` see the packages of ``site_packages`` (a ``.pth`` file)."""
+    if not (site_packages / "torch").is_dir():
+        raise SystemExit(
+            f"error: {site_packages} has no torch: it is not a site-packages folder with the packages"
+        )
+    query = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = subprocess.run([str(python), "-c", query], check=True, capture_output=True, text=True).stdout
+    (Path(purelib.strip()) / "instantstyle-reused-packages.pth").write_text(
+        f"{site_packages}\n", encoding="utf-8"
+    )
+
+
 def run(command: list[str]) -> None:
     print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise SystemExit(f"error: {' '.join(command[1:4])} ... failed (exit code {done.returncode})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=Path(os.environ.get("VENV", REPO / ".venv")))
     parser.add_argument("--runtime", action="store_true", help="runtime dependencies only, no test tools")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument(
+        "--packages-from",
+        type=Path,
+        metavar="SITE_PACKAGES",
+        help="reuse the packages of this site-packages folder and never use the network "
+        "(the managed backend's tests; machines without internet that have the packages)",
+    )
     args = parser.parse_args(argv)
     if sys.version_info < (3, 11):
         print(
@@ -122,8 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     if not python.exists():
         venv.create(args.venv, with_pip=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
-    run([*pip, "--upgrade", "pip"])
-    run([*pip, *plan.pip_arguments])
+    if args.packages_from is not None:
+        reuse_packages(python, args.packages_from)
+        pip += ["--no-index", "--no-deps"]  # what it reuses is complete; the venv's own setuptools is old
+        torch_arguments: tuple[str, ...] = (f"torch=={TORCH_VERSION}",)
+    else:
+        run([*pip, "--upgrade", "pip"])
+        torch_arguments = plan.pip_arguments
+    run([*pip, *torch_arguments])
     requirements = "requirements.txt" if args.runtime else "requirements-test.txt"
     run([*pip, "-r", str(REPO / requirements)])
     print(f"backend environment ready: {python}")

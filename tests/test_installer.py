@@ -131,6 +131,15 @@ def test_zip_has_the_layout_krita_imports(tmp_path):
     assert "instantstyle/protocol/codec.py" in names
     assert "instantstyle/vendor/websockets/sync/client.py" in names
     assert not [n for n in names if n.endswith((".so", ".pyc")) or "__pycache__" in n]
+    # The backend's code for the docker's Install: found where the installed plugin looks for it.
+    zipfile.ZipFile(out).extractall(tmp_path / "pykrita")
+    from krita_plugin.instantstyle.managed.install import bundle_ids, bundle_root
+    from tests.conftest import REPO
+
+    bundle = bundle_root(tmp_path / "pykrita" / "instantstyle")
+    assert bundle == tmp_path / "pykrita" / "instantstyle" / "backend_bundle"
+    assert (bundle / "backend" / "cli.py").is_file() and (bundle / "installer" / "setup_backend.py").is_file()
+    assert bundle_ids(bundle) == bundle_ids(REPO)  # the same code and requirements as this checkout
 
 
 @pytest.mark.parametrize("krita", ["5.1", "5.2", "6.0"])

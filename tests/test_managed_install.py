@@ -1,0 +1,211 @@
+"""The managed backend's install, update and uninstall (Qt-free, as the docker's Install button runs it).
+
+A real install: a virtual environment made by this machine's Python, ``installer/setup_backend.py``'s
+package step (its ``--packages-from`` test mode: this test environment's packages, pip told to use no
+network), the backend's code copied from the plugin's bundle, then a real ``python -m backend serve``
+from that install running a job whose pixels equal the engine's here. Then what artists meet: an
+update that copies new code only, an update that fails or is cancelled (the previous install stays
+working), no disk space, no Python, and an uninstall that keeps the models unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.client import InstantStyleClient, frame_image
+from krita_plugin.instantstyle.managed.install import (
+    BUNDLED,
+    InstallCancelled,
+    Installer,
+    InstallError,
+    InstallOptions,
+    InstallStep,
+    bundle_ids,
+    bundle_root,
+    read_installation,
+    uninstall,
+    update_available,
+)
+from krita_plugin.instantstyle.managed.platforms import Layout, Platform
+from krita_plugin.instantstyle.managed.server_process import ManagedServer, ServerCommand, ServerState
+from tests.conftest import REPO, noise_image
+from tests.server_helpers import generate_message, run
+
+SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
+OPTIONS = InstallOptions(packages_from=SITE_PACKAGES, python=[sys.executable])
+
+
+def copy_bundle(target: Path) -> Path:
+    source = bundle_root(REPO / "krita_plugin" / "instantstyle")
+    assert source == REPO
+    for name in BUNDLED:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+        else:
+            shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """One real install, shared by the tests that look at it (it takes ~30 s)."""
+    root = tmp_path_factory.mktemp("managed")
+    (root / "bundle").mkdir()
+    bundle = copy_bundle(root / "bundle")
+    layout = Layout(root / "home", Platform.current())
+    seen = []
+    started = time.monotonic()
+    installation = Installer(layout, bundle, OPTIONS).run(seen.append)
+    return layout, bundle, installation, seen, time.monotonic() - started
+
+
+def test_install_builds_a_working_backend_and_records_it_last(installed, engine, tmp_path):
+    layout, bundle, installation, seen, seconds = installed
+    assert [p.step for p in seen] == [
+        InstallStep.SPACE,
+        InstallStep.PYTHON,
+        InstallStep.VENV,
+        InstallStep.PACKAGES,
+        InstallStep.CODE,
+        InstallStep.CHECK,
+    ]
+    assert seen[2].line.startswith("Installing… 3/6: creating the environment")
+    packages, code = bundle_ids(bundle)
+    assert (installation.venv, installation.code) == (f"venv-{packages}", f"code-{code}")
+    assert read_installation(layout) == installation and not update_available(layout, bundle)
+    assert (installation.code_path(layout) / "backend" / "cli.py").is_file()
+    print(f"install took {seconds:.1f} s")
+
+    command = ServerCommand(
+        [str(installation.python_path(layout))],
+        ["--model", "tiny", "--device", "cpu", "--no-warm-up"],
+        cwd=str(installation.code_path(layout)),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    server = ManagedServer(command, tmp_path / "server.log", tmp_path / "server.json")
+    server.start()
+    try:
+        deadline = time.monotonic() + 180
+        while server.poll() is not ServerState.READY:
+            assert server.state is not ServerState.FAILED and time.monotonic() < deadline, server.last_lines()
+            time.sleep(0.2)
+
+        async def job():
+            async with InstantStyleClient.connect(server.url, token=server.token) as client:
+                await client.submit(generate_message(1, steps=2, seed=5), {0: noise_image(3)})
+                return await client.follow(1)
+
+        outcome = run(job(), timeout=180)
+    finally:
+        server.stop()
+    # The same job in this process (the engine from the repository's code): the same pixels.
+    from backend.engine.request import GenerationRequest, StyleReference
+
+    message = generate_message(1, steps=2, seed=5)
+    request = GenerationRequest(
+        prompt=message.prompt,
+        style_images=[StyleReference(noise_image(3))],
+        width=message.width,
+        height=message.height,
+        steps=2,
+        seed=5,
+    )
+    expected = engine.generate(request).images[0]
+    (frame,) = outcome.images
+    assert np.array_equal(np.asarray(frame_image(frame))[..., :3], expected)
+
+
+def test_an_update_with_new_code_only_keeps_the_environment(installed):
+    layout, bundle, before, _, _ = installed
+    (bundle / "backend" / "update_marker.py").write_text("MARK = 1\n")
+    try:
+        assert update_available(layout, bundle)
+        seen = []
+        after = Installer(layout, bundle, OPTIONS).run(seen.append)
+        assert [p.step for p in seen] == [InstallStep.SPACE, InstallStep.CODE, InstallStep.CHECK]
+        assert after.venv == before.venv and after.code != before.code
+        assert (after.code_path(layout) / "backend" / "update_marker.py").is_file()
+        assert not before.code_path(layout).exists()  # the old code is gone once the new one works
+        assert read_installation(layout) == after
+    finally:
+        (bundle / "backend" / "update_marker.py").unlink()
+        Installer(layout, bundle, OPTIONS).run()  # back to the shared install's code
+
+
+def test_a_failed_update_leaves_the_previous_install_working(installed):
+    layout, bundle, _, _, _ = installed
+    working = read_installation(layout)
+    requirements = (bundle / "requirements.txt").read_text()
+    (bundle / "requirements.txt").write_text(requirements + "no-such-package-instantstyle==1.0\n")
+    try:
+        with pytest.raises(InstallError) as failure:
+            Installer(layout, bundle, OPTIONS).run()
+        assert str(failure.value).startswith("installing the packages failed: ")
+        assert "\n" not in str(failure.value)
+        assert "no-such-package-instantstyle" in str(failure.value)  # pip's own line
+        assert read_installation(layout) == working
+        assert sorted(p.name for p in Path(layout.home).iterdir() if p.name.startswith("venv-")) == [
+            working.venv
+        ]
+    finally:
+        (bundle / "requirements.txt").write_text(requirements)
+
+
+def test_a_cancelled_install_leaves_nothing_and_says_so(tmp_path):
+    layout = Layout(tmp_path / "home", Platform.current())
+    bundle = copy_bundle(tmp_path)
+    installer = Installer(layout, bundle, OPTIONS)
+    steps = []
+
+    def report(progress):
+        steps.append(progress.step)
+        if progress.step is InstallStep.VENV:  # cancel while the venv is being made
+            threading.Timer(0.3, installer.cancel).start()
+
+    with pytest.raises(InstallCancelled, match="cancelled: nothing was changed"):
+        installer.run(report)
+    assert InstallStep.PACKAGES not in steps or InstallStep.CHECK not in steps
+    assert read_installation(layout) is None
+    assert not any(p.name.startswith(("venv-", "code-")) for p in Path(layout.home).iterdir())
+
+
+def test_no_disk_space_and_no_python_are_one_line_each(tmp_path):
+    layout = Layout(tmp_path / "home", Platform.current())
+    bundle = copy_bundle(tmp_path)
+    with pytest.raises(
+        InstallError, match=r"^not enough disk space in .*GB free, the backend needs 100000 GB"
+    ):
+        Installer(layout, bundle, InstallOptions(min_free_gib=100000)).run()
+    with pytest.raises(InstallError, match=r"^no Python 3\.11 or newer on this computer: install one"):
+        Installer(layout, bundle, InstallOptions(), probe=lambda command: None).run()
+    assert read_installation(layout) is None
+
+
+def test_a_record_pointing_at_missing_folders_is_no_install(tmp_path):
+    layout = Layout(tmp_path, Platform.current())
+    (tmp_path / "install.json").write_text(
+        json.dumps({"venv": "venv-x", "code": "code-y", "python": "venv-x/bin/python", "installed_at": 1})
+    )
+    assert read_installation(layout) is None
+    (tmp_path / "install.json").write_text("{broken")
+    assert read_installation(layout) is None
+
+
+def test_uninstall_keeps_the_models_unless_asked(tmp_path):
+    layout = Layout(tmp_path, Platform.current())
+    for folder in ("venv-a", "code-b", "models/hub", "logs"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "install.json").write_text("{}")
+    uninstall(layout, remove_models=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "models"]
+    uninstall(layout, remove_models=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
