@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from backend.engine.request import GenerationRequest, StyleReference
-from krita_plugin.instantstyle.settings import GenerationSettings, JobKind, save_settings
+from krita_plugin.instantstyle.settings import BackendMode, GenerationSettings, JobKind, save_settings
 from protocol import BlockPreset, Mode, Sampler
 from tests.conftest import REPO
 from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
@@ -202,6 +202,7 @@ def krita(request, backend_url, tmp_path_factory) -> Iterator[KritaRun]:
     save_settings(
         store,
         GenerationSettings(
+            backend_mode=BackendMode.REMOTE,
             server_url=backend_url,
             prompt=PROMPT,
             content_text="stripes",

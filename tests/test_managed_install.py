@@ -35,6 +35,13 @@ from krita_plugin.instantstyle.managed.install import (
     uninstall,
     update_available,
 )
+from krita_plugin.instantstyle.managed.manager import (
+    PRIMARY_ACTION,
+    BackendManager,
+    ManagedModel,
+    ModelChoice,
+    Phase,
+)
 from krita_plugin.instantstyle.managed.platforms import Layout, Platform
 from krita_plugin.instantstyle.managed.server_process import ManagedServer, ServerCommand, ServerState
 from tests.conftest import REPO, noise_image
@@ -49,6 +56,7 @@ def copy_bundle(target: Path) -> Path:
     assert source == REPO
     for name in BUNDLED:
         if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, target / name)
         else:
             shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -209,3 +217,52 @@ def test_uninstall_keeps_the_models_unless_asked(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "models"]
     uninstall(layout, remove_models=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
+
+
+def test_the_managers_phases_from_start_to_a_second_window_and_a_failure(installed, tmp_path):
+    """What the docker's Backend section shows and does, without Qt: Start, Running (and a second
+    Krita window using the same server), Stop, and a model that cannot load: restarted once, then
+    Failed with the log's last line."""
+    layout, bundle, _, _, _ = installed
+    manager = BackendManager(layout, bundle, OPTIONS)
+    manager.model = ModelChoice(ManagedModel.TINY)
+    assert manager.phase is Phase.STOPPED and PRIMARY_ACTION[manager.phase] == "Start"
+    manager.primary()
+    try:
+        deadline = time.monotonic() + 180
+        while manager.poll() is not Phase.RUNNING:
+            assert manager.phase is Phase.STARTING and time.monotonic() < deadline, manager.line
+            time.sleep(0.2)
+        assert manager.line.startswith("Running (cpu") and manager.address is not None
+        second = BackendManager(layout, bundle, OPTIONS)  # another Krita window: the same server
+        assert second.reuse_running() and second.address == manager.address
+        assert second.line == "Running (started by another Krita window)"
+    finally:
+        manager.primary()  # Stop
+    assert manager.phase is Phase.STOPPED and manager.address is None
+    assert second.poll() is Phase.STOPPED  # the other window sees it gone
+
+    manager.model = ModelChoice(ManagedModel.CHECKPOINT, str(tmp_path / "missing.safetensors"))
+    manager.start()
+    deadline = time.monotonic() + 180
+    while manager.poll() is not Phase.FAILED:
+        assert time.monotonic() < deadline, manager.line
+        time.sleep(0.2)
+    assert manager.line.startswith("Failed: the backend stopped") and "\n" not in manager.line
+    assert manager.log_path.name == "server.log" and PRIMARY_ACTION[manager.phase] == "Retry"
+
+
+def test_the_manager_installs_on_a_thread_and_cancels(tmp_path):
+    layout = Layout(tmp_path / "home", Platform.current())
+    manager = BackendManager(layout, copy_bundle(tmp_path), OPTIONS)
+    assert manager.phase is Phase.NOT_INSTALLED and PRIMARY_ACTION[manager.phase] == "Install"
+    manager.primary()
+    assert manager.phase is Phase.INSTALLING and PRIMARY_ACTION[manager.phase] == "Cancel"
+    deadline = time.monotonic() + 30
+    while manager.line == "Installing…" or "creating the environment" not in manager.line:
+        assert time.monotonic() < deadline, manager.line
+        time.sleep(0.02)
+    assert manager.line.startswith("Installing… 3/6: creating the environment")
+    manager.primary()  # Cancel
+    manager.wait_for_install(60)
+    assert manager.phase is Phase.NOT_INSTALLED and read_installation(layout) is None

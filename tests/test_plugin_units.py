@@ -12,6 +12,7 @@ from krita_plugin.instantstyle.pixels import (
     to_16bit,
 )
 from krita_plugin.instantstyle.settings import (
+    BackendMode,
     DictStore,
     GenerationSettings,
     JobKind,
@@ -79,6 +80,17 @@ def test_settings_round_trip_and_survive_corruption():
         defaults.seed_locked,
     )
     assert loaded.prompt == "a fox"
+
+
+def test_a_new_artist_gets_the_managed_backend_and_a_returning_one_keeps_their_server():
+    assert load_settings(DictStore()).backend_mode is BackendMode.MANAGED
+    returning = DictStore()
+    returning.values["server_url"] = '"ws://127.0.0.1:8765"'  # saved before the managed backend existed
+    assert load_settings(returning).backend_mode is BackendMode.REMOTE
+    store = DictStore()
+    save_settings(store, GenerationSettings(backend_mode=BackendMode.MANAGED, managed_model="tiny"))
+    loaded = load_settings(store)
+    assert loaded.backend_mode is BackendMode.MANAGED and loaded.managed_model == "tiny"
 
 
 def test_seed_lock():

@@ -18,9 +18,10 @@ from .canvas import CanvasError, CanvasWriter, SavedSelection, capture, save_sel
 from .connection import Connection
 from .live import CHECK_SECONDS, LiveWatch, live_settings, pick_preset
 from .live_layer import LiveLayer, signature
+from .managed_link import ManagedLink
 from .qt import QObject, QTimer, pyqtSignal
 from .session import Job, JobUpdate, Session, SubmitError, UpdateKind, drop_stale_previews
-from .settings import SETTINGS_GROUP, GenerationSettings, JobKind, load_settings, save_settings
+from .settings import SETTINGS_GROUP, BackendMode, GenerationSettings, JobKind, load_settings, save_settings
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,16 @@ class Controller(QObject):
         self.timer = QTimer(self)
         self.timer.setInterval(30)
         self.timer.timeout.connect(self.tick)
+        self.link = ManagedLink(self)
+        """The backend this plugin installs and runs itself."""
 
     # ------------------------------------------------------------------ connection
 
     def start(self) -> None:
-        self.session.connection.start()
+        if self.settings.backend_mode is BackendMode.MANAGED:
+            self.link.start()
+        else:
+            self.session.connection.start()
         self.timer.start()
 
     def shutdown(self) -> None:
@@ -73,16 +79,26 @@ class Controller(QObject):
             self.session.cancel(job)
             self._safely(self.canvas.remove_preview, job)
         self.session.connection.stop(timeout=2.0)
+        self.link.shutdown()
 
     def reconnect(self, url: str, token: str) -> None:
         """New server address or token: save them and start a fresh connection."""
         self.settings.server_url, self.settings.token = url.strip(), token.strip()
         self.save()
+        self.connect_to(self.settings.server_url, self.settings.token)
+
+    def connect_to(self, url: str, token: str) -> None:
+        """A fresh connection to ``url`` (the managed backend's address is not saved as a setting)."""
         self.stop_live()
         self.session.connection.stop(timeout=2.0)
-        self.session = Session(Connection(self.settings.server_url, self.settings.token))
+        self.session = Session(Connection(url, token))
         self.session.connection.start()
         self.changed.emit()
+
+    @property
+    def backend_status(self) -> str:
+        """The docker's top line: the connection's state, or the managed backend's until it runs."""
+        return self.link.status_line() or self.session.status
 
     def save(self) -> None:
         save_settings(self.store, self.settings)
@@ -237,6 +253,7 @@ class Controller(QObject):
             if updates:
                 self.changed.emit()
             self._check_live()
+            self.link.follow()
         except Exception:
             log.exception("processing backend events failed")
         finally:

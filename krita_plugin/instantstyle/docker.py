@@ -168,8 +168,7 @@ class InstantStyleDocker(DockWidget):
     # ------------------------------------------------------------------ settings <-> widgets
 
     def _load(self, s) -> None:
-        self.url.setText(s.server_url)
-        self.token.setText(s.token)
+        self.backend_section.load(s)
         for row in list(self.style_rows):
             self._remove_style_row(row)
         for style in s.styles or [StyleSource()]:
@@ -318,7 +317,8 @@ class InstantStyleDocker(DockWidget):
 
     def refresh(self) -> None:
         session = self.controller.session
-        self.status.setText(session.status)
+        self.status.setText(self.controller.backend_status)
+        self.backend_section.refresh()
         self.message.setText(self.controller.message)
         self._show_features()
         live = self.controller.live is not None

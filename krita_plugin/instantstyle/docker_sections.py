@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .backend_section import BackendSection
 from .deps import protocol
 from .qt import (
     QCheckBox,
@@ -215,25 +216,15 @@ def build_sections(docker) -> list[Section]:
     docker.negative.setToolTip("what to stay away from (needs guidance above 1)")
     QVBoxLayout(negative.body).addWidget(docker.negative)
 
-    backend = Section("Backend", "where the InstantStyle backend runs")
-    form = QFormLayout(backend.body)
-    docker.url = QLineEdit()
-    docker.url.setToolTip("the backend's address, e.g. ws://127.0.0.1:8765")
-    docker.token = QLineEdit()
-    docker.token.setEchoMode(QLineEdit.EchoMode.Password)
-    docker.token.setPlaceholderText("only if the backend has one")
-    docker.connect_button = QPushButton("Connect")
-    docker.connect_button.clicked.connect(
-        lambda: docker.controller.reconnect(docker.url.text(), docker.token.text())
-    )
+    backend = BackendSection(docker.controller)
+    docker.backend_section = backend
+    docker.url, docker.token = backend.url, backend.token
     docker.preview_side = choices(PREVIEW_SIDES)
     docker.preview_side.setToolTip(
         "how large each step's preview is sent, when the backend previews with its tiny autoencoder "
         "(a smaller one suits a slow network link; rough previews are always 1/8 size)"
     )
-    form.addRow("Server", side_by_side(docker.url, docker.connect_button))
-    form.addRow("Token", docker.token)
-    form.addRow("Previews", docker.preview_side)
+    backend.body.layout().addWidget(side_by_side(QLabel("Previews"), docker.preview_side))
     docker.sections = {
         "sweep": sweep,
         "blocks": blocks,

@@ -19,6 +19,13 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 SETTINGS_GROUP = "instantstyle"
 
 
+class BackendMode(str, Enum):
+    MANAGED = "managed"
+    """The plugin installs, starts and stops its own backend on this computer."""
+    REMOTE = "remote"
+    """A server someone started: its address and token."""
+
+
 class StyleSourceKind(str, Enum):
     ACTIVE_LAYER = "active_layer"
     LAYER = "layer"
@@ -73,8 +80,16 @@ class LoraChoice:
 class GenerationSettings:
     """Everything the docker shows; defaults follow the InstantStyle paper's examples."""
 
+    backend_mode: BackendMode = BackendMode.MANAGED
     server_url: str = DEFAULT_URL
+    """The remote server's address (``BackendMode.REMOTE``)."""
     token: str = ""
+    managed_model: str = "sdxl"
+    """A ``managed.manager.ManagedModel`` value: what the managed backend serves."""
+    managed_checkpoint: str = ""
+    """The single-file checkpoint for ``managed_model`` "checkpoint"."""
+    managed_controlnet: bool = False
+    managed_speed_loras: bool = False
     styles: list[StyleSource] = field(default_factory=lambda: [StyleSource()])
     prompt: str = ""
     negative_prompt: str = (
@@ -201,6 +216,9 @@ def load_settings(store: SettingsStore) -> GenerationSettings:
         except (ValueError, KeyError, TypeError):
             continue  # a corrupt entry keeps its default
         settings = replace(settings, **{spec.name: value})
+    if not store.read("backend_mode", "") and store.read("server_url", ""):
+        # Saved before the managed backend existed: the artist ran a server of their own.
+        settings = replace(settings, backend_mode=BackendMode.REMOTE)
     return settings
 
 

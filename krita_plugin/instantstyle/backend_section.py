@@ -1,0 +1,169 @@
+"""The docker's Backend section: the managed backend (Install / Start / Running / Update / Failed) or a
+remote server's address and token.
+
+The widgets only show the controller's ``BackendManager`` (``managed/manager.py``, Qt-free) and call
+its actions; the phase decides the one button there is, so the artist never meets a state it cannot
+act on. Opens by itself when the managed backend needs a click (not installed, an update, a failure).
+"""
+
+from __future__ import annotations
+
+from .managed.manager import MODEL_LABELS, PRIMARY_ACTION, ManagedModel, Phase, offered_models
+from .qt import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    Qt,
+    QVBoxLayout,
+    QWidget,
+)
+from .sections import Section
+from .settings import BackendMode, GenerationSettings
+
+NEEDS_A_CLICK = (Phase.NOT_INSTALLED, Phase.UPDATE_AVAILABLE, Phase.FAILED)
+
+
+class BackendSection(Section):
+    def __init__(self, controller) -> None:
+        super().__init__("Backend", "where the InstantStyle backend runs")
+        self.controller = controller
+        column = QVBoxLayout(self.body)
+        column.setContentsMargins(0, 0, 0, 0)
+
+        self.mode = QComboBox()
+        self.mode.addItem("Managed on this computer", BackendMode.MANAGED)
+        self.mode.addItem("Remote server", BackendMode.REMOTE)
+        self.mode.setToolTip("the plugin installs and runs its own backend, or uses a server someone started")
+        self.mode.activated.connect(lambda _index: controller.link.set_mode(self.mode.currentData()))
+        column.addWidget(self.mode)
+
+        # Managed: one line of state, the phase's one button, and what to serve.
+        self.managed = QWidget()
+        managed = QVBoxLayout(self.managed)
+        managed.setContentsMargins(0, 0, 0, 0)
+        self.state = QLabel()
+        self.state.setWordWrap(True)
+        self.state.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        managed.addWidget(self.state)
+        self.primary = QPushButton("Install")
+        self.primary.clicked.connect(lambda: controller.link.primary())
+        self.show_log = QPushButton("Show log")
+        self.show_log.setToolTip("the install's or the server's log, for a bug report")
+        self.show_log.clicked.connect(lambda: controller.link.show_log())
+        self.uninstall = QPushButton("Uninstall")
+        self.uninstall.setToolTip("remove the backend's environment (asks before removing the models)")
+        self.uninstall.clicked.connect(lambda: controller.link.uninstall())
+        buttons = QHBoxLayout()
+        for button in (self.primary, self.show_log, self.uninstall):
+            buttons.addWidget(button)
+        managed.addLayout(buttons)
+
+        self.model = QComboBox()
+        for model in offered_models():
+            self.model.addItem(MODEL_LABELS[model], model)
+        self.model.setToolTip("what the backend serves; it downloads what it needs on its first start")
+        self.model.activated.connect(lambda _index: self._model_changed())
+        self.checkpoint = QLineEdit()
+        self.checkpoint.setPlaceholderText("an SDXL .safetensors file (Illustrious, Pony…)")
+        self.checkpoint.editingFinished.connect(self._model_changed)
+        self.browse = QPushButton("…")
+        self.browse.setToolTip("choose the checkpoint file")
+        self.browse.clicked.connect(self._browse)
+        self.controlnet = QCheckBox("ControlNet canny (keep lines, ~2.5 GB)")
+        self.speed = QCheckBox("Few-step LoRAs (live mode's fastest presets)")
+        for box in (self.controlnet, self.speed):
+            box.toggled.connect(lambda _on: self._model_changed())
+        form = QFormLayout()
+        form.addRow("Model", self.model)
+        managed.addLayout(form)
+        self.file_row = QWidget()
+        file_row = QHBoxLayout(self.file_row)
+        file_row.setContentsMargins(0, 0, 0, 0)
+        file_row.addWidget(QLabel("File"))
+        file_row.addWidget(self.checkpoint, 1)
+        file_row.addWidget(self.browse)
+        managed.addWidget(self.file_row)
+        managed.addWidget(self.controlnet)
+        managed.addWidget(self.speed)
+        column.addWidget(self.managed)
+
+        # Remote: today's address and token.
+        self.remote = QWidget()
+        remote = QFormLayout(self.remote)
+        remote.setContentsMargins(0, 0, 0, 0)
+        self.url = QLineEdit()
+        self.url.setToolTip("the backend's address, e.g. ws://127.0.0.1:8765")
+        self.token = QLineEdit()
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("only if the backend has one")
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.clicked.connect(lambda: controller.reconnect(self.url.text(), self.token.text()))
+        address = QHBoxLayout()
+        address.addWidget(self.url, 1)
+        address.addWidget(self.connect_button)
+        remote.addRow("Server", address)
+        remote.addRow("Token", self.token)
+        column.addWidget(self.remote)
+        self._shown: tuple | None = None
+
+    # ------------------------------------------------------------------ settings <-> widgets
+
+    def load(self, settings: GenerationSettings) -> None:
+        self.mode.setCurrentIndex(max(0, self.mode.findData(settings.backend_mode)))
+        self.url.setText(settings.server_url)
+        self.token.setText(settings.token)
+        self.model.setCurrentIndex(max(0, self.model.findData(ManagedModel(settings.managed_model))))
+        self.checkpoint.setText(settings.managed_checkpoint)
+        self.controlnet.setChecked(settings.managed_controlnet)
+        self.speed.setChecked(settings.managed_speed_loras)
+
+    def _model_changed(self) -> None:
+        self.controller.link.set_model(
+            self.model.currentData(),
+            self.checkpoint.text().strip(),
+            self.controlnet.isChecked(),
+            self.speed.isChecked(),
+        )
+        self._shown = None  # the file row may show or hide
+
+    def _browse(self) -> None:
+        path, _filter = QFileDialog.getOpenFileName(
+            self, "An SDXL checkpoint", "", "Checkpoints (*.safetensors);;All files (*)"
+        )
+        if path:
+            self.checkpoint.setText(path)
+            self.model.setCurrentIndex(self.model.findData(ManagedModel.CHECKPOINT))
+            self._model_changed()
+
+    # ------------------------------------------------------------------ state
+
+    def refresh(self) -> None:
+        """Show the manager's phase (called on the controller's ``changed``)."""
+        managed_mode = self.controller.settings.backend_mode is BackendMode.MANAGED
+        manager = self.controller.link.manager
+        phase = manager.phase if manager is not None else Phase.FAILED
+        line = manager.line if manager is not None else "Failed: this copy of the plugin carries no backend"
+        shown = (managed_mode, phase, line)
+        if shown == self._shown:
+            return
+        self._shown = shown
+        self.managed.setVisible(managed_mode)
+        self.remote.setVisible(not managed_mode)
+        self.state.setText(line)
+        self.state.setToolTip(line)
+        self.primary.setText(PRIMARY_ACTION[phase])
+        self.primary.setEnabled(manager is not None)
+        self.show_log.setEnabled(manager is not None)
+        idle = phase not in (Phase.INSTALLING, Phase.STARTING)
+        self.uninstall.setEnabled(manager is not None and idle and phase is not Phase.NOT_INSTALLED)
+        choosing = phase in (Phase.NOT_INSTALLED, Phase.STOPPED, Phase.UPDATE_AVAILABLE, Phase.FAILED)
+        for widget in (self.model, self.checkpoint, self.browse, self.controlnet, self.speed):
+            widget.setEnabled(choosing)
+        self.file_row.setVisible(self.model.currentData() is ManagedModel.CHECKPOINT)
+        if managed_mode and phase in NEEDS_A_CLICK:
+            self.set_open(True)

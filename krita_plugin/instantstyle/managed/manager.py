@@ -1,0 +1,293 @@
+"""The managed backend as the docker sees it: one phase, one line, and the actions that fit it.
+
+Qt-free: the docker calls ``poll`` from its timer and the buttons call ``install``, ``start``...
+An install runs on a thread of its own (``Installer`` blocks); everything else returns at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from .install import (
+    InstallCancelled,
+    Installer,
+    InstallError,
+    InstallOptions,
+    InstallProgress,
+    read_installation,
+    uninstall,
+    update_available,
+)
+from .platforms import Layout, Platform, backend_home
+from .server_process import ManagedServer, ServerCommand, ServerState, running_server
+
+TEST_MODELS_ENV = "INSTANTSTYLE_TEST_MODELS"
+"""Set (to 1): the tiny random-weight test model is offered as a model choice (the plugin's tests)."""
+PACKAGES_FROM_ENV = "INSTANTSTYLE_MANAGED_PACKAGES_FROM"
+"""A site-packages folder the managed install reuses with no network (the plugin's tests)."""
+HOME_ENV = "INSTANTSTYLE_BACKEND_HOME"
+"""Where the managed backend lives, instead of beside Krita's resources (a setting's override)."""
+
+
+class ManagedModel(str, Enum):
+    SDXL = "sdxl"
+    CHECKPOINT = "checkpoint"
+    """A single-file SDXL checkpoint the artist already has (Illustrious, Pony...)."""
+    TINY = "tiny"
+    """The tiny random-weight test model: offered only with ``TEST_MODELS_ENV``."""
+
+
+MODEL_LABELS = {
+    ManagedModel.SDXL: "SDXL base 1.0 (downloads ~7 GB on first start)",
+    ManagedModel.CHECKPOINT: "A checkpoint file I already have…",
+    ManagedModel.TINY: "Tiny test model (random weights)",
+}
+
+
+def offered_models(env: dict[str, str] | None = None) -> list[ManagedModel]:
+    env = dict(os.environ) if env is None else env
+    models = [ManagedModel.SDXL, ManagedModel.CHECKPOINT]
+    return [*models, ManagedModel.TINY] if env.get(TEST_MODELS_ENV) else models
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    model: ManagedModel = ManagedModel.SDXL
+    checkpoint: str = ""
+    """The file for ``CHECKPOINT``."""
+    controlnet: bool = False
+    """Also ControlNet canny (~2.5 GB): "keep the lines" restyles."""
+    speed_loras: bool = False
+    """Also the few-step LoRAs of the speed presets (live mode's fastest)."""
+
+    def serve_arguments(self) -> list[str]:
+        if self.model is ManagedModel.TINY:
+            arguments = ["--model", "tiny"]
+        elif self.model is ManagedModel.CHECKPOINT:
+            if not self.checkpoint:
+                raise InstallError("choose the checkpoint file first")
+            arguments = ["--model", self.checkpoint]
+        else:
+            arguments = ["--model", "sdxl"]
+        if self.controlnet:
+            arguments += ["--controlnet", "diffusers/controlnet-canny-sdxl-1.0"]
+        if self.speed_loras:
+            arguments += [argument for preset in SPEED_PRESETS for argument in ("--speed", preset)]
+        return arguments
+
+
+SPEED_PRESETS = ("hyper-8-cfg", "lightning-4", "lcm-4")
+"""The backend's few-step presets (``serve --speed``), each with its LoRA."""
+
+
+class Phase(str, Enum):
+    NOT_INSTALLED = "not installed"
+    INSTALLING = "installing"
+    STOPPED = "installed"
+    UPDATE_AVAILABLE = "update available"
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILED = "failed"
+
+
+PRIMARY_ACTION = {
+    Phase.NOT_INSTALLED: "Install",
+    Phase.INSTALLING: "Cancel",
+    Phase.STOPPED: "Start",
+    Phase.UPDATE_AVAILABLE: "Update",
+    Phase.STARTING: "Stop",
+    Phase.RUNNING: "Stop",
+    Phase.FAILED: "Retry",
+}
+"""The one button the docker shows for each phase."""
+
+
+def default_layout(env: dict[str, str] | None = None) -> Layout:
+    env = dict(os.environ) if env is None else env
+    system = Platform.current()
+    home = env.get(HOME_ENV) or str(backend_home(system, env, str(Path.home())))
+    return Layout(Path(home), system)
+
+
+class BackendManager:
+    def __init__(self, layout: Layout, bundle: Path, options: InstallOptions | None = None) -> None:
+        self.layout = layout
+        self.bundle = bundle
+        packages = os.environ.get(PACKAGES_FROM_ENV)
+        self.options = options or InstallOptions(packages_from=Path(packages) if packages else None)
+        self.model = ModelChoice()
+        self.server: ManagedServer | None = None
+        self._installer: Installer | None = None
+        self._thread: threading.Thread | None = None
+        self._progress: InstallProgress | None = None
+        self._failure: str | None = None
+        self._what_failed = ""
+        self.shared: tuple[str, str] | None = None
+        """(url, token) of a server another Krita window or instance started and still runs."""
+
+    # ------------------------------------------------------------------ what the docker shows
+
+    @property
+    def installed(self) -> bool:
+        return read_installation(self.layout) is not None
+
+    @property
+    def phase(self) -> Phase:
+        if self._thread is not None and self._thread.is_alive():
+            return Phase.INSTALLING
+        if self._failure is not None:
+            return Phase.FAILED
+        if self.server is not None:
+            state = self.server.state
+            if state is ServerState.READY:
+                return Phase.RUNNING
+            if state in (ServerState.STARTING, ServerState.LOADING):
+                return Phase.STARTING
+        if self.shared is not None:
+            return Phase.RUNNING
+        if not self.installed:
+            return Phase.NOT_INSTALLED
+        return Phase.UPDATE_AVAILABLE if update_available(self.layout, self.bundle) else Phase.STOPPED
+
+    @property
+    def line(self) -> str:
+        """One line for the docker: what the backend does now, or why it failed."""
+        phase = self.phase
+        if phase is Phase.INSTALLING:
+            return self._progress.line if self._progress is not None else "Installing…"
+        if phase is Phase.FAILED:
+            return f"Failed: {self._failure}"
+        if phase in (Phase.STARTING, Phase.RUNNING) and self.server is not None:
+            return self.server.message[:1].upper() + self.server.message[1:]
+        if phase is Phase.RUNNING:
+            return "Running (started by another Krita window)"
+        return {
+            Phase.NOT_INSTALLED: "Not installed: Install sets up Python, PyTorch and the backend here",
+            Phase.STOPPED: "Installed, not running",
+            Phase.UPDATE_AVAILABLE: "The plugin was updated: Update brings the backend to its version",
+        }[phase]
+
+    @property
+    def log_path(self) -> Path:
+        """The log *Show log* opens: the install's or the server's, whichever failed or ran last."""
+        server_ran = self.server is not None or self._what_failed == "server"
+        return Path(self.layout.logs) / ("server.log" if server_ran else "install.log")
+
+    @property
+    def address(self) -> tuple[str, str] | None:
+        """(url, token) of the running server, for the connection."""
+        if self.server is not None and self.server.state is ServerState.READY and self.server.url:
+            return self.server.url, self.server.token or ""
+        return self.shared if self.server is None else None
+
+    # ------------------------------------------------------------------ actions
+
+    def primary(self) -> None:
+        """The phase's one button."""
+        phase = self.phase
+        if phase in (Phase.NOT_INSTALLED, Phase.UPDATE_AVAILABLE):
+            self.install()
+        elif phase is Phase.INSTALLING:
+            self.cancel()
+        elif phase is Phase.STOPPED:
+            self.start()
+        elif phase in (Phase.STARTING, Phase.RUNNING):
+            self.stop()
+            self.shared = None  # another window's server: this window stops using it
+        else:
+            self._failure = None
+            (self.install if not self.installed or self._what_failed == "install" else self.start)()
+
+    def install(self) -> None:
+        """Install, or update to the plugin's version, on a thread; the server is stopped first."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self.stop()
+        self._failure, self._progress = None, None
+        installer = Installer(self.layout, self.bundle, self.options)
+        self._installer = installer
+
+        def work() -> None:
+            try:
+                installer.run(self._report)
+            except InstallCancelled:
+                self._progress = None
+            except InstallError as error:
+                self._fail("install", str(error))
+            except Exception as error:  # never a traceback in the docker: the log has the rest
+                self._fail("install", f"{type(error).__name__}: {error}")
+
+        self._thread = threading.Thread(target=work, name="instantstyle-install", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        if self._installer is not None:
+            self._installer.cancel()
+
+    def wait_for_install(self, seconds: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(seconds)
+
+    def start(self) -> None:
+        installation = read_installation(self.layout)
+        if installation is None:
+            self._fail("install", "the backend is not installed")
+            return
+        try:
+            arguments = self.model.serve_arguments()
+        except InstallError as error:
+            self._fail("server", str(error))
+            return
+        # Models in the backend's own folder (kept by updates); the tiny test model generated there too.
+        env = {"HF_HOME": str(self.layout.models), "INSTANTSTYLE_HOME": str(self.layout.models)}
+        if self.model.model is ManagedModel.TINY:
+            env["HF_HUB_OFFLINE"] = "1"
+        command = ServerCommand(
+            [str(installation.python_path(self.layout))],
+            arguments,
+            cwd=str(installation.code_path(self.layout)),
+            env=env,
+        )
+        logs = Path(self.layout.logs)
+        self.server = ManagedServer(command, logs / "server.log", Path(self.layout.server_state))
+        self._failure = None
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def uninstall(self, remove_models: bool) -> None:
+        self.stop()
+        uninstall(self.layout, remove_models)
+        self._failure = None
+
+    def poll(self) -> Phase:
+        """Follow the server (from the docker's timer); a server that failed twice is ``FAILED``."""
+        if self.server is not None:
+            state = self.server.poll()
+            if state is ServerState.FAILED:
+                self._fail("server", self.server.message)
+                self.server = None
+        elif self.shared is not None:
+            self.shared = running_server(Path(self.layout.server_state))
+        return self.phase
+
+    def reuse_running(self) -> bool:
+        """Use the server another Krita window or instance runs, if one does (at start-up)."""
+        if self.server is None:
+            self.shared = running_server(Path(self.layout.server_state))
+        return self.shared is not None
+
+    # ------------------------------------------------------------------ internals
+
+    def _report(self, progress: InstallProgress) -> None:
+        self._progress = progress
+
+    def _fail(self, what: str, line: str) -> None:
+        self._what_failed, self._failure = what, line.splitlines()[0] if line else what
