@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +110,13 @@ def stop_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def run_krita(home: KritaHome, env: dict[str, str], log, timeout: float) -> float:
+def run_krita(
+    home: KritaHome, env: dict[str, str], log, timeout: float, on_exit: Callable[[], None] | None = None
+) -> float:
     """Run Krita until it quits (or ``timeout``), in its own process group so nothing outlives it.
 
-    Returns the seconds it ran. What it did is judged from its report, not its exit code.
+    Returns the seconds it ran. What it did is judged from its report, not its exit code. ``on_exit``
+    runs once Krita has quit and before its process group is killed (what Krita left behind).
     """
     base = {
         "PATH": PATH,
@@ -134,6 +137,8 @@ def run_krita(home: KritaHome, env: dict[str, str], log, timeout: float) -> floa
         )
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout)
+        if on_exit is not None and process.poll() is not None:
+            on_exit()
         stop_group(process)
     return time.monotonic() - started
 

@@ -72,6 +72,12 @@ class ManagedLink:
         manager = self.manager
         assert manager is not None
         phase = manager.poll()
+        installed_now = (
+            self._shown is not None and self._shown[0] is Phase.INSTALLING and phase is Phase.STOPPED
+        )
+        if installed_now:  # Install ends with the backend running: that is what the artist asked for
+            manager.start()
+            phase = manager.phase
         address = manager.address
         if address != self._address:
             self._address = address

@@ -989,5 +989,9 @@ class Runner:
         QTimer.singleShot(200, lambda: self.app.action("file_quit").trigger())
 
 
-if os.environ.get("INSTANTSTYLE_E2E_OUT"):
+if os.environ.get("INSTANTSTYLE_E2E_MANAGED"):
+    from .managed import ManagedRunner
+
+    _runner = ManagedRunner()
+elif os.environ.get("INSTANTSTYLE_E2E_OUT"):
     _runner = Runner()

@@ -1,0 +1,160 @@
+"""The managed backend from the docker in real Krita: a clean profile, Install, a job, a killed server,
+Stop and Start, Krita's quit (``tests/krita_e2e/instantstyle_e2e/managed.py`` drives it inside Krita).
+
+Host Krita 5.1 only: the install reuses this test environment's packages (``--packages-from``, no
+network), which are built for this machine's Python 3.11; the root file systems of Krita 5.2 to 6.0
+have Python 3.13/3.14 and no PyTorch for them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.engine.request import GenerationRequest, StyleReference
+from krita_plugin.instantstyle.settings import GenerationSettings, JobKind, save_settings
+from protocol import Mode
+from tests.conftest import REPO
+from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
+from tests.krita_versions import BY_NAME
+from tests.test_krita_e2e import KritarcStore, installer
+
+ARTIFACTS = REPO / "artifacts" / "krita-managed"
+PROMPT, SEED, STEPS, STRENGTH, SIZE = "a harbour in the rain", 77, 4, 0.6, 64
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited: only its exit status is left
+
+
+@pytest.fixture(scope="module")
+def managed_run(tmp_path_factory):
+    version = BY_NAME["5.1"]
+    if not version.ready:
+        if os.environ.get("CI"):
+            pytest.fail("CI prepares Krita 5.1, but it is missing")
+        pytest.skip("Krita 5.1 is not prepared here")
+    top = tmp_path_factory.mktemp("krita-managed")
+    home = KritaHome.fresh(version, top / "krita")
+    artifacts = ARTIFACTS
+    shutil.rmtree(artifacts, ignore_errors=True)
+    artifacts.mkdir(parents=True)
+    installer("install", home)
+    pykrita = home.resources / "pykrita"
+    shutil.copytree(REPO / "tests" / "krita_e2e" / "instantstyle_e2e", pykrita / "instantstyle_e2e")
+    shutil.copy(REPO / "tests" / "krita_e2e" / "kritapykrita_instantstyle_e2e.desktop", pykrita)
+    store = KritarcStore()  # a new artist's settings, plus what the job needs: no backend chosen
+    save_settings(
+        store,
+        GenerationSettings(
+            prompt=PROMPT, seed=SEED, seed_locked=True, steps=STEPS, strength=STRENGTH, kind=JobKind.STYLIZE
+        ),
+    )
+    text = home.kritarc.read_text().replace("[python]\n", "[python]\nenable_instantstyle_e2e=true\n")
+    home.kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
+    backend_home = top / "backend"
+    env = {
+        "INSTANTSTYLE_E2E_OUT": str(home.out),
+        "INSTANTSTYLE_E2E_MANAGED": "1",
+        "INSTANTSTYLE_TEST_MODELS": "1",
+        "INSTANTSTYLE_MANAGED_PACKAGES_FROM": sysconfig.get_paths()["purelib"],
+        "INSTANTSTYLE_BACKEND_HOME": str(backend_home),
+        "INSTANTSTYLE_E2E_BUDGET_SCALE": os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"),
+    }
+    left: dict[str, bool] = {}
+
+    def after_quit() -> None:  # before the harness kills Krita's process group: what Krita left
+        pid = read_report(home.out).get("started_again", {}).get("pid")
+        if pid is not None:
+            deadline = time.monotonic() + 10
+            while process_exists(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            left["server_alive"] = process_exists(pid)
+
+    with (artifacts / "krita.log").open("w") as log, virtual_display(log) as display:
+        seconds = run_krita(home, {**env, "DISPLAY": display}, log, 600, on_exit=after_quit)
+    for path in home.out.iterdir():
+        if path.is_file():
+            shutil.copy(path, artifacts / path.name)
+    for log_file in (backend_home / "logs").glob("*.log"):
+        shutil.copy(log_file, artifacts / log_file.name)
+    report = read_report(artifacts)
+    report["seconds"] = seconds
+    report["left"] = left
+    report["disk_bytes"] = sum(p.stat().st_size for p in backend_home.rglob("*") if p.is_file())
+    return report, artifacts
+
+
+def part(report: dict, name: str) -> dict:
+    if name not in report:
+        pytest.fail(f"the managed scenario did not reach '{name}': {report.get('where')}", pytrace=False)
+    return report[name]
+
+
+def test_a_new_artist_sees_install_in_the_docker(managed_run):
+    report, _ = managed_run
+    fresh = part(report, "fresh")
+    assert fresh["mode"] == "managed" and fresh["phase"] == "not installed" and fresh["button"] == "Install"
+    assert fresh["section_open"], "the Backend section must open by itself when it needs a click"
+    assert fresh["status"].startswith("Backend: Not installed")
+    assert fresh["models_offered"] == ["sdxl", "checkpoint", "tiny"]
+
+
+def test_install_ends_with_the_backend_running_and_a_job_with_exact_pixels(managed_run, engine):
+    report, artifacts = managed_run
+    installed = part(report, "installed")
+    assert installed["button"] == "Stop" and installed["status"].startswith("connected")
+    seen = installed["lines_seen"]
+    assert any(line.startswith("Installing… 4/6: installing PyTorch") for line in seen), seen
+    first = part(report, "first")["seconds"]
+    print(
+        f"Install to running: {installed['seconds_to_running']:.1f} s; first result after {first:.1f} s "
+        f"more; backend folder {report['disk_bytes'] / 2**20:.1f} MiB"
+    )
+    source = Image.fromarray(
+        np.frombuffer((artifacts / "source.rgba").read_bytes(), np.uint8).reshape(SIZE, SIZE, 4), "RGBA"
+    ).convert("RGB")
+    expected = engine.generate(
+        GenerationRequest(
+            prompt=PROMPT,
+            style_images=[StyleReference(source)],
+            width=SIZE,
+            height=SIZE,
+            steps=STEPS,
+            seed=SEED,
+            mode=Mode.IMG2IMG,
+            init_image=source,
+            strength=STRENGTH,
+        )
+    ).images[0]
+    for name in ("first", "after_restart"):
+        pixels = np.frombuffer((artifacts / f"{name}.rgba").read_bytes(), np.uint8).reshape(SIZE, SIZE, 4)
+        assert np.array_equal(pixels[..., :3], expected), name
+
+
+def test_a_killed_server_is_restarted_and_reconnected(managed_run):
+    report, _ = managed_run
+    restarted = part(report, "restarted")
+    assert restarted["restarts"] == 1
+    said = "Backend: The backend stopped (exit code -9); restarted it"
+    assert said in restarted["lines_seen"], restarted  # the docker's top line while it came back
+    assert part(report, "after_restart")["size"] == [SIZE, SIZE]
+
+
+def test_stop_start_and_krita_quitting_leave_no_server(managed_run):
+    report, _ = managed_run
+    assert part(report, "stopped") == {"phase": "installed", "button": "Start"}
+    assert part(report, "started_again")["line"].startswith("Running (cpu")
+    assert report.get("finished") and "traceback" not in report, report.get("traceback")
+    assert report["left"] == {"server_alive": False}, "the managed server outlived Krita"
