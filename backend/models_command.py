@@ -73,7 +73,9 @@ def run_models(args: argparse.Namespace) -> int:
             for f in files
         ]
         summary = {"total_bytes": total, "missing_bytes": missing, "free_bytes": free, "fits": missing < free}
-        print(json.dumps({"files": listing, **summary}))
+        # What this machine will run it as: the docker shows it beside the sizes, before any download.
+        machine = {"device": str(plan.device), "memory_tier": plan.memory_tier.value}
+        print(json.dumps({"files": listing, **summary, **machine}))
         return 0
 
     # Files download in parallel, each thread reporting: one whole line at a time, never an older

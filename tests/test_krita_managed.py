@@ -71,6 +71,7 @@ def managed_run(tmp_path_factory):
         "INSTANTSTYLE_MANAGED_PACKAGES_FROM": sysconfig.get_paths()["purelib"],
         "INSTANTSTYLE_BACKEND_HOME": str(backend_home),
         "INSTANTSTYLE_E2E_BUDGET_SCALE": os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"),
+        "INSTANTSTYLE_E2E_MANAGED_BUDGET": os.environ.get("INSTANTSTYLE_E2E_MANAGED_BUDGET", "300"),
     }
     left: dict[str, bool] = {}
 
@@ -154,7 +155,10 @@ def test_a_killed_server_is_restarted_and_reconnected(managed_run):
 
 def test_stop_start_and_krita_quitting_leave_no_server(managed_run):
     report, _ = managed_run
-    assert part(report, "stopped") == {"phase": "installed", "button": "Start"}
+    stopped = part(report, "stopped")
+    assert (stopped["phase"], stopped["button"]) == ("installed", "Start")
+    # Before a start, what the model needs and how this machine runs it (nothing to download here).
+    assert stopped["line"] == "Installed, not running · models ready; runs on cpu, memory tier full"
     assert part(report, "started_again")["line"].startswith("Running (cpu")
     assert report.get("finished") and "traceback" not in report, report.get("traceback")
     assert report["left"] == {"server_alive": False}, "the managed server outlived Krita"

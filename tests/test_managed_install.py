@@ -266,3 +266,31 @@ def test_the_manager_installs_on_a_thread_and_cancels(tmp_path):
     manager.primary()  # Cancel
     manager.wait_for_install(60)
     assert manager.phase is Phase.NOT_INSTALLED and read_installation(layout) is None
+
+
+def test_before_anything_downloads_the_docker_shows_what_the_model_needs(installed):
+    """The installed backend's ``models --plan``, asked on a thread: sizes, free disk, device and memory
+    tier; a model the hub cannot be asked about (no network here) is one line, and Start still works."""
+    layout, bundle, _, _, _ = installed
+    manager = BackendManager(layout, bundle, OPTIONS)
+
+    def planned() -> None:
+        manager.refresh_plan()
+        deadline = time.monotonic() + 120
+        while manager.planning:
+            assert time.monotonic() < deadline, manager.line
+            time.sleep(0.1)
+
+    manager.model = ModelChoice(ManagedModel.TINY)
+    planned()
+    plan = manager.current_plan
+    assert plan is not None and (plan.missing_bytes, plan.device, plan.memory_tier) == (0, "cpu", "full")
+    assert plan.free_bytes > 0 and plan.fits
+    assert manager.line == "Installed, not running · models ready; runs on cpu, memory tier full"
+    assert manager.primary_label == "Start"
+
+    manager.model = ModelChoice(ManagedModel.SDXL)
+    assert manager.current_plan is None  # the tiny model's plan is not the SDXL's
+    planned()
+    assert manager.current_plan is None and "\n" not in manager.plan_note
+    assert manager.line.startswith("Installed, not running · could not ask what the model needs: ")

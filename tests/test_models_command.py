@@ -53,6 +53,7 @@ def test_plan_then_download_then_everything_is_cached(tiny_paths, tmp_path):
     index_bytes = next(f["bytes"] for f in files if f["cached"])
     assert plan["total_bytes"] == plan["missing_bytes"] + index_bytes == sum(f["bytes"] for f in files)
     assert plan["free_bytes"] > 0 and plan["fits"] is True
+    assert (plan["device"], plan["memory_tier"]) == ("cpu", "full")  # what the docker shows beside the sizes
     assert {"repo": BASE_REPO, "path": "unet/diffusion_pytorch_model.safetensors"}.items() <= next(
         f for f in files if f["path"] == "unet/diffusion_pytorch_model.safetensors"
     ).items()

@@ -156,7 +156,7 @@ class BackendSection(Section):
         self.remote.setVisible(not managed_mode)
         self.state.setText(line)
         self.state.setToolTip(line)
-        self.primary.setText(PRIMARY_ACTION[phase])
+        self.primary.setText(manager.primary_label if manager is not None else PRIMARY_ACTION[phase])
         self.primary.setEnabled(manager is not None)
         self.show_log.setEnabled(manager is not None)
         idle = phase not in (Phase.INSTALLING, Phase.STARTING)

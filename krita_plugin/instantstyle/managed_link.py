@@ -22,6 +22,8 @@ class ManagedLink:
         self._address: tuple[str, str] | None = None
         """The address the session is connected to, once the managed backend runs."""
         self._shown: tuple[Phase, str] | None = None
+        self._start_when_planned = False
+        """An install just finished: start once the plan says nothing needs downloading."""
 
     @property
     def active(self) -> bool:
@@ -72,12 +74,19 @@ class ManagedLink:
         manager = self.manager
         assert manager is not None
         phase = manager.poll()
-        installed_now = (
-            self._shown is not None and self._shown[0] is Phase.INSTALLING and phase is Phase.STOPPED
-        )
-        if installed_now:  # Install ends with the backend running: that is what the artist asked for
-            manager.start()
-            phase = manager.phase
+        if phase is Phase.STOPPED:
+            manager.refresh_plan()  # sizes, free disk and memory tier, before anything downloads
+        was = self._shown[0] if self._shown is not None else None
+        if was is Phase.INSTALLING and phase is Phase.STOPPED:
+            self._start_when_planned = True
+        if self._start_when_planned and phase is Phase.STOPPED and not manager.planning:
+            # Install ends with the backend running when nothing needs downloading; otherwise the
+            # artist reads the sizes first and clicks "Download and start".
+            self._start_when_planned = False
+            plan = manager.current_plan
+            if plan is not None and plan.missing_bytes == 0:
+                manager.start()
+                phase = manager.phase
         address = manager.address
         if address != self._address:
             self._address = address

@@ -161,7 +161,8 @@ ProbeRunner = Callable[[list[str]], "str | None"]
 def probe_python(command: list[str]) -> str | None:
     """The output of ``command`` (a Python and ``-c ...``), None when it does not run."""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        # Not ``text=True``: Krita's embedded Python may decode as ASCII, and a non-ASCII byte raised.
+        done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None

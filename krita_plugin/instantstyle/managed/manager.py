@@ -22,6 +22,7 @@ from .install import (
     uninstall,
     update_available,
 )
+from .model_plan import ModelPlan, PlanError, ask_plan
 from .platforms import Layout, Platform, backend_home
 from .server_process import ManagedServer, ServerCommand, ServerState, running_server
 
@@ -128,6 +129,12 @@ class BackendManager:
         self._what_failed = ""
         self.shared: tuple[str, str] | None = None
         """(url, token) of a server another Krita window or instance started and still runs."""
+        self.plan: ModelPlan | None = None
+        """What ``model`` needs (sizes, free disk, device and tier), once asked (``refresh_plan``)."""
+        self.plan_note = ""
+        """Why there is no plan (the hub could not be asked...), or that it is being asked."""
+        self._plan_for: ModelChoice | None = None
+        self.planning = False
 
     # ------------------------------------------------------------------ what the docker shows
 
@@ -165,11 +172,28 @@ class BackendManager:
             return self.server.message[:1].upper() + self.server.message[1:]
         if phase is Phase.RUNNING:
             return "Running (started by another Krita window)"
+        if phase is Phase.STOPPED:
+            plan = self.current_plan
+            about = plan.line if plan is not None else self.plan_note
+            return "Installed, not running" + (f" · {about}" if about else "")
         return {
             Phase.NOT_INSTALLED: "Not installed: Install sets up Python, PyTorch and the backend here",
-            Phase.STOPPED: "Installed, not running",
             Phase.UPDATE_AVAILABLE: "The plugin was updated: Update brings the backend to its version",
         }[phase]
+
+    @property
+    def current_plan(self) -> ModelPlan | None:
+        """The plan of the model chosen now (None: not asked yet, being asked, or it failed)."""
+        return self.plan if self._plan_for == self.model else None
+
+    @property
+    def primary_label(self) -> str:
+        """The phase's one button, saying when Start will download first."""
+        phase = self.phase
+        plan = self.current_plan
+        if phase is Phase.STOPPED and plan is not None and plan.missing_bytes > 0:
+            return "Download and start"
+        return PRIMARY_ACTION[phase]
 
     @property
     def log_path(self) -> Path:
@@ -242,20 +266,55 @@ class BackendManager:
         except InstallError as error:
             self._fail("server", str(error))
             return
-        # Models in the backend's own folder (kept by updates); the tiny test model generated there too.
-        env = {"HF_HOME": str(self.layout.models), "INSTANTSTYLE_HOME": str(self.layout.models)}
-        if self.model.model is ManagedModel.TINY:
-            env["HF_HUB_OFFLINE"] = "1"
+        plan = self.current_plan
+        if plan is not None and not plan.fits:
+            self._fail("server", f"not enough disk space for the model: {plan.line}")
+            return
         command = ServerCommand(
             [str(installation.python_path(self.layout))],
             arguments,
             cwd=str(installation.code_path(self.layout)),
-            env=env,
+            env=self._server_env(),
         )
         logs = Path(self.layout.logs)
         self.server = ManagedServer(command, logs / "server.log", Path(self.layout.server_state))
         self._failure = None
         self.server.start()
+
+    def _server_env(self) -> dict[str, str]:
+        # Models in the backend's own folder (kept by updates); the tiny test model generated there too.
+        env = {"HF_HOME": str(self.layout.models), "INSTANTSTYLE_HOME": str(self.layout.models)}
+        if self.model.model is ManagedModel.TINY:
+            env["HF_HUB_OFFLINE"] = "1"
+        return env
+
+    def refresh_plan(self) -> None:
+        """Ask, on a thread, what the chosen model needs (unless known or being asked): the docker shows
+        the sizes, the free disk and the memory tier before anything downloads."""
+        installation = read_installation(self.layout)
+        if installation is None or self._plan_for == self.model:
+            return
+        choice, self._plan_for = self.model, self.model
+        self.plan, self.plan_note, self.planning = None, "checking what the model needs…", True
+        try:
+            arguments = choice.serve_arguments()
+        except InstallError as error:
+            self.plan_note, self.planning = str(error), False
+            return
+        python, code = installation.python_path(self.layout), installation.code_path(self.layout)
+        env = self._server_env()
+
+        def work() -> None:
+            try:
+                plan, note = ask_plan(python, code, arguments, env), ""
+            except PlanError as error:
+                plan, note = None, str(error)
+            except Exception as error:  # never stuck "checking": the docker says what happened
+                plan, note = None, f"could not ask what the model needs: {type(error).__name__}: {error}"
+            if self._plan_for == choice:  # not an answer for a model chosen before
+                self.plan, self.plan_note, self.planning = plan, note, False
+
+        threading.Thread(target=work, name="instantstyle-model-plan", daemon=True).start()
 
     def stop(self) -> None:
         if self.server is not None:

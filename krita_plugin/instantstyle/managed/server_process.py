@@ -193,7 +193,7 @@ class ManagedServer:
         state = {"pid": self.process.pid, "url": self.url, "token": self.token}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.state_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state))
+        temporary.write_text(json.dumps(state), encoding="utf-8")
         if os.name == "posix":
             temporary.chmod(0o600)  # the token: this user's only
         temporary.replace(self.state_path)
@@ -211,7 +211,7 @@ class ManagedServer:
 def running_server(state_path: Path, alive: Callable[[int], bool] | None = None) -> tuple[str, str] | None:
     """The address and token of a managed server another Krita started and still runs, if any."""
     try:
-        state = json.loads(state_path.read_text())
+        state = json.loads(state_path.read_text(encoding="utf-8"))
         pid, url, token = int(state["pid"]), str(state["url"]), str(state["token"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

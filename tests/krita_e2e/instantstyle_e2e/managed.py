@@ -7,6 +7,7 @@ then Krita quits and the test checks that no server process is left. Everything 
 ``report.json`` in ``INSTANTSTYLE_E2E_OUT``.
 """
 
+import faulthandler
 import json
 import os
 import signal
@@ -20,13 +21,27 @@ from krita import Krita
 OUT = Path(os.environ["INSTANTSTYLE_E2E_OUT"])
 SIZE = 64
 SCALE = float(os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"))
-BUDGET = 300 * SCALE
+BUDGET = float(os.environ.get("INSTANTSTYLE_E2E_MANAGED_BUDGET", "300")) * SCALE
 report = {"steps": []}
 
 
 def log(message):
     report["steps"].append(f"{time.monotonic():.2f} {message}")
     (OUT / "report.json").write_text(json.dumps(report, indent=1))
+
+
+def children():
+    """Krita's child processes (pid, state, command line): what a hang waits on."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.name.isdigit() and int(stat[1]) == os.getpid():
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{entry.name} {stat[0]} {command[:300]}")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def pattern_bgra(size):
@@ -64,6 +79,9 @@ class ManagedRunner:
             what = f"{type(error).__name__}: {error}"
             report["where"] = f"stopped in {self.state.__name__}: {what} ({said!r}, {line!r})"
             report["traceback"] = traceback.format_exc()
+            report["children"] = children()
+            with (OUT / "stacks.txt").open("w") as stacks:
+                faulthandler.dump_traceback(stacks, all_threads=True)
             self.finish()
 
     def docker(self):
@@ -177,7 +195,11 @@ class ManagedRunner:
     def stop_and_start(self):
         self.section.primary.click()  # Stop
         self.section.refresh()
-        report["stopped"] = {"phase": self.manager.phase.value, "button": self.section.primary.text()}
+        report["stopped"] = {
+            "phase": self.manager.phase.value,
+            "button": self.section.primary.text(),
+            "line": self.section.state.text(),
+        }
         self.section.primary.click()  # Start
         self.state = self.wait_started_again
 

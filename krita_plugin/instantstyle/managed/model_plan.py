@@ -1,0 +1,80 @@
+"""What the chosen model needs before anything downloads: sizes, the free disk, and how this machine
+will run it (device and memory tier), from the installed backend's ``python -m backend models --plan``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def gigabytes(count: int) -> str:
+    return f"{count / 1e9:.1f} GB"
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    total_bytes: int
+    missing_bytes: int
+    """Still to download (files in the cache count as done)."""
+    free_bytes: int
+    fits: bool
+    device: str
+    memory_tier: str
+
+    @property
+    def line(self) -> str:
+        need = (
+            "models ready"
+            if self.missing_bytes == 0
+            else f"{gigabytes(self.missing_bytes)} to download, {gigabytes(self.free_bytes)} free"
+        )
+        return f"{need}; runs on {self.device}, memory tier {self.memory_tier}"
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelPlan:
+        return cls(
+            int(data["total_bytes"]),
+            int(data["missing_bytes"]),
+            int(data["free_bytes"]),
+            bool(data["fits"]),
+            str(data["device"]),
+            str(data["memory_tier"]),
+        )
+
+
+class PlanError(Exception):
+    """The plan could not be made (no network to ask the hub, say): one line."""
+
+
+def ask_plan(
+    python: Path, code: Path, arguments: list[str], env: dict[str, str], timeout: float = 300
+) -> ModelPlan:
+    """Run the installed backend's ``models --plan`` for the ``serve`` arguments ``arguments``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+    try:
+        done = subprocess.run(
+            [str(python), "-m", "backend", "models", "--plan", *arguments],
+            cwd=code,
+            env={**inherited, **env},
+            capture_output=True,
+            encoding="utf-8",  # not text=True: Krita's Python may decode as ASCII (a "…" raised there)
+            errors="replace",
+            timeout=timeout,
+            creationflags=flags,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise PlanError(f"could not ask what the model needs: {error}") from error
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        said = [line for line in done.stderr.splitlines() if line.strip()]
+        why = said[-1].removeprefix("error: ") if said else f"exit code {done.returncode}"
+        raise PlanError(f"could not ask what the model needs: {why}")
+    try:
+        return ModelPlan.from_json(json.loads(lines[-1]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise PlanError(f"models --plan said something unexpected: {error}") from error
