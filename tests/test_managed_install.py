@@ -194,7 +194,7 @@ def test_no_disk_space_and_no_python_are_one_line_each(tmp_path):
     ):
         Installer(layout, bundle, InstallOptions(min_free_gib=100000)).run()
     with pytest.raises(InstallError, match=r"^no Python 3\.11 or newer on this computer: install one"):
-        Installer(layout, bundle, InstallOptions(), probe=lambda command: None).run()
+        Installer(layout, bundle, InstallOptions(uv_index=None), probe=lambda command: None).run()
     assert read_installation(layout) is None
 
 
@@ -294,3 +294,104 @@ def test_before_anything_downloads_the_docker_shows_what_the_model_needs(install
     planned()
     assert manager.current_plan is None and "\n" not in manager.plan_note
     assert manager.line.startswith("Installed, not running · could not ask what the model needs: ")
+
+
+class FakePyPI:
+    """PyPI's JSON for uv and one wheel per platform, on loopback. The wheel's ``uv`` is a stand-in
+    for uv's binary (third-party; the real one fetches CPython from the internet): ``python install``
+    records what it was asked, ``python find`` prints this test's Python."""
+
+    def __init__(self, tmp_path: Path, wrong_checksum: bool = False) -> None:
+        import hashlib
+        import zipfile
+
+        script = (
+            "#!/bin/sh\n"
+            'case "$1 $2" in\n'
+            '  "python install") mkdir -p "$UV_PYTHON_INSTALL_DIR"\n'
+            '    echo "$3" > "$UV_PYTHON_INSTALL_DIR/asked";;\n'
+            f'  "python find") echo "{sys.executable}";;\n'
+            "esac\n"
+        )
+        wheel = tmp_path / "uv.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr("uv-0.9.9.data/scripts/uv", script)
+            archive.writestr("uv-0.9.9.dist-info/METADATA", "Name: uv\n")
+        self.wheel = wheel.read_bytes()
+        digest = hashlib.sha256(self.wheel).hexdigest()
+        self.digest = "0" * 64 if wrong_checksum else digest
+        self.tags = [
+            "manylinux_2_17_x86_64.manylinux2014_x86_64",
+            "manylinux_2_17_aarch64.manylinux2014_aarch64",
+            "macosx_11_0_arm64",
+            "win_amd64",
+        ]
+
+    def __enter__(self) -> str:
+        import http.server
+
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                port = self.server.server_address[1]
+                if self.path == "/pypi/uv/json":
+                    urls = [
+                        {
+                            "filename": f"uv-0.9.9-py3-none-{tag}.whl",
+                            "url": f"http://127.0.0.1:{port}/files/uv-{tag}.whl",
+                            "digests": {"sha256": fake.digest},
+                        }
+                        for tag in fake.tags
+                    ]
+                    body = json.dumps({"urls": urls}).encode()
+                elif self.path.startswith("/files/"):
+                    body = fake.wheel
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/pypi/uv/json"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_without_a_python_uv_is_fetched_checked_and_asked_for_one(tmp_path):
+    layout = Layout(tmp_path / "home", Platform.current())
+    bundle = copy_bundle(tmp_path)
+    with FakePyPI(tmp_path) as index:
+        options = InstallOptions(packages_from=SITE_PACKAGES, uv_index=index)
+        installation = Installer(layout, bundle, options, probe=lambda command: None).run()
+    home = Path(layout.home)
+    assert (home / "uv" / "uv").is_file() and not list((home / "uv").glob("*.whl*"))  # no wheel left
+    assert (home / "python" / "asked").read_text().strip() == "3.12"  # uv was asked for Python 3.12
+    assert installation.python_path(layout).is_file()
+    log = (home / "logs" / "install.log").read_text()
+    assert "no Python 3.11+ found: fetching uv from PyPI" in log and " python find 3.12" in log
+    uninstall(layout, remove_models=False)
+    assert not (home / "uv").exists() and not (home / "python").exists()
+
+
+def test_a_uv_download_that_fails_its_checksum_is_never_used(tmp_path):
+    layout = Layout(tmp_path / "home", Platform.current())
+    bundle = copy_bundle(tmp_path)
+    refused = r"^no Python 3\.11\+ on this computer, and the downloaded uv does not match PyPI's checksum"
+    with FakePyPI(tmp_path, wrong_checksum=True) as index:
+        options = InstallOptions(packages_from=SITE_PACKAGES, uv_index=index)
+        with pytest.raises(InstallError, match=refused):
+            Installer(layout, bundle, options, probe=lambda command: None).run()
+    assert not any((Path(layout.home) / "uv").iterdir())  # neither the wheel nor a partial file
+    with pytest.raises(InstallError, match="could not ask PyPI for uv"):  # offline
+        options = InstallOptions(uv_index="http://127.0.0.1:9/pypi/uv/json")
+        Installer(layout, bundle, options, probe=lambda command: None).run()

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from enum import Enum
 from pathlib import Path
 
 from .platforms import Layout, Platform, find_python
+from .uv_python import PYPI_UV_JSON, PYTHON_VERSION, UvError, fetch_uv
 
 BUNDLED = ("backend", "protocol", "installer/__init__.py", "installer/setup_backend.py", "requirements.txt")
 """What the plugin carries of the backend (``backend_bundle/`` in its zip), relative to the repository."""
@@ -153,6 +155,8 @@ class InstallOptions:
     python: list[str] | None = None
     """The Python to build the environment from; None: the newest 3.11+ found on the machine."""
     min_free_gib: float = MIN_FREE_GIB
+    uv_index: str | None = PYPI_UV_JSON
+    """Where uv is looked up when the computer has no Python 3.11+ (None: never fetch one)."""
 
 
 ProbeRunner = Callable[[list[str]], "str | None"]
@@ -253,15 +257,39 @@ class Installer:
             )
 
     def _find_python(self) -> list[str]:
+        """The newest Python 3.11+ on the computer; where there is none, one fetched with uv."""
         if self.options.python is not None:
             return self.options.python
         command = find_python(self.layout.system, self.probe)
-        if command is None:
+        if command is not None:
+            return command
+        if self.options.uv_index is None:
             raise InstallError(
                 "no Python 3.11 or newer on this computer: install one from python.org (Windows: tick "
                 "'Add to PATH'), then press Install again"
             )
-        return command
+        self._log("no Python 3.11+ found: fetching uv from PyPI to install one")
+        try:
+            uv = fetch_uv(self.home / "uv", self.layout.system, platform.machine(), self.options.uv_index)
+        except UvError as error:
+            raise InstallError(f"no Python 3.11+ on this computer, and {error}") from error
+        env = {"UV_PYTHON_INSTALL_DIR": str(self.home / "python")}
+        self._command([str(uv), "python", "install", PYTHON_VERSION], "installing Python with uv", env=env)
+        found = self._output([str(uv), "python", "find", PYTHON_VERSION], env)
+        if not found or not Path(found).is_file():
+            raise InstallError(f"uv installed Python {PYTHON_VERSION} but cannot find it: {self.why()}")
+        return [found]
+
+    def _output(self, command: list[str], env: dict[str, str]) -> str:
+        """What ``command`` prints (its last line), its errors going to the log."""
+        self._log("+ " + " ".join(command))
+        with self.log_path.open("ab") as log:
+            done = subprocess.run(
+                command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                env={**_inherited_env(), **env}, timeout=120,
+            )  # fmt: skip
+        lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
+        return lines[-1].strip() if done.returncode == 0 and lines else ""
 
     def _install_packages(self, python: Path, venv_dir: Path) -> None:
         setup = self.bundle / "installer" / "setup_backend.py"
@@ -299,10 +327,12 @@ class Installer:
         with self.log_path.open("a", encoding="utf-8") as log:
             log.write(line + "\n")
 
-    def _command(self, command: list[str], what: str, cwd: Path | None = None) -> None:
+    def _command(
+        self, command: list[str], what: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         """Run ``command`` with its output in the log; a failure raises with the log's last line."""
         self._log("+ " + " ".join(command))
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        inherited = {**_inherited_env(), **(env or {})}
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
         with self.log_path.open("ab") as log:
             try:
@@ -337,6 +367,11 @@ class Installer:
         return meaningful[-1][:300] if meaningful else "see the log"
 
 
+def _inherited_env() -> dict[str, str]:
+    """This process's environment without Krita's own Python settings (an AppImage's PYTHONHOME...)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+
+
 def uninstall(layout: Layout, remove_models: bool) -> None:
     """Remove the environment and code (and the models only if asked); the log folder stays."""
     home = Path(layout.home)
@@ -345,7 +380,7 @@ def uninstall(layout: Layout, remove_models: bool) -> None:
     if not home.is_dir():
         return
     for child in home.iterdir():
-        if child.is_dir() and child.name.startswith(("venv-", "code-")):
+        if child.is_dir() and (child.name.startswith(("venv-", "code-")) or child.name in ("uv", "python")):
             shutil.rmtree(child, ignore_errors=True)
     if remove_models:
         shutil.rmtree(Path(layout.models), ignore_errors=True)
