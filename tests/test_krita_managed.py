@@ -159,6 +159,8 @@ def test_stop_start_and_krita_quitting_leave_no_server(managed_run):
     assert (stopped["phase"], stopped["button"]) == ("installed", "Start")
     # Before a start, what the model needs and how this machine runs it (nothing to download here).
     assert stopped["line"] == "Installed, not running · models ready; runs on cpu, memory tier full"
+    checked = part(report, "checked")  # the Check button's doctor report, to copy
+    assert "memory tier: full" in checked["report"] and checked["summary"].startswith("pixels:      finite")
     assert part(report, "started_again")["line"].startswith("Running (cpu")
     assert report.get("finished") and "traceback" not in report, report.get("traceback")
     assert report["left"] == {"server_alive": False}, "the managed server outlived Krita"

@@ -395,3 +395,17 @@ def test_a_uv_download_that_fails_its_checksum_is_never_used(tmp_path):
     with pytest.raises(InstallError, match="could not ask PyPI for uv"):  # offline
         options = InstallOptions(uv_index="http://127.0.0.1:9/pypi/uv/json")
         Installer(layout, bundle, options, probe=lambda command: None).run()
+
+
+def test_check_runs_the_installed_backends_doctor_with_the_chosen_model(installed):
+    layout, bundle, _, _, _ = installed
+    manager = BackendManager(layout, bundle, OPTIONS)
+    manager.model = ModelChoice(ManagedModel.TINY)
+    manager.check()
+    assert manager.checking
+    deadline = time.monotonic() + 180
+    while manager.checking:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    report = manager.check_report
+    assert "device:      cpu" in report and "memory tier: full" in report and "pixels:      finite" in report

@@ -55,11 +55,17 @@ class BackendSection(Section):
         self.show_log = QPushButton("Show log")
         self.show_log.setToolTip("the install's or the server's log, for a bug report")
         self.show_log.clicked.connect(lambda: controller.link.show_log())
+        self.check = QPushButton("Check")
+        self.check.setToolTip(
+            "loads the model and runs one small job: device, free memory, memory tier, dtype, speed per "
+            "step, previews, NaN check, as text to copy into a bug report (while the backend is stopped)"
+        )
+        self.check.clicked.connect(lambda: controller.link.check())
         self.uninstall = QPushButton("Uninstall")
         self.uninstall.setToolTip("remove the backend's environment (asks before removing the models)")
         self.uninstall.clicked.connect(lambda: controller.link.uninstall())
         buttons = QHBoxLayout()
-        for button in (self.primary, self.show_log, self.uninstall):
+        for button in (self.primary, self.check, self.show_log, self.uninstall):
             buttons.addWidget(button)
         managed.addLayout(buttons)
 
@@ -148,7 +154,8 @@ class BackendSection(Section):
         manager = self.controller.link.manager
         phase = manager.phase if manager is not None else Phase.FAILED
         line = manager.line if manager is not None else "Failed: this copy of the plugin carries no backend"
-        shown = (managed_mode, phase, line)
+        checking = manager is not None and manager.checking
+        shown = (managed_mode, phase, line, checking)
         if shown == self._shown:
             return
         self._shown = shown
@@ -159,6 +166,8 @@ class BackendSection(Section):
         self.primary.setText(manager.primary_label if manager is not None else PRIMARY_ACTION[phase])
         self.primary.setEnabled(manager is not None)
         self.show_log.setEnabled(manager is not None)
+        self.check.setText("Checking…" if checking else "Check")
+        self.check.setEnabled(not checking and phase in (Phase.STOPPED, Phase.UPDATE_AVAILABLE, Phase.FAILED))
         idle = phase not in (Phase.INSTALLING, Phase.STARTING)
         self.uninstall.setEnabled(manager is not None and idle and phase is not Phase.NOT_INSTALLED)
         choosing = phase in (Phase.NOT_INSTALLED, Phase.STOPPED, Phase.UPDATE_AVAILABLE, Phase.FAILED)

@@ -24,6 +24,9 @@ class ManagedLink:
         self._shown: tuple[Phase, str] | None = None
         self._start_when_planned = False
         """An install just finished: start once the plan says nothing needs downloading."""
+        self._check_box = None
+        """The open *Check* report (kept: a dialog without a reference is gone at once)."""
+        self._checking = False
 
     @property
     def active(self) -> bool:
@@ -92,6 +95,9 @@ class ManagedLink:
             self._address = address
             if address is not None:
                 self.controller.connect_to(*address)
+        if self._checking and not manager.checking:
+            self._checking = False
+            self._show_check(manager.check_report or "")
         shown = (phase, manager.line)
         if shown != self._shown:
             self._shown = shown
@@ -137,6 +143,24 @@ class ManagedLink:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
         else:
             self.controller._say(f"no log yet ({path})")
+
+    def check(self) -> None:
+        if self.manager is not None:
+            self.manager.check()
+            self._checking = self.manager.checking
+            if not self._checking and self.manager.check_report:  # refused at once: say why
+                self.controller._say(self.manager.check_report)
+            self.controller.changed.emit()
+
+    def _show_check(self, report: str) -> None:
+        box = QMessageBox()
+        box.setWindowTitle("InstantStyle backend check")
+        box.setText(report.splitlines()[-1] if report else "the check said nothing")
+        box.setDetailedText(report)  # a text box to select and copy from
+        box.setModal(False)
+        box.show()
+        self._check_box = box
+        self.controller.changed.emit()
 
     def uninstall(self) -> None:
         if self.manager is None:

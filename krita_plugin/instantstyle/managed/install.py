@@ -286,7 +286,7 @@ class Installer:
         with self.log_path.open("ab") as log:
             done = subprocess.run(
                 command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                env={**_inherited_env(), **env}, timeout=120,
+                env={**inherited_env(), **env}, timeout=120,
             )  # fmt: skip
         lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
         return lines[-1].strip() if done.returncode == 0 and lines else ""
@@ -332,7 +332,7 @@ class Installer:
     ) -> None:
         """Run ``command`` with its output in the log; a failure raises with the log's last line."""
         self._log("+ " + " ".join(command))
-        inherited = {**_inherited_env(), **(env or {})}
+        inherited = {**inherited_env(), **(env or {})}
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
         with self.log_path.open("ab") as log:
             try:
@@ -367,7 +367,7 @@ class Installer:
         return meaningful[-1][:300] if meaningful else "see the log"
 
 
-def _inherited_env() -> dict[str, str]:
+def inherited_env() -> dict[str, str]:
     """This process's environment without Krita's own Python settings (an AppImage's PYTHONHOME...)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
 

@@ -7,6 +7,7 @@ An install runs on a thread of its own (``Installer`` blocks); everything else r
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from dataclasses import dataclass
 from enum import Enum
@@ -18,6 +19,7 @@ from .install import (
     InstallError,
     InstallOptions,
     InstallProgress,
+    inherited_env,
     read_installation,
     uninstall,
     update_available,
@@ -135,6 +137,9 @@ class BackendManager:
         """Why there is no plan (the hub could not be asked...), or that it is being asked."""
         self._plan_for: ModelChoice | None = None
         self.planning = False
+        self.checking = False
+        self.check_report: str | None = None
+        """The last *Check*'s text (``python -m backend doctor``), to copy into a bug report."""
 
     # ------------------------------------------------------------------ what the docker shows
 
@@ -315,6 +320,36 @@ class BackendManager:
                 self.plan, self.plan_note, self.planning = plan, note, False
 
         threading.Thread(target=work, name="instantstyle-model-plan", daemon=True).start()
+
+    def check(self) -> None:
+        """*Check*, on a thread: the installed backend's ``doctor`` loads the chosen model and runs one
+        small job (never beside a running server: two copies of a model do not fit a GPU)."""
+        installation = read_installation(self.layout)
+        if installation is None or self.checking or self.server is not None:
+            return
+        try:
+            arguments = self.model.serve_arguments()
+        except InstallError as error:
+            self.check_report = f"check: {error}"
+            return
+        self.checking, self.check_report = True, None
+        command = [str(installation.python_path(self.layout)), "-m", "backend", "doctor", *arguments]
+        code, env = installation.code_path(self.layout), {**inherited_env(), **self._server_env()}
+
+        def work() -> None:
+            try:
+                done = subprocess.run(
+                    command, cwd=code, env=env, capture_output=True, encoding="utf-8", errors="replace",
+                    timeout=900, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+                said = [line for line in done.stderr.splitlines() if line.startswith("error")]
+                self.check_report = (done.stdout + "\n".join(said[-1:])).strip() or "the check said nothing"
+            except (OSError, subprocess.SubprocessError) as error:
+                self.check_report = f"the check could not run: {error}"
+            finally:
+                self.checking = False
+
+        threading.Thread(target=work, name="instantstyle-check", daemon=True).start()
 
     def stop(self) -> None:
         if self.server is not None:

@@ -200,6 +200,15 @@ class ManagedRunner:
             "button": self.section.primary.text(),
             "line": self.section.state.text(),
         }
+        self.section.check.click()  # what a bug report needs, while the backend is stopped
+        self.state = self.wait_checked
+
+    def wait_checked(self):
+        box = self.controller.link._check_box
+        if self.manager.checking or box is None:
+            return
+        report["checked"] = {"summary": box.text(), "report": box.detailedText()}
+        box.close()
         self.section.primary.click()  # Start
         self.state = self.wait_started_again
 
