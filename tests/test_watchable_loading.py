@@ -362,3 +362,19 @@ def test_serve_listens_first_and_tells_clients_while_it_downloads_from_the_hub(t
     assert downloads[-1].message.startswith("Downloading models: 9.9 of 9.9 MB")
     assert outcome.error is None and outcome.result is not None
     assert "InstantStyle backend ready on" in rest
+
+
+def test_a_download_says_how_long_it_has_left_once_it_knows_a_rate():
+    from backend.engine.downloads import DownloadProgress
+    from backend.engine.load_plan import download_status
+
+    gib = 1024**3
+    early = download_status(DownloadProgress(gib, 4 * gib, 1, 17, seconds=1.0))
+    assert early.message == "Downloading models: 1.0 of 4.0 GB (1 of 17 files)"  # no rate yet
+    later = download_status(DownloadProgress(gib, 4 * gib, 1, 17, seconds=60.0))
+    assert later.message == "Downloading models: 1.0 of 4.0 GB (1 of 17 files), about 3 min left"
+    quick = download_status(DownloadProgress(3 * gib, 4 * gib, 9, 17, seconds=30.0))
+    assert quick.message.endswith(", about 10 s left") and (quick.bytes_done, quick.bytes_total) == (
+        3 * gib,
+        4 * gib,
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,15 @@ class DownloadProgress:
     bytes_total: int
     files_done: int
     files_total: int
+    seconds: float = 0.0
+    """Since the downloads began: with the bytes, what the time left is estimated from."""
+
+    @property
+    def seconds_left(self) -> float | None:
+        """At the rate so far; None until a few seconds and bytes tell a rate."""
+        if self.seconds < 3 or self.bytes_done <= 0 or self.bytes_done >= self.bytes_total:
+            return None
+        return (self.bytes_total - self.bytes_done) * self.seconds / self.bytes_done
 
 
 def variant_of(filename: str) -> str | None:
@@ -143,13 +153,15 @@ class ByteCounter:
         self._finished: set[tuple[str, str]] = set()
         self._report = report
         self._lock = threading.Lock()
+        self._started = time.monotonic()
         self.current = threading.local()
         """The file the calling thread is downloading: a bar created on it counts for that file."""
 
     @property
     def progress(self) -> DownloadProgress:
         done = sum(min(count, self.sizes[key]) for key, count in self._counted.items())
-        return DownloadProgress(done, self.total, len(self._finished), len(self.sizes))
+        seconds = time.monotonic() - self._started
+        return DownloadProgress(done, self.total, len(self._finished), len(self.sizes), seconds)
 
     def add(self, key: tuple[str, str], count: int) -> None:
         with self._lock:

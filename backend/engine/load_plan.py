@@ -68,13 +68,21 @@ class LoadPlan:
 
 
 def download_status(progress: DownloadProgress) -> ModelStatus:
-    """``Downloading models: 3.1 of 11.3 GB (4 of 17 files)`` (MB below a GB)."""
+    """``Downloading models: 3.1 of 11.3 GB (4 of 17 files), about 6 min left`` (MB below a GB)."""
     unit, name = (1024**3, "GB") if progress.bytes_total >= 1024**3 else (1024**2, "MB")
     done, total = progress.bytes_done / unit, progress.bytes_total / unit
+    left = progress.seconds_left
+    eta = (
+        ""
+        if left is None
+        else f", about {left / 60:.0f} min left"
+        if left >= 90
+        else f", about {left:.0f} s left"
+    )
     return ModelStatus(
         ModelPhase.DOWNLOADING,
         f"Downloading models: {done:.1f} of {total:.1f} {name} "
-        f"({progress.files_done} of {progress.files_total} files)",
+        f"({progress.files_done} of {progress.files_total} files){eta}",
         progress.bytes_done,
         progress.bytes_total,
     )

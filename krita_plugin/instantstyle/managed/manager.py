@@ -208,8 +208,11 @@ class BackendManager:
 
     @property
     def address(self) -> tuple[str, str] | None:
-        """(url, token) of the running server, for the connection."""
-        if self.server is not None and self.server.state is ServerState.READY and self.server.url:
+        """(url, token) of the server, for the connection, once it listens."""
+        # From the moment it listens: while it downloads and loads, the session shows its progress
+        # (bytes, time left) and jobs sent meanwhile wait for the model.
+        listening = (ServerState.LOADING, ServerState.READY)
+        if self.server is not None and self.server.state in listening and self.server.url:
             return self.server.url, self.server.token or ""
         return self.shared if self.server is None else None
 
