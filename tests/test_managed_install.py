@@ -409,3 +409,45 @@ def test_check_runs_the_installed_backends_doctor_with_the_chosen_model(installe
         time.sleep(0.1)
     report = manager.check_report
     assert "device:      cpu" in report and "memory tier: full" in report and "pixels:      finite" in report
+
+
+def test_the_plans_checklist_and_the_chosen_folder():
+    from krita_plugin.instantstyle.managed.manager import default_layout
+    from krita_plugin.instantstyle.managed.model_plan import ModelPlan
+
+    plan = ModelPlan.from_json(
+        {
+            "files": [
+                {
+                    "repo": "stabilityai/sdxl",
+                    "path": "unet/a.safetensors",
+                    "bytes": 5_000_000_000,
+                    "cached": False,
+                },
+                {
+                    "repo": "stabilityai/sdxl",
+                    "path": "vae/b.safetensors",
+                    "bytes": 200_000_000,
+                    "cached": True,
+                },
+                {
+                    "repo": "h94/IP-Adapter",
+                    "path": "image_encoder/c.bin",
+                    "bytes": 3_700_000_000,
+                    "cached": True,
+                },
+            ],
+            "total_bytes": 8_900_000_000,
+            "missing_bytes": 5_000_000_000,
+            "free_bytes": 120_000_000_000,
+            "fits": True,
+            "device": "cuda",
+            "memory_tier": "offload",
+        }
+    )
+    assert plan.line == "5.0 GB to download, 120.0 GB free; runs on cuda, memory tier offload"
+    assert plan.checklist == "stabilityai/sdxl: 5.2 GB, to download\nh94/IP-Adapter: 3.7 GB, on disk"
+    env = {"XDG_DATA_HOME": "/data"}
+    if Platform.current() is Platform.LINUX:
+        assert default_layout(env).home == Path("/data/instantstyle")
+    assert default_layout(env, chosen=" /big/disk/instantstyle ").home == Path("/big/disk/instantstyle")

@@ -8,7 +8,7 @@ act on. Opens by itself when the managed backend needs a click (not installed, a
 
 from __future__ import annotations
 
-from .managed.manager import MODEL_LABELS, PRIMARY_ACTION, ManagedModel, Phase, offered_models
+from .managed.manager import MODEL_LABELS, PRIMARY_ACTION, ManagedModel, Phase, default_layout, offered_models
 from .qt import (
     QCheckBox,
     QComboBox,
@@ -94,6 +94,20 @@ class BackendSection(Section):
         file_row.addWidget(self.checkpoint, 1)
         file_row.addWidget(self.browse)
         managed.addWidget(self.file_row)
+        self.folder = QLineEdit()
+        self.folder.setPlaceholderText(str(default_layout().home))
+        self.folder.setToolTip(
+            "where the backend, its Python packages and its models go (empty: beside Krita's resources)"
+        )
+        self.folder.editingFinished.connect(lambda: controller.link.set_home(self.folder.text()))
+        self.pick_folder = QPushButton("…")
+        self.pick_folder.setToolTip("choose the backend's folder")
+        self.pick_folder.clicked.connect(self._pick_folder)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(QLabel("Folder"))
+        folder_row.addWidget(self.folder, 1)
+        folder_row.addWidget(self.pick_folder)
+        managed.addLayout(folder_row)
         managed.addWidget(self.controlnet)
         managed.addWidget(self.speed)
         column.addWidget(self.managed)
@@ -125,6 +139,7 @@ class BackendSection(Section):
         self.token.setText(settings.token)
         self.model.setCurrentIndex(max(0, self.model.findData(ManagedModel(settings.managed_model))))
         self.checkpoint.setText(settings.managed_checkpoint)
+        self.folder.setText(settings.managed_home)
         self.controlnet.setChecked(settings.managed_controlnet)
         self.speed.setChecked(settings.managed_speed_loras)
 
@@ -136,6 +151,14 @@ class BackendSection(Section):
             self.speed.isChecked(),
         )
         self._shown = None  # the file row may show or hide
+
+    def _pick_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "The InstantStyle backend's folder", self.folder.text()
+        )
+        if folder:
+            self.folder.setText(folder)
+            self.controller.link.set_home(folder)
 
     def _browse(self) -> None:
         path, _filter = QFileDialog.getOpenFileName(
@@ -162,7 +185,8 @@ class BackendSection(Section):
         self.managed.setVisible(managed_mode)
         self.remote.setVisible(not managed_mode)
         self.state.setText(line)
-        self.state.setToolTip(line)
+        plan = manager.current_plan if manager is not None else None
+        self.state.setToolTip(line if plan is None else f"{line}\n\n{plan.checklist}")
         self.primary.setText(manager.primary_label if manager is not None else PRIMARY_ACTION[phase])
         self.primary.setEnabled(manager is not None)
         self.show_log.setEnabled(manager is not None)
@@ -171,7 +195,15 @@ class BackendSection(Section):
         idle = phase not in (Phase.INSTALLING, Phase.STARTING)
         self.uninstall.setEnabled(manager is not None and idle and phase is not Phase.NOT_INSTALLED)
         choosing = phase in (Phase.NOT_INSTALLED, Phase.STOPPED, Phase.UPDATE_AVAILABLE, Phase.FAILED)
-        for widget in (self.model, self.checkpoint, self.browse, self.controlnet, self.speed):
+        for widget in (
+            self.model,
+            self.checkpoint,
+            self.browse,
+            self.controlnet,
+            self.speed,
+            self.folder,
+            self.pick_folder,
+        ):
             widget.setEnabled(choosing)
         self.file_row.setVisible(self.model.currentData() is ManagedModel.CHECKPOINT)
         if managed_mode and phase in NEEDS_A_CLICK:

@@ -38,7 +38,7 @@ class ManagedLink:
         except InstallError as error:
             log.warning("%s", error)
             return None
-        manager = BackendManager(default_layout(), bundle)
+        manager = BackendManager(default_layout(chosen=self.controller.settings.managed_home), bundle)
         manager.model = self.model_choice()
         return manager
 
@@ -128,6 +128,20 @@ class ManagedLink:
         self.controller.save()
         if self.manager is not None:
             self.manager.model = self.model_choice()
+        self.controller.changed.emit()
+
+    def set_home(self, folder: str) -> None:
+        """Another folder for the backend: what is there (an install, or none) is what the docker shows."""
+        settings = self.controller.settings
+        if folder.strip() == settings.managed_home.strip():
+            return
+        if self.manager is not None:
+            self.manager.cancel()
+            self.manager.stop()
+        settings.managed_home = folder.strip()
+        self.controller.save()
+        self.manager = self._manager()
+        self._address, self._shown = None, None
         self.controller.changed.emit()
 
     def primary(self) -> None:

@@ -84,6 +84,8 @@ class GenerationSettings:
     server_url: str = DEFAULT_URL
     """The remote server's address (``BackendMode.REMOTE``)."""
     token: str = ""
+    managed_home: str = ""
+    """The managed backend's folder; empty: beside Krita's resources (``managed.platforms``)."""
     managed_model: str = "sdxl"
     """A ``managed.manager.ManagedModel`` value: what the managed backend serves."""
     managed_checkpoint: str = ""

@@ -109,11 +109,12 @@ PRIMARY_ACTION = {
 """The one button the docker shows for each phase."""
 
 
-def default_layout(env: dict[str, str] | None = None) -> Layout:
+def default_layout(env: dict[str, str] | None = None, chosen: str = "") -> Layout:
+    """The backend's folder: the artist's choice (a setting), else beside Krita's resources."""
     env = dict(os.environ) if env is None else env
     system = Platform.current()
-    home = env.get(HOME_ENV) or str(backend_home(system, env, str(Path.home())))
-    return Layout(Path(home), system)
+    home = chosen.strip() or env.get(HOME_ENV) or str(backend_home(system, env, str(Path.home())))
+    return Layout(Path(home).expanduser(), system)
 
 
 class BackendManager:

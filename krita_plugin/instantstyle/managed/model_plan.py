@@ -24,6 +24,19 @@ class ModelPlan:
     fits: bool
     device: str
     memory_tier: str
+    repos: tuple[tuple[str, int, int], ...] = ()
+    """(repository, bytes, bytes still to download) of each part: the checklist's lines."""
+
+    @property
+    def checklist(self) -> str:
+        """One line per part (the docker's tooltip), e.g. ``h94/IP-Adapter: 3.7 GB, to download``."""
+        return (
+            "\n".join(
+                f"{repo}: {gigabytes(size)}" + (", to download" if missing else ", on disk")
+                for repo, size, missing in self.repos
+            )
+            or "nothing to download"
+        )
 
     @property
     def line(self) -> str:
@@ -36,6 +49,11 @@ class ModelPlan:
 
     @classmethod
     def from_json(cls, data: dict) -> ModelPlan:
+        sizes: dict[str, list[int]] = {}
+        for entry in data.get("files", []):
+            size = sizes.setdefault(str(entry["repo"]), [0, 0])
+            size[0] += int(entry["bytes"])
+            size[1] += 0 if entry.get("cached") else int(entry["bytes"])
         return cls(
             int(data["total_bytes"]),
             int(data["missing_bytes"]),
@@ -43,6 +61,7 @@ class ModelPlan:
             bool(data["fits"]),
             str(data["device"]),
             str(data["memory_tier"]),
+            tuple((repo, total, missing) for repo, (total, missing) in sizes.items()),
         )
 
 
