@@ -94,7 +94,7 @@ def plugin_files() -> dict[str, Path]:
     # backend's folder, so plugin and backend always speak the same protocol version.
     if str(REPO) not in sys.path:  # run as a script
         sys.path.insert(0, str(REPO))
-    from krita_plugin.instantstyle.managed.install import BUNDLED  # Qt-free, standard library only
+    from krita_plugin.instantstyle.managed.installation import BUNDLED  # Qt-free, standard library only
 
     for name in BUNDLED:
         if (REPO / name).is_dir():

@@ -133,7 +133,7 @@ def test_zip_has_the_layout_krita_imports(tmp_path):
     assert not [n for n in names if n.endswith((".so", ".pyc")) or "__pycache__" in n]
     # The backend's code for the docker's Install: found where the installed plugin looks for it.
     zipfile.ZipFile(out).extractall(tmp_path / "pykrita")
-    from krita_plugin.instantstyle.managed.install import bundle_ids, bundle_root
+    from krita_plugin.instantstyle.managed.installation import bundle_ids, bundle_root
     from tests.conftest import REPO
 
     bundle = bundle_root(tmp_path / "pykrita" / "instantstyle")

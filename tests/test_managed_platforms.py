@@ -45,9 +45,10 @@ def test_the_backend_sits_beside_kritas_resource_folder_on_every_platform():
 
 def test_the_layout_names_the_venvs_python_per_platform():
     windows = Layout(PureWindowsPath(r"C:\x\instantstyle"), Platform.WINDOWS)
-    assert windows.venv_python == PureWindowsPath(r"C:\x\instantstyle\venv\Scripts\python.exe")
+    venv = windows.home / "venv-1"
+    assert windows.venv_python(venv) == PureWindowsPath(r"C:\x\instantstyle\venv-1\Scripts\python.exe")
     linux = Layout(PurePosixPath("/x/instantstyle"), Platform.LINUX)
-    assert linux.venv_python == PurePosixPath("/x/instantstyle/venv/bin/python")
+    assert linux.venv_python(linux.home / "venv-1") == PurePosixPath("/x/instantstyle/venv-1/bin/python")
     assert (
         linux.models == PurePosixPath("/x/instantstyle/models") and linux.server_state.name == "server.json"
     )
@@ -60,7 +61,8 @@ def test_the_layout_names_the_venvs_python_per_platform():
         (Platform.WINDOWS, {("python",): "3.10"}, None),  # Krita's own or an old one: not enough
         (Platform.LINUX, {("python3",): "3.11"}, ["python3"]),
         (Platform.LINUX, {("python3.13",): "garbage", ("python3.11",): "3.11"}, ["python3.11"]),
-        (Platform.MACOS, {("python3",): "3.9"}, None),  # macOS's own Python 3.9: fetch one with uv
+        (Platform.MACOS, {("python3",): "3.9"}, None),  # never asked (the CLT stub's dialog): uv fetches one
+        (Platform.MACOS, {("/opt/homebrew/bin/python3.12",): "3.12"}, ["/opt/homebrew/bin/python3.12"]),
     ],
 )
 def test_python_discovery_takes_the_newest_311_or_later(system, answers, found):

@@ -378,3 +378,12 @@ def test_a_download_says_how_long_it_has_left_once_it_knows_a_rate():
         3 * gib,
         4 * gib,
     )
+
+
+def test_the_time_left_counts_only_what_was_downloaded_not_what_was_on_disk():
+    """3.7 of 10 GB already cached, 0.3 GB fetched in 30 s: 6 GB more take ~10 min, not seconds."""
+    from backend.engine.downloads import DownloadProgress
+
+    gb = 10**9
+    progress = DownloadProgress(4 * gb, 10 * gb, 3, 17, seconds=30.0, bytes_at_start=int(3.7 * gb))
+    assert abs(progress.seconds_left - 6 * gb * 30 / (0.3 * gb)) < 1e-6

@@ -59,13 +59,16 @@ class DownloadProgress:
     files_total: int
     seconds: float = 0.0
     """Since the downloads began: with the bytes, what the time left is estimated from."""
+    bytes_at_start: int = 0
+    """Already on disk when the downloads began (cached files): not part of the rate."""
 
     @property
     def seconds_left(self) -> float | None:
         """At the rate so far; None until a few seconds and bytes tell a rate."""
-        if self.seconds < 3 or self.bytes_done <= 0 or self.bytes_done >= self.bytes_total:
+        fetched = self.bytes_done - self.bytes_at_start
+        if self.seconds < 3 or fetched <= 0 or self.bytes_done >= self.bytes_total:
             return None
-        return (self.bytes_total - self.bytes_done) * self.seconds / self.bytes_done
+        return (self.bytes_total - self.bytes_done) * self.seconds / fetched
 
 
 def variant_of(filename: str) -> str | None:
@@ -154,6 +157,7 @@ class ByteCounter:
         self._report = report
         self._lock = threading.Lock()
         self._started = time.monotonic()
+        self._at_start = 0
         self.current = threading.local()
         """The file the calling thread is downloading: a bar created on it counts for that file."""
 
@@ -161,7 +165,15 @@ class ByteCounter:
     def progress(self) -> DownloadProgress:
         done = sum(min(count, self.sizes[key]) for key, count in self._counted.items())
         seconds = time.monotonic() - self._started
-        return DownloadProgress(done, self.total, len(self._finished), len(self.sizes), seconds)
+        files_done = len(self._finished)
+        return DownloadProgress(done, self.total, files_done, len(self.sizes), seconds, self._at_start)
+
+    def start_clock(self) -> None:
+        """The downloads begin now: what is already done (cached files) is not part of their rate."""
+        with self._lock:
+            self._at_start = 0
+            self._at_start = self.progress.bytes_done
+            self._started = time.monotonic()
 
     def add(self, key: tuple[str, str], count: int) -> None:
         with self._lock:
@@ -225,6 +237,7 @@ def fetch(
             missing.append(file)
     if not missing:
         return
+    counter.start_clock()
     report(counter.progress)
     bar = counting_bar(counter)
 

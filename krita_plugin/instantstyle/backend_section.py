@@ -137,7 +137,9 @@ class BackendSection(Section):
         self.mode.setCurrentIndex(max(0, self.mode.findData(settings.backend_mode)))
         self.url.setText(settings.server_url)
         self.token.setText(settings.token)
-        self.model.setCurrentIndex(max(0, self.model.findData(ManagedModel(settings.managed_model))))
+        known = {model.value: model for model in ManagedModel}
+        chosen = known.get(settings.managed_model, ManagedModel.SDXL)  # an unknown saved value: SDXL
+        self.model.setCurrentIndex(max(0, self.model.findData(chosen)))
         self.checkpoint.setText(settings.managed_checkpoint)
         self.folder.setText(settings.managed_home)
         self.controlnet.setChecked(settings.managed_controlnet)

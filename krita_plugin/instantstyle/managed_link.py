@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .managed.install import InstallError, bundle_root
+from .managed.installation import InstallError, bundle_root
 from .managed.manager import BackendManager, ManagedModel, ModelChoice, Phase, default_layout
 from .qt import QDesktopServices, QMessageBox, QUrl
 from .settings import BackendMode
@@ -59,11 +59,11 @@ class ManagedLink:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """At start-up: use the server another window runs, else start ours if it is installed."""
+        """At start-up: use the server another window runs, else start ours if it is installed and
+        its model needs no download (one that does waits for the artist's click on the sizes)."""
         if self.manager is None or self.manager.reuse_running():
             return
-        if self.manager.phase is Phase.STOPPED:
-            self.manager.start()
+        self._start_when_planned = self.manager.phase is Phase.STOPPED
 
     def shutdown(self) -> None:
         if self.manager is not None:
@@ -82,12 +82,13 @@ class ManagedLink:
         was = self._shown[0] if self._shown is not None else None
         if was is Phase.INSTALLING and phase is Phase.STOPPED:
             self._start_when_planned = True
-        if self._start_when_planned and phase is Phase.STOPPED and not manager.planning:
-            # Install ends with the backend running when nothing needs downloading; otherwise the
-            # artist reads the sizes first and clicks "Download and start".
+        if phase is not Phase.STOPPED:
             self._start_when_planned = False
-            plan = manager.current_plan
-            if plan is not None and plan.missing_bytes == 0:
+        elif self._start_when_planned and (answer := manager.plans.answer(manager.model)) is not None:
+            # Install (and Krita's start) end with the backend running when nothing needs
+            # downloading; otherwise the artist reads the sizes first and clicks "Download and start".
+            self._start_when_planned = False
+            if answer[0] is not None and answer[0].missing_bytes == 0:
                 manager.start()
                 phase = manager.phase
         address = manager.address
@@ -106,6 +107,7 @@ class ManagedLink:
     # ------------------------------------------------------------------ the section's buttons
 
     def set_mode(self, mode: BackendMode) -> None:
+        self._start_when_planned = False
         settings = self.controller.settings
         if mode is settings.backend_mode:
             return
@@ -122,6 +124,7 @@ class ManagedLink:
         self.controller.changed.emit()
 
     def set_model(self, model: ManagedModel, checkpoint: str, controlnet: bool, speed: bool) -> None:
+        self._start_when_planned = False  # the artist is choosing: never start behind their back
         s = self.controller.settings
         s.managed_model, s.managed_checkpoint = model.value, checkpoint
         s.managed_controlnet, s.managed_speed_loras = controlnet, speed
@@ -145,6 +148,7 @@ class ManagedLink:
         self.controller.changed.emit()
 
     def primary(self) -> None:
+        self._start_when_planned = False
         if self.manager is not None:
             self.controller._attempt("the backend", self.manager.primary)
             self.controller.changed.emit()

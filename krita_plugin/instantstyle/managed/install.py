@@ -17,26 +17,31 @@ requirements did not change copies the new code only.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
-from .platforms import Layout, Platform, find_python
+from .background import NO_WINDOW, child_env
+from .installation import (
+    Installation,
+    InstallError,
+    bundle_files,
+    bundle_ids,
+    manifest_path,
+    read_installation,
+)
+from .platforms import Layout, find_python
 from .uv_python import PYPI_UV_JSON, PYTHON_VERSION, UvError, fetch_uv
 
-BUNDLED = ("backend", "protocol", "installer/__init__.py", "installer/setup_backend.py", "requirements.txt")
-"""What the plugin carries of the backend (``backend_bundle/`` in its zip), relative to the repository."""
 MIN_FREE_GIB = 8.0
 """Free disk space an install needs besides the models: PyTorch with CUDA is ~5 GB installed."""
 
@@ -64,87 +69,9 @@ class InstallProgress:
         return f"Installing… {self.index}/{self.total}: {self.step.value} ({self.seconds:.0f} s)"
 
 
-class InstallError(Exception):
-    """An install or update failed; the message is one line for the docker, the log has the rest."""
-
-
 class InstallCancelled(InstallError):
     def __init__(self) -> None:
         super().__init__("cancelled: nothing was changed")
-
-
-@dataclass(frozen=True)
-class Installation:
-    """The working install, as ``install.json`` records it."""
-
-    venv: str
-    code: str
-    python: str
-    """The venv's Python, relative to the home."""
-    installed_at: float
-
-    def python_path(self, layout: Layout) -> Path:
-        return Path(layout.home, self.python)
-
-    def code_path(self, layout: Layout) -> Path:
-        return Path(layout.home, self.code)
-
-
-def manifest_path(layout: Layout) -> Path:
-    return Path(layout.home, "install.json")
-
-
-def read_installation(layout: Layout) -> Installation | None:
-    """The working install, or None (nothing installed, or a record that does not hold together)."""
-    try:
-        data = json.loads(manifest_path(layout).read_text(encoding="utf-8"))
-        installation = Installation(data["venv"], data["code"], data["python"], float(data["installed_at"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not installation.python_path(layout).exists() or not installation.code_path(layout).is_dir():
-        return None
-    return installation
-
-
-def bundle_root(plugin_dir: Path) -> Path:
-    """Where the plugin's copy of the backend is: ``backend_bundle/`` in an installed plugin, the
-    repository's root in a checkout."""
-    for candidate in (plugin_dir / "backend_bundle", plugin_dir.parents[1]):
-        if all((candidate / name).exists() for name in BUNDLED):
-            return candidate
-    raise InstallError(
-        f"the plugin carries no backend (no backend_bundle in {plugin_dir}): reinstall the plugin"
-    )
-
-
-def _digest(paths: Sequence[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def _bundled_files(bundle: Path) -> list[Path]:
-    files = []
-    for name in BUNDLED:
-        top = bundle / name
-        for path in [top] if top.is_file() else top.rglob("*"):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                files.append(path)
-    return files
-
-
-def bundle_ids(bundle: Path) -> tuple[str, str]:
-    """(packages id, code id): what decides whether an update needs a new environment or code only."""
-    return _digest([bundle / "requirements.txt"], bundle), _digest(_bundled_files(bundle), bundle)
-
-
-def update_available(layout: Layout, bundle: Path) -> bool:
-    installation = read_installation(layout)
-    if installation is None:
-        return False
-    packages, code = bundle_ids(bundle)
-    return (installation.venv, installation.code) != (f"venv-{packages}", f"code-{code}")
 
 
 @dataclass(frozen=True)
@@ -166,7 +93,10 @@ def probe_python(command: list[str]) -> str | None:
     """The output of ``command`` (a Python and ``-c ...``), None when it does not run."""
     try:
         # Not ``text=True``: Krita's embedded Python may decode as ASCII, and a non-ASCII byte raised.
-        done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=30)
+        done = subprocess.run(
+            command, capture_output=True, encoding="utf-8", errors="replace", timeout=30,
+            env=child_env(), creationflags=NO_WINDOW,
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
@@ -192,11 +122,12 @@ class Installer:
         self._process: subprocess.Popen | None = None
 
     def cancel(self) -> None:
-        """Stop at once (the running command is terminated); ``run`` then raises ``InstallCancelled``."""
+        """Stop at once (the running command and its children end); ``run`` then raises
+        ``InstallCancelled``."""
         self._cancel.set()
         process = self._process
         if process is not None and process.poll() is None:
-            process.terminate()
+            _end_group(process)
 
     def run(self, report: Callable[[InstallProgress], None] = lambda progress: None) -> Installation:
         """Install, or update to the plugin's bundle; the previous install stays until this succeeds."""
@@ -211,7 +142,7 @@ class Installer:
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         built: list[Path] = []
-        python = venv_dir / ("Scripts/python.exe" if self.layout.system is Platform.WINDOWS else "bin/python")
+        python = Path(self.layout.venv_python(venv_dir))
         base_python: list[str] = []
         try:
             for index, step in enumerate(steps, 1):
@@ -235,14 +166,14 @@ class Installer:
                 else:
                     check = "import torch, diffusers, transformers, websockets, backend.cli, protocol"
                     self._command([str(python), "-c", check], "the backend's check", cwd=code_dir)
+            installation = Installation(
+                venv_dir.name, code_dir.name, python.relative_to(self.home).as_posix(), time.time()
+            )
+            self._switch_to(installation, current)
         except BaseException:
-            for folder in built:  # nothing half-built stays
+            for folder in built:  # nothing half-built stays (nor one a failed switch left unused)
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        installation = Installation(
-            venv_dir.name, code_dir.name, python.relative_to(self.home).as_posix(), time.time()
-        )
-        self._switch_to(installation, current)
         return installation
 
     # ------------------------------------------------------------------ steps
@@ -273,7 +204,8 @@ class Installer:
             uv = fetch_uv(self.home / "uv", self.layout.system, platform.machine(), self.options.uv_index)
         except UvError as error:
             raise InstallError(f"no Python 3.11+ on this computer, and {error}") from error
-        env = {"UV_PYTHON_INSTALL_DIR": str(self.home / "python")}
+        # Only uv's own Pythons: ``find`` never answers with a venv or conda Python that happens to be active.
+        env = {"UV_PYTHON_INSTALL_DIR": str(self.home / "python"), "UV_PYTHON_PREFERENCE": "only-managed"}
         self._command([str(uv), "python", "install", PYTHON_VERSION], "installing Python with uv", env=env)
         found = self._output([str(uv), "python", "find", PYTHON_VERSION], env)
         if not found or not Path(found).is_file():
@@ -286,7 +218,7 @@ class Installer:
         with self.log_path.open("ab") as log:
             done = subprocess.run(
                 command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                env={**inherited_env(), **env}, timeout=120,
+                env=child_env(env), timeout=120, creationflags=NO_WINDOW,
             )  # fmt: skip
         lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
         return lines[-1].strip() if done.returncode == 0 and lines else ""
@@ -299,7 +231,7 @@ class Installer:
         self._command(command, "installing the packages")
 
     def _copy_code(self, code_dir: Path) -> None:
-        for path in _bundled_files(self.bundle):
+        for path in bundle_files(self.bundle):
             target = code_dir / path.relative_to(self.bundle)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
@@ -332,17 +264,20 @@ class Installer:
     ) -> None:
         """Run ``command`` with its output in the log; a failure raises with the log's last line."""
         self._log("+ " + " ".join(command))
-        inherited = {**inherited_env(), **(env or {})}
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+        # Its own process group: Cancel (and Krita quitting) ends pip and whatever it started too.
+        group = {"start_new_session": True} if os.name == "posix" else {}
+        flags = NO_WINDOW | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if os.name == "nt" else 0
         with self.log_path.open("ab") as log:
             try:
                 self._process = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    cwd=cwd, env=inherited, creationflags=flags,
+                    cwd=cwd, env=child_env(env), creationflags=flags, **group,
                 )  # fmt: skip
             except OSError as error:
                 raise InstallError(f"could not run {command[0]}: {error}") from error
             try:
+                if self._cancel.is_set():  # cancelled while it was being started
+                    _end_group(self._process)
                 code = self._process.wait()
             finally:
                 self._process = None
@@ -367,20 +302,16 @@ class Installer:
         return meaningful[-1][:300] if meaningful else "see the log"
 
 
-def inherited_env() -> dict[str, str]:
-    """This process's environment without Krita's own Python settings (an AppImage's PYTHONHOME...)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-
-
-def uninstall(layout: Layout, remove_models: bool) -> None:
-    """Remove the environment and code (and the models only if asked); the log folder stays."""
-    home = Path(layout.home)
-    with contextlib.suppress(FileNotFoundError):
-        manifest_path(layout).unlink()
-    if not home.is_dir():
-        return
-    for child in home.iterdir():
-        if child.is_dir() and (child.name.startswith(("venv-", "code-")) or child.name in ("uv", "python")):
-            shutil.rmtree(child, ignore_errors=True)
-    if remove_models:
-        shutil.rmtree(Path(layout.models), ignore_errors=True)
+def _end_group(process: subprocess.Popen) -> None:
+    """End ``process`` and the processes it started (pip's, ensurepip's)."""
+    try:
+        if os.name == "posix":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            subprocess.run(
+                ["taskkill", "/T", "/F", "/PID", str(process.pid)],
+                capture_output=True,
+                creationflags=NO_WINDOW,
+            )
+    except (OSError, subprocess.SubprocessError):
+        process.terminate()

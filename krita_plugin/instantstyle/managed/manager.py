@@ -7,24 +7,22 @@ An install runs on a thread of its own (``Installer`` blocks); everything else r
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from .install import (
-    InstallCancelled,
-    Installer,
+from .background import DoctorCheck, PlanAsker, child_env
+from .install import InstallCancelled, Installer, InstallOptions, InstallProgress
+from .installation import (
+    Installation,
     InstallError,
-    InstallOptions,
-    InstallProgress,
-    inherited_env,
+    bundle_ids,
+    manifest_path,
     read_installation,
     uninstall,
-    update_available,
 )
-from .model_plan import ModelPlan, PlanError, ask_plan
+from .model_plan import ModelPlan
 from .platforms import Layout, Platform, backend_home
 from .server_process import ManagedServer, ServerCommand, ServerState, running_server
 
@@ -132,21 +130,43 @@ class BackendManager:
         self._what_failed = ""
         self.shared: tuple[str, str] | None = None
         """(url, token) of a server another Krita window or instance started and still runs."""
-        self.plan: ModelPlan | None = None
-        """What ``model`` needs (sizes, free disk, device and tier), once asked (``refresh_plan``)."""
-        self.plan_note = ""
-        """Why there is no plan (the hub could not be asked...), or that it is being asked."""
-        self._plan_for: ModelChoice | None = None
-        self.planning = False
-        self.checking = False
-        self.check_report: str | None = None
-        """The last *Check*'s text (``python -m backend doctor``), to copy into a bug report."""
+        self.plans = PlanAsker()
+        """What ``model`` needs (sizes, free disk, device and tier), asked by ``refresh_plan``."""
+        self.doctor = DoctorCheck()
+        """*Check*'s report (``python -m backend doctor``), to copy into a bug report."""
+        self._ids = bundle_ids(bundle)
+        """The plugin's backend (packages id, code id): hashed once, not on every timer tick."""
+        self._manifest: tuple[int | None, Installation | None] = (None, None)
 
     # ------------------------------------------------------------------ what the docker shows
 
     @property
+    def installation(self) -> Installation | None:
+        """The working install, read again only when ``install.json`` changed (the docker asks on every
+        tick of its timer)."""
+        try:
+            stamp: int | None = manifest_path(self.layout).stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self._manifest[0] or stamp is None:
+            self._manifest = (stamp, read_installation(self.layout) if stamp is not None else None)
+        return self._manifest[1]
+
+    @property
     def installed(self) -> bool:
-        return read_installation(self.layout) is not None
+        return self.installation is not None
+
+    @property
+    def planning(self) -> bool:
+        return self.plans.busy
+
+    @property
+    def checking(self) -> bool:
+        return self.doctor.running
+
+    @property
+    def check_report(self) -> str | None:
+        return self.doctor.report
 
     @property
     def phase(self) -> Phase:
@@ -162,9 +182,12 @@ class BackendManager:
                 return Phase.STARTING
         if self.shared is not None:
             return Phase.RUNNING
-        if not self.installed:
+        installation = self.installation
+        if installation is None:
             return Phase.NOT_INSTALLED
-        return Phase.UPDATE_AVAILABLE if update_available(self.layout, self.bundle) else Phase.STOPPED
+        packages, code = self._ids
+        current = (installation.venv, installation.code) == (f"venv-{packages}", f"code-{code}")
+        return Phase.STOPPED if current else Phase.UPDATE_AVAILABLE
 
     @property
     def line(self) -> str:
@@ -179,8 +202,11 @@ class BackendManager:
         if phase is Phase.RUNNING:
             return "Running (started by another Krita window)"
         if phase is Phase.STOPPED:
-            plan = self.current_plan
-            about = plan.line if plan is not None else self.plan_note
+            answer = self.plans.answer(self.model)
+            if answer is None:
+                about = "checking what the model needs…" if self.planning else ""
+            else:
+                about = answer[0].line if answer[0] is not None else answer[1]
             return "Installed, not running" + (f" · {about}" if about else "")
         return {
             Phase.NOT_INSTALLED: "Not installed: Install sets up Python, PyTorch and the backend here",
@@ -190,7 +216,8 @@ class BackendManager:
     @property
     def current_plan(self) -> ModelPlan | None:
         """The plan of the model chosen now (None: not asked yet, being asked, or it failed)."""
-        return self.plan if self._plan_for == self.model else None
+        answer = self.plans.answer(self.model)
+        return answer[0] if answer is not None else None
 
     @property
     def primary_label(self) -> str:
@@ -239,6 +266,9 @@ class BackendManager:
         """Install, or update to the plugin's version, on a thread; the server is stopped first."""
         if self._thread is not None and self._thread.is_alive():
             return
+        if self.shared is not None or self.checking:  # its files are in use: never deleted under it
+            self._fail("install", self._in_use())
+            return
         self.stop()
         self._failure, self._progress = None, None
         installer = Installer(self.layout, self.bundle, self.options)
@@ -253,6 +283,8 @@ class BackendManager:
                 self._fail("install", str(error))
             except Exception as error:  # never a traceback in the docker: the log has the rest
                 self._fail("install", f"{type(error).__name__}: {error}")
+            finally:
+                self.plans.forget()  # a new environment: ask again what the model needs
 
         self._thread = threading.Thread(target=work, name="instantstyle-install", daemon=True)
         self._thread.start()
@@ -266,7 +298,7 @@ class BackendManager:
             self._thread.join(seconds)
 
     def start(self) -> None:
-        installation = read_installation(self.layout)
+        installation = self.installation
         if installation is None:
             self._fail("install", "the backend is not installed")
             return
@@ -297,72 +329,51 @@ class BackendManager:
             env["HF_HUB_OFFLINE"] = "1"
         return env
 
+    def _in_use(self) -> str:
+        if self.shared is not None:
+            return "another Krita window runs this backend: stop it there first"
+        return "a Check is running: wait for its report"
+
     def refresh_plan(self) -> None:
         """Ask, on a thread, what the chosen model needs (unless known or being asked): the docker shows
         the sizes, the free disk and the memory tier before anything downloads."""
-        installation = read_installation(self.layout)
-        if installation is None or self._plan_for == self.model:
+        installation = self.installation
+        if installation is None or self.plans.answer(self.model) is not None or self.planning:
             return
-        choice, self._plan_for = self.model, self.model
-        self.plan, self.plan_note, self.planning = None, "checking what the model needs…", True
         try:
-            arguments = choice.serve_arguments()
-        except InstallError as error:
-            self.plan_note, self.planning = str(error), False
-            return
+            arguments = self.model.serve_arguments()
+        except InstallError:
+            return  # no checkpoint chosen yet: Start says so
         python, code = installation.python_path(self.layout), installation.code_path(self.layout)
-        env = self._server_env()
-
-        def work() -> None:
-            try:
-                plan, note = ask_plan(python, code, arguments, env), ""
-            except PlanError as error:
-                plan, note = None, str(error)
-            except Exception as error:  # never stuck "checking": the docker says what happened
-                plan, note = None, f"could not ask what the model needs: {type(error).__name__}: {error}"
-            if self._plan_for == choice:  # not an answer for a model chosen before
-                self.plan, self.plan_note, self.planning = plan, note, False
-
-        threading.Thread(target=work, name="instantstyle-model-plan", daemon=True).start()
+        self.plans.ask(self.model, python, code, arguments, child_env(self._server_env()))
 
     def check(self) -> None:
         """*Check*, on a thread: the installed backend's ``doctor`` loads the chosen model and runs one
         small job (never beside a running server: two copies of a model do not fit a GPU)."""
-        installation = read_installation(self.layout)
-        if installation is None or self.checking or self.server is not None:
+        installation = self.installation
+        if installation is None or self.checking or self.server is not None or self.shared is not None:
             return
         try:
             arguments = self.model.serve_arguments()
         except InstallError as error:
-            self.check_report = f"check: {error}"
+            self.doctor.report = f"check: {error}"
             return
-        self.checking, self.check_report = True, None
         command = [str(installation.python_path(self.layout)), "-m", "backend", "doctor", *arguments]
-        code, env = installation.code_path(self.layout), {**inherited_env(), **self._server_env()}
-
-        def work() -> None:
-            try:
-                done = subprocess.run(
-                    command, cwd=code, env=env, capture_output=True, encoding="utf-8", errors="replace",
-                    timeout=900, stdin=subprocess.DEVNULL,
-                )  # fmt: skip
-                said = [line for line in done.stderr.splitlines() if line.startswith("error")]
-                self.check_report = (done.stdout + "\n".join(said[-1:])).strip() or "the check said nothing"
-            except (OSError, subprocess.SubprocessError) as error:
-                self.check_report = f"the check could not run: {error}"
-            finally:
-                self.checking = False
-
-        threading.Thread(target=work, name="instantstyle-check", daemon=True).start()
+        self.doctor.start(command, installation.code_path(self.layout), child_env(self._server_env()))
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None
+            self.plans.forget()  # the server may have downloaded what the plan said was missing
 
     def uninstall(self, remove_models: bool) -> None:
+        if self.shared is not None or self.checking:
+            self._fail("install", self._in_use())
+            return
         self.stop()
         uninstall(self.layout, remove_models)
+        self.plans.forget()
         self._failure = None
 
     def poll(self) -> Phase:
@@ -371,7 +382,9 @@ class BackendManager:
             state = self.server.poll()
             if state is ServerState.FAILED:
                 self._fail("server", self.server.message)
+                self.server.stop()  # one that could not load its model still runs: end it
                 self.server = None
+                self.plans.forget()
         elif self.shared is not None:
             self.shared = running_server(Path(self.layout.server_state))
         return self.phase

@@ -4,7 +4,6 @@ will run it (device and memory tier), from the installed backend's ``python -m b
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -72,14 +71,14 @@ class PlanError(Exception):
 def ask_plan(
     python: Path, code: Path, arguments: list[str], env: dict[str, str], timeout: float = 300
 ) -> ModelPlan:
-    """Run the installed backend's ``models --plan`` for the ``serve`` arguments ``arguments``."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    """Run the installed backend's ``models --plan`` for the ``serve`` arguments ``arguments`` (``env``:
+    the child's whole environment)."""
     flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
     try:
         done = subprocess.run(
             [str(python), "-m", "backend", "models", "--plan", *arguments],
             cwd=code,
-            env={**inherited, **env},
+            env=env,
             capture_output=True,
             encoding="utf-8",  # not text=True: Krita's Python may decode as ASCII (a "…" raised there)
             errors="replace",

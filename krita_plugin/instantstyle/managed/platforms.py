@@ -47,20 +47,11 @@ class Layout:
     home: PurePath
     system: Platform
 
-    @property
-    def venv(self) -> PurePath:
-        return self.home / "venv"
-
-    @property
-    def venv_python(self) -> PurePath:
+    def venv_python(self, venv: PurePath) -> PurePath:
+        """The Python of the virtual environment ``venv`` (one of the home's ``venv-*`` folders)."""
         if self.system is Platform.WINDOWS:
-            return self.venv / "Scripts" / "python.exe"
-        return self.venv / "bin" / "python"
-
-    @property
-    def code(self) -> PurePath:
-        """The backend's code, copied from the plugin (same protocol version as the plugin)."""
-        return self.home / "code"
+            return venv / "Scripts" / "python.exe"
+        return venv / "bin" / "python"
 
     @property
     def models(self) -> PurePath:
@@ -77,11 +68,28 @@ class Layout:
         return self.home / "server.json"
 
 
+MINORS = (13, 12, 11)
+MAC_FOLDERS = (
+    "/opt/homebrew/bin",
+    "/usr/local/bin",
+    "/Library/Frameworks/Python.framework/Versions/3.{minor}/bin",
+)
+"""Where macOS Pythons are: Krita started from the Finder has a PATH without Homebrew's or python.org's."""
+
+
 def python_candidates(system: Platform) -> list[list[str]]:
-    """Commands that may start a Python 3.11+ here, the newest first (the launcher ``py`` on Windows)."""
+    """Commands that may start a Python 3.11+ here, the newest first (the launcher ``py`` on Windows).
+
+    On macOS by absolute path, and never a bare ``python3``: ``/usr/bin/python3`` without the
+    Command Line Tools opens their install dialog instead of answering."""
     if system is Platform.WINDOWS:
-        return [["py", f"-3.{minor}"] for minor in (13, 12, 11)] + [["python"]]
-    return [[f"python3.{minor}"] for minor in (13, 12, 11)] + [["python3"]]
+        return [["py", f"-3.{minor}"] for minor in MINORS] + [["python"]]
+    if system is Platform.MACOS:
+        found = [
+            [f"{folder.format(minor=minor)}/python3.{minor}"] for minor in MINORS for folder in MAC_FOLDERS
+        ]
+        return found + [[f"python3.{minor}"] for minor in MINORS]
+    return [[f"python3.{minor}"] for minor in MINORS] + [["python3"]]
 
 
 VERSION_PROBE = "import sys; print('%d.%d' % sys.version_info[:2])"

@@ -87,7 +87,13 @@ class ManagedServer:
         arguments = [*self.command.python, "-m", "backend", "serve", "--port", "0", "--exit-with-stdin"]
         # Krita's own Python settings (an AppImage's PYTHONHOME, say) must not reach the backend's.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        env = {**inherited, **self.command.env, "INSTANTSTYLE_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **inherited,
+            **self.command.env,
+            "INSTANTSTYLE_TOKEN": self.token,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONUTF8": "1",  # its log is read as UTF-8 here, whatever the locale (Windows: cp1252)
+        }
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
         try:
             self.process = self._spawn(

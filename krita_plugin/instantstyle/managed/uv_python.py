@@ -71,7 +71,9 @@ def fetch_uv(
         )
         if member is None:
             raise UvError(f"{name} holds no uv binary")
-        binary.write_bytes(archive.read(member))
-    binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        unpacked = binary.with_name(binary.name + ".part")  # an interrupted write is never taken for uv
+        unpacked.write_bytes(archive.read(member))
+    unpacked.chmod(unpacked.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    os.replace(unpacked, binary)
     wheel.unlink()
     return binary

@@ -194,6 +194,12 @@ class ManagedRunner:
 
     def stop_and_start(self):
         self.section.primary.click()  # Stop
+        self.state = self.wait_stopped_plan
+
+    def wait_stopped_plan(self):
+        """Stopped: the docker asks again what the model needs (a run may have downloaded it)."""
+        if self.manager.current_plan is None:
+            return
         self.section.refresh()
         report["stopped"] = {
             "phase": self.manager.phase.value,
