@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,12 +111,18 @@ def stop_group(process: subprocess.Popen) -> None:
 
 
 def run_krita(
-    home: KritaHome, env: dict[str, str], log, timeout: float, on_exit: Callable[[], None] | None = None
+    home: KritaHome,
+    env: dict[str, str],
+    log,
+    timeout: float,
+    on_exit: Callable[[], None] | None = None,
+    shared: Sequence[Path] = (),
 ) -> float:
     """Run Krita until it quits (or ``timeout``), in its own process group so nothing outlives it.
 
     Returns the seconds it ran. What it did is judged from its report, not its exit code. ``on_exit``
-    runs once Krita has quit and before its process group is killed (what Krita left behind).
+    runs once Krita has quit and before its process group is killed (what Krita left behind);
+    ``shared``: host folders a root file system's Krita sees at the same paths, read-only.
     """
     base = {
         "PATH": PATH,
@@ -130,7 +136,7 @@ def run_krita(
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         if root is not None:
-            stack.enter_context(mounted(root))
+            stack.enter_context(mounted(root, shared))
             command = ["chroot", str(root), *command]
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=home.host_top, start_new_session=True

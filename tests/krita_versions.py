@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,8 +150,9 @@ def build(version: KritaVersion) -> None:
 
 
 @contextlib.contextmanager
-def mounted(root: Path) -> Iterator[None]:
-    """/proc, /dev and /sys of the host inside ``root`` while Krita runs there; unmounted afterwards.
+def mounted(root: Path, shared: Sequence[Path] = ()) -> Iterator[None]:
+    """/proc, /dev and /sys of the host inside ``root`` while Krita runs there, and the host folders
+    ``shared`` (read-only, at the same paths); unmounted afterwards.
 
     One Krita session per root at a time (a lock beside it): two test runs on one machine would
     otherwise unmount each other's file systems.
@@ -159,10 +160,10 @@ def mounted(root: Path) -> Iterator[None]:
     with (root.parent / f".{root.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         unmount_all(root)  # a run that was killed could not unmount
-        yield from _mounted(root)
+        yield from _mounted(root, shared)
 
 
-def _mounted(root: Path) -> Iterator[None]:
+def _mounted(root: Path, shared: Sequence[Path]) -> Iterator[None]:
     done: list[Path] = []
     try:
         for name in ("proc", "sys", "dev"):
@@ -171,6 +172,12 @@ def _mounted(root: Path) -> Iterator[None]:
             subprocess.run(["mount", "--rbind", f"/{name}", str(target)], check=True)
             subprocess.run(["mount", "--make-rslave", str(target)], check=True)
             done.append(target)
+        for folder in shared:
+            target = root / folder.relative_to("/")
+            target.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "--bind", str(folder), str(target)], check=True)
+            done.append(target)
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
         yield
     finally:
         for target in reversed(done):

@@ -1,9 +1,11 @@
 """The managed backend from the docker in real Krita: a clean profile, Install, a job, a killed server,
 Stop and Start, Krita's quit (``tests/krita_e2e/instantstyle_e2e/managed.py`` drives it inside Krita).
 
-Host Krita 5.1 only: the install reuses this test environment's packages (``--packages-from``, no
-network), which are built for this machine's Python 3.11; the root file systems of Krita 5.2 to 6.0
-have Python 3.13/3.14 and no PyTorch for them.
+In every Krita version CI prepares. The install reuses this test environment's packages
+(``--packages-from``, no network), built for its Python 3.11: the host's Krita 5.1 finds that Python
+itself; Krita 5.2 to 6.0 run in root file systems whose Pythons (3.13, 3.14) have no PyTorch, so
+this environment and its Python are shared into the root, read-only at the same paths, and the
+install is told to use that Python (``INSTANTSTYLE_MANAGED_PYTHON``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ from krita_plugin.instantstyle.settings import GenerationSettings, JobKind, save
 from protocol import Mode
 from tests.conftest import REPO
 from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
-from tests.krita_versions import BY_NAME
+from tests.krita_versions import VERSIONS, KritaVersion
 from tests.test_krita_e2e import KritarcStore, installer
 
 ARTIFACTS = REPO / "artifacts" / "krita-managed"
@@ -39,16 +42,15 @@ def process_exists(pid: int) -> bool:
     return state != "Z"  # a zombie has exited: only its exit status is left
 
 
-@pytest.fixture(scope="module")
-def managed_run(tmp_path_factory):
-    version = BY_NAME["5.1"]
+@pytest.fixture(scope="module", params=[pytest.param(v, id=f"krita-{v.name}") for v in VERSIONS])
+def managed_run(request, tmp_path_factory):
+    version: KritaVersion = request.param
     if not version.ready:
         if os.environ.get("CI"):
-            pytest.fail("CI prepares Krita 5.1, but it is missing")
-        pytest.skip("Krita 5.1 is not prepared here")
-    top = tmp_path_factory.mktemp("krita-managed")
-    home = KritaHome.fresh(version, top / "krita")
-    artifacts = ARTIFACTS
+            pytest.fail(f"CI prepares Krita {version.name}, but it is missing")
+        pytest.skip(f"Krita {version.name} is not prepared here")
+    home = KritaHome.fresh(version, tmp_path_factory.mktemp(f"krita-managed-{version.name}"))
+    artifacts = ARTIFACTS / version.name
     shutil.rmtree(artifacts, ignore_errors=True)
     artifacts.mkdir(parents=True)
     installer("install", home)
@@ -64,16 +66,19 @@ def managed_run(tmp_path_factory):
     )
     text = home.kritarc.read_text().replace("[python]\n", "[python]\nenable_instantstyle_e2e=true\n")
     home.kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
-    backend_home = top / "backend"
+    backend_home = home.host_top / "backend"
+    environment = list(dict.fromkeys([Path(sys.base_prefix), Path(sys.prefix)]))  # Python, packages
     env = {
-        "INSTANTSTYLE_E2E_OUT": str(home.out),
+        "INSTANTSTYLE_E2E_OUT": home.guest(home.out),
         "INSTANTSTYLE_E2E_MANAGED": "1",
         "INSTANTSTYLE_TEST_MODELS": "1",
         "INSTANTSTYLE_MANAGED_PACKAGES_FROM": sysconfig.get_paths()["purelib"],
-        "INSTANTSTYLE_BACKEND_HOME": str(backend_home),
+        "INSTANTSTYLE_BACKEND_HOME": home.guest(backend_home),
         "INSTANTSTYLE_E2E_BUDGET_SCALE": os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"),
         "INSTANTSTYLE_E2E_MANAGED_BUDGET": os.environ.get("INSTANTSTYLE_E2E_MANAGED_BUDGET", "300"),
     }
+    if version.root is not None:
+        env["INSTANTSTYLE_MANAGED_PYTHON"] = str(Path(sys.base_prefix) / "bin" / "python3")
     left: dict[str, bool] = {}
 
     def after_quit() -> None:  # before the harness kills Krita's process group: what Krita left
@@ -85,7 +90,9 @@ def managed_run(tmp_path_factory):
             left["server_alive"] = process_exists(pid)
 
     with (artifacts / "krita.log").open("w") as log, virtual_display(log) as display:
-        seconds = run_krita(home, {**env, "DISPLAY": display}, log, 600, on_exit=after_quit)
+        seconds = run_krita(
+            home, {**env, "DISPLAY": display}, log, 600, on_exit=after_quit, shared=environment
+        )
     for path in home.out.iterdir():
         if path.is_file():
             shutil.copy(path, artifacts / path.name)
@@ -101,7 +108,9 @@ def managed_run(tmp_path_factory):
         "backend_folder_bytes": report["disk_bytes"],
     }
     (artifacts / "figures.json").write_text(json.dumps(figures, indent=1))
-    return report, artifacts
+    yield report, artifacts
+    if version.root is not None:  # the home inside the cached root: artifacts/ keeps what matters
+        shutil.rmtree(home.host_top, ignore_errors=True)
 
 
 def part(report: dict, name: str) -> dict:

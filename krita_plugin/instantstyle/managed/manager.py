@@ -30,6 +30,9 @@ TEST_MODELS_ENV = "INSTANTSTYLE_TEST_MODELS"
 """Set (to 1): the tiny random-weight test model is offered as a model choice (the plugin's tests)."""
 PACKAGES_FROM_ENV = "INSTANTSTYLE_MANAGED_PACKAGES_FROM"
 """A site-packages folder the managed install reuses with no network (the plugin's tests)."""
+PYTHON_ENV = "INSTANTSTYLE_MANAGED_PYTHON"
+"""The Python the managed install is built from, instead of the newest one found (the plugin's tests:
+the one ``PACKAGES_FROM_ENV``'s packages were built for)."""
 HOME_ENV = "INSTANTSTYLE_BACKEND_HOME"
 """Where the managed backend lives, instead of beside Krita's resources (a setting's override)."""
 
@@ -119,8 +122,10 @@ class BackendManager:
     def __init__(self, layout: Layout, bundle: Path, options: InstallOptions | None = None) -> None:
         self.layout = layout
         self.bundle = bundle
-        packages = os.environ.get(PACKAGES_FROM_ENV)
-        self.options = options or InstallOptions(packages_from=Path(packages) if packages else None)
+        packages, python = os.environ.get(PACKAGES_FROM_ENV), os.environ.get(PYTHON_ENV)
+        self.options = options or InstallOptions(
+            packages_from=Path(packages) if packages else None, python=[python] if python else None
+        )
         self.model = ModelChoice()
         self.server: ManagedServer | None = None
         self._installer: Installer | None = None
