@@ -36,13 +36,8 @@ from krita_plugin.instantstyle.managed.installation import (
     read_installation,
     uninstall,
 )
-from krita_plugin.instantstyle.managed.manager import (
-    PRIMARY_ACTION,
-    BackendManager,
-    ManagedModel,
-    ModelChoice,
-    Phase,
-)
+from krita_plugin.instantstyle.managed.manager import PRIMARY_ACTION, BackendManager, Phase
+from krita_plugin.instantstyle.managed.model_choice import ManagedModel, ModelChoice
 from krita_plugin.instantstyle.managed.platforms import Layout, Platform
 from krita_plugin.instantstyle.managed.server_process import ManagedServer, ServerCommand, ServerState
 from tests.conftest import REPO, noise_image
@@ -457,3 +452,18 @@ def test_the_plans_checklist_and_the_chosen_folder():
     if Platform.current() is Platform.LINUX:
         assert default_layout(env).home == Path("/data/instantstyle")
     assert default_layout(env, chosen=" /big/disk/instantstyle ").home == Path("/big/disk/instantstyle")
+
+
+def test_a_real_model_on_a_cpu_is_said_to_be_slow_before_it_starts(installed):
+    from krita_plugin.instantstyle.managed.model_plan import ModelPlan
+
+    layout, bundle, _, _, _ = installed
+    manager = BackendManager(layout, bundle, OPTIONS)
+    manager.model = ModelChoice(ManagedModel.SDXL)
+    plan = ModelPlan(10**10, 10**10, 10**11, True, "cpu", "full")
+    manager.plans._answer = (manager.model, plan, "")  # as the installed backend's models --plan says
+    assert manager.line == (
+        "Installed, not running · 10.0 GB to download, 100.0 GB free; runs on cpu, memory tier full "
+        "(no GPU found: a real model takes minutes per picture on a CPU)"
+    )
+    assert manager.primary_label == "Download and start"

@@ -8,7 +8,8 @@ act on. Opens by itself when the managed backend needs a click (not installed, a
 
 from __future__ import annotations
 
-from .managed.manager import MODEL_LABELS, PRIMARY_ACTION, ManagedModel, Phase, default_layout, offered_models
+from .managed.manager import PRIMARY_ACTION, Phase, default_layout
+from .managed.model_choice import MODEL_LABELS, ManagedModel, offered_models
 from .qt import (
     QCheckBox,
     QComboBox,

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from .managed.installation import InstallError, bundle_root
-from .managed.manager import BackendManager, ManagedModel, ModelChoice, Phase, default_layout
+from .managed.manager import BackendManager, Phase, default_layout
+from .managed.model_choice import ManagedModel, ModelChoice
 from .qt import QDesktopServices, QMessageBox, QUrl
 from .settings import BackendMode
 

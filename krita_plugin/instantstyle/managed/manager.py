@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -22,12 +21,11 @@ from .installation import (
     read_installation,
     uninstall,
 )
+from .model_choice import ManagedModel, ModelChoice
 from .model_plan import ModelPlan
 from .platforms import Layout, Platform, backend_home
 from .server_process import ManagedServer, ServerCommand, ServerState, running_server
 
-TEST_MODELS_ENV = "INSTANTSTYLE_TEST_MODELS"
-"""Set (to 1): the tiny random-weight test model is offered as a model choice (the plugin's tests)."""
 PACKAGES_FROM_ENV = "INSTANTSTYLE_MANAGED_PACKAGES_FROM"
 """A site-packages folder the managed install reuses with no network (the plugin's tests)."""
 PYTHON_ENV = "INSTANTSTYLE_MANAGED_PYTHON"
@@ -35,57 +33,6 @@ PYTHON_ENV = "INSTANTSTYLE_MANAGED_PYTHON"
 the one ``PACKAGES_FROM_ENV``'s packages were built for)."""
 HOME_ENV = "INSTANTSTYLE_BACKEND_HOME"
 """Where the managed backend lives, instead of beside Krita's resources (a setting's override)."""
-
-
-class ManagedModel(str, Enum):
-    SDXL = "sdxl"
-    CHECKPOINT = "checkpoint"
-    """A single-file SDXL checkpoint the artist already has (Illustrious, Pony...)."""
-    TINY = "tiny"
-    """The tiny random-weight test model: offered only with ``TEST_MODELS_ENV``."""
-
-
-MODEL_LABELS = {
-    ManagedModel.SDXL: "SDXL base 1.0 (downloads ~7 GB on first start)",
-    ManagedModel.CHECKPOINT: "A checkpoint file I already have…",
-    ManagedModel.TINY: "Tiny test model (random weights)",
-}
-
-
-def offered_models(env: dict[str, str] | None = None) -> list[ManagedModel]:
-    env = dict(os.environ) if env is None else env
-    models = [ManagedModel.SDXL, ManagedModel.CHECKPOINT]
-    return [*models, ManagedModel.TINY] if env.get(TEST_MODELS_ENV) else models
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    model: ManagedModel = ManagedModel.SDXL
-    checkpoint: str = ""
-    """The file for ``CHECKPOINT``."""
-    controlnet: bool = False
-    """Also ControlNet canny (~2.5 GB): "keep the lines" restyles."""
-    speed_loras: bool = False
-    """Also the few-step LoRAs of the speed presets (live mode's fastest)."""
-
-    def serve_arguments(self) -> list[str]:
-        if self.model is ManagedModel.TINY:
-            arguments = ["--model", "tiny"]
-        elif self.model is ManagedModel.CHECKPOINT:
-            if not self.checkpoint:
-                raise InstallError("choose the checkpoint file first")
-            arguments = ["--model", self.checkpoint]
-        else:
-            arguments = ["--model", "sdxl"]
-        if self.controlnet:
-            arguments += ["--controlnet", "diffusers/controlnet-canny-sdxl-1.0"]
-        if self.speed_loras:
-            arguments += [argument for preset in SPEED_PRESETS for argument in ("--speed", preset)]
-        return arguments
-
-
-SPEED_PRESETS = ("hyper-8-cfg", "lightning-4", "lcm-4")
-"""The backend's few-step presets (``serve --speed``), each with its LoRA."""
 
 
 class Phase(str, Enum):
@@ -212,6 +159,12 @@ class BackendManager:
                 about = "checking what the model needs…" if self.planning else ""
             else:
                 about = answer[0].line if answer[0] is not None else answer[1]
+                if (
+                    answer[0] is not None
+                    and answer[0].device == "cpu"
+                    and self.model.model is not ManagedModel.TINY
+                ):
+                    about += " (no GPU found: a real model takes minutes per picture on a CPU)"
             return "Installed, not running" + (f" · {about}" if about else "")
         return {
             Phase.NOT_INSTALLED: "Not installed: Install sets up Python, PyTorch and the backend here",

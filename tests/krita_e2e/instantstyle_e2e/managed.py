@@ -121,7 +121,7 @@ class ManagedRunner:
         self.document.setActiveNode(self.layer)
         (OUT / "source.rgba").write_bytes(rgba(pattern_bgra(SIZE)))
         # The artist picks the model, then clicks Install.
-        from instantstyle.managed.manager import ManagedModel
+        from instantstyle.managed.model_choice import ManagedModel
 
         index = self.section.model.findData(ManagedModel.TINY)
         self.section.model.setCurrentIndex(index)
