@@ -29,6 +29,12 @@ from .settings import BackendMode, GenerationSettings
 NEEDS_A_CLICK = (Phase.NOT_INSTALLED, Phase.UPDATE_AVAILABLE, Phase.FAILED)
 
 
+def narrow(combo: QComboBox) -> None:
+    """A combo box as narrow as the docker wants (its items elided), not as wide as its longest item."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(8)
+
+
 class BackendSection(Section):
     def __init__(self, controller) -> None:
         super().__init__("Backend", "where the InstantStyle backend runs")
@@ -65,8 +71,9 @@ class BackendSection(Section):
         self.uninstall = QPushButton("Uninstall")
         self.uninstall.setToolTip("remove the backend's environment (asks before removing the models)")
         self.uninstall.clicked.connect(lambda: controller.link.uninstall())
+        managed.addWidget(self.primary)  # its own row: the one action, whatever the docker's width
         buttons = QHBoxLayout()
-        for button in (self.primary, self.check, self.show_log, self.uninstall):
+        for button in (self.check, self.show_log, self.uninstall):
             buttons.addWidget(button)
         managed.addLayout(buttons)
 
@@ -81,8 +88,12 @@ class BackendSection(Section):
         self.browse = QPushButton("…")
         self.browse.setToolTip("choose the checkpoint file")
         self.browse.clicked.connect(self._browse)
-        self.controlnet = QCheckBox("ControlNet canny (keep lines, ~2.5 GB)")
-        self.speed = QCheckBox("Few-step LoRAs (live mode's fastest presets)")
+        self.controlnet = QCheckBox("ControlNet (keep lines)")
+        self.controlnet.setToolTip("also ControlNet canny, for restyles that follow the layer's lines")
+        self.speed = QCheckBox("Few-step LoRAs")
+        self.speed.setToolTip("also the few-step LoRAs of the speed presets (live mode's fastest)")
+        for combo in (self.mode, self.model):  # long item texts never widen the docker
+            narrow(combo)
         for box in (self.controlnet, self.speed):
             box.toggled.connect(lambda _on: self._model_changed())
         form = QFormLayout()

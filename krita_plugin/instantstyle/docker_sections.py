@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .backend_section import BackendSection
+from .backend_section import BackendSection, narrow
 from .deps import protocol
 from .qt import (
     QCheckBox,
@@ -224,6 +224,7 @@ def build_sections(docker) -> list[Section]:
         "how large each step's preview is sent, when the backend previews with its tiny autoencoder "
         "(a smaller one suits a slow network link; rough previews are always 1/8 size)"
     )
+    narrow(docker.preview_side)
     backend.body.layout().addWidget(side_by_side(QLabel("Previews"), docker.preview_side))
     docker.sections = {
         "sweep": sweep,

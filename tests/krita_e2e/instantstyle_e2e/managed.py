@@ -113,6 +113,27 @@ class ManagedRunner:
             "section_open": self.section.body.isVisible(),
             "models_offered": [model.itemData(i).value for i in range(model.count())],
         }
+        # A new artist's first look, in a docker as narrow as Krita's default column (~260 px).
+        docker.setFloating(True)
+        docker.resize(260, 640)
+        self.settle_until = time.monotonic() + 1.0
+        self.state = self.narrow_look
+
+    def narrow_look(self):
+        if time.monotonic() < self.settle_until:
+            return
+        from instantstyle.qt import QApplication, QScrollArea
+
+        QApplication.processEvents()
+        docker = self.docker()
+        scroll = docker.findChild(QScrollArea)
+        report["narrow"] = {
+            "width": docker.width(),
+            "horizontal_scrollbar": scroll.horizontalScrollBar().isVisible(),
+            "section_needs": self.section.minimumSizeHint().width(),
+        }
+        docker.grab().save(str(OUT / "managed-docker-260.png"))
+        docker.setFloating(False)
         self.document = self.app.createDocument(SIZE, SIZE, "managed", "RGBA", "U8", "", 72.0)
         self.window.addView(self.document)
         self.layer = self.document.createNode("Painted", "paintlayer")
