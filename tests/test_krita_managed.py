@@ -77,6 +77,11 @@ def managed_run(request, tmp_path_factory):
         "INSTANTSTYLE_E2E_BUDGET_SCALE": os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"),
         "INSTANTSTYLE_E2E_MANAGED_BUDGET": os.environ.get("INSTANTSTYLE_E2E_MANAGED_BUDGET", "300"),
     }
+    # Krita runs with only these variables, and the backend it starts inherits them: the same thread
+    # count and kernel path as the reference engine here, or the last bits of the pixels differ.
+    for name in ("INSTANTSTYLE_TORCH_THREADS", "ATEN_CPU_CAPABILITY"):
+        if name in os.environ:
+            env[name] = os.environ[name]
     if version.root is not None:
         env["INSTANTSTYLE_MANAGED_PYTHON"] = str(Path(sys.base_prefix) / "bin" / "python3")
     left: dict[str, bool] = {}
