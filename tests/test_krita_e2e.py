@@ -490,7 +490,9 @@ def test_a_sweep_makes_a_scored_group_and_keep_leaves_one_exact_layer(krita: Kri
     ]
     assert sweep["group"] == f"InstantStyle sweep: {PROMPT} (4 cells)"
     assert sweep["cells"] == cells  # Krita lists a group's children bottom to top: the order they were added
-    assert all(text.startswith("s ") and " c " in text and " p " in text for text in sweep["item_texts"])
+    # Scores read as words, one per line under the thumbnail (the full sentence is its tooltip).
+    for text in sweep["item_texts"]:
+        assert re.fullmatch(r"style -?\d\.\d\d\nleakage -?\d\.\d\d\nprompt -?\d\.\d\d", text), text
     assert sweep["selected"] == [True, 2]
     assert cells[2] in sweep["layers_after_keep"] and sweep["group"] not in sweep["layers_after_keep"]
     assert not [n for n in sweep["layers_after_keep"] if n in cells and n != cells[2]]

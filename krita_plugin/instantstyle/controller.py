@@ -316,3 +316,16 @@ class Controller(QObject):
     def _safely(self, function, *args) -> None:
         """A canvas change that may fail (e.g. its document closed between two events)."""
         self._attempt("update the canvas", function, *args)
+
+
+_controller: Controller | None = None
+
+
+def controller() -> Controller:
+    """The one controller of this Krita session (created on first use)."""
+    global _controller
+    if _controller is None:
+        _controller = Controller()
+        _controller.start()
+        Krita.instance().notifier().applicationClosing.connect(_controller.shutdown)
+    return _controller

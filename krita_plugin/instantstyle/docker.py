@@ -1,117 +1,95 @@
-"""The "InstantStyle" docker: the main path in view (references, prompt, content, strength,
-Generate/Cancel/Live, progress, recent results), everything else in sections (``docker_sections``)."""
+"""The "InstantStyle" docker, laid out for Krita's default dock column (about 260 × 220 px).
+
+A compact top that never scrolls (status, prompt, Generate / Cancel / Live, progress or the last
+message), and
+below it a scrolling body: references, content, mode and strengths as sliders, recent results, then
+the sections that open on a click (``docker_sections``). Nothing in it asks for more width than the
+column has: combo boxes and lines elide, labels wrap. Every setting is one row of ``self.form``.
+"""
 
 from __future__ import annotations
 
 from krita import DockWidget  # type: ignore[import-not-found]
 
-from .controller import Controller
-from .docker_sections import build_sections, choices, side_by_side, spin
+from .backend_section import BackendSection
+from .controller import controller as the_controller
+from .docker_sections import build_sections, preset_chosen, preview_side_row
+from .form import Form
 from .live import apply_preset
 from .qt import (
     QFormLayout,
-    QGroupBox,
-    QIcon,
-    QImage,
+    QFrame,
     QLabel,
     QLineEdit,
-    QListView,
-    QListWidget,
-    QListWidgetItem,
-    QPixmap,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSize,
     Qt,
     QVBoxLayout,
     QWidget,
 )
-from .sections import Section
-from .session import Job, JobState, describe_scores
-from .settings import JobKind, StyleSource
-from .style_rows import StyleRow
+from .results import Results
+from .session import JobState
+from .settings import JobKind
+from .style_rows import StyleList
+from .widgets import ElidedLabel, SliderSpin, buttons_fit_their_text, choices, side_by_side, wrapped
 
 KINDS = [
     ("Stylize layer / selection", JobKind.STYLIZE),
-    ("Stylize, keep the lines (ControlNet)", JobKind.KEEP_LINES),
+    ("Stylize, keep the lines", JobKind.KEEP_LINES),
     ("New image from the style", JobKind.NEW_IMAGE),
 ]
 DOCKER_TITLE = "InstantStyle"
+PROMPT_LINES = 2
 
 
 class InstantStyleDocker(DockWidget):
     def __init__(self) -> None:
         super().__init__()
         self.setWindowTitle(DOCKER_TITLE)
-        from . import extension
-
-        self.controller: Controller = extension.controller()
-        self._build()
-        self._load(self.controller.settings)
+        self.controller = the_controller()
+        self.form = Form()
+        top = self._top()
+        body = self._body()
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(body)
+        self.scroll.setMinimumHeight(24)  # the top stays whole down to a 180 px docker
+        holder = QWidget()
+        column = QVBoxLayout(holder)
+        column.setContentsMargins(4, 2, 4, 2)
+        column.setSpacing(3)
+        column.addWidget(top)
+        column.addWidget(self.scroll, 1)
+        self.setWidget(holder)
+        buttons_fit_their_text(holder)
+        self.load()
         self.controller.changed.connect(self.refresh)
         self.controller.settings_sources.append(self.store)
         self.refresh()
 
     # ------------------------------------------------------------------ layout
 
-    def _build(self) -> None:
-        """The main path (references, prompt, content, strength, buttons, progress, results) stays in
-        view; everything else sits in sections that open on a click."""
-        body = QWidget()
-        column = QVBoxLayout(body)
-        column.setSpacing(4)
-
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setToolTip("the backend's address, model and state")
+    def _top(self) -> QWidget:
+        """What an artist needs every time, visible at any docker height from 180 px."""
+        top = QWidget()
+        column = QVBoxLayout(top)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(3)
+        self.status = ElidedLabel()
         column.addWidget(self.status)
-
-        style = QGroupBox("Style references")
-        box = QVBoxLayout(style)
-        box.setSpacing(2)
-        self.style_rows_box = QVBoxLayout()
-        self.style_rows: list[StyleRow] = []
-        add = QPushButton("Add reference")
-        add.setToolTip("blend in one more picture whose look the result should take")
-        add.clicked.connect(lambda: self.add_style_row(StyleSource()))
-        box.addLayout(self.style_rows_box)
-        box.addWidget(add)
-        self.content = QLineEdit()
-        self.content.setPlaceholderText("subtract content, e.g. 'a cat'")
-        self.content.setToolTip(
-            "what the reference shows (not how): it is taken out of the reference, so only its style "
-            "carries over, not its subject"
+        self.prompt = self.form.add(
+            "prompt", QPlainTextEdit(), "what the picture shows; the references decide how it looks"
         )
-        self.content_scale = spin(0.0, 2.0, 0.05)
-        self.content_scale.setToolTip("how much of that content to take out (0.5 is a good start)")
-        box.addWidget(side_by_side(self.content, self.content_scale))
-        column.addWidget(style)
-
-        self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("what to paint, e.g. 'a lighthouse at dusk'")
-        self.prompt.setToolTip("what the picture shows; the references decide how it looks")
-        self.prompt.setFixedHeight(52)
+        self.prompt.setFixedHeight(self.prompt.fontMetrics().lineSpacing() * PROMPT_LINES + 12)
         column.addWidget(self.prompt)
-
-        form = QFormLayout()
-        self.kind = choices(KINDS)
-        self.kind.setToolTip(
-            "Stylize: repaint the active layer (or only the selection) in the style. Keep the lines: the "
-            "same, following the layer's edges. New image: paint the prompt from scratch in the style."
-        )
-        self.strength = spin(0.01, 1.0, 0.05)
-        self.strength.setToolTip("how much of the layer is repainted: low keeps it close, 1 starts over")
-        self.style_scale = spin(0.0, 2.0, 0.05)
-        self.style_scale.setToolTip("how strongly the references' style applies (1 is InstantStyle's)")
-        form.addRow("Mode", side_by_side(self.kind, self.strength))
-        form.addRow("Style strength", self.style_scale)
-        column.addLayout(form)
-
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("run a job with these settings; the result becomes a new layer")
-        self.generate_button.clicked.connect(self._generate)
+        self.generate_button.clicked.connect(lambda: self.controller.generate())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("stop the running and waiting jobs (their preview layers go away)")
         self.cancel_button.clicked.connect(self.controller.cancel)
@@ -122,167 +100,127 @@ class InstantStyleDocker(DockWidget):
             "layer (fast few-step settings; see the Live section)"
         )
         self.live_button.toggled.connect(self._live_toggled)
-        self.apply_live_button = QPushButton("Apply")
-        self.apply_live_button.setToolTip("keep the current live result as a new layer")
-        self.apply_live_button.clicked.connect(self.controller.apply_live)
         column.addWidget(
-            side_by_side(self.generate_button, self.cancel_button, self.live_button, self.apply_live_button)
+            side_by_side(self.generate_button, self.cancel_button, self.live_button, stretch_first=True)
         )
         self.progress = QProgressBar()
-        self.progress.setFormat("step %v / %m")
-        self.message = QLabel()
-        self.message.setWordWrap(True)
-        column.addWidget(self.progress)
-        column.addWidget(self.message)
+        self.progress.setFormat("ready")
+        self.progress.setMaximumHeight(self.fontMetrics().height() + 6)
+        self.apply_live_button = QPushButton("Apply live")
+        self.apply_live_button.setToolTip("keep the current live result as a new layer")
+        self.apply_live_button.clicked.connect(self.controller.apply_live)
+        column.addWidget(side_by_side(self.progress, self.apply_live_button, stretch_first=True))
+        return top
 
-        self.history = QListWidget()
-        self.history.setViewMode(QListView.ViewMode.IconMode)
-        self.history.setIconSize(QSize(56, 56))
-        self.history.setFixedHeight(76)
-        self.history.setToolTip("recent results: select one to apply it again or discard it")
-        apply_button, discard_button = QPushButton("Apply as layer"), QPushButton("Discard")
-        apply_button.setToolTip("add the selected result as a new layer once more")
-        discard_button.setToolTip("forget the selected result (the layers it made stay)")
-        apply_button.clicked.connect(self._apply_selected)
-        discard_button.clicked.connect(self._discard_selected)
-        self.keep_button = QPushButton("Keep")
-        self.keep_button.setToolTip(
-            "a sweep's picture: keep it as a layer and remove the sweep's group (the other pictures)"
+    def _body(self) -> QWidget:
+        """References, content and strengths, the recent results, then the sections (scrolls)."""
+        body = QWidget()
+        column = QVBoxLayout(body)
+        column.setContentsMargins(0, 0, 2, 0)
+        column.setSpacing(4)
+        form = self.form
+        self.styles = form.add("styles", StyleList())
+        column.addWidget(wrapped("Style references"))
+        column.addWidget(self.styles)
+
+        main = QFormLayout()
+        main.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        content = form.add(
+            "content_text",
+            QLineEdit(),
+            "what the reference shows (not how): it is taken out of the reference, so only its style "
+            "carries over, not its subject",
         )
-        self.keep_button.clicked.connect(self._keep_selected)
-        column.addWidget(self.history)
-        column.addWidget(side_by_side(apply_button, self.keep_button, discard_button))
+        content.setPlaceholderText("subtract content, e.g. 'a cat'")
+        main.addRow("Content", content)
+        main.addRow(
+            "Subtract",
+            form.add(
+                "content_scale",
+                SliderSpin(0.0, 2.0, 0.05),
+                "how much of that content to take out (0.5 is a good start)",
+            ),
+        )
+        main.addRow(
+            "Mode",
+            form.add(
+                "kind",
+                choices(KINDS),
+                "Stylize: repaint the active layer (or only the selection) in the style. Keep the lines: "
+                "the same, following the layer's edges (ControlNet). New image: paint the prompt from "
+                "scratch in the style.",
+            ),
+        )
+        main.addRow(
+            "Repaint",
+            form.add(
+                "strength",
+                SliderSpin(0.01, 1.0, 0.05),
+                "how much of the layer is repainted: low keeps it close, 1 starts over",
+            ),
+        )
+        main.addRow(
+            "Style",
+            form.add(
+                "style_scale",
+                SliderSpin(0.0, 2.0, 0.05),
+                "how strongly the references' style applies (1 is InstantStyle's)",
+            ),
+        )
+        column.addLayout(main)
 
-        for section in self._sections():
+        self.results = Results(self.controller)
+        column.addWidget(self.results)
+        self.sections = build_sections(form, self.controller, self._apply_speed)
+        for section in self.sections.all():
             column.addWidget(section)
+        self.backend_section = BackendSection(self.controller)
+        previews = side_by_side(QLabel("Previews"), preview_side_row(form))
+        self.backend_section.body.layout().addWidget(previews)
+        column.addWidget(self.backend_section)
         column.addStretch(1)
-
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(body)
-        self.setWidget(scroll)
-
-    def _sections(self) -> list[Section]:
-        return build_sections(self)
+        return body
 
     # ------------------------------------------------------------------ settings <-> widgets
 
-    def _load(self, s) -> None:
-        self.backend_section.load(s)
-        for row in list(self.style_rows):
-            self._remove_style_row(row)
-        for style in s.styles or [StyleSource()]:
-            self.add_style_row(style)
-        self.content.setText(s.content_text)
-        self.content_scale.setValue(s.content_scale)
-        self.prompt.setPlainText(s.prompt)
-        self.negative.setPlainText(s.negative_prompt)
-        self.kind.setCurrentIndex(self.kind.findData(s.kind))
-        self.strength.setValue(s.strength)
-        self.control_scale.setValue(s.control_scale)
-        self.preset.setCurrentIndex(max(0, self.preset.findData(s.preset)))
-        self._block_text = s.block_scales
-        self.block_grid.set_text(s.block_scales)
-        self.block_grid.setEnabled(s.preset == "custom")
-        self.layout_push.setEnabled(s.preset == "precise")
-        self.style_scale.setValue(s.style_scale)
-        self.layout_push.setValue(s.layout_push)
-        self.auto_size.setChecked(s.auto_size)
-        self.width_box.setValue(s.width)
-        self.height_box.setValue(s.height)
-        self.steps.setValue(s.steps)
-        self.guidance.setValue(s.guidance_scale)
-        self.seed.setValue(s.seed)
-        self.seed_locked.setChecked(s.seed_locked)
-        self.batch.setValue(s.batch)
-        self.sampler.setCurrentIndex(max(0, self.sampler.findData(s.sampler)))
-        self.loras.set_values(s.loras)
-        self.regions.set_values(s.regions)
-        self.sweep_first.setCurrentIndex(max(0, self.sweep_first.findData(s.sweep_first)))
-        self.sweep_second.setCurrentIndex(max(0, self.sweep_second.findData(s.sweep_second)))
-        self.sweep_first_values.setText(s.sweep_first_values)
-        self.sweep_second_values.setText(s.sweep_second_values)
-        self.live_max_side.setValue(s.live_max_side)
-        self.preview_side.setCurrentIndex(max(0, self.preview_side.findData(s.preview_side)))
-        self.live_seed.setValue(s.live_seed)
+    def load(self) -> None:
+        settings = self.controller.settings
+        self.backend_section.load(settings)
+        self.form.load(settings)
+        preset_chosen(self.form)
 
     def store(self) -> None:
         """Copy the widgets into the controller's settings (before each job, which saves them)."""
-        s = self.controller.settings
-        s.styles = [row.value() for row in self.style_rows]
-        for style_row in self.style_rows:  # what is about to be sent, as the artist sees it
-            style_row.refresh_thumbnail()
-        s.content_text, s.content_scale = self.content.text(), self.content_scale.value()
-        s.prompt, s.negative_prompt = self.prompt.toPlainText(), self.negative.toPlainText()
-        s.kind, s.strength, s.control_scale = (
-            self.kind.currentData(),
-            self.strength.value(),
-            self.control_scale.value(),
-        )
-        # The grid exists once the backend said which blocks its UNet has; until then keep the saved map.
-        block_text = self.block_grid.text() if self.block_grid.boxes else self._block_text
-        s.preset, s.block_scales, s.style_scale = (
-            self.preset.currentData(),
-            block_text,
-            self.style_scale.value(),
-        )
-        s.layout_push = self.layout_push.value()
-        s.auto_size, s.width, s.height = (
-            self.auto_size.isChecked(),
-            self.width_box.value(),
-            self.height_box.value(),
-        )
-        s.steps, s.guidance_scale, s.batch = self.steps.value(), self.guidance.value(), self.batch.value()
-        s.seed, s.seed_locked = self.seed.value(), self.seed_locked.isChecked()
-        s.sampler, s.loras = self.sampler.currentData() or "", self.loras.values()
-        s.regions = self.regions.values()
-        s.sweep_first, s.sweep_first_values = self.sweep_first.currentData(), self.sweep_first_values.text()
-        s.sweep_second, s.sweep_second_values = (
-            self.sweep_second.currentData() or "",
-            self.sweep_second_values.text(),
-        )
-        s.speed_preset = self.speed.currentData() or ""
-        s.live_preset = self.live_preset.currentData() or ""
-        s.live_max_side, s.live_seed = self.live_max_side.value(), self.live_seed.value()
-        s.preview_side = int(self.preview_side.currentData() or 1024)
+        self.styles.refresh()
+        self.form.store(self.controller.settings)
 
     def _show_features(self) -> None:
         """What the backend's model offers, into the pickers (once it is known, and when it changes)."""
         features = self.controller.session.features
         presets = [(p.label, p.name) for p in features.speed_presets]
-        for combo, saved in (
-            (self.speed, self.controller.settings.speed_preset),
-            (self.live_preset, self.controller.settings.live_preset),
-        ):
-            items = [("—", ""), *presets] if combo is self.speed else presets
+        settings = self.controller.settings
+        for field, items in (("speed_preset", [("—", ""), *presets]), ("live_preset", presets)):
+            combo = self.form[field]
             if [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())] != items:
-                current = combo.currentData() or saved
+                current = combo.currentData() or getattr(settings, field)
                 combo.clear()
                 for label, name in items:
                     combo.addItem(label, name)
                 combo.setCurrentIndex(max(0, combo.findData(current)))
-        self.loras.set_offered(features.loras)
-        if features.attention_blocks and list(self.block_grid.boxes) != features.attention_blocks:
-            self.block_grid.set_blocks(features.attention_blocks)
-            self.block_grid.set_text(self._block_text)
+        self.sections.loras.set_offered(features.loras)
+        if features.attention_blocks:
+            self.sections.block_grid.set_blocks(features.attention_blocks)
 
     # ------------------------------------------------------------------ events
 
-    def _generate(self) -> None:
-        self.controller.generate()
-
     def _apply_speed(self) -> None:
         """A speed preset picked: fill in its sampler, steps, guidance and LoRA (all still editable)."""
-        name = self.speed.currentData()
+        name = self.form["speed_preset"].currentData()
         preset = next((p for p in self.controller.session.features.speed_presets if p.name == name), None)
         if preset is None:
             return
         self.store()
-        settings = apply_preset(self.controller.settings, preset)
-        self.sampler.setCurrentIndex(max(0, self.sampler.findData(settings.sampler)))
-        self.steps.setValue(settings.steps)
-        self.guidance.setValue(settings.guidance_scale)
-        self.loras.set_values(settings.loras)
+        self.form.load(apply_preset(self.controller.settings, preset))
 
     def _live_toggled(self, on: bool) -> None:
         if on and self.controller.live is None:
@@ -292,41 +230,20 @@ class InstantStyleDocker(DockWidget):
         elif not on and self.controller.live is not None:
             self.controller.stop_live("live mode off")
 
-    def _randomise_seed(self) -> None:
-        import random
-
-        self.seed.setValue(random.randrange(2**31))
-
-    def add_style_row(self, source: StyleSource) -> StyleRow:
-        row = StyleRow(source)
-        row.removed.connect(self._remove_style_row)
-        self.style_rows.append(row)
-        self.style_rows_box.addWidget(row)
-        return row
-
-    def _remove_style_row(self, row: StyleRow) -> None:
-        if row in self.style_rows:
-            self.style_rows.remove(row)
-            row.setParent(None)
-            row.deleteLater()
-
-    def canvasChanged(self, canvas) -> None:  # Krita calls this when the active view changes
-        for row in self.style_rows:
-            row.layer.refill()
-            row.refresh_thumbnail()
+    def canvasChanged(self, canvas) -> None:
+        self.styles.refresh(refill=True)
 
     def refresh(self) -> None:
         session = self.controller.session
-        self.status.setText(self.controller.backend_status)
+        self.status.set_full_text(self.controller.backend_status)
         self.backend_section.refresh()
-        self.message.setText(self.controller.message)
         self._show_features()
         live = self.controller.live is not None
         if self.live_button.isChecked() != live:  # live mode stopped by itself (document closed...)
             self.live_button.setChecked(live)
-        self.apply_live_button.setEnabled(live)
-        if not self.seed_locked.isChecked():  # show the seed the last job used, to lock it if liked
-            self.seed.setValue(self.controller.settings.seed)
+        self.apply_live_button.setVisible(live)
+        if not self.form["seed_locked"].isChecked():  # show the seed the last job used, to lock it if liked
+            self.form["seed"].setValue(self.controller.settings.seed)
         active = session.active_jobs
         running = next((job for job in active if job.state is JobState.RUNNING), None)
         self.cancel_button.setEnabled(bool(active))
@@ -338,55 +255,13 @@ class InstantStyleDocker(DockWidget):
             queued = active[0]
             self.progress.setFormat(f"queued ({queued.position} ahead)" if queued.position else "starting…")
             self.progress.setRange(0, 0 if queued.position == 0 else 1)
-        else:
-            self.progress.setFormat("ready")
+        else:  # between jobs the bar says what happened last (the whole message in its tooltip)
+            said = self.controller.message
+            message = said if said and said != self.controller.backend_status else "ready"
+            room = max(40, self.progress.width() - 8)
+            shown = self.progress.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, room)
+            self.progress.setFormat(shown.replace("%", "%%"))
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
-        self._refresh_history(session.history)
-
-    def _refresh_history(self, jobs: list[Job]) -> None:
-        if [self.history.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.history.count())] == [
-            (job.job_id, i) for job in jobs for i in range(len(job.images))
-        ]:
-            return
-        self.history.clear()
-        for job in jobs:
-            for index, image in enumerate(job.images):
-                qimage = QImage(
-                    image.data, image.width, image.height, image.width * 4, QImage.Format.Format_RGBA8888
-                )
-                scores = job.scores(index)
-                item = QListWidgetItem(
-                    QIcon(QPixmap.fromImage(qimage.scaled(72, 72, Qt.AspectRatioMode.KeepAspectRatio))),
-                    describe_scores(scores, short=True),
-                )
-                item.setToolTip(
-                    f"{job.layer_names[index]}\n{describe_scores(scores)}\n"
-                    "style: likeness to the references; content: how much of the described content leaked "
-                    "in (lower is cleaner); prompt: likeness to the prompt"
-                )
-                item.setData(Qt.ItemDataRole.UserRole, (job.job_id, index))
-                self.history.addItem(item)
-
-    def _selected(self) -> tuple[Job, int] | None:
-        item = self.history.currentItem()
-        if item is None:
-            return None
-        job_id, index = item.data(Qt.ItemDataRole.UserRole)
-        job = next((j for j in self.controller.session.history if j.job_id == job_id), None)
-        return (job, index) if job is not None else None
-
-    def _apply_selected(self) -> None:
-        selected = self._selected()
-        if selected:
-            self.controller.apply(*selected)
-
-    def _keep_selected(self) -> None:
-        selected = self._selected()
-        if selected and selected[0].is_sweep:
-            self.controller.keep_cell(*selected)
-
-    def _discard_selected(self) -> None:
-        selected = self._selected()
-        if selected:
-            self.controller.discard(selected[0])
+        self.progress.setToolTip(self.controller.message)
+        self.results.show_jobs(session.history)

@@ -1,10 +1,11 @@
-"""Krita registration: the "Stylize Layer" action, the docker, and the shared controller."""
+"""Krita registration: the "Stylize Layer" action and the docker (the controller lives in ``controller``)."""
 
 from __future__ import annotations
 
 from krita import DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita  # type: ignore[import-not-found]
 
-from .controller import Controller
+from .controller import controller
+from .layer_menu import LayerMenuEntry
 from .qt import dock_right
 
 STYLIZE_ACTION = "instantstyle_stylize_layer"
@@ -12,28 +13,17 @@ GENERATE_ACTION = "instantstyle_generate"
 CANCEL_ACTION = "instantstyle_cancel"
 DOCKER_ID = "instantstyle_docker"
 
-_controller: Controller | None = None
-
-
-def controller() -> Controller:
-    """The one controller of this Krita session (created on first use)."""
-    global _controller
-    if _controller is None:
-        _controller = Controller()
-        _controller.start()
-        Krita.instance().notifier().applicationClosing.connect(_controller.shutdown)
-    return _controller
-
 
 class InstantStyleExtension(Extension):
     def setup(self) -> None:
         pass
 
     def createActions(self, window) -> None:
-        # Krita's Python API cannot add entries to the Layers docker's right-click menu, so the
-        # action lives in the Layer menu (and can get a shortcut in Settings > Configure Krita).
+        # In the Layer menu (a shortcut can be set in Settings > Configure Krita) and, through
+        # ``layer_menu``, in the Layers docker's right-click menu, which Krita's API does not offer.
         stylize = window.createAction(STYLIZE_ACTION, "Stylize Layer (InstantStyle)", "layer")
         stylize.triggered.connect(lambda: controller().stylize_active_layer())
+        LayerMenuEntry(window.qwindow(), stylize).attach()
         generate = window.createAction(GENERATE_ACTION, "InstantStyle: Generate", "tools/scripts")
         generate.triggered.connect(lambda: controller().generate())
         cancel = window.createAction(CANCEL_ACTION, "InstantStyle: Cancel", "tools/scripts")

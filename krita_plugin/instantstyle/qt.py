@@ -28,6 +28,7 @@ else:
 
 Qt = QtCore.Qt
 QObject = QtCore.QObject
+QEvent = QtCore.QEvent
 QSize = QtCore.QSize
 QTimer = QtCore.QTimer
 QUrl = QtCore.QUrl
@@ -35,9 +36,12 @@ pyqtSignal = QtCore.pyqtSignal
 
 QDesktopServices = QtGui.QDesktopServices
 QIcon = QtGui.QIcon
+QColor = QtGui.QColor
 QImage = QtGui.QImage
 QPixmap = QtGui.QPixmap
+QPainter = QtGui.QPainter
 
+QAbstractItemView = QtWidgets.QAbstractItemView
 QAbstractButton = QtWidgets.QAbstractButton
 QApplication = QtWidgets.QApplication
 QCheckBox = QtWidgets.QCheckBox
@@ -46,6 +50,7 @@ QDockWidget = QtWidgets.QDockWidget
 QDoubleSpinBox = QtWidgets.QDoubleSpinBox
 QFileDialog = QtWidgets.QFileDialog
 QFormLayout = QtWidgets.QFormLayout
+QFrame = QtWidgets.QFrame
 QGridLayout = QtWidgets.QGridLayout
 QGroupBox = QtWidgets.QGroupBox
 QHBoxLayout = QtWidgets.QHBoxLayout
@@ -54,15 +59,21 @@ QLineEdit = QtWidgets.QLineEdit
 QListView = QtWidgets.QListView
 QListWidget = QtWidgets.QListWidget
 QListWidgetItem = QtWidgets.QListWidgetItem
+QMenu = QtWidgets.QMenu
 QMessageBox = QtWidgets.QMessageBox
 QPlainTextEdit = QtWidgets.QPlainTextEdit
 QProgressBar = QtWidgets.QProgressBar
 QPushButton = QtWidgets.QPushButton
 QScrollArea = QtWidgets.QScrollArea
+QSizePolicy = QtWidgets.QSizePolicy
+QSlider = QtWidgets.QSlider
 QSpinBox = QtWidgets.QSpinBox
 QToolButton = QtWidgets.QToolButton
 QVBoxLayout = QtWidgets.QVBoxLayout
 QWidget = QtWidgets.QWidget
+
+
+QAction = QtGui.QAction if QT_MAJOR >= 6 else QtWidgets.QAction  # moved to QtGui in Qt 6
 
 
 def image_bytes(image: QImage) -> bytes:  # type: ignore[valid-type]

@@ -51,9 +51,9 @@ class RegionRow(QWidget):
         self.reference = StyleRow(region.reference)
         grid.addWidget(self.name, 0, 0)
         grid.addWidget(self.mask, 0, 1)
-        grid.addWidget(save, 0, 2)
-        grid.addWidget(remove, 0, 3)
-        grid.addWidget(self.reference, 1, 0, 1, 4)
+        grid.addWidget(remove, 0, 2)
+        grid.addWidget(save, 1, 0, 1, 3)
+        grid.addWidget(self.reference, 2, 0, 1, 3)
         grid.setColumnStretch(1, 1)
 
     def value(self) -> RegionSetting:

@@ -59,6 +59,8 @@ class BlockGrid(QWidget):
         self.grid.setContentsMargins(0, 0, 0, 0)
         self.grid.setHorizontalSpacing(4)
         self.boxes: dict[str, QDoubleSpinBox] = {}
+        self._saved = ""
+        """The saved map, kept as it is until the backend says which blocks its UNet has."""
         self.placeholder = QLabel("The blocks appear once the backend's model is ready.")
         self.placeholder.setWordWrap(True)
         self.grid.addWidget(self.placeholder, 0, 0)
@@ -67,6 +69,7 @@ class BlockGrid(QWidget):
         """Rebuild for a UNet's attention blocks, keeping the values of blocks that remain."""
         if list(self.boxes) == names:
             return
+        first = not self.boxes
         kept = {name: box.value() for name, box in self.boxes.items()}
         for box in self.boxes.values():
             box.setParent(None)
@@ -85,21 +88,27 @@ class BlockGrid(QWidget):
             box.setSingleStep(0.1)
             box.setDecimals(2)
             box.setValue(kept.get(name, 0.0))
+            box.setButtonSymbols(QDoubleSpinBox.ButtonSymbols.NoButtons)  # two columns fit 260 px
             box.setToolTip(
                 f"{name}: how much of the reference's look this part of the model takes (0 = none). "
                 "InstantStyle's style block is up 0 · 1; down 2 · 1 carries the layout."
             )
-            row, column = divmod(index, 3)
+            row, column = divmod(index, 2)
             self.grid.addWidget(QLabel(block_label(name)), row, column * 2)
             self.grid.addWidget(box, row, column * 2 + 1)
             self.boxes[name] = box
+        if first:
+            self.set_text(self._saved)
 
     def text(self) -> str:
         """The JSON ``block_scales`` map of the non-zero blocks ("" when every block is 0)."""
+        if not self.boxes:
+            return self._saved
         values = {name: box.value() for name, box in self.boxes.items() if box.value() != 0.0}
         return json.dumps(nested_scales(values)) if values else ""
 
     def set_text(self, text: str) -> None:
+        self._saved = text
         try:
             scales = json.loads(text) if text else {}
         except ValueError:

@@ -436,14 +436,17 @@ def describe_cell(cell: protocol.SweepCell) -> str:
     )
 
 
-def describe_scores(scores: protocol.Scores | None, short: bool = False) -> str:
-    """``style 0.81 · content 0.10 · prompt 0.30`` (``short``: ``s 0.81 c 0.10 p 0.30``)."""
+SCORE_NAMES = (("style", "style"), ("content", "leakage"), ("prompt", "prompt"))
+"""Each score's field and the word an artist reads: the content score is how much content leaked."""
+
+
+def describe_scores(scores: protocol.Scores | None, lines: bool = False) -> str:
+    """``style 0.81 · leakage 0.10 · prompt 0.30`` (``lines``: one score per line, for a thumbnail)."""
     if scores is None:
         return ""
-    parts = [("style", scores.style), ("content", scores.content), ("prompt", scores.prompt)]
-    if short:
-        return " ".join(f"{name[0]} {value:.2f}" for name, value in parts if value is not None)
-    return " · ".join(f"{name} {value:.2f}" for name, value in parts if value is not None)
+    parts = [(word, getattr(scores, name)) for name, word in SCORE_NAMES]
+    words = [f"{word} {value:.2f}" for word, value in parts if value is not None]
+    return ("\n" if lines else " · ").join(words)
 
 
 def describe_loading(status: protocol.ModelStatus) -> str:

@@ -19,7 +19,9 @@ from .qt import (
     QWidget,
     pyqtSignal,
 )
+from .sections import RowList
 from .settings import StyleSource, StyleSourceKind
+from .widgets import narrow
 
 THUMBNAIL = 40
 SOURCES = [
@@ -48,6 +50,7 @@ class LayerCombo(QComboBox):
 
     def __init__(self, selected: str = "") -> None:
         super().__init__()
+        narrow(self)  # a long layer name elides instead of widening the docker
         self.refill(selected)
 
     def refill(self, selected: str = "") -> None:
@@ -74,7 +77,7 @@ class StyleRow(QWidget):
         super().__init__()
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
-        self.kind = QComboBox()
+        self.kind = narrow(QComboBox())
         for label, kind in SOURCES:
             self.kind.addItem(label, kind)
         self.kind.setCurrentIndex(max(0, self.kind.findData(source.kind)))
@@ -84,6 +87,7 @@ class StyleRow(QWidget):
         self.weight.setSingleStep(0.1)
         self.weight.setValue(source.weight)
         self.weight.setToolTip("weight of this reference in the blend")
+        self.weight.setButtonSymbols(QDoubleSpinBox.ButtonSymbols.NoButtons)  # narrow: Krita's column
         remove = QToolButton()
         remove.setText("✕")
         remove.setToolTip("remove this reference")
@@ -168,3 +172,29 @@ class StyleRow(QWidget):
         )
         if path:
             self.file.setText(path)
+
+
+class StyleList(RowList):
+    """The style references of the next job (at least one row: the active layer by default)."""
+
+    def __init__(self) -> None:
+        super().__init__("Add reference", "blend in one more picture whose look the result should take")
+
+    def make_row(self, value: object) -> StyleRow:
+        return StyleRow(value)  # type: ignore[arg-type]
+
+    def new_value(self) -> StyleSource:
+        return StyleSource()
+
+    def set_values(self, values: list) -> None:
+        super().set_values(values or [StyleSource()])
+
+    def values(self) -> list[StyleSource]:
+        return [row.value() for row in self.rows]
+
+    def refresh(self, refill: bool = False) -> None:
+        """Thumbnails (and layer lists) afresh: what is about to be sent, as the artist sees it."""
+        for row in self.rows:
+            if refill:
+                row.layer.refill()
+            row.refresh_thumbnail()

@@ -146,9 +146,9 @@ class Runner:
         if self.window is None:
             return
         self.app.setBatchmode(True)  # before createDocument: documents copy the flag when created
-        from instantstyle import extension
+        from instantstyle.controller import controller
 
-        self.controller = extension.controller()
+        self.controller = controller()
         from instantstyle.qt import QT_MAJOR
 
         self.startup = {
@@ -317,7 +317,7 @@ class Runner:
 
     def start_cancel_scenario(self):
         self.document2, _ = new_document(self.window, "cancel", 256)
-        self.docker().steps.setValue(150)  # the docker's values are what a job uses
+        self.docker().form["steps"].setValue(150)  # the docker's values are what a job uses
         self.stylize_when_active("cancel", self.document2, self.cancel_after_preview)
 
     def cancel_after_preview(self):
@@ -349,7 +349,7 @@ class Runner:
         # Enough steps that the job surely still runs one tick after its first preview, few enough
         # that waiting for its end costs seconds.
         self.document3, _ = new_document(self.window, "closing", 256)
-        self.docker().steps.setValue(20)
+        self.docker().form["steps"].setValue(20)
         self.stylize_when_active("close", self.document3, self.close_after_preview)
 
     def close_after_preview(self):
@@ -388,7 +388,7 @@ class Runner:
     def start_deep_scenario(self):
         self.document4, self.layer4 = new_document(self.window, "deep", SIZE, depth="U16")
         self.source4 = bytes(self.layer4.pixelData(0, 0, SIZE, SIZE))
-        self.docker().steps.setValue(5)
+        self.docker().form["steps"].setValue(5)
         self.layers4_before = layer_names(self.document4)
         self.stylize_when_active("deep", self.document4, self.wait_deep_result)
 
@@ -426,7 +426,7 @@ class Runner:
         QImage(checker, 32, 32, 32 * 4, QImage.Format.Format_RGBA8888).save(str(path))
         self.document5, self.layer5 = new_document(self.window, "two references", SIZE)
         self.layers5_before = layer_names(self.document5)
-        self.row5 = self.docker().add_style_row(StyleSource(StyleSourceKind.FILE, path=str(path), weight=0.5))
+        self.row5 = self.docker().styles.add(StyleSource(StyleSourceKind.FILE, path=str(path), weight=0.5))
         self.stylize_when_active("two_references", self.document5, self.wait_two_references)
 
     def wait_two_references(self):
@@ -441,7 +441,7 @@ class Runner:
                 "weights": [s.weight for s in self.controller.settings.styles],
             }
         )
-        self.docker()._remove_style_row(self.row5)
+        self.docker().styles.remove(self.row5)
         self.start_selection_scenario()
 
     # -------------------------------------------------------------- scenario 6: only the selection
@@ -486,7 +486,7 @@ class Runner:
         self.document7, _ = new_document(self.window, "new image", SIZE)
         self.layers7_before = layer_names(self.document7)
         docker = self.docker()
-        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.NEW_IMAGE))
+        docker.form["kind"].setCurrentIndex(docker.form["kind"].findData(JobKind.NEW_IMAGE))
         self.when_active("new_image", self.document7, docker.generate_button.click, self.wait_new_image)
 
     def wait_new_image(self):
@@ -506,8 +506,8 @@ class Runner:
         self.document8, _ = new_document(self.window, "keep lines", SIZE)
         self.layers8_before = layer_names(self.document8)
         docker = self.docker()
-        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.KEEP_LINES))
-        docker.control_scale.setValue(0.8)
+        docker.form["kind"].setCurrentIndex(docker.form["kind"].findData(JobKind.KEEP_LINES))
+        docker.form["control_scale"].setValue(0.8)
         self.stylize_when_active("keep_lines", self.document8, self.wait_keep_lines)
 
     def wait_keep_lines(self):
@@ -531,13 +531,13 @@ class Runner:
         """Select the newest of the docker's recent results and apply it as a layer once more."""
         docker = self.docker()
         docker.refresh()
-        first = docker.history.item(0)
+        first = docker.results.list.item(0)
         docker.refresh()  # nothing changed: the list must keep its items (not rebuild them every tick)
-        stable = docker.history.item(0) is first
+        stable = docker.results.list.item(0) is first
         before = layer_names(self.document8)
-        docker.history.setCurrentRow(0)
-        job, index = docker._selected()
-        docker._apply_selected()
+        docker.results.list.setCurrentRow(0)
+        job, index = docker.results.selected()
+        docker.results.apply_selected()
         added = [n for n in layer_names(self.document8)[len(before) :]]
         nodes = [n for n in self.document8.rootNode().childNodes() if n.name() == job.layer_names[index]]
         self.done(
@@ -559,12 +559,12 @@ class Runner:
         from instantstyle.qt import QAbstractButton, QWidget
 
         docker = self.docker()
-        for section in docker.sections.values():
+        for section in docker.sections.all():
             section.set_open(False)
-        body = docker.widget().widget()
+        body = docker.scroll.widget()
         body.adjustSize()
         closed = body.sizeHint().height()
-        docker.sections["blocks"].set_open(True)
+        docker.sections.by_name["blocks"].set_open(True)
         features = self.controller.session.features
         editors = ("QDoubleSpinBox", "QSpinBox", "QComboBox", "QLineEdit", "QPlainTextEdit")
 
@@ -585,19 +585,20 @@ class Runner:
             for w in controls
             if not w.toolTip()
         ]
-        docker.sections["blocks"].set_open(False)
+        docker.sections.by_name["blocks"].set_open(False)
+        speed = docker.form["speed_preset"]
         self.layout_part = {
             "closed_height": closed,
-            "grid_blocks": list(docker.block_grid.boxes),
+            "grid_blocks": list(docker.sections.block_grid.boxes),
             "announced_blocks": features.attention_blocks,
-            "speed_presets": [docker.speed.itemData(i) for i in range(docker.speed.count())],
-            "loras_offered": docker.loras.offered,
+            "speed_presets": [speed.itemData(i) for i in range(speed.count())],
+            "loras_offered": docker.sections.loras.offered,
             "without_tooltip": untitled,
         }
         # A screenshot with the sections open: the block grid (custom scales), sampling, LoRAs.
-        docker.preset.setCurrentIndex(docker.preset.findData("custom"))
+        docker.form["preset"].setCurrentIndex(docker.form["preset"].findData("custom"))
         for name in ("blocks", "sampling", "loras"):
-            docker.sections[name].set_open(True)
+            docker.sections.by_name[name].set_open(True)
         docker.setFloating(True)
         docker.resize(460, 1400)
         self.settle_until = time.monotonic() + 0.7
@@ -610,9 +611,9 @@ class Runner:
         docker = self.docker()
         docker.grab().save(str(OUT / "krita-docker-sections.png"))
         docker.setFloating(False)
-        for section in docker.sections.values():
+        for section in docker.sections.all():
             section.set_open(False)
-        docker.preset.setCurrentIndex(docker.preset.findData("style"))
+        docker.form["preset"].setCurrentIndex(docker.form["preset"].findData("style"))
         self.done(self.layout_part)
         self.start_lora_sampler_scenario()
 
@@ -624,9 +625,9 @@ class Runner:
         self.document11, _ = new_document(self.window, "lora", SIZE)
         self.layers11_before = layer_names(self.document11)
         docker = self.docker()
-        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.STYLIZE))
-        docker.sampler.setCurrentIndex(docker.sampler.findData("dpmpp_2m_karras"))
-        docker.loras.add(LoraChoice("style", 0.8))
+        docker.form["kind"].setCurrentIndex(docker.form["kind"].findData(JobKind.STYLIZE))
+        docker.form["sampler"].setCurrentIndex(docker.form["sampler"].findData("dpmpp_2m_karras"))
+        docker.sections.loras.add(LoraChoice("style", 0.8))
         self.when_active(
             "lora_sampler", self.document11, docker.generate_button.click, self.wait_lora_sampler
         )
@@ -646,8 +647,8 @@ class Runner:
             }
         )
         docker = self.docker()
-        docker.sampler.setCurrentIndex(0)
-        docker.loras.set_values([])
+        docker.form["sampler"].setCurrentIndex(0)
+        docker.sections.loras.set_values([])
         self.start_precise_scenario()
 
     # ------------------------------------------------- scenario 11b: the precise preset
@@ -656,8 +657,8 @@ class Runner:
         self.document_p, _ = new_document(self.window, "precise", SIZE)
         self.layers_p_before = layer_names(self.document_p)
         docker = self.docker()
-        docker.preset.setCurrentIndex(docker.preset.findData("precise"))
-        docker.layout_push.setValue(1.5)
+        docker.form["preset"].setCurrentIndex(docker.form["preset"].findData("precise"))
+        docker.form["layout_push"].setValue(1.5)
         self.when_active("precise", self.document_p, docker.generate_button.click, self.wait_precise)
 
     def wait_precise(self):
@@ -668,7 +669,7 @@ class Runner:
         (OUT / "precise-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
         settings = self.controller.settings
         self.done({"state": job.state.value, "preset": settings.preset, "layout_push": settings.layout_push})
-        self.docker().preset.setCurrentIndex(self.docker().preset.findData("style"))
+        self.docker().form["preset"].setCurrentIndex(self.docker().form["preset"].findData("style"))
         self.start_regions_scenario()
 
     # ------------------------------------------------- scenario 11c: two regions
@@ -692,11 +693,12 @@ class Runner:
         self.document_r.setSelection(selection)
         self.layers_r_before = layer_names(self.document_r)
         docker = self.docker()
-        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.NEW_IMAGE))
+        docker.form["kind"].setCurrentIndex(docker.form["kind"].findData(JobKind.NEW_IMAGE))
         checker = StyleSource(StyleSourceKind.FILE, path=str(OUT / "second-style.png"))
-        self.sky_row = docker.regions.add(RegionSetting("sky", RegionMaskKind.SELECTION, "", checker))
+        sky = RegionSetting("sky", RegionMaskKind.SELECTION, "", checker)
+        self.sky_row = docker.sections.regions.add(sky)
         painted = StyleSource(StyleSourceKind.ACTIVE_LAYER)
-        docker.regions.add(RegionSetting("ground", RegionMaskKind.LAYER, "Ground mask", painted))
+        docker.sections.regions.add(RegionSetting("ground", RegionMaskKind.LAYER, "Ground mask", painted))
         self.begin("regions", self.save_sky_selection)
 
     def save_sky_selection(self):
@@ -740,7 +742,7 @@ class Runner:
             }
         )
         docker = self.docker()
-        docker.regions.set_values([])
+        docker.sections.regions.set_values([])
         self.start_sweep_scenario()
 
     # ------------------------------------------------- scenario 11d: a strength sweep, Keep
@@ -748,11 +750,11 @@ class Runner:
     def start_sweep_scenario(self):
         self.document_s, _ = new_document(self.window, "sweep", SIZE)
         docker = self.docker()
-        docker.sweep_first.setCurrentIndex(docker.sweep_first.findData("style_scale"))
-        docker.sweep_first_values.setText("0.5, 1.0")
-        docker.sweep_second.setCurrentIndex(docker.sweep_second.findData("content_scale"))
-        docker.sweep_second_values.setText("0, 1")
-        self.when_active("sweep", self.document_s, docker.sweep_button.click, self.wait_sweep)
+        docker.form["sweep_first"].setCurrentIndex(docker.form["sweep_first"].findData("style_scale"))
+        docker.form["sweep_first_values"].setText("0.5, 1.0")
+        docker.form["sweep_second"].setCurrentIndex(docker.form["sweep_second"].findData("content_scale"))
+        docker.form["sweep_second_values"].setText("0, 1")
+        self.when_active("sweep", self.document_s, docker.sections.sweep_button.click, self.wait_sweep)
 
     def wait_sweep(self):
         history = self.controller.session.history
@@ -763,10 +765,10 @@ class Runner:
         group_name, cells = group.name(), [child.name() for child in group.childNodes()]
         docker = self.docker()
         docker.refresh()
-        texts = [docker.history.item(i).text() for i in range(4)]
-        docker.history.setCurrentRow(2)
-        kept_job, index = docker._selected()
-        docker._keep_selected()
+        texts = [docker.results.list.item(i).text() for i in range(4)]
+        docker.results.list.setCurrentRow(2)
+        kept_job, index = docker.results.selected()
+        docker.results.keep_selected()
         kept = [n for n in self.document_s.rootNode().childNodes() if n.name() == job.layer_names[2]]
         if kept:
             (OUT / "sweep-kept.rgba").write_bytes(rgba(bytes(kept[0].pixelData(0, 0, SIZE, SIZE))))
@@ -782,14 +784,14 @@ class Runner:
         )
         from instantstyle.settings import JobKind
 
-        docker.kind.setCurrentIndex(docker.kind.findData(JobKind.STYLIZE))
+        docker.form["kind"].setCurrentIndex(docker.form["kind"].findData(JobKind.STYLIZE))
         self.start_live_scenario()
 
     # -------------------------------------------------------------- scenario 12: live mode
 
     def start_live_scenario(self):
         self.document12, self.layer12 = new_document(self.window, "live", SIZE)
-        self.docker().live_seed.setValue(77)
+        self.docker().form["live_seed"].setValue(77)
         self.when_active(
             "live", self.document12, lambda: self.docker().live_button.setChecked(True), self.wait_live_first
         )
@@ -904,8 +906,8 @@ class Runner:
 
     def start_live_supersede_scenario(self):
         self.document13, self.layer13 = new_document(self.window, "live 1024", 1024)
-        self.docker().live_max_side.setValue(1024)
-        self.docker().strength.setValue(1.0)  # every step runs: a live job takes seconds at 1024²
+        self.docker().form["live_max_side"].setValue(1024)
+        self.docker().form["strength"].setValue(1.0)  # every step runs: a live job takes seconds at 1024²
         self.when_active(
             "live_supersede",
             self.document13,
@@ -955,7 +957,7 @@ class Runner:
                 "button_off": not self.docker().live_button.isChecked(),
             }
         )
-        self.docker().strength.setValue(0.6)
+        self.docker().form["strength"].setValue(0.6)
         self.controller.reconnect(self.controller.settings.server_url, self.controller.settings.token)
         self.begin("zip_import", self.import_zip)
 
@@ -998,5 +1000,9 @@ if os.environ.get("INSTANTSTYLE_E2E_MANAGED"):
     from .managed import ManagedRunner
 
     _runner = ManagedRunner()
+elif os.environ.get("INSTANTSTYLE_E2E_DOCKER"):
+    from .docker_layout import DockerRunner
+
+    _runner = DockerRunner()
 elif os.environ.get("INSTANTSTYLE_E2E_OUT"):
     _runner = Runner()

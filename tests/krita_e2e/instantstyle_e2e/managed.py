@@ -95,9 +95,9 @@ class ManagedRunner:
         if self.window is None:
             return
         self.app.setBatchmode(True)
-        from instantstyle import extension
+        from instantstyle.controller import controller
 
-        self.controller = extension.controller()
+        self.controller = controller()
         self.manager = self.controller.link.manager
         docker = self.docker()
         docker.show()
@@ -109,7 +109,7 @@ class ManagedRunner:
             "phase": self.manager.phase.value,
             "button": self.section.primary.text(),
             "line": self.section.state.text(),
-            "status": docker.status.text(),
+            "status": docker.status.full_text(),
             "section_open": self.section.body.isVisible(),
             "models_offered": [model.itemData(i).value for i in range(model.count())],
         }

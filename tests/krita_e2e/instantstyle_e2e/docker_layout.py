@@ -1,0 +1,310 @@
+"""The docker where artists keep it, and the Layers docker's right-click menu (test hook, never shipped).
+
+Krita's default workspace, window at the screen's size: the InstantStyle docker shown where Krita
+docks it; then floated at 260×180, 300×400, 420×900, and at 260 px with every section open. At each
+size: what asks for more width than there is, whether Generate is in view. Then a right-click on the
+"Painted" layer (another layer active), by xdotool from the test (a request file in the output
+folder), our entry in Krita's menu, a left click on it, and the job's result. ``report.json``.
+"""
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from instantstyle.qt import QApplication, QDockWidget, QMenu, QTimer, QWidget
+from krita import Krita
+
+OUT = Path(os.environ["INSTANTSTYLE_E2E_OUT"])
+SIZE = 64
+SCALE = float(os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"))
+BUDGET = 300 * SCALE
+SETTLE = 1.0
+SIZES = [("260x180", 260, 180), ("300x400", 300, 400), ("floated", 420, 900)]
+ENTRY = "Stylize Layer (InstantStyle)"
+report = {"steps": [], "sizes": {}}
+
+
+def log(message):
+    report["steps"].append(f"{time.monotonic():.2f} {message}")
+    (OUT / "report.json").write_text(json.dumps(report, indent=1))
+
+
+def pattern_bgra(size, shift=0):
+    data = bytearray()
+    for y in range(size):
+        for x in range(size):
+            data += bytes((((x + y) * 2 + shift) % 256, (y * 4) % 256, (x * 4 + shift) % 256, 255))
+    return bytes(data)
+
+
+def rgba(bgra):
+    data = bytearray(bgra)
+    data[0::4], data[2::4] = bgra[2::4], bgra[0::4]
+    return bytes(data)
+
+
+def right_edge(widget, ancestor):
+    return widget.mapTo(ancestor, widget.rect().topRight()).x() + 1
+
+
+def describe(widget):
+    text = getattr(widget, "text", None)
+    said = text() if callable(text) else ""
+    return f"{widget.metaObject().className()}:{str(said)[:30]}"
+
+
+class DockerRunner:
+    def __init__(self):
+        self.app = Krita.instance()
+        self.started = time.monotonic()
+        self.requests = 0
+        self.state = self.wait_for_window
+        self.timer = QTimer()
+        self.timer.timeout.connect(self.tick)
+        self.timer.start(50)
+
+    def tick(self):
+        try:
+            report["where"] = f"in {self.state.__name__}"
+            if time.monotonic() - self.started > BUDGET:
+                raise TimeoutError(f"over its {BUDGET:.0f} s budget")
+            self.state()
+        except Exception as error:
+            report["where"] = f"stopped in {self.state.__name__}: {type(error).__name__}: {error}"
+            report["traceback"] = traceback.format_exc()
+            self.finish()
+
+    def docker(self):
+        dockers = self.window.qwindow().findChildren(QDockWidget)
+        return next(d for d in dockers if d.objectName() == "instantstyle_docker")
+
+    def later(self, then, seconds=SETTLE):
+        self.settle_until, self.then = time.monotonic() + seconds, then
+        self.state = self.settling
+
+    def settling(self):
+        if time.monotonic() >= self.settle_until:
+            QApplication.processEvents()
+            self.then()
+
+    # ------------------------------------------------------------------ the docker at its sizes
+
+    def wait_for_window(self):
+        self.window = self.app.activeWindow()
+        if self.window is None:
+            return
+        self.app.setBatchmode(True)
+        from instantstyle.controller import controller
+
+        self.controller = controller()
+        self.window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
+        self.document = self.app.createDocument(SIZE, SIZE, "layout", "RGBA", "U8", "", 72.0)
+        self.window.addView(self.document)
+        root = self.document.rootNode()
+        self.painted = self.document.createNode("Painted", "paintlayer")
+        root.addChildNode(self.painted, None)
+        self.painted.setPixelData(pattern_bgra(SIZE), 0, 0, SIZE, SIZE)
+        self.other = self.document.createNode("Other", "paintlayer")
+        root.addChildNode(self.other, self.painted)
+        self.other.setPixelData(pattern_bgra(SIZE, 90), 0, 0, SIZE, SIZE)
+        self.document.setActiveNode(self.other)
+        (OUT / "source.rgba").write_bytes(rgba(pattern_bgra(SIZE)))
+        docker = self.docker()
+        docker.show()
+        docker.raise_()
+        self.state = self.wait_for_backend
+
+    def wait_for_backend(self):
+        features = self.controller.session.features
+        if not self.controller.session.connected or not features.attention_blocks:
+            return
+        from dataclasses import fields
+
+        docker = self.docker()
+        unbound = docker.form.unbound(self.controller.settings)
+        report["form"] = {
+            "unbound": unbound,
+            "bound": sorted(docker.form.bindings),
+            "settings": sorted(f.name for f in fields(self.controller.settings)),
+        }
+        self.later(self.measure_docked, 2 * SETTLE)
+
+    def measure(self, name):
+        """What asks for more width than the docker has, and whether Generate is in view."""
+        docker = self.docker()
+        holder, scroll = docker.widget(), docker.scroll
+        body, viewport = scroll.widget(), scroll.viewport()
+        beyond = [
+            describe(w)
+            for w in body.findChildren(QWidget)
+            if w.isVisibleTo(body) and right_edge(w, body) > viewport.width() + 1
+        ]
+        beyond += [
+            describe(w)
+            for w in holder.findChildren(QWidget)
+            if w.isVisibleTo(holder)
+            and not body.isAncestorOf(w)
+            and w is not body
+            and right_edge(w, holder) > holder.width() + 1
+        ]
+        visible = [w for w in holder.findChildren(QWidget) if w.isVisibleTo(holder)]
+        widest = sorted(visible, key=lambda w: -w.minimumSizeHint().width())[:8]
+        button = docker.generate_button
+        top_left = button.mapTo(docker, button.rect().topLeft())
+        bottom_right = button.mapTo(docker, button.rect().bottomRight())
+        report["sizes"][name] = {
+            "docker": [docker.width(), docker.height()],
+            "floating": docker.isFloating(),
+            "viewport_width": viewport.width(),
+            "body_width": body.width(),
+            "body_needs": body.minimumSizeHint().width(),
+            "top_needs": holder.minimumSizeHint().width(),
+            "beyond": beyond,
+            "widest": [f"{describe(w)} {w.minimumSizeHint().width()}" for w in widest],
+            "horizontal_scrollbar": scroll.horizontalScrollBar().isVisible(),
+            "generate_in_view": button.isVisible()
+            and not button.visibleRegion().isEmpty()
+            and docker.rect().contains(top_left)
+            and docker.rect().contains(bottom_right),
+            "generate_at": [top_left.x(), top_left.y()],
+        }
+        docker.grab().save(str(OUT / f"docker-{name}.png"))
+        log(f"measured {name}")
+
+    def measure_docked(self):
+        self.measure("docked")
+        self.window.qwindow().grab().save(str(OUT / "window-docked.png"))
+        self.sizes = list(SIZES)
+        self.next_size()
+
+    def next_size(self):
+        docker = self.docker()
+        if not self.sizes:
+            self.open_every_section()
+            return
+        name, width, height = self.sizes.pop(0)
+        docker.setFloating(True)
+        docker.resize(width, height)
+
+        def then():
+            self.measure(name)
+            self.next_size()
+
+        self.later(then)
+
+    def open_every_section(self):
+        docker = self.docker()
+        docker.form["preset"].setCurrentIndex(docker.form["preset"].findData("custom"))
+        for section in docker.sections.all():
+            section.set_open(True)
+        docker.backend_section.set_open(True)
+        docker.resize(260, 1000)
+
+        def then():
+            self.measure("260-sections-open")
+            sections = [*docker.sections.all(), docker.backend_section]
+            report["sizes"]["260-sections-open"]["sections"] = {
+                section.header.text(): [
+                    f"{describe(w)} {w.minimumSizeHint().width()}"
+                    for w in sorted(
+                        (w for w in section.findChildren(QWidget) if w.isVisibleTo(section)),
+                        key=lambda w: -w.minimumSizeHint().width(),
+                    )[:5]
+                ]
+                for section in sections
+            }
+            for section in docker.sections.all():
+                section.set_open(False)
+            docker.form["preset"].setCurrentIndex(docker.form["preset"].findData("style"))
+            docker.setFloating(False)
+            self.later(self.right_click)
+
+        self.later(then)
+
+    # ------------------------------------------------------------------ the Layers docker's menu
+
+    def xdotool(self, *arguments):
+        """Ask the test to run xdotool on this display (Krita's root has none); wait in ``waiting``."""
+        self.requests += 1
+        request = OUT / f"xdotool-{self.requests}.json"
+        request.with_suffix(".tmp").write_text(json.dumps(list(arguments)))
+        request.with_suffix(".tmp").rename(request)
+        self.done_file = OUT / f"xdotool-{self.requests}.done"
+
+    def right_click(self):
+        from instantstyle import layer_menu
+
+        entries = layer_menu.ENTRIES
+        report["menu_entry"] = {
+            "entries": len(entries),
+            "attached": [entry.viewport is not None for entry in entries],
+        }
+        view = layer_menu.layer_view(self.window.qwindow())
+        model = view.model()
+        rows = [model.index(row, 0) for row in range(model.rowCount())]
+        names = [str(model.data(index)) for index in rows]
+        report["layer_rows"] = names
+        index = rows[names.index("Painted")]
+        centre = view.viewport().mapToGlobal(view.visualRect(index).center())
+        self.history_before = len(self.controller.session.history)
+        self.active_before = self.document.activeNode().name()
+        self.xdotool("mousemove", "--sync", str(centre.x()), str(centre.y()), "click", "3")
+        self.state = self.wait_for_menu
+
+    def wait_for_menu(self):
+        menu = QApplication.activePopupWidget()
+        if not isinstance(menu, QMenu):
+            return
+        texts = [action.text().replace("&", "") for action in menu.actions()]
+        if ENTRY not in texts:
+            return  # our zero timer adds it inside the menu's own event loop
+        self.menu_part = {
+            "texts": texts,
+            "entry_last": texts[-1] == ENTRY,
+            "active_when_open": self.document.activeNode().name(),
+        }
+        self.later(self.click_entry, 0.5)
+
+    def click_entry(self):
+        menu = QApplication.activePopupWidget()
+        action = next(a for a in menu.actions() if a.text().replace("&", "") == ENTRY)
+        geometry = menu.actionGeometry(action)
+        self.menu_part["entry_visible"] = menu.rect().contains(geometry)
+        screen = QApplication.primaryScreen().grabWindow(0)
+        corner = menu.mapToGlobal(menu.rect().topLeft())
+        area = screen.copy(corner.x() - 260, corner.y() - 40, menu.width() + 300, menu.height() + 80)
+        area.save(str(OUT / "layer-menu.png"))
+        where = menu.mapToGlobal(geometry.center())
+        self.xdotool("mousemove", "--sync", str(where.x()), str(where.y()), "click", "1")
+        self.state = self.wait_for_job
+
+    def wait_for_job(self):
+        from instantstyle import layer_menu
+
+        history = self.controller.session.history
+        if len(history) <= self.history_before or self.controller._in_tick:
+            return
+        job = history[0]
+        (OUT / "right-click.rgba").write_bytes(job.images[0].data)
+        names = [node.name() for node in self.document.rootNode().childNodes()]
+        report["right_click"] = {
+            **self.menu_part,
+            "active_before": self.active_before,
+            "menus_extended": sum(entry.added for entry in layer_menu.ENTRIES),
+            "layers_after": names,
+            "size": [job.width, job.height],
+            "source_unchanged": bytes(self.painted.pixelData(0, 0, SIZE, SIZE)) == pattern_bgra(SIZE),
+        }
+        log("right-click job done")
+        self.finish()
+
+    def finish(self):
+        self.timer.stop()
+        report["finished"] = True
+        (OUT / "report.json").write_text(json.dumps(report, indent=1))
+        for document in self.app.documents():
+            document.setModified(False)
+            document.close()
+        QTimer.singleShot(200, lambda: self.app.action("file_quit").trigger())

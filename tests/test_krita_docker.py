@@ -1,0 +1,185 @@
+"""The docker in Krita's default layout and the Layers docker's right-click menu, in real Krita.
+
+In every Krita version CI prepares (``tests/krita_e2e/instantstyle_e2e/docker_layout.py`` drives it):
+the docker where Krita docks it (about 260 px wide) and floated at 260×180, 300×400 and 420×900, and at
+260 px with every section open: nothing asks for more width than the docker has and Generate is in
+view. Then a real right-click (xdotool on the virtual display) on a layer that is not the active one:
+"Stylize Layer (InstantStyle)" is in Krita's own menu, a click on it styles that layer, exact pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.engine.request import StyleReference
+from krita_plugin.instantstyle.settings import BackendMode, GenerationSettings, JobKind, save_settings
+from protocol import Mode
+from tests.conftest import REPO
+from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
+from tests.krita_versions import VERSIONS, KritaVersion
+from tests.test_krita_e2e import (  # noqa: F401 - backend_url is a fixture
+    PROMPT,
+    SEED,
+    SIZE,
+    STEPS,
+    STRENGTH,
+    KritarcStore,
+    backend_url,
+    expected_pixels,
+    installer,
+)
+
+pytestmark = pytest.mark.krita
+ARTIFACTS = REPO / "artifacts" / "krita-docker"
+BACKEND_FIELDS = {
+    "backend_mode",
+    "server_url",
+    "token",
+    "managed_home",
+    "managed_model",
+    "managed_checkpoint",
+    "managed_controlnet",
+    "managed_speed_loras",
+}
+
+
+class XdotoolServer(threading.Thread):
+    """Runs the hook's xdotool requests (``xdotool-N.json``) on the virtual display, in order."""
+
+    def __init__(self, out: Path, display: str) -> None:
+        super().__init__(daemon=True)
+        self.out, self.display = out, display
+        self.stopped = threading.Event()
+        self.ran: list[list[str]] = []
+
+    def run(self) -> None:
+        number = 1
+        while not self.stopped.wait(0.05):
+            request = self.out / f"xdotool-{number}.json"
+            if not request.exists():
+                continue
+            arguments = json.loads(request.read_text())
+            done = subprocess.run(
+                ["xdotool", *arguments],
+                env={**os.environ, "DISPLAY": self.display},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            self.ran.append([*arguments, f"rc={done.returncode}", done.stderr.strip()])
+            (self.out / f"xdotool-{number}.done").write_text(str(done.returncode))
+            number += 1
+
+
+@pytest.fixture(scope="module", params=[pytest.param(v, id=f"krita-{v.name}") for v in VERSIONS])
+def docker_run(request, backend_url, tmp_path_factory):  # noqa: F811 - the imported fixture
+    version: KritaVersion = request.param
+    if not version.ready:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI prepares Krita {version.name}, but it is missing")
+        pytest.skip(f"Krita {version.name} is not prepared here")
+    if shutil.which("xdotool") is None:
+        pytest.fail("xdotool is missing (apt-get install xdotool): it clicks like an artist")
+    home = KritaHome.fresh(version, tmp_path_factory.mktemp(f"krita-docker-{version.name}"))
+    artifacts = ARTIFACTS / version.name
+    shutil.rmtree(artifacts, ignore_errors=True)
+    artifacts.mkdir(parents=True)
+    installer("install", home)
+    pykrita = home.resources / "pykrita"
+    shutil.copytree(REPO / "tests" / "krita_e2e" / "instantstyle_e2e", pykrita / "instantstyle_e2e")
+    shutil.copy(REPO / "tests" / "krita_e2e" / "kritapykrita_instantstyle_e2e.desktop", pykrita)
+    store = KritarcStore()
+    save_settings(
+        store,
+        GenerationSettings(
+            backend_mode=BackendMode.REMOTE,
+            server_url=backend_url,
+            prompt=PROMPT,
+            content_text="stripes",
+            seed=SEED,
+            seed_locked=True,
+            steps=STEPS,
+            strength=STRENGTH,
+            kind=JobKind.STYLIZE,
+        ),
+    )
+    text = home.kritarc.read_text().replace("[python]\n", "[python]\nenable_instantstyle_e2e=true\n")
+    home.kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
+    env = {
+        "INSTANTSTYLE_E2E_OUT": home.guest(home.out),
+        "INSTANTSTYLE_E2E_DOCKER": "1",
+        "INSTANTSTYLE_E2E_BUDGET_SCALE": os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"),
+    }
+    with (artifacts / "krita.log").open("w") as log, virtual_display(log) as display:
+        clicks = XdotoolServer(home.out, display)
+        clicks.start()
+        try:
+            run_krita(home, {**env, "DISPLAY": display}, log, 420)
+        finally:
+            clicks.stopped.set()
+            clicks.join(5)
+    for path in home.out.iterdir():
+        if path.is_file():
+            shutil.copy(path, artifacts / path.name)
+    report = read_report(artifacts)
+    report["xdotool"] = clicks.ran
+    yield report, artifacts
+    if version.root is not None:
+        shutil.rmtree(home.host_top, ignore_errors=True)
+
+
+def part(report: dict, name: str) -> dict:
+    if name not in report:
+        pytest.fail(f"the docker scenario did not reach '{name}': {report.get('where')}", pytrace=False)
+    return report[name]
+
+
+@pytest.mark.parametrize("size", ["docked", "260x180", "300x400", "floated", "260-sections-open"])
+def test_the_docker_fits_its_width_with_generate_in_view(docker_run, size):
+    report, artifacts = docker_run
+    measured = part(report, "sizes").get(size)
+    assert measured is not None, f"not measured at {size}: {report.get('where')}"
+    if size == "docked":  # where Krita's default workspace puts a newly shown docker: its right column
+        assert not measured["floating"] and measured["docker"][0] <= 320, measured
+    assert measured["beyond"] == [], f"wider than the docker at {size}: {measured}"
+    assert measured["body_needs"] <= measured["viewport_width"], measured
+    assert measured["generate_in_view"], f"Generate is out of view at {size}: {measured}"
+    assert (artifacts / f"docker-{size}.png").stat().st_size > 1000
+
+
+def test_every_generation_setting_has_one_widget(docker_run):
+    form = part(docker_run[0], "form")
+    assert set(form["unbound"]) == BACKEND_FIELDS, form  # those live in the Backend section
+    assert set(form["bound"]) == set(form["settings"]) - BACKEND_FIELDS
+
+
+def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_run, engine):
+    report, artifacts = docker_run
+    entry = part(report, "menu_entry")
+    assert entry["attached"] == [True], entry  # one window, its layer view found
+    clicked = part(report, "right_click")
+    assert clicked["active_before"] == "Other" and clicked["active_when_open"] == "Painted", clicked
+    assert clicked["entry_last"] and clicked["entry_visible"], clicked["texts"]
+    assert len(clicked["texts"]) > 5, "Krita's own entries are all still there"
+    assert clicked["menus_extended"] == 1 and clicked["source_unchanged"], clicked
+    assert clicked["size"] == [SIZE, SIZE]
+    result = np.frombuffer((artifacts / "right-click.rgba").read_bytes(), np.uint8).reshape(SIZE, SIZE, 4)
+    from PIL import Image
+
+    source = Image.fromarray(
+        np.frombuffer((artifacts / "source.rgba").read_bytes(), np.uint8).reshape(SIZE, SIZE, 4), "RGBA"
+    ).convert("RGB")
+    expected = expected_pixels(
+        engine, style_images=[StyleReference(source)], mode=Mode.IMG2IMG, init_image=source, strength=STRENGTH
+    )
+    assert np.array_equal(result[..., :3], expected)
+    assert (artifacts / "layer-menu.png").stat().st_size > 1000
+    assert report.get("finished") and "traceback" not in report, report.get("traceback")
