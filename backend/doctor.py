@@ -88,7 +88,7 @@ def examine(args: argparse.Namespace) -> Report:
     import torch
 
     from backend import __version__
-    from backend.cli import load_engine
+    from backend.model_options import load_engine
     from backend.threads import describe_numerics
     from protocol import PROTOCOL_VERSION
 

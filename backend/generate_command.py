@@ -218,9 +218,9 @@ def run_generate(args: argparse.Namespace) -> int:
     request = build_request(message, images)
     request.validate()
     log.info("torch: %s", describe_numerics())  # what decides the last bits of a CPU job's pixels
-    from backend import cli  # looked up at run time: tests replace ``cli.load_engine``
+    from backend import model_options  # looked up at run time: tests replace ``load_engine``
 
-    engine = cli.load_engine(args)
+    engine = model_options.load_engine(args)
 
     if args.previews:  # the folder wants every step's preview, whatever it costs
         request = dataclasses.replace(request, preview_share=None)

@@ -44,7 +44,6 @@ def is_cached(repo_id: str, path: str, cache_dir: str | None) -> bool:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from backend.cli import load_plan
     from backend.engine.downloads import (
         DownloadProgress,
         fetch,
@@ -54,6 +53,7 @@ def run_models(args: argparse.Namespace) -> int:
         wanted_from_hub,
     )
     from backend.engine.loading import load_errors
+    from backend.model_options import load_plan
 
     plan = load_plan(args)
     spec = plan.spec

@@ -104,7 +104,7 @@ def check_port(host: str, port: int) -> None:
 def check_lora_options(args: argparse.Namespace) -> None:
     """``--lora`` and ``--speed`` are well formed. A LoRA file that is missing or does not fit the model
     is no reason to refuse starting: the server serves without it and says why (``loras.py``)."""
-    from backend.engine.loras import LoraSource
+    from backend.engine.loading import LoraSource
     from backend.engine.speed_presets import speed_preset
 
     for text in args.lora:

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.loras import LoraSource
+from backend.engine.loading import LoraSource
 from backend.engine.prompt_cache import PromptKey
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.tiny.layouts import ensure_tiny_model

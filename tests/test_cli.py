@@ -112,14 +112,14 @@ def test_arguments_are_checked_before_any_model_loads(monkeypatch, capsys, tmp_p
     """Each mistake is one line on stderr and exit 2, within a second, and no model is loaded."""
     import socket
 
-    from backend import cli
+    from backend import cli, model_options
     from backend.engine.engine import InstantStyleEngine
     from backend.server import app
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("a model was loaded (or a server started) before the arguments were checked")
 
-    monkeypatch.setattr(cli, "load_engine", must_not_load)
+    monkeypatch.setattr(model_options, "load_engine", must_not_load)
     monkeypatch.setattr(InstantStyleEngine, "load_planned", must_not_load)
     monkeypatch.setattr(app, "run_server", must_not_load)
     busy = socket.socket()

@@ -40,7 +40,7 @@ def test_a_failed_model_or_job_is_one_line_and_exit_1(monkeypatch, capsys, engin
     def no_model(_args):
         raise OSError("no space left on device\nwhile reading unet.safetensors")
 
-    monkeypatch.setattr("backend.cli.load_engine", no_model)
+    monkeypatch.setattr("backend.model_options.load_engine", no_model)
     assert doctor.run_doctor(args) == 1
     found = {name.strip(): value for name, value in lines_of(capsys.readouterr().out).items()}
     assert found["model"] == "FAILED: OSError: no space left on device" and "job" not in found
@@ -48,7 +48,7 @@ def test_a_failed_model_or_job_is_one_line_and_exit_1(monkeypatch, capsys, engin
     def nan_job(*_args, **_kwargs):
         raise NonFiniteOutput("the decoded pictures hold NaN or infinite values")
 
-    monkeypatch.setattr("backend.cli.load_engine", lambda _args: engine)
+    monkeypatch.setattr("backend.model_options.load_engine", lambda _args: engine)
     monkeypatch.setattr(engine, "generate", nan_job)
     assert doctor.run_doctor(args) == 1
     found = {name.strip(): value for name, value in lines_of(capsys.readouterr().out).items()}

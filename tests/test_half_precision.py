@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.loras import LoraSource
+from backend.engine.loading import LoraSource
 from backend.engine.memory import MemoryTier
 from backend.engine.memory import models as pipeline_models
 from backend.engine.regions import StyleRegion

@@ -75,7 +75,7 @@ def lora_options(tiny_paths) -> list[str]:
 def lora_engine(tiny_paths):
     """The e2e backend's model with its LoRAs, for the pixels of jobs that use them."""
     from backend.engine.engine import InstantStyleEngine
-    from backend.engine.loras import LoraSource
+    from backend.engine.loading import LoraSource
 
     spec = dataclasses.replace(
         tiny_paths.spec("diffusers"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.loras import LoraSource
+from backend.engine.loading import LoraSource
 from backend.engine.request import GenerationRequest, StyleReference
 from krita_plugin.instantstyle.block_map import block_label, flat_scales, nested_scales
 from krita_plugin.instantstyle.live import LiveWatch, apply_preset, live_settings, live_size, pick_preset

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.loras import LoraSource
+from backend.engine.loading import LoraSource
 from backend.engine.request import GenerationRequest, RequestError, StyleReference
 from backend.tiny.layouts import TINY_LORA_REPO_ID, TinyModelPaths
 from tests.conftest import noise_image

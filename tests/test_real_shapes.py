@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.loading import ModelSpec, check_ip_adapter
-from backend.engine.loras import LoraSet, LoraSource
+from backend.engine.loading import LoraSource, ModelSpec, check_ip_adapter
+from backend.engine.loras import LoraSet
 from backend.engine.preview_vae import LoadedPreviewVae
 from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest, GenerationResult, StyleReference

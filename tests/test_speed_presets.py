@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.loras import LoraSource
+from backend.engine.loading import LoraSource
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.engine.speed_presets import SPEED_PRESETS, lora_sources
 from protocol import Sampler

@@ -13,15 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
-
-if TYPE_CHECKING:
-    from .loras import LoraSource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -366,3 +364,56 @@ def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> ob
     check_ip_adapter(pipe, spec)
     pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     return pipe
+
+
+LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""What a LoRA may be called (the adapter name diffusers keys it by; shown to artists)."""
+
+
+@dataclass(frozen=True)
+class LoraSource:
+    """Where one LoRA comes from: a local ``.safetensors`` file or ``owner/repo/path/file.safetensors``
+    on the hub. ``name`` is how jobs and artists refer to it."""
+
+    name: str
+    location: str
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSource:
+        """``name=location`` or just ``location`` (named after the file)."""
+        name, sep, location = text.partition("=")
+        if not sep:
+            name, location = Path(text).stem, text
+        name, location = name.strip(), location.strip()
+        if not LORA_NAME.match(name):
+            raise ValueError(
+                f"LoRA name {name!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                "(e.g. --lora ink=ink.safetensors)"
+            )
+        if not location:
+            raise ValueError(f"LoRA {name!r} needs a file: --lora {name}=path/to/file.safetensors")
+        return cls(name, location)
+
+    @property
+    def local(self) -> bool:
+        return is_local(self.location)
+
+    @property
+    def hub_file(self) -> HubFile:
+        return HubFile.parse(self.location)
+
+    def resolve(self, cache_dir: str | None, local_files_only: bool) -> Path:
+        """The file on disk (downloaded from the hub first when it is a hub path)."""
+        if self.local:
+            path = Path(self.location).expanduser()
+            check_safetensors(path, "a LoRA .safetensors file")
+            return path
+        from huggingface_hub import hf_hub_download
+
+        remote = self.hub_file
+        with load_errors(self.location, "a LoRA file on the Hugging Face hub (owner/repo/file.safetensors)"):
+            return Path(
+                hf_hub_download(
+                    remote.repo_id, remote.subpath, cache_dir=cache_dir, local_files_only=local_files_only
+                )
+            )

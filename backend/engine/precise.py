@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from protocol.limits import MAX_LAYOUT_PUSH
-
 from .blocks import LAYOUT_BLOCK
 from .request import RequestError
 
@@ -107,13 +105,3 @@ class PreciseLayout:
                 changed = True
         if changed:
             self.unet.set_attn_processor(processors)
-
-
-def check_precise(guidance_scale: float, push: float) -> None:
-    if guidance_scale <= 1.0:
-        raise RequestError(
-            "the precise preset pushes the reference's layout away through the negative prompt's branch, "
-            f"which guidance {guidance_scale} turns off: raise the guidance above 1, or use the style preset"
-        )
-    if not 0.0 <= push <= MAX_LAYOUT_PUSH:
-        raise RequestError(f"layout push must be from 0 to {MAX_LAYOUT_PUSH}, got {push}")

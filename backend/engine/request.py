@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from protocol.enums import BlockPreset, Mode, Sampler, SweepAxis
+from protocol.limits import MAX_LAYOUT_PUSH
 
 from .blocks import BlockScaleMap
 from .preview_budget import DEFAULT_PREVIEW_SHARE
@@ -164,8 +165,6 @@ class GenerationRequest:
         if self.preset is BlockPreset.CUSTOM and not self.block_scales:
             raise RequestError("the custom preset needs block_scales")
         if self.preset is BlockPreset.PRECISE:
-            from .precise import check_precise
-
             check_precise(self.guidance_scale, self.layout_push)
 
     @property
@@ -190,3 +189,14 @@ class GenerationResult:
     """For a sweep: each image's settings."""
     scores: list = field(default_factory=list)
     """``scores.ImageScores`` of each image: style similarity, content leakage, prompt alignment."""
+
+
+def check_precise(guidance_scale: float, push: float) -> None:
+    """The precise preset works through the negative branch: it needs guidance, and a bounded push."""
+    if guidance_scale <= 1.0:
+        raise RequestError(
+            "the precise preset pushes the reference's layout away through the negative prompt's branch, "
+            f"which guidance {guidance_scale} turns off: raise the guidance above 1, or use the style preset"
+        )
+    if not 0.0 <= push <= MAX_LAYOUT_PUSH:
+        raise RequestError(f"layout push must be from 0 to {MAX_LAYOUT_PUSH}, got {push}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from protocol.enums import Sampler
 
-from .loras import LoraSource
+from .loading import LoraSource
 
 
 @dataclass(frozen=True)

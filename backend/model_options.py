@@ -1,0 +1,129 @@
+"""The model options every command shares (``--model``, adapters, LoRAs, device, dtype...) and what
+they load: one module that ``serve``, ``generate``, ``doctor`` and ``models`` all import, so that no
+command imports the command line's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("backend")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="tiny",
+        help="'tiny' (embedded random-weight TEST model), 'sdxl' (hub repo, needs network or a filled "
+        "cache), a diffusers folder, or a single-file .safetensors checkpoint (default: tiny)",
+    )
+    group.add_argument("--ip-adapter", help="IP-Adapter .bin/.safetensors file or hub path")
+    group.add_argument("--image-encoder", help="CLIP image encoder folder or hub path")
+    group.add_argument(
+        "--controlnet",
+        help="canny ControlNet folder or repo id (e.g. diffusers/controlnet-canny-sdxl-1.0) for mode control",
+    )
+    group.add_argument(
+        "--vae",
+        help="a separate SDXL VAE: folder, .safetensors file or repo id (e.g. madebyollin/sdxl-vae-fp16-fix, "
+        "which decodes in fp16 without NaN and without the fp32 upcast)",
+    )
+    group.add_argument(
+        "--base-config", help="for a single-file model: a diffusers folder/repo with its configs"
+    )
+    group.add_argument(
+        "--preview-vae",
+        default="auto",
+        metavar="auto|none|PATH",
+        help="the tiny autoencoder for canvas-size step previews: auto (madebyollin/taesdxl from the hub "
+        "or its cache, else linear previews with one logged line), none (linear previews at 1/8 size), "
+        "or a folder, repo id, or taesdxl_decoder .safetensors/.pth file (an error at start if it fails)",
+    )
+    group.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="a LoRA to offer (repeatable): a local .safetensors file (diffusers/PEFT or Kohya layout) or "
+        "owner/repo/file.safetensors on the hub; jobs select it by NAME (default: the file's stem)",
+    )
+    group.add_argument(
+        "--speed",
+        action="append",
+        default=[],
+        metavar="PRESET",
+        help="hyper-8-cfg, lightning-4 or lcm-4: a few-step preset to offer (repeatable), loading its "
+        "LoRA from the hub unless --lora gives a file under the LoRA's name; 'generate' also applies the "
+        "first one to its job",
+    )
+    group.add_argument("--cache-dir", help="Hugging Face cache folder")
+    group.add_argument("--offline", action="store_true", help="only use files already on disk")
+    group.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet's repeated blocks (GPU: faster steps after a longer start; changing "
+        "the style strength or preset never recompiles)",
+    )
+    group.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
+    group.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for PyTorch (default: $INSTANTSTYLE_TORCH_THREADS, else one per core); the same "
+        "seed, device, dtype and thread count give the same pixels, another count may differ by a level",
+    )
+    group.add_argument(
+        "--memory-tier",
+        default="auto",
+        help="auto (the fastest whose computed peak fits the GPU's free memory: fp16 SDXL runs full on "
+        "16 GB, encoders-off on 12 GB, group-offload on 8 GB and less), full, encoders-off, model-offload "
+        "or group-offload",
+    )
+
+
+def model_spec(args: argparse.Namespace):  # -> ModelSpec
+    from dataclasses import replace
+
+    from backend.engine.loading import LoraSource, ModelSpec
+    from backend.engine.speed_presets import speed_preset
+    from backend.tiny.layouts import ensure_tiny_model
+
+    if args.model == "tiny":
+        spec = ensure_tiny_model().spec("diffusers")
+    elif args.model == "sdxl":
+        spec = ModelSpec()
+    else:
+        spec = ModelSpec(base=args.model, label=Path(args.model).name)
+    overrides = {
+        "ip_adapter": args.ip_adapter,
+        "image_encoder": args.image_encoder,
+        "controlnet": args.controlnet,
+        "vae": args.vae,
+        "base_config": args.base_config,
+        "cache_dir": args.cache_dir,
+        "preview_vae": args.preview_vae,
+    }
+    spec = replace(spec, **{k: v for k, v in overrides.items() if v})
+    loras = tuple(LoraSource.parse(text) for text in args.lora)
+    presets = tuple(speed_preset(name).name for name in dict.fromkeys(args.speed))
+    spec = replace(spec, loras=loras, speed_presets=presets)
+    return replace(spec, local_files_only=True) if args.offline else spec
+
+
+def load_plan(args: argparse.Namespace):  # -> LoadPlan
+    """What the model options ask to load, where and how (no weight read yet)."""
+    from backend.engine.engine import LoadPlan
+
+    spec = model_spec(args)
+    if spec.is_test_model:
+        log.warning("using the %s", spec.label)
+    return LoadPlan.make(spec, args.device, args.dtype, args.memory_tier, compile=args.compile)
+
+
+def load_engine(args: argparse.Namespace):  # -> InstantStyleEngine
+    from backend.engine.engine import InstantStyleEngine
+
+    return InstantStyleEngine.load_planned(load_plan(args))
