@@ -138,11 +138,25 @@ def _open(path: Path):  # -> PIL.Image.Image
         return image.copy()
 
 
+CONVERTED = frozenset({"job_id", "preset", "mode", "mask", "steps", "sampler", "sweep"})
+"""Options named like a ``generate`` field that still need converting (enums, files, presets)."""
+
+
+def same_named(args: argparse.Namespace) -> dict[str, object]:
+    """Options whose name and value are the message's own (``--style-scale`` is ``style_scale``): a new
+    setting of that kind needs only its ``add_argument``."""
+    from protocol import Generate
+
+    names = {f.name for f in dataclasses.fields(Generate)} - CONVERTED
+    return {name: value for name, value in vars(args).items() if name in names}
+
+
 def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, {index: PIL image})
     """A ``generate`` message and its INPUT images from ``add_job_arguments``' options."""
-    from protocol import Generate, LoraWeight, Region, StyleImage
+    from protocol import Generate, InputSlots, LoraWeight
 
-    inputs = {i: _open(path) for i, (path, _) in enumerate(args.style)}
+    slots = InputSlots()
+    style_images = slots.styles((_open(path), weight) for path, weight in args.style)
     # A speed preset fills in what the job's own options leave open (``generate --speed``).
     preset = None
     if getattr(args, "speed", None):
@@ -152,48 +166,34 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
     loras = list(args.use_lora)
     if preset and preset.lora.name not in {name for name, _ in loras}:
         loras.append((preset.lora.name, preset.lora_weight))
-    regions: dict[Path, Region] = {}
+    references: dict[Path, list] = {}  # each region's mask once, with all its references
     for mask_path, image_path, weight in args.region:
-        if mask_path not in regions:
-            regions[mask_path] = Region(len(inputs), [], name=mask_path.stem)
-            inputs[len(inputs)] = _open(mask_path).convert("L")
-        inputs[len(inputs)] = _open(image_path)
-        regions[mask_path].style_images.append(StyleImage(len(inputs) - 1, weight))
-    init_index = mask_index = None
-    if args.init:
-        init_index = len(inputs)
-        inputs[init_index] = _open(args.init)
-    if args.mask:
-        mask_index = len(inputs)
-        inputs[mask_index] = _open(args.mask).convert("L")
+        references.setdefault(mask_path, []).append((_open(image_path), weight))
+    regions = [
+        slots.region(mask_path.stem, _open(mask_path).convert("L"), weighted)
+        for mask_path, weighted in references.items()
+    ]
+    init_index = slots.add_optional(_open(args.init) if args.init else None)
+    mask_index = slots.add_optional(_open(args.mask).convert("L") if args.mask else None)
     message = Generate(
+        **same_named(args),
         job_id=job_id,
-        prompt=args.prompt,
-        style_images=[StyleImage(i, weight) for i, (_, weight) in enumerate(args.style)],
+        style_images=style_images,
         negative_prompt=args.negative,
         content_text=args.content,
-        content_scale=args.content_scale,
         preset=BlockPreset(args.preset),
         block_scales=json.loads(args.blocks) if args.blocks else None,
-        style_scale=args.style_scale,
-        layout_push=args.layout_push,
         mode=Mode(args.mode),
         init_image=init_index,
         mask=mask_index,
-        strength=args.strength,
-        control_scale=args.control_scale,
-        width=args.width,
-        height=args.height,
         steps=args.steps or (preset.steps if preset else 30),
         guidance_scale=args.cfg if args.cfg is not None else (preset.guidance_scale if preset else 5.0),
-        seed=args.seed,
-        batch=args.batch,
         sampler=Sampler(args.sampler) if args.sampler else (preset.sampler if preset else None),
         loras=[LoraWeight(name, weight) for name, weight in loras],
-        regions=list(regions.values()),
+        regions=regions,
         sweep=list(args.sweep),
     )
-    return message, inputs
+    return message, slots.images
 
 
 def png_labels(model_label: str, prompt: str, seed: int):  # -> PngImagePlugin.PngInfo

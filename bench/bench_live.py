@@ -33,10 +33,10 @@ from backend.engine.loading import LoraSource
 from backend.engine.prompt_cache import PromptKey
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.tiny.layouts import ensure_tiny_model
+from krita_plugin.instantstyle.jobs import Image as PluginImage
+from krita_plugin.instantstyle.jobs import JobInputs, JobState, Target
 from krita_plugin.instantstyle.live import live_settings, pick_preset
 from krita_plugin.instantstyle.pixels import swap_red_blue
-from krita_plugin.instantstyle.session import Image as PluginImage
-from krita_plugin.instantstyle.session import JobInputs, JobState, Target
 from krita_plugin.instantstyle.settings import GenerationSettings
 from tests.server_helpers import ServerThread
 from tests.test_plugin_client import connect, pump

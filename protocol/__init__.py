@@ -20,6 +20,7 @@ from .enums import (
 )
 from .errors import ProtocolError
 from .frames import PixelFrame, decode_frame, encode_frame_header
+from .inputs import InputSlots
 from .messages import (
     Cancel,
     Cancelled,
@@ -60,6 +61,7 @@ __all__ = [
     "FrameKind",
     "Generate",
     "Hello",
+    "InputSlots",
     "Limits",
     "LoraWeight",
     "MessageType",

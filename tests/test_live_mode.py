@@ -12,8 +12,10 @@ from backend.engine.engine import InstantStyleEngine
 from backend.engine.loading import LoraSource
 from backend.engine.request import GenerationRequest, StyleReference
 from krita_plugin.instantstyle.block_map import block_label, flat_scales, nested_scales
+from krita_plugin.instantstyle.job_message import SubmitError
+from krita_plugin.instantstyle.jobs import JobInputs, JobState, Target
 from krita_plugin.instantstyle.live import LiveWatch, apply_preset, live_settings, live_size, pick_preset
-from krita_plugin.instantstyle.session import JobInputs, JobState, SubmitError, Target, UpdateKind
+from krita_plugin.instantstyle.session import UpdateKind
 from krita_plugin.instantstyle.settings import (
     DictStore,
     GenerationSettings,

@@ -7,15 +7,9 @@ import pytest
 
 from backend.engine.request import GenerationRequest, StyleReference
 from krita_plugin.instantstyle.connection import Connection, ConnectionState
-from krita_plugin.instantstyle.session import (
-    Image,
-    JobInputs,
-    JobState,
-    Session,
-    SubmitError,
-    Target,
-    UpdateKind,
-)
+from krita_plugin.instantstyle.job_message import SubmitError
+from krita_plugin.instantstyle.jobs import Image, JobInputs, JobState, Target
+from krita_plugin.instantstyle.session import Session, UpdateKind
 from krita_plugin.instantstyle.settings import GenerationSettings, JobKind
 from tests.conftest import noise_image
 from tests.server_helpers import ServerThread, SpyEngine

@@ -114,7 +114,8 @@ def test_error_wording_is_for_artists():
 
 
 def test_only_the_first_step_and_the_newest_preview_of_each_job_are_painted():
-    from krita_plugin.instantstyle.session import Job, JobUpdate, Target, UpdateKind, drop_stale_previews
+    from krita_plugin.instantstyle.jobs import Job, Target
+    from krita_plugin.instantstyle.session import JobUpdate, UpdateKind, drop_stale_previews
 
     a, b = (Job(i, "p", 1, Target(0, 0, 8, 8), 8, 8) for i in (1, 2))
     updates = [

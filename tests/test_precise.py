@@ -121,7 +121,7 @@ def test_push_zero_is_the_style_preset_bit_for_bit_and_switching_back_restores_i
 def test_precise_without_cfg_or_with_a_push_out_of_range_is_refused(engine):
     with pytest.raises(RequestError, match="raise the guidance above 1"):
         engine.generate(job(BlockPreset.PRECISE, guidance_scale=1.0))
-    with pytest.raises(RequestError, match="layout push must be from 0 to 5"):
+    with pytest.raises(RequestError, match="layout_push must be from 0 to 5, got 7"):
         engine.generate(job(BlockPreset.PRECISE, push=7.0))
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from PIL import Image
 
 from protocol.enums import BlockPreset, Mode, Sampler, SweepAxis
-from protocol.limits import MAX_LAYOUT_PUSH
 
 from .blocks import BlockScaleMap
 from .preview_budget import DEFAULT_PREVIEW_SHARE
@@ -137,14 +137,12 @@ class GenerationRequest:
         for name, value in (("width", self.width), ("height", self.height)):
             if value < 8 or value % 8:
                 raise RequestError(f"{name} must be a positive multiple of 8, got {value}")
-        if self.steps < 1:
-            raise RequestError(f"steps must be at least 1, got {self.steps}")
-        if self.preview_side < 8:
-            raise RequestError(f"preview_side must be at least 8, got {self.preview_side}")
+        for name, (low, high) in wire_ranges().items():  # one place for each setting's range
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+                raise RequestError(f"{name} must be from {low:g} to {high:g}, got {value}")
         if self.preview_share is not None and not 0.0 <= self.preview_share <= 1.0:
             raise RequestError(f"preview_share must be within 0..1, got {self.preview_share}")
-        if self.batch < 1:
-            raise RequestError(f"batch must be at least 1, got {self.batch}")
         if not self.style_images and not self.regions:
             raise RequestError("at least one style reference image is needed")
         for references in [self.style_images, *(region.style_images for region in self.regions)]:
@@ -165,7 +163,7 @@ class GenerationRequest:
         if self.preset is BlockPreset.CUSTOM and not self.block_scales:
             raise RequestError("the custom preset needs block_scales")
         if self.preset is BlockPreset.PRECISE:
-            check_precise(self.guidance_scale, self.layout_push)
+            check_precise(self.guidance_scale)
 
     @property
     def effective_steps(self) -> int:
@@ -191,12 +189,26 @@ class GenerationResult:
     """``scores.ImageScores`` of each image: style similarity, content leakage, prompt alignment."""
 
 
-def check_precise(guidance_scale: float, push: float) -> None:
-    """The precise preset works through the negative branch: it needs guidance, and a bounded push."""
+def check_precise(guidance_scale: float) -> None:
+    """The precise preset works through the negative branch: it needs guidance (its push's range is
+    the wire format's, checked with the other settings)."""
     if guidance_scale <= 1.0:
         raise RequestError(
             "the precise preset pushes the reference's layout away through the negative prompt's branch, "
             f"which guidance {guidance_scale} turns off: raise the guidance above 1, or use the style preset"
         )
-    if not 0.0 <= push <= MAX_LAYOUT_PUSH:
-        raise RequestError(f"layout push must be from 0 to {MAX_LAYOUT_PUSH}, got {push}")
+
+
+@functools.cache
+def wire_ranges() -> dict[str, tuple[float, float]]:
+    """The numeric range the wire format gives each setting a request shares with it: a request made
+    in Python (the command line, tests, a script) meets the same rules as one from the network."""
+    from protocol.generate import Generate
+
+    shared = {f.name for f in fields(GenerationRequest)}
+    ranges = {}
+    for wire in fields(Generate):
+        low, high = wire.metadata.get("low"), wire.metadata.get("high")
+        if wire.name in shared and low is not None and high is not None:
+            ranges[wire.name] = (low, high)
+    return ranges

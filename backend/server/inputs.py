@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Collection
+from dataclasses import fields
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -86,6 +88,29 @@ def _same_shape(size: tuple[int, int], expected: tuple[int, int]) -> bool:
     return abs(width * want_height - height * want_width) <= max(want_width, want_height, width, height)
 
 
+CONVERTED = frozenset(
+    {
+        "style_images",
+        "negative_prompt",
+        "init_image",
+        "mask",
+        "seed",
+        "loras",
+        "regions",
+        "sweep",
+        "preview_side",
+    }
+)
+"""The message's fields that become something else in the request (images, defaults, tuples)."""
+
+
+def travelling_as_they_are(message: Generate) -> dict[str, Any]:
+    """The settings named alike in the message and the request, copied as they are: a new setting of
+    that kind needs no line here."""
+    shared = {f.name for f in fields(GenerationRequest)} & {f.name for f in fields(Generate)}
+    return {name: getattr(message, name) for name in sorted(shared - CONVERTED)}
+
+
 def build_request(
     message: Generate,
     images: dict[int, Image.Image],
@@ -106,29 +131,14 @@ def build_request(
         for region, region_mask in zip(message.regions, region_masks(message, images), strict=True)
     ]
     return GenerationRequest(
-        prompt=message.prompt,
+        **travelling_as_they_are(message),
         style_images=[StyleReference(flatten(images[ref.input]), ref.weight) for ref in message.style_images],
         negative_prompt=DEFAULT_NEGATIVE_PROMPT
         if message.negative_prompt is None
         else message.negative_prompt,
-        content_text=message.content_text,
-        content_scale=message.content_scale,
-        preset=message.preset,
-        block_scales=message.block_scales,
-        style_scale=message.style_scale,
-        layout_push=message.layout_push,
-        mode=message.mode,
         init_image=flatten(images[message.init_image]) if message.init_image is not None else None,
         mask=mask,
-        strength=message.strength,
-        control_scale=message.control_scale,
-        width=message.width,
-        height=message.height,
-        steps=message.steps,
-        guidance_scale=message.guidance_scale,
         seed=message.seed if message.seed is not None else random.randrange(2**31),
-        batch=message.batch,
-        sampler=message.sampler,
         loras=tuple((lora.name, lora.weight) for lora in message.loras),
         regions=regions,
         sweep=[(values.axis, tuple(values.values)) for values in message.sweep],

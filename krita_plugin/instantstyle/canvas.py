@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from krita import Krita  # type: ignore[import-not-found]
 
+from .jobs import Image, Job, JobInputs, RegionInput, Target
 from .pixels import SavedSelection, swap_red_blue, to_8bit, to_16bit
 from .qt import QImage, Qt, image_bytes
-from .session import Image, Job, JobInputs, RegionInput, Target
 from .settings import GenerationSettings, JobKind, RegionMaskKind, RegionSetting, StyleSource, StyleSourceKind
 
 PREVIEW_LAYER_NAME = "InstantStyle preview"

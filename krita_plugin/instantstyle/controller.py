@@ -16,11 +16,13 @@ from krita import Krita  # type: ignore[import-not-found]
 
 from .canvas import CanvasError, CanvasWriter, SavedSelection, capture, save_selection
 from .connection import Connection
+from .job_message import SubmitError
+from .jobs import Job
 from .live import CHECK_SECONDS, LiveWatch, live_settings, pick_preset
 from .live_layer import LiveLayer, signature
 from .managed_link import ManagedLink
 from .qt import QObject, QTimer, pyqtSignal
-from .session import Job, JobUpdate, Session, SubmitError, UpdateKind, drop_stale_previews
+from .session import JobUpdate, Session, UpdateKind, drop_stale_previews
 from .settings import SETTINGS_GROUP, BackendMode, GenerationSettings, JobKind, load_settings, save_settings
 
 log = logging.getLogger(__name__)

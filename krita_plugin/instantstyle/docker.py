@@ -15,6 +15,7 @@ from .backend_section import BackendSection
 from .controller import controller as the_controller
 from .docker_sections import build_sections, preset_chosen, preview_side_row
 from .form import Form
+from .jobs import JobState
 from .live import apply_preset
 from .qt import (
     QFormLayout,
@@ -30,7 +31,6 @@ from .qt import (
     QWidget,
 )
 from .results import Results
-from .session import JobState
 from .settings import JobKind
 from .style_rows import StyleList
 from .widgets import ElidedLabel, SliderSpin, buttons_fit_their_text, choices, side_by_side, wrapped

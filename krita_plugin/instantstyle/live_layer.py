@@ -13,7 +13,7 @@ import hashlib
 from krita import Krita  # type: ignore[import-not-found]
 
 from .canvas import find_node, target_area, to_bgra, write_bgra
-from .session import Job, Target
+from .jobs import Job, Target
 
 LIVE_LAYER_NAME = "InstantStyle live"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .jobs import Job, describe_scores
 from .qt import (
     QIcon,
     QImage,
@@ -15,7 +16,6 @@ from .qt import (
     QVBoxLayout,
     QWidget,
 )
-from .session import Job, describe_scores
 from .widgets import side_by_side
 
 THUMBNAIL = 56

@@ -9,121 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from .connection import Connected, Connection, ConnectionEvent, ConnectionState, Received, StateChanged
 from .deps import protocol
 from .errors import describe_error
-from .settings import GenerationSettings, JobKind
-
-
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.DONE, JobState.CANCELLED, JobState.FAILED)
-
-
-@dataclass(frozen=True)
-class Image:
-    """Raw 8-bit pixels; ``channels`` 1 (gray), 3 (RGB) or 4 (RGBA)."""
-
-    width: int
-    height: int
-    channels: int
-    data: bytes
-
-    @property
-    def pixel_format(self) -> protocol.PixelFormat:
-        return {1: protocol.PixelFormat.GRAY8, 3: protocol.PixelFormat.RGB8, 4: protocol.PixelFormat.RGBA8}[
-            self.channels
-        ]
-
-    @classmethod
-    def from_frame(cls, frame: protocol.PixelFrame) -> Image:
-        return cls(frame.width, frame.height, frame.format.channels, frame.payload)
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the result goes: an area of a document, above a layer."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    document_id: object = None
-    above_layer: str = ""
-    """uniqueId of the layer the result goes above (empty: top)."""
-
-
-@dataclass(frozen=True)
-class RegionInput:
-    """A region's mask (gray, the target's size) and its references."""
-
-    name: str
-    mask: Image
-    styles: list[tuple[Image, float]]
-
-
-@dataclass(frozen=True)
-class JobInputs:
-    styles: list[tuple[Image, float]]
-    init_image: Image | None = None
-    mask: Image | None = None
-    regions: list[RegionInput] = field(default_factory=list)
-
-
-@dataclass
-class Job:
-    job_id: int
-    prompt: str
-    seed: int
-    target: Target
-    width: int
-    height: int
-    state: JobState = JobState.QUEUED
-    position: int = 0
-    step: int = 0
-    total: int = 0
-    eta_seconds: float = 0.0
-    preview: Image | None = None
-    preview_step: int = 0
-    """The step ``preview`` shows."""
-    result: protocol.Result | None = None
-    images: list[Image] = field(default_factory=list)
-    message: str = ""
-    is_test_model: bool = False
-    live: bool = False
-    """A live job: its result goes to the live layer, not to the history (``live.py``)."""
-
-    @property
-    def label(self) -> str:
-        return self.prompt.strip().replace("\n", " ")[:40] or "untitled"
-
-    @property
-    def layer_names(self) -> list[str]:
-        suffix = " [TEST MODEL]" if self.is_test_model else ""
-        if self.result is not None and self.result.cells:
-            return [
-                f"InstantStyle: {self.label} ({describe_cell(cell)}){suffix}" for cell in self.result.cells
-            ]
-        seeds = self.result.seeds if self.result else [self.seed]
-        return [f"InstantStyle: {self.label} (seed {seed}){suffix}" for seed in seeds]
-
-    @property
-    def is_sweep(self) -> bool:
-        return self.result is not None and bool(self.result.cells)
-
-    def scores(self, index: int) -> protocol.Scores | None:
-        scores = self.result.scores if self.result is not None else []
-        return scores[index] if index < len(scores) else None
+from .job_message import JobShape, SubmitError, build_message, refuse
+from .jobs import Image, Job, JobInputs, JobState, Target
+from .settings import GenerationSettings
 
 
 class UpdateKind(str, Enum):
@@ -157,10 +51,6 @@ def drop_stale_previews(updates: list[JobUpdate]) -> list[JobUpdate]:
         for index, u in enumerate(updates)
         if u.kind is not UpdateKind.PREVIEW or newest[id(u.job)] == index or u.step == 1
     ]
-
-
-class SubmitError(ValueError):
-    """The job cannot be sent as set up; the message is for the artist."""
 
 
 class Session:
@@ -211,96 +101,35 @@ class Session:
         A ``live`` job replaces the previous live job on the backend (latest wins)."""
         if not self.connected:
             raise SubmitError(f"not connected to the backend ({self.status})")
-        if not inputs.styles and not inputs.regions:
-            raise SubmitError("pick a style reference first")
-        if settings.kind is not JobKind.NEW_IMAGE and inputs.init_image is None:
-            raise SubmitError("stylize needs a layer to start from")
-        if settings.kind is JobKind.KEEP_LINES and protocol.Mode.CONTROL not in self.hello.modes:  # type: ignore[union-attr]
-            raise SubmitError(
-                "the backend has no ControlNet for keeping lines: start it with --controlnet, "
-                "or choose plain stylize"
-            )
-        try:
-            block_scales = settings.custom_block_scales()
-            sweep_axes = settings.sweep_values() if sweep else []
-        except ValueError as error:
-            raise SubmitError(str(error)) from None
+        hello = self.hello
+        assert hello is not None
+        refuse(settings, inputs, hello, sweep)
         width, height = self.generation_size(target, settings)
-        mode = protocol.Mode.TXT2IMG
-        if settings.kind is JobKind.STYLIZE:
-            mode = protocol.Mode.INPAINT if inputs.mask is not None else protocol.Mode.IMG2IMG
-        elif settings.kind is JobKind.KEEP_LINES:
-            mode = protocol.Mode.CONTROL  # a selection still limits where the result shows (its alpha)
-        job_id = next(self._ids)
-        frames: dict[int, Image] = {index: image for index, (image, _) in enumerate(inputs.styles)}
-        init_index = mask_index = None
-        if mode is not protocol.Mode.TXT2IMG:
-            init_index = len(frames)
-            frames[init_index] = inputs.init_image  # type: ignore[assignment]
-        if mode is protocol.Mode.INPAINT:
-            mask_index = len(frames)
-            frames[mask_index] = inputs.mask  # type: ignore[assignment]
-        regions = []
-        for region in inputs.regions:
-            frames[len(frames)] = region.mask
-            mask = len(frames) - 1
-            references = []
-            for image, weight in region.styles:
-                frames[len(frames)] = image
-                references.append(protocol.StyleImage(len(frames) - 1, weight))
-            regions.append(protocol.Region(mask, references, name=region.name[:100]))
-        seed = settings.next_seed()
-        message = protocol.Generate(
-            job_id=job_id,
-            prompt=settings.prompt,
-            style_images=[protocol.StyleImage(i, weight) for i, (_, weight) in enumerate(inputs.styles)],
-            negative_prompt=settings.negative_prompt,
-            content_text=settings.content_text,
-            content_scale=settings.content_scale,
-            preset=protocol.BlockPreset(settings.preset),
-            block_scales=block_scales,
-            style_scale=settings.style_scale,
-            layout_push=settings.layout_push,
-            mode=mode,
-            init_image=init_index,
-            mask=mask_index,
-            strength=settings.strength,
-            control_scale=settings.control_scale,
-            width=width,
-            height=height,
-            steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            seed=seed,
-            batch=1 if sweep_axes else settings.batch,
-            sampler=protocol.Sampler(settings.sampler) if settings.sampler else None,
-            loras=[protocol.LoraWeight(lora.name, lora.weight) for lora in settings.loras],
-            live=live,
-            regions=regions,
-            sweep=sweep_axes,
-            preview_side=min(settings.preview_side, self.hello.limits.max_preview_side),  # type: ignore[union-attr]
-        )
+        preview_side = min(settings.preview_side, hello.limits.max_preview_side)
+        shape = JobShape(next(self._ids), width, height, settings.next_seed(), live, sweep, preview_side)
+        message, frames = build_message(settings, inputs, shape)
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
-            protocol.decode_client_message(protocol.encode_message(message), self.hello.limits)  # type: ignore[union-attr]
+            protocol.decode_client_message(protocol.encode_message(message), hello.limits)
         except protocol.ProtocolError as error:
             raise SubmitError(describe_error(error.code, error.message)) from None
         for index, image in frames.items():
             header = protocol.encode_frame_header(
-                protocol.FrameKind.INPUT, job_id, index, image.width, image.height, image.pixel_format
+                protocol.FrameKind.INPUT, shape.job_id, index, image.width, image.height, image.pixel_format
             )
             self.connection.send_frame(header + image.data)
         self.connection.send_message(message)
         job = Job(
-            job_id,
+            shape.job_id,
             settings.prompt,
-            seed,
+            shape.seed,
             target,
             width,
             height,
-            is_test_model=self.hello.model.is_test_model,  # type: ignore[union-attr]
+            is_test_model=hello.model.is_test_model,
             live=live,
         )
-        self.jobs[job_id] = job
+        self.jobs[shape.job_id] = job
         return job
 
     def _check_features(self, message: protocol.Generate) -> None:
@@ -427,26 +256,6 @@ class Session:
             job.state, job.message = JobState.FAILED, describe_error(item.code, item.message)
             return [JobUpdate(UpdateKind.FAILED, job, job.message)]
         return []
-
-
-def describe_cell(cell: protocol.SweepCell) -> str:
-    """A sweep cell's settings, as its layer is named: ``style 0.6, content 0.5, precise, seed 7``."""
-    return (
-        f"style {cell.style_scale:g}, content {cell.content_scale:g}, {cell.preset.value}, seed {cell.seed}"
-    )
-
-
-SCORE_NAMES = (("style", "style"), ("content", "leakage"), ("prompt", "prompt"))
-"""Each score's field and the word an artist reads: the content score is how much content leaked."""
-
-
-def describe_scores(scores: protocol.Scores | None, lines: bool = False) -> str:
-    """``style 0.81 · leakage 0.10 · prompt 0.30`` (``lines``: one score per line, for a thumbnail)."""
-    if scores is None:
-        return ""
-    parts = [(word, getattr(scores, name)) for name, word in SCORE_NAMES]
-    words = [f"{word} {value:.2f}" for word, value in parts if value is not None]
-    return ("\n" if lines else " · ").join(words)
 
 
 def describe_loading(status: protocol.ModelStatus) -> str:

@@ -1,0 +1,120 @@
+"""From the docker's settings and the canvas's images to a ``generate`` message and its INPUT frames.
+
+Each setting the wire carries is named once here (``message_fields``); the checks an artist can act
+on come first (``refuse``), in words, before anything is sent. Qt-free and Krita-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .deps import protocol
+from .jobs import Image, JobInputs
+from .settings import GenerationSettings, JobKind
+
+
+class SubmitError(ValueError):
+    """The job cannot be sent as set up; the message is for the artist."""
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What the session decides besides the settings: the job's number, size, seed and kind."""
+
+    job_id: int
+    width: int
+    height: int
+    seed: int
+    live: bool = False
+    sweep: bool = False
+    preview_side: int = 1024
+
+
+def refuse(
+    settings: GenerationSettings, inputs: JobInputs, hello: protocol.ServerHello, sweep: bool = False
+) -> None:
+    """Raise ``SubmitError`` for what the artist must change first (nothing is sent, no seed drawn)."""
+    try:
+        settings.custom_block_scales()
+        if sweep:
+            settings.sweep_values()
+    except ValueError as error:
+        raise SubmitError(str(error)) from None
+    if not inputs.styles and not inputs.regions:
+        raise SubmitError("pick a style reference first")
+    if settings.kind is not JobKind.NEW_IMAGE and inputs.init_image is None:
+        raise SubmitError("stylize needs a layer to start from")
+    if settings.kind is JobKind.KEEP_LINES and protocol.Mode.CONTROL not in hello.modes:
+        raise SubmitError(
+            "the backend has no ControlNet for keeping lines: start it with --controlnet, "
+            "or choose plain stylize"
+        )
+
+
+def job_mode(kind: JobKind, inputs: JobInputs) -> protocol.Mode:
+    """Stylize is img2img, or inpaint inside a selection; keep-lines is ControlNet (a selection still
+    limits where its result shows, through the result's alpha); a new image is txt2img."""
+    if kind is JobKind.STYLIZE:
+        return protocol.Mode.INPAINT if inputs.mask is not None else protocol.Mode.IMG2IMG
+    if kind is JobKind.KEEP_LINES:
+        return protocol.Mode.CONTROL
+    return protocol.Mode.TXT2IMG
+
+
+DECIDED_PER_JOB = frozenset(
+    {"job_id", "style_images", "mode", "init_image", "mask", "width", "height", "seed", "batch"}
+    | {"live", "regions", "sweep", "preview_side", "preset", "block_scales", "sampler", "loras"}
+)
+"""Message fields the settings do not carry as they are: sizes, seeds and inputs of this job, and
+settings that need converting (enums, JSON, LoRA rows)."""
+
+
+def message_fields(settings: GenerationSettings) -> dict[str, object]:
+    """The settings that travel as they are (named alike in the settings and the message: a new one
+    needs no line here), and the ones converted on the way."""
+    try:
+        block_scales = settings.custom_block_scales()
+    except ValueError as error:
+        raise SubmitError(str(error)) from None
+    shared = {f.name for f in fields(protocol.Generate)} & {f.name for f in fields(settings)}
+    as_they_are = {name: getattr(settings, name) for name in sorted(shared - DECIDED_PER_JOB)}
+    return {
+        **as_they_are,
+        "preset": protocol.BlockPreset(settings.preset),
+        "block_scales": block_scales,
+        "sampler": protocol.Sampler(settings.sampler) if settings.sampler else None,
+        "loras": [protocol.LoraWeight(lora.name, lora.weight) for lora in settings.loras],
+    }
+
+
+def build_message(
+    settings: GenerationSettings, inputs: JobInputs, shape: JobShape
+) -> tuple[protocol.Generate, dict[int, Image]]:
+    """The message and its INPUT images by index."""
+    try:
+        sweep_axes = settings.sweep_values() if shape.sweep else []
+    except ValueError as error:
+        raise SubmitError(str(error)) from None
+    mode = job_mode(settings.kind, inputs)
+    slots: protocol.InputSlots[Image] = protocol.InputSlots()
+    styles = slots.styles(inputs.styles)
+    init_image = slots.add_optional(inputs.init_image if mode is not protocol.Mode.TXT2IMG else None)
+    mask = slots.add_optional(inputs.mask if mode is protocol.Mode.INPAINT else None)
+    regions = [slots.region(region.name, region.mask, region.styles) for region in inputs.regions]
+    message = protocol.Generate(
+        job_id=shape.job_id,
+        style_images=styles,
+        mode=mode,
+        init_image=init_image,
+        mask=mask,
+        width=shape.width,
+        height=shape.height,
+        seed=shape.seed,
+        batch=1 if sweep_axes else settings.batch,
+        live=shape.live,
+        regions=regions,
+        sweep=sweep_axes,
+        preview_side=shape.preview_side,
+        **message_fields(settings),  # type: ignore[arg-type]
+    )
+    return message, slots.images
