@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
-from backend.generate_command import add_job_arguments, run_generate
+from backend.generate_command import add_job_arguments, add_refine_arguments, run_generate
 from backend.model_options import add_model_arguments, load_plan, model_spec
 
 log = logging.getLogger("backend")
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="run one InstantStyle job and write PNG files")
     add_job_arguments(gen)
+    add_refine_arguments(gen)
     add_model_arguments(gen)
 
     serve = commands.add_parser("serve", help="run the WebSocket server")

@@ -59,6 +59,40 @@ def lora_weight_argument(text: str) -> tuple[str, float]:
     return name, float(weight) if weight else 1.0
 
 
+def size_argument(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT``, e.g. ``4096x3072``."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 4096x3072), got {text!r}")
+    return int(width), int(height)
+
+
+def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``generate`` at a canvas's own resolution (``backend/engine/refine.py``)."""
+    group = parser.add_argument_group("canvas resolution")
+    group.add_argument(
+        "--target-size",
+        type=size_argument,
+        metavar="WxH",
+        help="the picture's size: made at the model's native area first, then upscaled and refined in "
+        "tiles with the same style (e.g. 4096x3072); --width/--height are then not used",
+    )
+    group.add_argument("--refine-strength", type=float, default=0.35, help="how much the refine repaints")
+    group.add_argument("--tile", type=int, default=0, help="refine tile side in px (default: native)")
+    group.add_argument("--tile-overlap", type=int, default=0, help="px tiles share (default: tile/8)")
+
+
+def with_refine(request, args: argparse.Namespace):  # -> GenerationRequest
+    """The request at ``--target-size``, refined in tiles (unchanged without it)."""
+    if not getattr(args, "target_size", None):
+        return request
+    from backend.engine.request import Refine
+
+    width, height = args.target_size
+    refine = Refine(args.refine_strength, args.tile, args.tile_overlap)
+    return dataclasses.replace(request, width=width, height=height, refine=refine)
+
+
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of one job, shared by ``generate`` and the headless client."""
     parser.add_argument(
@@ -215,7 +249,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     # Everything about the job is checked before minutes go into loading a model.
     message, images = job_from_arguments(args, job_id=1)
-    request = build_request(message, images)
+    request = with_refine(build_request(message, images), args)
     request.validate()
     log.info("torch: %s", describe_numerics())  # what decides the last bits of a CPU job's pixels
     from backend import model_options  # looked up at run time: tests replace ``load_engine``

@@ -165,6 +165,9 @@ def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_ru
     report, artifacts = docker_run
     entry = part(report, "menu_entry")
     assert entry["attached"] == [True], entry  # one window, its layer view found
+    fallback = part(report, "fallback")  # a window laid out otherwise: no entry, one line said why
+    assert not fallback["view"] and not fallback["attached"] and len(fallback["log"]) == 1, fallback
+    assert "Layer menu only" in fallback["log"][0]
     clicked = part(report, "right_click")
     assert clicked["active_before"] == "Other" and clicked["active_when_open"] == "Painted", clicked
     assert clicked["entry_last"] and clicked["entry_visible"], clicked["texts"]

@@ -35,6 +35,7 @@ from .precise import PreciseLayout
 from .preview_vae import LoadedPreviewVae, load_preview_vae
 from .previews import DenoisedCapture, StepPreview, job_previews, result_preview
 from .prompt_cache import PromptCache, PromptKey
+from .refine import run_refined
 from .regions import style_and_masks
 from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
 from .samplers import JobSchedulers
@@ -180,6 +181,12 @@ class InstantStyleEngine:
         return self._device
 
     @property
+    def native_side(self) -> int:
+        """The side in pixels the UNet was trained at (1024 for SDXL): jobs above it refine in tiles."""
+        sample = self.pipeline.unet.config.sample_size  # type: ignore[attr-defined]
+        return int(sample[0] if isinstance(sample, (list, tuple)) else sample) * 8
+
+    @property
     def dtype(self) -> torch.dtype:
         """The weights' dtype, fixed when the model is loaded."""
         return self._dtype
@@ -291,14 +298,17 @@ class InstantStyleEngine:
         first, so each cell costs what a single job with those settings costs."""
         started = time.perf_counter()
         with self._lock:
-            if not request.sweep:
-                result = self._generate_one(request, on_step, cancel)
+            if request.refine is not None:
+                unet = self.pipeline.unet  # type: ignore[attr-defined]
+                result = run_refined(request, self.generate_one, unet, self.native_side, on_step, cancel)
+            elif not request.sweep:
+                result = self.generate_one(request, on_step, cancel)
             else:
-                result = run_sweep(request, self._generate_one, on_step, cancel)
+                result = run_sweep(request, self.generate_one, on_step, cancel)
         result.seconds = time.perf_counter() - started
         return result
 
-    def _generate_one(
+    def generate_one(
         self, request: GenerationRequest, on_step: StepCallback | None, cancel: threading.Event | None
     ) -> GenerationResult:
         """One job (with the lock held): denoise, decode, score."""

@@ -47,6 +47,28 @@ class SweepCell:
     seed: int
 
 
+@dataclass(frozen=True)
+class Refine:
+    """A second stage for a canvas larger than the model's native size: the picture is made at about
+    the model's native area with the canvas's proportions, upscaled (Lanczos) to the request's
+    ``width`` × ``height`` and refined tile by tile at ``strength`` with the same style conditioning."""
+
+    strength: float = 0.35
+    tile: int = 0
+    """Tile side in pixels (a multiple of 8); 0: the model's native side (1024 for SDXL)."""
+    overlap: int = 0
+    """Pixels neighbouring tiles share (a multiple of 8); 0: an eighth of the tile."""
+
+    def check(self) -> None:
+        if not 0.0 < self.strength <= 1.0:
+            raise RequestError(f"refine strength must be in (0, 1], got {self.strength}")
+        for name, value in (("tile", self.tile), ("overlap", self.overlap)):
+            if value < 0 or value % 8:
+                raise RequestError(f"refine {name} must be a multiple of 8, got {value}")
+        if self.tile and self.overlap >= self.tile:
+            raise RequestError(f"refine overlap {self.overlap} must be smaller than its tile {self.tile}")
+
+
 @dataclass
 class GenerationRequest:
     """One InstantStyle job. Defaults follow the InstantStyle paper's examples."""
@@ -88,6 +110,8 @@ class GenerationRequest:
     """What previews may cost, as a share of the denoising time (``preview_budget``); None: every
     step gets one drawn from its own latents, whatever it costs (the command line's ``--previews``)."""
     step_pictures: bool = True
+    refine: Refine | None = None
+    """Make ``width`` × ``height`` in two stages (``Refine``): for canvases above the native size."""
     """False: steps report progress only (a live job: its result is what the artist waits for)."""
 
     def cells(self) -> list[SweepCell]:
@@ -126,6 +150,8 @@ class GenerationRequest:
 
     def validate(self) -> None:
         if self.sweep:
+            if self.refine is not None:
+                raise RequestError("a sweep runs at the model's size: it cannot refine to canvas resolution")
             axes = [axis for axis, _ in self.sweep]
             if len(set(axes)) != len(axes):
                 raise RequestError("a sweep axis is named twice")
@@ -164,6 +190,16 @@ class GenerationRequest:
             raise RequestError("the custom preset needs block_scales")
         if self.preset is BlockPreset.PRECISE:
             check_precise(self.guidance_scale)
+        if self.refine is not None:
+            self.refine.check()
+            refused = {
+                "a batch": self.batch > 1,
+                "regions": bool(self.regions),
+                "a selection (inpaint)": self.mode is Mode.INPAINT,
+            }
+            for what, present in refused.items():
+                if present:
+                    raise RequestError(f"a job at canvas resolution (refine) cannot have {what} yet")
 
     @property
     def effective_steps(self) -> int:

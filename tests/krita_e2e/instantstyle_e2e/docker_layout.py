@@ -241,6 +241,7 @@ class DockerRunner:
             "entries": len(entries),
             "attached": [entry.viewport is not None for entry in entries],
         }
+        report["fallback"] = self.fallback(layer_menu)
         view = layer_menu.layer_view(self.window.qwindow())
         model = view.model()
         rows = [model.index(row, 0) for row in range(model.rowCount())]
@@ -252,6 +253,34 @@ class DockerRunner:
         self.active_before = self.document.activeNode().name()
         self.xdotool("mousemove", "--sync", str(centre.x()), str(centre.y()), "click", "3")
         self.state = self.wait_for_menu
+
+    def fallback(self, layer_menu):
+        """A window without Krita's Layers docker (another Krita's layout): no entry, one log line."""
+        import logging
+
+        from instantstyle.qt import QMainWindow
+
+        lines = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                lines.append(record.getMessage())
+
+        handler = Keep()
+        layer_menu.log.addHandler(handler)
+        bare = QMainWindow()
+        entry = layer_menu.LayerMenuEntry(bare, self.app.action("instantstyle_stylize_layer"))
+        try:
+            entry.tries = layer_menu.ATTACH_TRIES - 1  # the last try, without waiting 20 s
+            entry.attach()
+            return {
+                "view": layer_menu.layer_view(bare) is not None,
+                "attached": entry.viewport is not None,
+                "log": lines,
+            }
+        finally:
+            layer_menu.log.removeHandler(handler)
+            layer_menu.ENTRIES.remove(entry)
 
     def wait_for_menu(self):
         menu = QApplication.activePopupWidget()

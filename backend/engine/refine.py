@@ -1,0 +1,95 @@
+"""Jobs at a canvas's own resolution: made at the model's native area, then upscaled and refined in
+tiles with the same InstantStyle conditioning (style blocks, content subtraction, precise preset).
+
+SDXL asked for 4096² directly repeats its subject all over the picture: it was trained around one
+megapixel. So the first stage runs at about the native area with the canvas's proportions; the
+second upscales that picture to the canvas (Lanczos) and runs img2img at a low strength with the
+UNet split into overlapping tiles (``tiled_unet``), which adds detail at full size without seams.
+Memory follows the tile, not the canvas: the VAE encodes and decodes in tiles too (``decode``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from dataclasses import replace
+
+import torch
+from PIL import Image
+
+from protocol.enums import Mode
+
+from .previews import StepPreview
+from .request import GenerationRequest, GenerationResult, Refine
+from .sweep import OneJob, StepCallback
+from .tiled_unet import LATENT_SCALE, tiled_unet
+
+
+def first_stage_size(width: int, height: int, native: int) -> tuple[int, int]:
+    """About ``native``² pixels with the proportions of ``width`` × ``height``, in the size steps the
+    model was trained on (64 px for SDXL's 1024, 8 for smaller models); a canvas within that area as
+    it is."""
+    if width * height <= native * native:
+        return width, height  # fits: one job at the canvas's own size
+    step = max(8, native // 16)
+    scale = math.sqrt(native * native / (width * height))
+    return (
+        max(step, round(width * scale / step) * step),
+        max(step, round(height * scale / step) * step),
+    )
+
+
+def tile_and_overlap(refine: Refine, native: int) -> tuple[int, int]:
+    """The refine's tile and overlap in latent pixels (defaults from the model's native side)."""
+    tile = refine.tile or native
+    overlap = refine.overlap if refine.overlap or refine.tile else tile // 8
+    return tile // LATENT_SCALE, overlap // LATENT_SCALE
+
+
+def run_refined(
+    request: GenerationRequest,
+    generate_one: OneJob,
+    unet: torch.nn.Module,
+    native: int,
+    on_step: StepCallback | None,
+    cancel: threading.Event | None,
+) -> GenerationResult:
+    """Both stages through ``generate_one`` (the engine's lock held); progress counts the steps of
+    both. A canvas within the native area runs as one job."""
+    refine = request.refine
+    assert refine is not None
+    request.validate()
+    base_width, base_height = first_stage_size(request.width, request.height, native)
+    if (base_width, base_height) == (request.width, request.height):
+        return generate_one(replace(request, refine=None), on_step, cancel)
+    first = replace(request, refine=None, width=base_width, height=base_height)
+    second = replace(
+        request,
+        refine=None,
+        mode=Mode.IMG2IMG,
+        mask=None,
+        strength=refine.strength,
+        step_pictures=False,  # a canvas-sized preview every step would cost more than the step
+    )
+    total = first.effective_steps + second.effective_steps
+    made = generate_one(first, shifted(on_step, 0, total), cancel)
+    upscaled = Image.fromarray(made.images[0]).resize(
+        (request.width, request.height), Image.Resampling.LANCZOS
+    )
+    tile, overlap = tile_and_overlap(refine, native)
+    with tiled_unet(unet, tile, overlap):
+        return generate_one(
+            replace(second, init_image=upscaled), shifted(on_step, first.effective_steps, total), cancel
+        )
+
+
+def shifted(on_step: StepCallback | None, offset: int, total: int) -> StepCallback | None:
+    """A stage's steps as steps of the whole job."""
+    if on_step is None:
+        return None
+
+    def forward(preview: StepPreview) -> None:
+        on_step(dataclasses.replace(preview, step=offset + preview.step, total=total))
+
+    return forward

@@ -1,0 +1,134 @@
+"""Jobs at a canvas's own resolution: the first stage at the model's native area, then upscaled and
+refined with the UNet in overlapping tiles (``backend/engine/refine.py``, ``tiled_unet.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.engine.refine import first_stage_size
+from backend.engine.request import GenerationRequest, Refine, RequestError, StyleReference
+from backend.engine.tiled_unet import tiled_unet
+from protocol import Mode
+from tests.conftest import noise_image
+
+
+class Pointwise(torch.nn.Module):
+    """A model with no spatial context (a 1×1 convolution): whatever is tiled, nothing may change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, return_dict=True):
+        return (self.mix(sample) * (1 + added_cond_kwargs["time_ids"][:, :1, None, None] * 0),)
+
+
+def test_the_first_stage_keeps_the_proportions_at_the_native_area():
+    width, height = first_stage_size(4096, 3072, 1024)
+    assert (width % 64, height % 64) == (0, 0)
+    assert 0.85 * 1024**2 <= width * height <= 1.15 * 1024**2  # SDXL's buckets are around 1 MP
+    assert abs(width / height / (4 / 3) - 1) < 0.08  # as near the canvas's proportions as 64 px allow
+    assert first_stage_size(800, 600, 1024) == (800, 600)  # fits: one job at its own size
+    assert first_stage_size(2480, 3508, 1024)[1] > first_stage_size(2480, 3508, 1024)[0]  # A4 portrait
+
+
+def test_blending_tiles_adds_no_seam_to_a_model_without_spatial_context():
+    torch.manual_seed(0)
+    model = Pointwise()
+    sample = torch.randn(2, 4, 20, 28)
+    time_ids = torch.tensor([[160.0, 224, 0, 0, 160, 224]] * 2)
+    whole = model(sample, 1, None, added_cond_kwargs={"time_ids": time_ids})[0]
+    with tiled_unet(model, tile=8, overlap=3) as calls, torch.no_grad():
+        tiled = model(sample, 1, None, added_cond_kwargs={"time_ids": time_ids}, return_dict=False)[0]
+    assert calls == [20]  # 4 rows × 5 columns of 8² tiles sharing 3
+    assert torch.allclose(tiled, whole.detach(), atol=1e-6)
+    flat = torch.full((1, 4, 20, 28), 0.3)
+    with tiled_unet(model, tile=8, overlap=3), torch.no_grad():
+        out = model(flat, 1, None, added_cond_kwargs={"time_ids": time_ids[:1]}, return_dict=False)[0]
+    spread = out.amax(dim=(-2, -1)) - out.amin(dim=(-2, -1))  # per channel, over the whole canvas
+    assert float(spread.max()) < 1e-6  # a flat picture stays flat across every tile border
+    assert "forward" not in model.__dict__  # the model is as it was afterwards
+
+
+def job(**fields) -> GenerationRequest:
+    source = noise_image(3, size=64)
+    values = {
+        "prompt": "a lighthouse",
+        "style_images": [StyleReference(noise_image(1, size=64))],
+        "content_text": "stripes",
+        "mode": Mode.IMG2IMG,
+        "init_image": source,
+        "strength": 0.6,
+        "width": 64,
+        "height": 64,
+        "steps": 5,
+        "seed": 7,
+    }
+    return GenerationRequest(**{**values, **fields})
+
+
+def test_a_canvas_that_fits_one_tile_is_refined_exactly_as_without_tiles(engine):
+    plain = engine.generate(job()).images[0]
+    with tiled_unet(engine.pipeline.unet, tile=16, overlap=2) as calls:
+        tiled = engine.generate(job()).images[0]
+    assert set(calls) == {1} and np.array_equal(plain, tiled)
+
+
+def test_a_larger_canvas_is_made_small_then_refined_in_tiles(engine):
+    steps = []
+    refine = Refine(strength=0.4, tile=64, overlap=16)
+    result = engine.generate(job(width=192, height=128, refine=refine), on_step=lambda p: steps.append(p))
+    (image,) = result.images
+    assert image.shape == (128, 192, 3) and image.dtype == np.uint8
+    # One job's progress: 3 img2img steps (5 at 0.6) at 80x56 (the tiny model's 64² area), then 2
+    # refining (5 at 0.4) at 192x128 in tiles.
+    assert [p.step for p in steps] == [1, 2, 3, 4, 5] and {p.total for p in steps} == {5}
+    assert "forward" not in engine.pipeline.unet.__dict__  # the UNet is itself again
+    assert result.scores and result.scores[0].style is not None
+    # The same job again: the same pixels (the refine is as reproducible as a plain job).
+    assert np.array_equal(engine.generate(job(width=192, height=128, refine=refine)).images[0], image)
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"batch": 2}, "cannot have a batch"),
+        ({"mode": Mode.INPAINT, "mask": Image.new("L", (64, 64), 255)}, "cannot have a selection"),
+        ({"refine": Refine(tile=60)}, "refine tile must be a multiple of 8"),
+        ({"refine": Refine(tile=64, overlap=64)}, "must be smaller than its tile"),
+        ({"refine": Refine(strength=0.0)}, r"refine strength must be in \(0, 1\]"),
+    ],
+)
+def test_what_a_refined_job_cannot_have_is_said_in_one_line(engine, fields, said):
+    request = job(**{"refine": Refine(), **fields})
+    with pytest.raises(RequestError, match=said):
+        engine.generate(request)
+
+
+def test_the_command_line_makes_a_picture_at_the_target_size(tmp_path, tiny_paths):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "big.png"
+    arguments = (
+        f"-m backend generate --model tiny --style {REPO / 'examples' / 'style.png'} --prompt a-harbour "
+        f"--steps 4 --target-size 256x192 --tile 64 --tile-overlap 16 --out {out} --device cpu"
+    )
+    done = subprocess.run(
+        [sys.executable, *arguments.split()], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (256, 192) and "wrote" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "backend", "generate", "--prompt", "x", "--target-size", "4096"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "expected WIDTHxHEIGHT" in bad.stderr and "Traceback" not in bad.stderr
