@@ -57,7 +57,7 @@ class LayerMenuEntry(QObject):
         if self.tries < ATTACH_TRIES:
             QTimer.singleShot(ATTACH_INTERVAL_MS, self.attach)
         else:
-            log.info("Layers docker not found: 'Stylize Layer (InstantStyle)' is in the Layer menu only")
+            log.warning("Layers docker not found: 'Stylize Layer (InstantStyle)' is in the Layer menu only")
 
     def eventFilter(self, watched, event) -> bool:
         # Must return a bool and never raise: PyQt aborts the whole program on an error here.

@@ -59,6 +59,7 @@ QLineEdit = QtWidgets.QLineEdit
 QListView = QtWidgets.QListView
 QListWidget = QtWidgets.QListWidget
 QListWidgetItem = QtWidgets.QListWidgetItem
+QMainWindow = QtWidgets.QMainWindow
 QMenu = QtWidgets.QMenu
 QMessageBox = QtWidgets.QMessageBox
 QPlainTextEdit = QtWidgets.QPlainTextEdit
