@@ -33,6 +33,7 @@ from protocol import (
     Progress,
     Queued,
     Result,
+    ResultImage,
     ServerHello,
     ServerMessage,
     Started,
@@ -80,6 +81,7 @@ class JobOutcome:
     previews: list[PixelFrame] = field(default_factory=list)
     result: Result | None = None
     images: list[PixelFrame] = field(default_factory=list)
+    assembling: dict[int, ResultImage] = field(default_factory=dict)
     cancelled: Cancelled | None = None
     error: Error | None = None
     order: list[str] = field(default_factory=list)
@@ -101,6 +103,17 @@ class JobOutcome:
         elif isinstance(item, PixelFrame) and item.kind is FrameKind.RESULT:
             self.images.append(item)
             return self.result is not None and len(self.images) == self.result.count
+        elif isinstance(item, PixelFrame) and item.kind is FrameKind.RESULT_TILE and self.result:
+            # A canvas too large for one message: its rectangles, put together as one RESULT frame.
+            size = (self.result.width, self.result.height)
+            assembly = self.assembling.setdefault(item.index, ResultImage(*size))
+            assembly.add(item)
+            if assembly.complete:
+                whole = bytes(assembly.pixels)
+                self.images.append(
+                    PixelFrame(FrameKind.RESULT, item.job_id, item.index, *size, item.format, whole)
+                )
+            return len(self.images) == self.result.count
         elif isinstance(item, Cancelled):
             self.cancelled = item
             return True

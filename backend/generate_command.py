@@ -172,8 +172,9 @@ def _open(path: Path):  # -> PIL.Image.Image
         return image.copy()
 
 
-CONVERTED = frozenset({"job_id", "preset", "mode", "mask", "steps", "sampler", "sweep"})
-"""Options named like a ``generate`` field that still need converting (enums, files, presets)."""
+CONVERTED = frozenset({"preset", "mode", "mask", "steps", "sampler", "sweep"})
+"""Options named like a ``generate`` field whose value still needs converting (enums, files,
+presets): ``job_from_arguments`` builds those itself."""
 
 
 def same_named(args: argparse.Namespace) -> dict[str, object]:
@@ -209,24 +210,24 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
     ]
     init_index = slots.add_optional(_open(args.init) if args.init else None)
     mask_index = slots.add_optional(_open(args.mask).convert("L") if args.mask else None)
-    message = Generate(
-        **same_named(args),
-        job_id=job_id,
-        style_images=style_images,
-        negative_prompt=args.negative,
-        content_text=args.content,
-        preset=BlockPreset(args.preset),
-        block_scales=json.loads(args.blocks) if args.blocks else None,
-        mode=Mode(args.mode),
-        init_image=init_index,
-        mask=mask_index,
-        steps=args.steps or (preset.steps if preset else 30),
-        guidance_scale=args.cfg if args.cfg is not None else (preset.guidance_scale if preset else 5.0),
-        sampler=Sampler(args.sampler) if args.sampler else (preset.sampler if preset else None),
-        loras=[LoraWeight(name, weight) for name, weight in loras],
-        regions=regions,
-        sweep=list(args.sweep),
-    )
+    converted = {  # named differently on the command line, or built from files and presets
+        "job_id": job_id,
+        "style_images": style_images,
+        "negative_prompt": args.negative,
+        "content_text": args.content,
+        "preset": BlockPreset(args.preset),
+        "block_scales": json.loads(args.blocks) if args.blocks else None,
+        "mode": Mode(args.mode),
+        "init_image": init_index,
+        "mask": mask_index,
+        "steps": args.steps or (preset.steps if preset else 30),
+        "guidance_scale": args.cfg if args.cfg is not None else (preset.guidance_scale if preset else 5.0),
+        "sampler": Sampler(args.sampler) if args.sampler else (preset.sampler if preset else None),
+        "loras": [LoraWeight(name, weight) for name, weight in loras],
+        "regions": regions,
+        "sweep": list(args.sweep),
+    }
+    message = Generate(**{**same_named(args), **converted})
     return message, slots.images
 
 

@@ -5,6 +5,7 @@ sockets, no asyncio and no Qt: only functions from text or bytes to typed
 messages and back, each validating everything it reads. See PROTOCOL.md.
 """
 
+from .assembly import ResultImage
 from .codec import PROTOCOL_VERSION, decode_client_message, decode_server_message, encode_message
 from .enums import (
     BlockPreset,
@@ -37,6 +38,7 @@ from .messages import (
     Pong,
     Progress,
     Queued,
+    Refine,
     Region,
     Result,
     Scores,
@@ -78,8 +80,10 @@ __all__ = [
     "Progress",
     "ProtocolError",
     "Queued",
+    "Refine",
     "Region",
     "Result",
+    "ResultImage",
     "Sampler",
     "Scores",
     "ServerHello",

@@ -140,6 +140,9 @@ class FrameKind(int, Enum):
     """Server to client: one denoising step's preview at latent resolution."""
     RESULT = 3
     """Server to client: one finished image."""
+    RESULT_TILE = 4
+    """Server to client: a rectangle of a finished image too large for one frame; its payload starts
+    with the rectangle's ``x`` and ``y`` (u32 each) in the image ``result`` announced."""
 
 
 class PixelFormat(int, Enum):

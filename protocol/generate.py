@@ -18,6 +18,7 @@ from .limits import (
     MAX_LORA_WEIGHT,
     MAX_LORAS,
     MAX_PREVIEW_SIDE,
+    MAX_REFINE_TILE,
     MAX_REGIONS,
     MAX_SEED,
     MAX_SWEEP_AXES,
@@ -108,6 +109,19 @@ class SweepValues:
 
 
 @dataclass(frozen=True)
+class Refine:
+    """Make a job's ``width`` × ``height`` at a canvas's own resolution: first at the model's native
+    area with those proportions, then upscaled and refined in overlapping tiles with the same style."""
+
+    strength: float = field(default=0.35, metadata=bounds(0.01, 1.0))
+    """How much the refine repaints of the upscaled picture."""
+    tile: int = field(default=0, metadata=bounds(0, MAX_REFINE_TILE))
+    """Tile side in pixels, a multiple of 8; 0: the server's choice (the model's native side)."""
+    overlap: int = field(default=0, metadata=bounds(0, MAX_REFINE_TILE))
+    """Pixels neighbouring tiles share, a multiple of 8; 0: an eighth of the tile."""
+
+
+@dataclass(frozen=True)
 class Generate:
     """Start a job. Images travel as INPUT binary frames (same ``job_id``) sent just before."""
 
@@ -148,9 +162,30 @@ class Generate:
     """Longest side of the preview frames when the server previews with a tiny autoencoder (never
     above the image's, nor the server's ``limits.max_preview_side``); ask for less on a slow link.
     Linear previews stay at latent resolution whatever this says."""
+    refine: Refine | None = None
+    """Present: ``width`` × ``height`` is a canvas up to ``limits.max_canvas_side`` (see ``Refine``)."""
     live: bool = False
     """Latest wins: this job replaces the client's earlier live job, cancelled at its next step (or
     dropped from the queue). For re-rendering while the artist paints."""
+
+    def check_refine(self, fail: Any) -> None:
+        """What a job at canvas resolution cannot have (yet), and its tiles' sizes."""
+        assert self.refine is not None
+        for name, value in (("tile", self.refine.tile), ("overlap", self.refine.overlap)):
+            if value % 8:
+                raise fail(ErrorCode.OUT_OF_RANGE, f"refine.{name} must be a multiple of 8, got {value}")
+        if self.refine.tile and self.refine.overlap >= self.refine.tile:
+            raise fail(ErrorCode.BAD_FIELD, "refine.overlap must be smaller than refine.tile")
+        refused = {
+            "a batch": self.batch > 1,
+            "regions": bool(self.regions),
+            "a sweep": bool(self.sweep),
+            "a mask (inpaint)": self.mode is Mode.INPAINT,
+            "live": self.live,
+        }
+        for what, present in refused.items():
+            if present:
+                raise fail(ErrorCode.BAD_FIELD, f"a job with refine cannot have {what}")
 
     @property
     def sweep_cells(self) -> int:
@@ -173,16 +208,22 @@ class Generate:
         def fail(code: ErrorCode, text: str) -> ProtocolError:
             return ProtocolError(code, text, job_id=self.job_id)
 
+        max_side, max_pixels = limits.max_side, limits.max_pixels
+        if self.refine is not None:
+            max_side, max_pixels = limits.max_canvas_side, limits.max_canvas_pixels
+            self.check_refine(fail)
         for name in ("width", "height"):
             value = getattr(self, name)
             if value % 8:
                 raise fail(ErrorCode.OUT_OF_RANGE, f"{name} must be a multiple of 8, got {value}")
-            if value > limits.max_side:
+            if value > max_side:
+                larger = self.refine is None and value <= limits.max_canvas_side
+                hint = f" (with refine: {limits.max_canvas_side})" if larger else ""
                 raise fail(
-                    ErrorCode.TOO_LARGE, f"{name} {value} is over this server's limit of {limits.max_side}"
+                    ErrorCode.TOO_LARGE, f"{name} {value} is over this server's limit of {max_side}{hint}"
                 )
-        if self.width * self.height > limits.max_pixels:
-            raise fail(ErrorCode.TOO_LARGE, f"{self.width}x{self.height} is over {limits.max_pixels} pixels")
+        if self.width * self.height > max_pixels:
+            raise fail(ErrorCode.TOO_LARGE, f"{self.width}x{self.height} is over {max_pixels} pixels")
         if self.steps > limits.max_steps:
             raise fail(
                 ErrorCode.OUT_OF_RANGE,

@@ -22,6 +22,8 @@ MAX_REGIONS = 8
 MAX_SWEEP_AXES = 2
 MAX_SWEEP_VALUES = 16
 MAX_PREVIEW_SIDE = 4096
+MAX_CANVAS_SIDE = 16384
+MAX_REFINE_TILE = 4096
 DEFAULT_PREVIEW_SIDE = 1024
 DEFAULT_LAYOUT_PUSH = 2.0
 """ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
@@ -45,3 +47,9 @@ class Limits:
     """Cells (pictures) one sweep may make."""
     max_preview_side: int = field(default=1024, metadata=bounds(8, MAX_PREVIEW_SIDE))
     """Longest side of preview frames: a larger ``generate.preview_side`` gets this size."""
+    max_canvas_side: int = field(default=8192, metadata=bounds(8, MAX_CANVAS_SIDE))
+    """Longest side of a job with ``refine`` (made at the model's size, refined at this one); its
+    result travels as RESULT_TILE frames when one frame would exceed ``max_message_bytes``."""
+    max_canvas_pixels: int = field(
+        default=8192 * 8192, metadata=bounds(64, MAX_CANVAS_SIDE * MAX_CANVAS_SIDE)
+    )

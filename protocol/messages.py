@@ -12,11 +12,11 @@ from typing import ClassVar
 
 from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, PreviewMethod, Sampler
 from .errors import ProtocolError
-from .generate import Generate, LoraWeight, Region, StyleImage, SweepValues
+from .generate import Generate, LoraWeight, Refine, Region, StyleImage, SweepValues
 from .limits import MAX_JOB_ID, MAX_SEED, MAX_TEXT, Limits
 from .schema import bounds
 
-__all__ = ["Generate", "Limits", "LoraWeight", "Region", "StyleImage", "SweepValues"]
+__all__ = ["Generate", "Limits", "LoraWeight", "Refine", "Region", "StyleImage", "SweepValues"]
 
 # ---------------------------------------------------------------- client -> server
 
@@ -93,6 +93,9 @@ class ModelFeatures:
     workers: list[WorkerInfo] = field(default_factory=list, metadata=bounds(max_items=1024))
     """Where jobs run: one entry per worker (jobs run side by side on several); empty from older
     servers (one worker)."""
+    native_side: int = field(default=0, metadata=bounds(0, 16384))
+    """The side the model was trained at (1024 for SDXL): a canvas larger than its area is best made
+    with ``generate.refine``; 0: not said."""
 
 
 @dataclass(frozen=True)

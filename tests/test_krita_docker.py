@@ -149,9 +149,13 @@ def test_the_docker_fits_its_width_with_generate_in_view(docker_run, size):
     assert measured is not None, f"not measured at {size}: {report.get('where')}"
     if size == "docked":  # where Krita's default workspace puts a newly shown docker: its right column
         assert not measured["floating"] and measured["docker"][0] <= 320, measured
+    else:  # the size asked for, not a larger one the docker insisted on
+        asked = {"260x180": [260, 180], "300x400": [300, 400], "floated": [420, 900]}
+        assert measured["docker"] == asked.get(size, [260, 1000]), measured
     assert measured["beyond"] == [], f"wider than the docker at {size}: {measured}"
     assert measured["body_needs"] <= measured["viewport_width"], measured
     assert measured["generate_in_view"], f"Generate is out of view at {size}: {measured}"
+    assert measured["out_of_view"] == [], f"part of the top is out of view at {size}: {measured}"
     assert (artifacts / f"docker-{size}.png").stat().st_size > 1000
 
 
@@ -159,6 +163,7 @@ def test_every_generation_setting_has_one_widget(docker_run):
     form = part(docker_run[0], "form")
     assert set(form["unbound"]) == BACKEND_FIELDS, form  # those live in the Backend section
     assert set(form["bound"]) == set(form["settings"]) - BACKEND_FIELDS
+    assert form["round_trip"] == [], "these settings did not come back from their widgets as set"
 
 
 def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_run, engine):

@@ -75,6 +75,20 @@ def test_live_jobs_take_the_preset_a_fixed_seed_and_the_live_size():
     assert tuned.loras == [LoraChoice("hyper-sdxl-8steps-cfg", 0.7)] and tuned.speed_preset == "hyper-8-cfg"
 
 
+def test_the_docker_grids_map_is_one_the_backend_accepts(engine):
+    """The grid's map for the model's own blocks (a box per attention; one set) runs as asked."""
+    from protocol import BlockPreset
+
+    names = engine.features.attention_blocks
+    grid = dict.fromkeys(names, 0.0)
+    grid["up_blocks.0.attentions.1"] = 0.8
+    request = GenerationRequest(
+        "x", [StyleReference(noise_image(1))], preset=BlockPreset.CUSTOM, block_scales=nested_scales(grid)
+    )
+    applied = engine.scale_map(request)
+    assert applied["up"]["block_0"][1] == 0.8 and flat_scales(applied, names) == grid
+
+
 def test_the_block_grid_map_round_trips_through_diffusers_nested_form():
     names = [
         "down_blocks.1.attentions.0",
@@ -83,9 +97,13 @@ def test_the_block_grid_map_round_trips_through_diffusers_nested_form():
         "up_blocks.0.attentions.1",
         "up_blocks.0.attentions.2",
     ]
-    values = {"down_blocks.2.attentions.1": 0.5, "up_blocks.0.attentions.1": 1.0}
-    nested = nested_scales(values)
-    assert nested == {"down": {"block_2": [0.5]}, "up": {"block_0": [1.0]}}
+    grid = dict.fromkeys([*names, "down_blocks.2.attentions.0"], 0.0)  # every box, zeros too
+    grid.update({"down_blocks.2.attentions.1": 0.5, "up_blocks.0.attentions.1": 1.0})
+    nested = nested_scales(grid)
+    # One scale per attention of each block concerned, in order (diffusers and the backend refuse a
+    # list of another length); all-zero blocks left out.
+    assert nested == {"down": {"block_2": [0.0, 0.5]}, "up": {"block_0": [0.0, 1.0, 0.0]}}
+    assert flat_scales(nested, list(grid)) == grid
     flat = flat_scales(
         {"down": {"block_2": [0.0, 0.5]}, "mid": 0.25, "up": {"block_0": [0, 1.0, 0.3]}}, names
     )

@@ -77,6 +77,14 @@ def test_a_canvas_that_fits_one_tile_is_refined_exactly_as_without_tiles(engine)
     assert set(calls) == {1} and np.array_equal(plain, tiled)
 
 
+def test_a_short_job_still_refines_one_step(engine):
+    steps = []
+    request = job(width=128, height=96, steps=2, refine=Refine(strength=0.35, tile=64, overlap=16))
+    assert request.total_steps == 1 + 1  # img2img: 2 at 0.6; refine: 3 at 0.35 (one would run none)
+    image = engine.generate(request, on_step=steps.append).images[0]
+    assert image.shape == (96, 128, 3) and [p.step for p in steps] == [1, 2]
+
+
 def test_a_larger_canvas_is_made_small_then_refined_in_tiles(engine):
     steps = []
     refine = Refine(strength=0.4, tile=64, overlap=16)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image as PILImage
 
 from backend.cli import build_parser
-from backend.engine.request import GenerationRequest, RequestError, wire_ranges
+from backend.engine.request import GenerationRequest, RequestError, number, wire_ranges
 from backend.generate_command import job_from_arguments
 from backend.server import inputs as server_inputs
 from krita_plugin.instantstyle import job_message
@@ -102,7 +102,14 @@ def test_the_command_line_copies_options_named_like_the_message(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("style_scale", 2.5), ("content_scale", -0.1), ("steps", 0), ("guidance_scale", 31.0), ("batch", 65)],
+    [
+        ("style_scale", 2.5),
+        ("content_scale", -0.1),
+        ("steps", 0),
+        ("guidance_scale", 31.0),
+        ("batch", 65),
+        ("seed", 2**32),
+    ],
 )
 def test_a_request_made_in_python_meets_the_wire_formats_ranges(name, value):
     from backend.engine.request import StyleReference
@@ -110,7 +117,9 @@ def test_a_request_made_in_python_meets_the_wire_formats_ranges(name, value):
     request = GenerationRequest("x", [StyleReference(PILImage.new("RGB", (8, 8)))], width=64, height=64)
     setattr(request, name, value)
     low, high = wire_ranges()[name]
-    with pytest.raises(RequestError, match=f"{name} must be from {low:g} to {high:g}, got {value}"):
+    with pytest.raises(
+        RequestError, match=f"{name} must be from {number(low)} to {number(high)}, got {value}"
+    ):
         request.validate()
 
 

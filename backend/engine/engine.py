@@ -173,6 +173,7 @@ class InstantStyleEngine:
             [*self.loras.failed.values(), *self.loras.duplicates]
             + ([self.preview_vae.note] if self.preview_vae.note else []),
             self.preview_vae.method,
+            native_side=self.native_side,
         )
 
     @property

@@ -40,9 +40,13 @@ def first_stage_size(width: int, height: int, native: int) -> tuple[int, int]:
     )
 
 
+SMALLEST_DEFAULT_TILE = 512
+"""A model trained below this side (the tiny test model's 64 px) still refines in tiles this large."""
+
+
 def tile_and_overlap(refine: Refine, native: int) -> tuple[int, int]:
     """The refine's tile and overlap in latent pixels (defaults from the model's native side)."""
-    tile = refine.tile or native
+    tile = refine.tile or max(native, SMALLEST_DEFAULT_TILE)
     overlap = refine.overlap if refine.overlap or refine.tile else tile // 8
     return tile // LATENT_SCALE, overlap // LATENT_SCALE
 
@@ -70,6 +74,7 @@ def run_refined(
         mode=Mode.IMG2IMG,
         mask=None,
         strength=refine.strength,
+        steps=refine.stage_steps(request.steps),
         step_pictures=False,  # a canvas-sized preview every step would cost more than the step
     )
     total = first.effective_steps + second.effective_steps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -55,9 +56,17 @@ class Refine:
 
     strength: float = 0.35
     tile: int = 0
-    """Tile side in pixels (a multiple of 8); 0: the model's native side (1024 for SDXL)."""
+    """Tile side in pixels (a multiple of 8); 0: the model's native side (1024 for SDXL; 512 at least)."""
     overlap: int = 0
     """Pixels neighbouring tiles share (a multiple of 8); 0: an eighth of the tile."""
+
+    def steps(self, steps: int) -> int:
+        """The refining stage's steps for a job of ``steps``: at least one, whatever the strength."""
+        return max(1, int(self.stage_steps(steps) * self.strength))
+
+    def stage_steps(self, steps: int) -> int:
+        """The refining stage's schedule length: the job's, stretched so that one step runs."""
+        return max(steps, math.ceil(1 / self.strength))
 
     def check(self) -> None:
         if not 0.0 < self.strength <= 1.0:
@@ -145,7 +154,9 @@ class GenerationRequest:
 
     @property
     def total_steps(self) -> int:
-        """Denoising steps of the whole job (every cell of a sweep)."""
+        """Denoising steps of the whole job (every cell of a sweep; both stages of a refine)."""
+        if self.refine is not None:
+            return self.effective_steps + self.refine.steps(self.steps)
         return self.effective_steps * len(self.cells())
 
     def validate(self) -> None:
@@ -166,7 +177,7 @@ class GenerationRequest:
         for name, (low, high) in wire_ranges().items():  # one place for each setting's range
             value = getattr(self, name)
             if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
-                raise RequestError(f"{name} must be from {low:g} to {high:g}, got {value}")
+                raise RequestError(f"{name} must be from {number(low)} to {number(high)}, got {value}")
         if self.preview_share is not None and not 0.0 <= self.preview_share <= 1.0:
             raise RequestError(f"preview_share must be within 0..1, got {self.preview_share}")
         if not self.style_images and not self.regions:
@@ -248,3 +259,8 @@ def wire_ranges() -> dict[str, tuple[float, float]]:
         if wire.name in shared and low is not None and high is not None:
             ranges[wire.name] = (low, high)
     return ranges
+
+
+def number(value: float) -> str:
+    """A bound as people write it: 4294967295, not 4.29497e+09; 0.01, not 0.0100."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

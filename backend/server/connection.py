@@ -441,7 +441,7 @@ class Connection:
             if isinstance(event, JobCancelledEvent) and self.context.model_state.stopping:
                 # Stopped by the shutdown, not by the client: say so, as for the jobs still queued.
                 event = JobFailed(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
-            items = encode_event(job_id, event)
+            items = encode_event(job_id, event, self.context.config.limits.max_message_bytes)
             terminal = isinstance(event, JobFinished | JobCancelledEvent | JobFailed)
             # RuntimeError: the loop is closed, nobody is listening any more.
             with contextlib.suppress(RuntimeError):

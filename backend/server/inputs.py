@@ -13,7 +13,7 @@ from PIL import Image
 
 from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
 from backend.engine.regions import StyleRegion
-from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StyleReference
+from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Refine, StyleReference
 from protocol import ErrorCode, Generate, PixelFormat, PixelFrame, ProtocolError
 
 _MODES = {PixelFormat.RGB8: "RGB", PixelFormat.RGBA8: "RGBA", PixelFormat.GRAY8: "L"}
@@ -98,6 +98,7 @@ CONVERTED = frozenset(
         "loras",
         "regions",
         "sweep",
+        "refine",
         "preview_side",
     }
 )
@@ -145,6 +146,9 @@ def build_request(
         preview_side=min(message.preview_side, max_preview_side or message.preview_side),
         preview_share=preview_share,
         step_pictures=not message.live,  # a live job's result is what the artist waits for
+        refine=None
+        if message.refine is None
+        else Refine(message.refine.strength, message.refine.tile, message.refine.overlap),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from protocol import (
     Cancelled,
     Error,
@@ -16,13 +18,15 @@ from protocol import (
     encode_frame_header,
     encode_message,
 )
+from protocol.frames import HEADER, TILE_PLACE
 
 from .inputs import rgba_bytes
 from .outbox import OutboxItem, StepUpdate
 from .worker import JobCancelledEvent, JobEvent, JobFinished, JobMoved, JobStarted, JobStep
 
 
-def encode_event(job_id: int, event: JobEvent) -> list[OutboxItem]:
+def encode_event(job_id: int, event: JobEvent, max_bytes: int = 2**31) -> list[OutboxItem]:
+    """``max_bytes``: the largest message the client takes (``limits.max_message_bytes``)."""
     if isinstance(event, JobMoved):
         return [encode_message(Queued(job_id, event.position))]
     if isinstance(event, JobStarted):
@@ -57,8 +61,7 @@ def encode_event(job_id: int, event: JobEvent) -> list[OutboxItem]:
             )
         ]
         for index, image in enumerate(result.images):
-            header = encode_frame_header(FrameKind.RESULT, job_id, index, width, height, PixelFormat.RGBA8)
-            items.append(header + rgba_bytes(image))
+            items.extend(result_frames(job_id, index, image, max_bytes))
         return items
     if isinstance(event, JobCancelledEvent):
         return [encode_message(Cancelled(job_id, event.last_step))]
@@ -72,3 +75,32 @@ def wire_scores(scores: object) -> Scores:
         return None if value is None else round(min(1.0, max(-1.0, value)), 4)
 
     return Scores(clean(scores.style), clean(scores.content), clean(scores.prompt))  # type: ignore[attr-defined,arg-type]
+
+
+def result_frames(job_id: int, index: int, image: np.ndarray, max_bytes: int) -> list[bytes]:
+    """One image as RESULT frames: one frame when it fits a message of ``max_bytes``, else RESULT_TILE
+    rectangles that each do (a canvas at its own resolution is many times one message)."""
+    height, width = image.shape[:2]
+    if HEADER.size + width * height * 4 <= max_bytes:
+        header = encode_frame_header(FrameKind.RESULT, job_id, index, width, height, PixelFormat.RGBA8)
+        return [header + rgba_bytes(image)]
+    side = tile_side(max_bytes)
+    frames = []
+    for y in range(0, height, side):
+        for x in range(0, width, side):
+            part = image[y : y + side, x : x + side]
+            rows, columns = part.shape[:2]
+            header = encode_frame_header(
+                FrameKind.RESULT_TILE, job_id, index, columns, rows, PixelFormat.RGBA8
+            )
+            frames.append(header + TILE_PLACE.pack(x, y) + rgba_bytes(np.ascontiguousarray(part)))
+    return frames
+
+
+def tile_side(max_bytes: int) -> int:
+    """The largest square of RGBA pixels (a multiple of 64, at most 2048) one message carries."""
+    room = (max_bytes - HEADER.size - TILE_PLACE.size) // 4
+    side = min(2048, int(room**0.5) // 64 * 64)
+    if side < 64:
+        raise ValueError(f"messages of {max_bytes} bytes cannot carry a 64-px result tile")
+    return side

@@ -12,7 +12,6 @@ from .managed.manager import PRIMARY_ACTION, Phase, default_layout
 from .managed.model_choice import MODEL_LABELS, ManagedModel, offered_models
 from .qt import (
     QCheckBox,
-    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -25,14 +24,9 @@ from .qt import (
 )
 from .sections import Section
 from .settings import BackendMode, GenerationSettings
+from .widgets import ComboBox, narrow
 
 NEEDS_A_CLICK = (Phase.NOT_INSTALLED, Phase.UPDATE_AVAILABLE, Phase.FAILED)
-
-
-def narrow(combo: QComboBox) -> None:
-    """A combo box as narrow as the docker wants (its items elided), not as wide as its longest item."""
-    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(8)
 
 
 class BackendSection(Section):
@@ -42,7 +36,7 @@ class BackendSection(Section):
         column = QVBoxLayout(self.body)
         column.setContentsMargins(0, 0, 0, 0)
 
-        self.mode = QComboBox()
+        self.mode = ComboBox()
         self.mode.addItem("Managed on this computer", BackendMode.MANAGED)
         self.mode.addItem("Remote server", BackendMode.REMOTE)
         self.mode.setToolTip("the plugin installs and runs its own backend, or uses a server someone started")
@@ -77,7 +71,7 @@ class BackendSection(Section):
             buttons.addWidget(button)
         managed.addLayout(buttons)
 
-        self.model = QComboBox()
+        self.model = ComboBox()
         for model in offered_models():
             self.model.addItem(MODEL_LABELS[model], model)
         self.model.setToolTip("what the backend serves; it downloads what it needs on its first start")

@@ -17,15 +17,29 @@ def block_label(name: str) -> str:
 
 
 def nested_scales(values: dict[str, float]) -> dict[str, Any]:
-    """``{attention name: scale}`` as diffusers' per-block map (what ``block_scales`` carries)."""
-    scales: dict[str, Any] = {}
+    """``{attention name: scale}`` as diffusers' per-block map (what ``block_scales`` carries).
+
+    ``values`` names every attention of the blocks concerned (the grid's zeros too): a block's list
+    has one scale per attention, in order, as diffusers and the backend require. Blocks whose scales
+    are all 0 are left out (the backend gives unnamed blocks 0)."""
+    grouped: dict[tuple[str, str | None], dict[int, float]] = {}
     for name, value in values.items():
         parts = name.split(".")
         if parts[0] == "mid_block":
-            scales.setdefault("mid", []).append(value)
+            key, index = ("mid", None), int(parts[2])
+        else:
+            key = ("down" if parts[0] == "down_blocks" else "up", f"block_{parts[1]}")
+            index = int(parts[3])
+        grouped.setdefault(key, {})[index] = value
+    scales: dict[str, Any] = {}
+    for (part, block), by_index in grouped.items():
+        if not any(by_index.values()):
             continue
-        part = "down" if parts[0] == "down_blocks" else "up"
-        scales.setdefault(part, {}).setdefault(f"block_{parts[1]}", []).append(value)
+        row = [by_index.get(i, 0.0) for i in range(max(by_index) + 1)]
+        if block is None:
+            scales["mid"] = row
+        else:
+            scales.setdefault(part, {})[block] = row
     return scales
 
 

@@ -1,7 +1,7 @@
-"""The "InstantStyle" docker, laid out for Krita's default dock column (about 260 × 220 px).
+"""The "InstantStyle" docker, laid out for Krita's default dock column (about 260 px wide; it works
+from 180 px high).
 
-A compact top that never scrolls (status, prompt, Generate / Cancel / Live, progress or the last
-message), and
+A compact top that never scrolls (status, prompt, Generate / Cancel / Live, progress), and
 below it a scrolling body: references, content, mode and strengths as sliders, recent results, then
 the sections that open on a click (``docker_sections``). Nothing in it asks for more width than the
 column has: combo boxes and lines elide, labels wrap. Every setting is one row of ``self.form``.
@@ -119,6 +119,9 @@ class InstantStyleDocker(DockWidget):
         column.setContentsMargins(0, 0, 2, 0)
         column.setSpacing(4)
         form = self.form
+        self.message = wrapped()  # what the last action did, or why it could not (first in view)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        column.addWidget(self.message)
         self.styles = form.add("styles", StyleList())
         column.addWidget(wrapped("Style references"))
         column.addWidget(self.styles)
@@ -220,7 +223,8 @@ class InstantStyleDocker(DockWidget):
         if preset is None:
             return
         self.store()
-        self.form.load(apply_preset(self.controller.settings, preset))
+        filled = ("sampler", "steps", "guidance_scale", "loras")  # what a preset sets
+        self.form.load(apply_preset(self.controller.settings, preset), only=filled)
 
     def _live_toggled(self, on: bool) -> None:
         if on and self.controller.live is None:
@@ -255,13 +259,11 @@ class InstantStyleDocker(DockWidget):
             queued = active[0]
             self.progress.setFormat(f"queued ({queued.position} ahead)" if queued.position else "starting…")
             self.progress.setRange(0, 0 if queued.position == 0 else 1)
-        else:  # between jobs the bar says what happened last (the whole message in its tooltip)
-            said = self.controller.message
-            message = said if said and said != self.controller.backend_status else "ready"
-            room = max(40, self.progress.width() - 8)
-            shown = self.progress.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, room)
-            self.progress.setFormat(shown.replace("%", "%%"))
+        else:
+            self.progress.setFormat("ready")
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
-        self.progress.setToolTip(self.controller.message)
+        said = self.controller.message
+        self.message.setText(said if said != self.controller.backend_status else "")
+        self.message.setVisible(bool(self.message.text()))
         self.results.show_jobs(session.history)

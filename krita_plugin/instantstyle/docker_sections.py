@@ -23,7 +23,7 @@ from .qt import (
 )
 from .region_rows import RegionList
 from .sections import BlockGrid, LoraList, Section
-from .widgets import SliderSpin, choices, int_spin, narrow, side_by_side, spin
+from .widgets import ComboBox, SliderSpin, choices, int_spin, narrow, side_by_side, spin
 
 PRESETS = [
     ("Style", "style"),
@@ -120,7 +120,7 @@ def sampling_section(form: Form, apply_speed: Callable[[], None]) -> Section:
     layout = form_layout(section)
     speed = form.add(
         "speed_preset",
-        narrow(QComboBox()),
+        narrow(ComboBox()),
         "fill in a few-step recipe the backend offers (its LoRA, sampler, steps and guidance); "
         "each can still be changed below",
     )
@@ -156,8 +156,17 @@ def sampling_section(form: Form, apply_speed: Callable[[], None]) -> Section:
         QCheckBox("Canvas / selection size"),
         "paint at the size of the canvas or selection (within the backend's limits)",
     )
+    canvas = form.add(
+        "canvas_resolution",
+        QCheckBox("Canvas resolution"),
+        "a layer larger than the model's size (about 1 megapixel for SDXL) is made at that size, "
+        "then upscaled and refined in tiles with the same style, at the layer's own resolution "
+        "(slower, sharp); off: made within the backend's size and stretched to the layer",
+    )
     width, height = form.add("width", int_spin(64, 2048, 8)), form.add("height", int_spin(64, 2048, 8))
-    auto_size.toggled.connect(lambda on: (width.setEnabled(not on), height.setEnabled(not on)))
+    auto_size.toggled.connect(
+        lambda on: (width.setEnabled(not on), height.setEnabled(not on), canvas.setEnabled(on))
+    )
     layout.addRow("Speed", speed)
     layout.addRow("Sampler", sampler)
     layout.addRow("Steps", steps)
@@ -166,6 +175,7 @@ def sampling_section(form: Form, apply_speed: Callable[[], None]) -> Section:
     layout.addRow("Seed", side_by_side(seed, locked, dice))
     layout.addRow("Batch", batch)
     layout.addRow(auto_size)
+    layout.addRow(canvas)
     layout.addRow("Size", side_by_side(width, QLabel("×"), height))
     return section
 
@@ -197,7 +207,7 @@ def live_section(form: Form) -> Section:
     layout = form_layout(section)
     preset = form.add(
         "live_preset",
-        narrow(QComboBox()),
+        narrow(ComboBox()),
         "the few-step recipe live mode paints with (fast enough to follow strokes)",
     )
     side = form.add(

@@ -73,9 +73,12 @@ class Form:
     def __getitem__(self, field: str) -> Any:
         return self.bindings[field].widget
 
-    def load(self, settings: object) -> None:
+    def load(self, settings: object, only: tuple[str, ...] = ()) -> None:
+        """Show ``settings`` in the widgets (``only``: just these fields, leaving the others as
+        they are, with their cursor and undo history)."""
         for binding in self.bindings.values():
-            binding.set(getattr(settings, binding.field))
+            if not only or binding.field in only:
+                binding.set(getattr(settings, binding.field))
 
     def store(self, settings: object) -> None:
         for binding in self.bindings.values():

@@ -28,6 +28,8 @@ class JobShape:
     live: bool = False
     sweep: bool = False
     preview_side: int = 1024
+    refine: protocol.Refine | None = None
+    """At the canvas's own resolution (``width`` × ``height`` is then the canvas)."""
 
 
 def refuse(
@@ -51,6 +53,28 @@ def refuse(
         )
 
 
+CANVAS_SLACK = 1.25
+"""A layer up to this much larger than the model's native area is made at its size in one job."""
+
+
+def wants_refine(
+    settings: GenerationSettings, inputs: JobInputs, width: int, height: int, native: int, sweep: bool
+) -> bool:
+    """Whether a ``width`` × ``height`` target is made at its own resolution (two stages): the artist
+    left "Canvas resolution" on, the model said its native side, the target is well above its area,
+    and the job is one a refine can run (one picture, no regions, selection, sweep or live)."""
+    return (
+        settings.auto_size
+        and settings.canvas_resolution
+        and native > 0
+        and width * height > CANVAS_SLACK * native * native
+        and settings.batch == 1
+        and not inputs.regions
+        and inputs.mask is None
+        and not sweep
+    )
+
+
 def job_mode(kind: JobKind, inputs: JobInputs) -> protocol.Mode:
     """Stylize is img2img, or inpaint inside a selection; keep-lines is ControlNet (a selection still
     limits where its result shows, through the result's alpha); a new image is txt2img."""
@@ -64,6 +88,7 @@ def job_mode(kind: JobKind, inputs: JobInputs) -> protocol.Mode:
 DECIDED_PER_JOB = frozenset(
     {"job_id", "style_images", "mode", "init_image", "mask", "width", "height", "seed", "batch"}
     | {"live", "regions", "sweep", "preview_side", "preset", "block_scales", "sampler", "loras"}
+    | {"refine"}
 )
 """Message fields the settings do not carry as they are: sizes, seeds and inputs of this job, and
 settings that need converting (enums, JSON, LoRA rows)."""
@@ -115,6 +140,7 @@ def build_message(
         regions=regions,
         sweep=sweep_axes,
         preview_side=shape.preview_side,
+        refine=shape.refine,
         **message_fields(settings),  # type: ignore[arg-type]
     )
     return message, slots.images

@@ -92,6 +92,8 @@ class Job:
     """The step ``preview`` shows."""
     result: protocol.Result | None = None
     images: list[Image] = field(default_factory=list)
+    assembling: dict[int, protocol.ResultImage] = field(default_factory=dict)
+    """Results arriving in tiles (a canvas at its own resolution), by image index."""
     message: str = ""
     is_test_model: bool = False
     live: bool = False

@@ -1,11 +1,12 @@
 """ "Stylize Layer (InstantStyle)" in the Layers docker's right-click menu.
 
 Krita's Python API has no call for that menu: ``KisLayerBox`` builds a plain ``QMenu`` each time the
-layer view asks for a context menu and ``exec()``s it. An event filter on that view's viewport alone
-(never on the whole application, which would run Python on every event while painting) sees the
-``ContextMenu`` event; a zero timer then runs inside the menu's own event loop, where the menu is the
-active popup, and appends our action to it (a visible ``QMenu`` re-lays itself out when an action is
-added). If Krita's widgets are not found, the entry stays in the Layer menu only, with one log line.
+layer view asks for a context menu and ``exec()``s it. An event filter on that view and its viewport
+(never on the whole application, which would run Python on every event of every widget while
+painting; these two see the layer list's own events only) catches the ``ContextMenu`` event; a zero
+timer then runs inside the menu's own event loop, where the menu is the active popup, and appends
+our action to it (a visible ``QMenu`` re-lays itself out when an action is added). If Krita's
+widgets are not found, the entry stays in the Layer menu only, with one log line.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ class LayerMenuEntry(QObject):
 
     def attach(self) -> None:
         """Find the layer view; Krita makes its dockers after ``createActions``: try again a while."""
-        view = layer_view(self.main_window)
+        try:
+            view = layer_view(self.main_window)
+        except RuntimeError:  # the window closed while we waited for its dockers
+            return
         if view is not None:
             self.viewport = view.viewport()
-            self.viewport.installEventFilter(self)
+            self.viewport.installEventFilter(self)  # a right-click
+            view.installEventFilter(self)  # the Menu key or Shift+F10 on the focused layer list
             return
         self.tries += 1
         if self.tries < ATTACH_TRIES:
@@ -62,7 +67,7 @@ class LayerMenuEntry(QObject):
     def eventFilter(self, watched, event) -> bool:
         # Must return a bool and never raise: PyQt aborts the whole program on an error here.
         try:
-            if event.type() == QEvent.Type.ContextMenu:  # installed on the layer view's viewport only
+            if event.type() == QEvent.Type.ContextMenu:  # installed on the layer list only
                 QTimer.singleShot(0, self._extend_open_menu)
         except Exception:  # the menu works without our entry
             log.exception("layer menu")

@@ -36,10 +36,8 @@ pyqtSignal = QtCore.pyqtSignal
 
 QDesktopServices = QtGui.QDesktopServices
 QIcon = QtGui.QIcon
-QColor = QtGui.QColor
 QImage = QtGui.QImage
 QPixmap = QtGui.QPixmap
-QPainter = QtGui.QPainter
 
 QAbstractItemView = QtWidgets.QAbstractItemView
 QAbstractButton = QtWidgets.QAbstractButton
@@ -72,9 +70,6 @@ QSpinBox = QtWidgets.QSpinBox
 QToolButton = QtWidgets.QToolButton
 QVBoxLayout = QtWidgets.QVBoxLayout
 QWidget = QtWidgets.QWidget
-
-
-QAction = QtGui.QAction if QT_MAJOR >= 6 else QtWidgets.QAction  # moved to QtGui in Qt 6
 
 
 def image_bytes(image: QImage) -> bytes:  # type: ignore[valid-type]

@@ -6,7 +6,6 @@ import json
 
 from .block_map import block_label, flat_scales, nested_scales
 from .qt import (
-    QComboBox,
     QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
@@ -19,6 +18,7 @@ from .qt import (
     pyqtSignal,
 )
 from .settings import LoraChoice
+from .widgets import ComboBox, SpinBox, narrow
 
 
 class Section(QWidget):
@@ -83,7 +83,7 @@ class BlockGrid(QWidget):
             self.grid.addWidget(self.placeholder, 0, 0)
             return
         for index, name in enumerate(names):
-            box = QDoubleSpinBox()
+            box = SpinBox()
             box.setRange(0.0, 2.0)
             box.setSingleStep(0.1)
             box.setDecimals(2)
@@ -104,8 +104,8 @@ class BlockGrid(QWidget):
         """The JSON ``block_scales`` map of the non-zero blocks ("" when every block is 0)."""
         if not self.boxes:
             return self._saved
-        values = {name: box.value() for name, box in self.boxes.items() if box.value() != 0.0}
-        return json.dumps(nested_scales(values)) if values else ""
+        nested = nested_scales({name: box.value() for name, box in self.boxes.items()})
+        return json.dumps(nested) if nested else ""
 
     def set_text(self, text: str) -> None:
         self._saved = text
@@ -128,13 +128,13 @@ class LoraRow(QWidget):
         super().__init__()
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
-        self.name = QComboBox()
+        self.name = narrow(ComboBox())
         self.name.setEditable(True)
         self.name.setToolTip(
             "a LoRA the backend offers (started with --lora); it changes what the model paints"
         )
         self.set_offered(offered, choice.name)
-        self.weight = QDoubleSpinBox()
+        self.weight = SpinBox()
         self.weight.setRange(-4.0, 4.0)
         self.weight.setSingleStep(0.1)
         self.weight.setValue(choice.weight)

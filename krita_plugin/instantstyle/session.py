@@ -15,9 +15,11 @@ from enum import Enum
 from .connection import Connected, Connection, ConnectionEvent, ConnectionState, Received, StateChanged
 from .deps import protocol
 from .errors import describe_error
-from .job_message import JobShape, SubmitError, build_message, refuse
+from .job_message import JobShape, SubmitError, build_message, refuse, wants_refine
 from .jobs import Image, Job, JobInputs, JobState, Target
 from .settings import GenerationSettings
+
+RESULT_FRAMES = (protocol.FrameKind.RESULT, protocol.FrameKind.RESULT_TILE)
 
 
 class UpdateKind(str, Enum):
@@ -80,13 +82,19 @@ class Session:
     def active_jobs(self) -> list[Job]:
         return [job for job in self.jobs.values() if not job.state.finished]
 
-    def generation_size(self, target: Target, settings: GenerationSettings) -> tuple[int, int]:
+    def generation_size(
+        self, target: Target, settings: GenerationSettings, refine: bool = False
+    ) -> tuple[int, int]:
+        """The job's size: the target's (or the settings'), within the server's limits; with
+        ``refine``, within its canvas limits."""
         from .pixels import fit_generation_size
 
         limits = self.hello.limits if self.hello else protocol.Limits()
         width, height = (
             (target.width, target.height) if settings.auto_size else (settings.width, settings.height)
         )
+        if refine:
+            return fit_generation_size(width, height, limits.max_canvas_side, limits.max_canvas_pixels)
         return fit_generation_size(width, height, limits.max_side, limits.max_pixels)
 
     def submit(
@@ -104,9 +112,21 @@ class Session:
         hello = self.hello
         assert hello is not None
         refuse(settings, inputs, hello, sweep)
-        width, height = self.generation_size(target, settings)
+        refine = not live and wants_refine(
+            settings, inputs, target.width, target.height, self.features.native_side, sweep
+        )
+        width, height = self.generation_size(target, settings, refine)
         preview_side = min(settings.preview_side, hello.limits.max_preview_side)
-        shape = JobShape(next(self._ids), width, height, settings.next_seed(), live, sweep, preview_side)
+        shape = JobShape(
+            next(self._ids),
+            width,
+            height,
+            settings.next_seed(),
+            live,
+            sweep,
+            preview_side,
+            protocol.Refine() if refine else None,
+        )
         message, frames = build_message(settings, inputs, shape)
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
@@ -240,9 +260,21 @@ class Session:
         if isinstance(item, protocol.Result):
             job.result, job.is_test_model = item, item.is_test_model
             return []
-        if isinstance(item, protocol.PixelFrame) and item.kind is protocol.FrameKind.RESULT:
-            job.images.append(Image.from_frame(item))
-            if job.result is not None and len(job.images) == job.result.count:
+        if isinstance(item, protocol.PixelFrame) and item.kind in RESULT_FRAMES:
+            if job.result is None:
+                return []  # a server sends ``result`` first; frames before it are not ours to place
+            assembly = job.assembling.setdefault(
+                item.index, protocol.ResultImage(job.result.width, job.result.height)
+            )
+            try:
+                assembly.add(item)
+            except protocol.ProtocolError as error:
+                job.state, job.message = JobState.FAILED, describe_error(error.code, error.message)
+                return [JobUpdate(UpdateKind.FAILED, job, job.message)]
+            if assembly.complete:
+                job.images.append(Image(assembly.width, assembly.height, 4, bytes(assembly.pixels)))
+                del job.assembling[item.index]
+            if len(job.images) == job.result.count:
                 job.state = JobState.DONE
                 if not job.live:
                     self.history.insert(0, job)

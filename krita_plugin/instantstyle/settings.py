@@ -112,6 +112,9 @@ class GenerationSettings:
     """How strictly ``KEEP_LINES`` follows the layer's edges (ControlNet scale)."""
     auto_size: bool = True
     """Generate at the canvas or selection size (fitted to the server's limits)."""
+    canvas_resolution: bool = True
+    """With ``auto_size``: a layer larger than the model's native area is made at that area, then
+    upscaled and refined in tiles at the layer's own size (``generate.refine``), not stretched."""
     width: int = 1024
     height: int = 1024
     steps: int = 30

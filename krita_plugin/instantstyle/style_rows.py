@@ -5,7 +5,6 @@ from __future__ import annotations
 from krita import Krita  # type: ignore[import-not-found]
 
 from .qt import (
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
@@ -21,7 +20,7 @@ from .qt import (
 )
 from .sections import RowList
 from .settings import StyleSource, StyleSourceKind
-from .widgets import narrow
+from .widgets import ComboBox, SpinBox, narrow
 
 THUMBNAIL = 40
 SOURCES = [
@@ -45,7 +44,7 @@ def paint_layer_names(document) -> list[str]:
     return names
 
 
-class LayerCombo(QComboBox):
+class LayerCombo(ComboBox):
     """The active document's paint layers, listed afresh each time it opens (Krita has no layer events)."""
 
     def __init__(self, selected: str = "") -> None:
@@ -77,12 +76,12 @@ class StyleRow(QWidget):
         super().__init__()
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
-        self.kind = narrow(QComboBox())
+        self.kind = narrow(ComboBox())
         for label, kind in SOURCES:
             self.kind.addItem(label, kind)
         self.kind.setCurrentIndex(max(0, self.kind.findData(source.kind)))
         self.kind.setToolTip("where the reference comes from: the active layer, a named layer, or a file")
-        self.weight = QDoubleSpinBox()
+        self.weight = SpinBox()
         self.weight.setRange(0.0, 10.0)
         self.weight.setSingleStep(0.1)
         self.weight.setValue(source.weight)

@@ -24,8 +24,39 @@ NARROW_CHARACTERS = 8
 """What a combo box asks room for: the docker's column is ~260 px; longer items elide."""
 
 
+class WheelWhenFocused:
+    """A value widget the mouse wheel changes only once clicked into: scrolling the docker over a
+    slider, spin box or combo box scrolls the docker (Qt's default changes the value instead)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # type: ignore[attr-defined]
+
+    def wheelEvent(self, event) -> None:
+        if self.hasFocus():  # type: ignore[attr-defined]
+            super().wheelEvent(event)  # type: ignore[misc]
+        else:
+            event.ignore()  # on to the scroll area
+
+
+class SpinBox(WheelWhenFocused, QDoubleSpinBox):
+    pass
+
+
+class IntSpinBox(WheelWhenFocused, QSpinBox):
+    pass
+
+
+class ComboBox(WheelWhenFocused, QComboBox):
+    pass
+
+
+class Slider(WheelWhenFocused, QSlider):
+    pass
+
+
 def spin(low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
+    box = SpinBox()
     box.setRange(low, high)
     box.setSingleStep(step)
     box.setDecimals(decimals)
@@ -33,7 +64,7 @@ def spin(low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpin
 
 
 def int_spin(low: int, high: int, step: int = 1) -> QSpinBox:
-    box = QSpinBox()
+    box = IntSpinBox()
     box.setRange(low, high)
     box.setSingleStep(step)
     return box
@@ -48,7 +79,7 @@ def narrow(combo: QComboBox) -> QComboBox:
 
 def choices(items: Iterable[tuple[str, object]]) -> QComboBox:
     """A narrow combo box of (label, value) items; ``currentData()`` is the chosen value."""
-    box = narrow(QComboBox())
+    box = narrow(ComboBox())
     for label, value in items:
         box.addItem(label, value)
     return box
@@ -58,6 +89,7 @@ def wrapped(text: str = "") -> QLabel:
     """A label that wraps (and so never widens the docker)."""
     label = QLabel(text)
     label.setWordWrap(True)
+    label.setMinimumWidth(40)  # a long word (a path) is cut, not the docker widened
     return label
 
 
@@ -86,7 +118,7 @@ class SliderSpin(QWidget):
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         row.setSpacing(4)
-        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider = Slider(Qt.Orientation.Horizontal)
         self.slider.setRange(round(low * self.STEPS_PER_UNIT), round(high * self.STEPS_PER_UNIT))
         self.slider.setSingleStep(max(1, round(step * self.STEPS_PER_UNIT)))
         self.slider.setPageStep(max(1, round(step * self.STEPS_PER_UNIT * 5)))

@@ -128,8 +128,75 @@ class DockerRunner:
             "unbound": unbound,
             "bound": sorted(docker.form.bindings),
             "settings": sorted(f.name for f in fields(self.controller.settings)),
+            "round_trip": self.round_trip(docker),
         }
         self.later(self.measure_docked, 2 * SETTLE)
+
+    def round_trip(self, docker):
+        """Settings unlike the defaults in every field, shown in the widgets and read back: the fields
+        that came back different (each widget bound to its own field, nothing rounded or clamped)."""
+        from dataclasses import asdict, replace
+
+        from instantstyle.settings import (
+            GenerationSettings,
+            JobKind,
+            LoraChoice,
+            RegionMaskKind,
+            RegionSetting,
+            StyleSource,
+            StyleSourceKind,
+        )
+
+        saved = replace(self.controller.settings)
+        probe = GenerationSettings(
+            styles=[StyleSource(StyleSourceKind.LAYER, "Painted", weight=0.7)],
+            prompt="a harbour at night",
+            negative_prompt="fog",
+            content_text="a cat",
+            content_scale=0.85,
+            preset="custom",
+            block_scales='{"up": {"block_0": [0.0, 0.75, 0.0]}}',
+            style_scale=1.35,
+            layout_push=1.25,
+            kind=JobKind.KEEP_LINES,
+            strength=0.45,
+            control_scale=0.95,
+            auto_size=False,
+            width=512,
+            height=384,
+            steps=17,
+            guidance_scale=6.5,
+            seed=1234567,
+            seed_locked=True,
+            batch=3,
+            sampler="dpmpp_2m",
+            loras=[LoraChoice("style", 0.8)],
+            regions=[
+                RegionSetting(
+                    "sky", RegionMaskKind.LAYER, "Other", StyleSource(StyleSourceKind.LAYER, "Painted")
+                )
+            ],
+            speed_preset="lightning-4",
+            sweep_first="content_scale",
+            sweep_first_values="0.1, 0.2",
+            sweep_second="seed",
+            sweep_second_values="1, 2",
+            live_preset="lightning-4",
+            live_max_side=1024,
+            live_seed=99,
+            preview_side=512,
+        )
+        docker.form.load(probe)
+        back = GenerationSettings()
+        docker.form.store(back)
+        differ = [
+            name
+            for name, value in asdict(probe).items()
+            if name in docker.form.bindings and asdict(back)[name] != value
+        ]
+        docker.form.load(saved)
+        self.controller.settings = saved
+        return differ
 
     def measure(self, name):
         """What asks for more width than the docker has, and whether Generate is in view."""
@@ -153,7 +220,19 @@ class DockerRunner:
         widest = sorted(visible, key=lambda w: -w.minimumSizeHint().width())[:8]
         button = docker.generate_button
         top_left = button.mapTo(docker, button.rect().topLeft())
-        bottom_right = button.mapTo(docker, button.rect().bottomRight())
+
+        def in_view(widget):
+            corners = (widget.rect().topLeft(), widget.rect().bottomRight())
+            inside = all(docker.rect().contains(widget.mapTo(docker, corner)) for corner in corners)
+            return widget.isVisible() and not widget.visibleRegion().isEmpty() and inside
+
+        top = {
+            "prompt": docker.prompt,
+            "generate": button,
+            "cancel": docker.cancel_button,
+            "live": docker.live_button,
+            "progress": docker.progress,
+        }
         report["sizes"][name] = {
             "docker": [docker.width(), docker.height()],
             "floating": docker.isFloating(),
@@ -164,10 +243,8 @@ class DockerRunner:
             "beyond": beyond,
             "widest": [f"{describe(w)} {w.minimumSizeHint().width()}" for w in widest],
             "horizontal_scrollbar": scroll.horizontalScrollBar().isVisible(),
-            "generate_in_view": button.isVisible()
-            and not button.visibleRegion().isEmpty()
-            and docker.rect().contains(top_left)
-            and docker.rect().contains(bottom_right),
+            "generate_in_view": in_view(button),
+            "out_of_view": [name for name, widget in top.items() if not in_view(widget)],
             "generate_at": [top_left.x(), top_left.y()],
         }
         docker.grab().save(str(OUT / f"docker-{name}.png"))

@@ -1,0 +1,147 @@
+"""A job at a canvas's own resolution over the wire: ``generate.refine``, the canvas limits, and the
+result in RESULT_TILE frames when one frame would be over the client's message limit, put together
+by the plugin's session (and the headless client) with exactly the engine's pixels."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from backend.engine.request import GenerationRequest, Refine, StyleReference
+from backend.server.job_events import result_frames, tile_side
+from krita_plugin.instantstyle.jobs import JobInputs, JobState, Target
+from krita_plugin.instantstyle.session import UpdateKind
+from protocol import (
+    ErrorCode,
+    FrameKind,
+    Generate,
+    Limits,
+    PixelFormat,
+    PixelFrame,
+    ProtocolError,
+    ResultImage,
+    StyleImage,
+    decode_client_message,
+    decode_frame,
+    encode_message,
+)
+from protocol import Refine as WireRefine
+from tests.conftest import noise_image
+from tests.server_helpers import ServerThread
+from tests.test_plugin_client import STYLE, as_image, connect, pump, settings
+
+
+def test_an_image_over_the_message_limit_travels_in_tiles_that_put_it_back_together():
+    image = np.random.default_rng(4).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    limit = 64 * 64 * 4 + 28  # one 64² tile and its header and place
+    frames = result_frames(9, 0, image, limit)
+    assert tile_side(limit) == 64 and len(frames) == 4 * 5 and all(len(f) <= limit for f in frames)
+    assembly = ResultImage(300, 200)
+    for data in frames:
+        frame = decode_frame(data)
+        assert frame.kind is FrameKind.RESULT_TILE and not assembly.complete
+        assembly.add(frame)
+    rgba = np.frombuffer(bytes(assembly.pixels), np.uint8).reshape(200, 300, 4)
+    assert assembly.complete and np.array_equal(rgba[..., :3], image) and (rgba[..., 3] == 255).all()
+    (whole,) = result_frames(9, 0, image, 300 * 200 * 4 + 20)  # fits: one RESULT frame, as before
+    assert decode_frame(whole).kind is FrameKind.RESULT
+
+
+def tile(x: int, y: int, width: int = 8, height: int = 8, kind=FrameKind.RESULT_TILE) -> PixelFrame:
+    return PixelFrame(kind, 1, 0, width, height, PixelFormat.RGBA8, bytes(width * height * 4), x, y)
+
+
+@pytest.mark.parametrize(
+    ("frames", "said"),
+    [
+        ([tile(12, 0)], "outside the 16x16 image"),
+        ([tile(0, 0), tile(0, 0)], "overlaps another"),
+        ([tile(0, 0, 16, 16), tile(8, 8)], "overlaps another"),
+        ([tile(0, 0, 8, 8, FrameKind.PREVIEW)], "is not part of a result"),
+        ([tile(0, 0, 8, 16, FrameKind.RESULT)], "a 8x16 frame for a 16x16 image"),
+    ],
+)
+def test_a_tile_that_does_not_fit_its_image_is_a_bad_frame(frames, said):
+    assembly = ResultImage(16, 16)
+    with pytest.raises(ProtocolError, match=said) as raised:
+        for frame in frames:
+            assembly.add(decode_frame(frame.encode()))
+    assert raised.value.code is ErrorCode.BAD_FRAME
+
+
+def test_a_result_tile_frame_round_trips_and_a_short_one_is_refused():
+    frame = tile(24, 40)
+    assert decode_frame(frame.encode()) == frame
+    with pytest.raises(ProtocolError, match="has no place"):
+        decode_frame(frame.encode()[:24])
+
+
+def message(**fields) -> str:
+    values = {"job_id": 1, "prompt": "x", "style_images": [StyleImage(0)], "width": 4096, "height": 3072}
+    return encode_message(Generate(**{**values, **fields}))
+
+
+def test_a_canvas_goes_up_to_the_servers_canvas_limit_with_refine_only():
+    limits = Limits()
+    assert decode_client_message(message(refine=WireRefine(0.3, 512, 64)), limits).refine.tile == 512
+    with pytest.raises(
+        ProtocolError, match=r"width 4096 is over this server's limit of 2048 \(with refine: 8192\)"
+    ):
+        decode_client_message(message(), limits)
+    with pytest.raises(ProtocolError, match="width 9000 is over this server's limit of 8192"):
+        decode_client_message(message(width=9000, refine=WireRefine()), limits)
+    small = replace(limits, max_canvas_pixels=4096 * 2048)
+    with pytest.raises(ProtocolError, match="4096x3072 is over 8388608 pixels"):
+        decode_client_message(message(refine=WireRefine()), small)
+    for fields, said in [
+        ({"batch": 2}, "cannot have a batch"),
+        ({"live": True}, "cannot have live"),
+        ({"refine": WireRefine(tile=100)}, "refine.tile must be a multiple of 8"),
+        ({"refine": WireRefine(tile=64, overlap=64)}, "refine.overlap must be smaller than refine.tile"),
+    ]:
+        with pytest.raises(ProtocolError, match=said):
+            decode_client_message(message(**{"refine": WireRefine(), **fields}), limits)
+
+
+def test_the_plugin_gets_a_canvas_sized_result_in_tiles_with_the_engines_pixels(engine):
+    # Messages of 32 KiB: the style reference (12 KiB) fits, a 256x192 RGBA result (192 KiB) does not.
+    limits = replace(Limits(), max_message_bytes=32 * 1024)
+    with ServerThread(engine, limits=limits) as server:
+        session = connect(server.url)
+        try:
+            assert session.features.native_side == 64  # the tiny model's: 256x192 is far above
+            job = session.submit(
+                settings(steps=4), JobInputs([(as_image(STYLE), 1.0)]), Target(0, 0, 256, 192)
+            )
+            pump(session, lambda u: any(x.kind in (UpdateKind.RESULT, UpdateKind.FAILED) for x in u))
+        finally:
+            session.connection.stop()
+    assert job.state is JobState.DONE, job.message
+    (image,) = job.images
+    assert (image.width, image.height, job.width, job.height) == (256, 192, 256, 192)
+    expected = engine.generate(
+        GenerationRequest(
+            prompt="a fox", style_images=[StyleReference(STYLE)], width=256, height=192, steps=4, seed=11,
+            refine=Refine(),
+        )
+    ).images[0]  # fmt: skip
+    rgba = np.frombuffer(image.data, np.uint8).reshape(192, 256, 4)
+    assert np.array_equal(rgba[..., :3], expected)
+
+
+def test_canvas_resolution_off_or_a_small_layer_keeps_one_job_within_the_limits(engine):
+    with ServerThread(engine) as server:
+        session = connect(server.url)
+        try:
+            inputs = JobInputs([(as_image(noise_image(2)), 1.0)])
+            off = session.submit(settings(steps=2, canvas_resolution=False), inputs, Target(0, 0, 256, 192))
+            small = session.submit(settings(steps=2), inputs, Target(0, 0, 64, 72))
+            pump(session, lambda _u: off.state.finished and small.state.finished)
+        finally:
+            session.connection.stop()
+    # Off: the canvas as it fits the server's size limits, one job (the layer stretches it).
+    assert (off.images[0].width, off.images[0].height) == (256, 192)
+    assert (off.total, small.total) == (2, 2)  # one job each: no refining stage
+    assert (small.images[0].width, small.images[0].height) == (64, 72)
