@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", help="required from clients (env INSTANTSTYLE_TOKEN); mandatory off loopback"
     )
     serve.add_argument("--max-side", type=int, default=2048, help="largest width/height accepted")
+    serve.add_argument(
+        "--max-canvas-side",
+        type=int,
+        default=8192,
+        help="largest width/height of a job made at a canvas's own resolution (generate.refine)",
+    )
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     serve.add_argument(
         "--exit-with-stdin",

@@ -53,6 +53,27 @@ def test_blending_tiles_adds_no_seam_to_a_model_without_spatial_context():
     assert "forward" not in model.__dict__  # the model is as it was afterwards
 
 
+def test_cancel_stops_a_tiled_step_before_its_next_tile():
+    import threading
+
+    from backend.engine.request import JobCancelled
+
+    model, cancel, seen = Pointwise(), threading.Event(), []
+    inner = model.forward
+
+    def counting(*args, **kwargs):
+        seen.append(1)
+        if len(seen) == 3:
+            cancel.set()  # the artist pressed Cancel during the third tile
+        return inner(*args, **kwargs)
+
+    model.forward = counting
+    time_ids = torch.tensor([[160.0, 224, 0, 0, 160, 224]])
+    with tiled_unet(model, tile=8, overlap=3, cancel=cancel), pytest.raises(JobCancelled):
+        model(torch.zeros(1, 4, 20, 28), 1, None, added_cond_kwargs={"time_ids": time_ids})
+    assert len(seen) == 3  # of 20 tiles
+
+
 def job(**fields) -> GenerationRequest:
     source = noise_image(3, size=64)
     values = {

@@ -83,7 +83,7 @@ def run_refined(
         (request.width, request.height), Image.Resampling.LANCZOS
     )
     tile, overlap = tile_and_overlap(refine, native)
-    with tiled_unet(unet, tile, overlap):
+    with tiled_unet(unet, tile, overlap, cancel):
         return generate_one(
             replace(second, init_image=upscaled), shifted(on_step, first.effective_steps, total), cancel
         )

@@ -10,10 +10,12 @@ unchanged, so the same job tiled and untiled then give the same pixels.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
 
+from .request import JobCancelled
 from .tiles import Tile, blend_weights, tile_grid
 
 LATENT_SCALE = 8
@@ -32,8 +34,11 @@ def tile_time_ids(time_ids: torch.Tensor, tile: Tile, canvas: tuple[int, int]) -
 
 
 @contextlib.contextmanager
-def tiled_unet(unet: torch.nn.Module, tile: int, overlap: int) -> Iterator[list[int]]:
-    """Split the UNet's calls into ``tile``-sided tiles (latent pixels) that share ``overlap``.
+def tiled_unet(
+    unet: torch.nn.Module, tile: int, overlap: int, cancel: threading.Event | None = None
+) -> Iterator[list[int]]:
+    """Split the UNet's calls into ``tile``-sided tiles (latent pixels) that share ``overlap``;
+    ``cancel`` stops the job before the next tile (a step of an 8K canvas is hundreds of tiles).
 
     Yields a list that collects how many tiles each call used (for progress and tests)."""
     inner = unet.forward
@@ -54,6 +59,8 @@ def tiled_unet(unet: torch.nn.Module, tile: int, overlap: int) -> Iterator[list[
         added = kwargs.pop("added_cond_kwargs", None) or {}
         blended: torch.Tensor | None = None
         for part, weight in zip(tiles, weights, strict=True):
+            if cancel is not None and cancel.is_set():
+                raise JobCancelled
             rows, columns = part.region()
             conditioning = dict(added)
             if "time_ids" in conditioning:

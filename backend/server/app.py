@@ -209,8 +209,15 @@ def _settle(future: asyncio.Future, value: object, error: BaseException | None) 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token or os.environ.get("INSTANTSTYLE_TOKEN") or None
-    side = args.max_side
-    limits = replace(Limits(), max_side=side, max_pixels=side * side, max_message_bytes=side * side * 4 + 64)
+    side, canvas = args.max_side, max(args.max_side, args.max_canvas_side)
+    limits = replace(
+        Limits(),
+        max_side=side,
+        max_pixels=side * side,
+        max_message_bytes=side * side * 4 + 64,
+        max_canvas_side=canvas,
+        max_canvas_pixels=canvas * canvas,
+    )
     share = None if args.preview_budget is None else args.preview_budget / 100
     return ServerConfig(host=args.host, port=args.port, token=token, limits=limits, preview_share=share)
 
