@@ -122,7 +122,7 @@ def docker_run(request, backend_url, tmp_path_factory):  # noqa: F811 - the impo
         clicks = XdotoolServer(home.out, display)
         clicks.start()
         try:
-            run_krita(home, {**env, "DISPLAY": display}, log, 420)
+            run_krita(home, {**env, "DISPLAY": display}, log, 900)
         finally:
             clicks.stopped.set()
             clicks.join(5)
@@ -191,3 +191,46 @@ def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_ru
     assert np.array_equal(result[..., :3], expected)
     assert (artifacts / "layer-menu.png").stat().st_size > 1000
     assert report.get("finished") and "traceback" not in report, report.get("traceback")
+
+
+CANVAS = (4096, 3072)
+
+
+def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(docker_run, engine):
+    from PIL import Image
+
+    from backend.engine.request import GenerationRequest, Refine
+
+    report, artifacts = docker_run
+    canvas = part(report, "canvas")
+    width, height = CANVAS
+    assert canvas["job_size"] == canvas["image_size"] == [width, height], canvas
+    assert canvas["layer_is_the_result"], "the result layer is not the received picture"
+    print(f"4096x3072 at canvas resolution in real Krita: {canvas['seconds']:.1f} s")
+    result = np.frombuffer((artifacts / "canvas-result.rgba").read_bytes(), np.uint8)
+    result = result.reshape(height, width, 4)
+    # What the server received: the layer within its frame limits (2048x1536), the style reference
+    # (the same layer) at 1024x768.
+    assert report["canvas_inputs"] == [[1024, 768, 4], [2048, 1536, 4]], report["canvas_inputs"]
+    received = [
+        Image.frombytes("RGBA", (w, h), (artifacts / f"canvas-input-{i}.raw").read_bytes()).convert("RGB")
+        for i, (w, h, _channels) in enumerate(report["canvas_inputs"])
+    ]
+    request = GenerationRequest(
+        prompt=PROMPT,
+        style_images=[StyleReference(received[0])],
+        content_text="stripes",
+        mode=Mode.IMG2IMG,
+        init_image=received[1],
+        strength=STRENGTH,
+        width=width,
+        height=height,
+        steps=STEPS,
+        seed=SEED,
+        refine=Refine(),
+    )
+    assert canvas["total_steps"] == request.total_steps
+    expected = engine.generate(request).images[0]
+    assert np.array_equal(result[..., :3], expected)
+    for big in artifacts.glob("canvas-*.r*"):  # 60 MiB: the comparison is what matters
+        big.unlink()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from krita import Krita  # type: ignore[import-not-found]
 
 from .jobs import Image, Job, JobInputs, RegionInput, Target
-from .pixels import SavedSelection, swap_red_blue, to_8bit, to_16bit
+from .pixels import SavedSelection, fit_generation_size, swap_red_blue, to_8bit, to_16bit
 from .qt import QImage, Qt, image_bytes
 from .settings import GenerationSettings, JobKind, RegionMaskKind, RegionSetting, StyleSource, StyleSourceKind
 
@@ -92,6 +92,47 @@ def to_bgra(image: Image, width: int, height: int) -> bytes:
             width, height, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
         )
     return _bgra_bytes(qimage)
+
+
+STYLE_SIDE = 1024
+"""Style references travel at most this large: the image encoder sees 224² of them anyway."""
+QIMAGE_FORMATS = {
+    1: QImage.Format.Format_Grayscale8,
+    3: QImage.Format.Format_RGB888,
+    4: QImage.Format.Format_RGBA8888,
+}
+
+
+def fitted(image: Image, max_side: int, max_pixels: int) -> Image:
+    """``image`` scaled down (smoothly, in Qt's C++) to fit ``max_side`` and ``max_pixels``, as the
+    job's size is: a layer larger than the server's frames travels at the size it is used at."""
+    if image.width <= max_side and image.height <= max_side and image.width * image.height <= max_pixels:
+        return image
+    width, height = fit_generation_size(image.width, image.height, max_side, max_pixels)
+    row = image.width * image.channels
+    qimage = QImage(image.data, image.width, image.height, row, QIMAGE_FORMATS[image.channels])
+    smooth = Qt.TransformationMode.SmoothTransformation
+    scaled = qimage.scaled(width, height, Qt.AspectRatioMode.IgnoreAspectRatio, smooth)
+    data = image_bytes(scaled)
+    stride = scaled.bytesPerLine()
+    if stride != width * image.channels:  # Qt pads rows to 4 bytes
+        data = b"".join(data[y * stride : y * stride + width * image.channels] for y in range(height))
+    return Image(width, height, image.channels, data)
+
+
+def fit_inputs(inputs: JobInputs, limits) -> JobInputs:
+    """Every input within the server's frame limits: the layer and masks at the job's size (the
+    first stage's, for a canvas made at its own resolution), style references at ``STYLE_SIDE``."""
+    side, pixels = limits.max_side, limits.max_pixels
+
+    def sized(image: Image | None) -> Image | None:
+        return None if image is None else fitted(image, side, pixels)
+
+    def styles(weighted: list[tuple[Image, float]]) -> list[tuple[Image, float]]:
+        return [(fitted(image, STYLE_SIDE, STYLE_SIDE * STYLE_SIDE), weight) for image, weight in weighted]
+
+    regions = [RegionInput(r.name, fitted(r.mask, side, pixels), styles(r.styles)) for r in inputs.regions]
+    return JobInputs(styles(inputs.styles), sized(inputs.init_image), sized(inputs.mask), regions)
 
 
 def find_layer(document, name: str):

@@ -14,10 +14,10 @@ from dataclasses import replace
 
 from krita import Krita  # type: ignore[import-not-found]
 
-from .canvas import CanvasError, CanvasWriter, SavedSelection, capture, save_selection
+from .canvas import CanvasError, CanvasWriter, SavedSelection, capture, fit_inputs, save_selection
 from .connection import Connection
 from .job_message import SubmitError
-from .jobs import Job
+from .jobs import Job, JobInputs
 from .live import CHECK_SECONDS, LiveWatch, live_settings, pick_preset
 from .live_layer import LiveLayer, signature
 from .managed_link import ManagedLink
@@ -124,7 +124,7 @@ class Controller(QObject):
         job = None
         try:
             inputs, target = capture(Krita.instance().activeDocument(), settings, saved=self.saved_selections)
-            job = self.session.submit(settings, inputs, target, sweep=sweep)
+            job = self.session.submit(settings, self._within_limits(inputs), target, sweep=sweep)
         except (CanvasError, SubmitError) as error:
             self._say(str(error))
         except Exception as error:  # never a traceback for the artist; the log keeps it
@@ -136,6 +136,12 @@ class Controller(QObject):
             self._say(f"job {job.job_id} sent (seed {job.seed})")
         self.save()  # once per job: the docker's values and the seed used
         return job
+
+    def _within_limits(self, inputs: JobInputs) -> JobInputs:
+        """The inputs as they travel: a layer larger than the server's frames at the job's size (the
+        result still lands at the layer's; the selection mask kept for placing it is the original)."""
+        hello = self.session.hello
+        return fit_inputs(inputs, hello.limits) if hello is not None else inputs
 
     def cancel(self) -> None:
         self.session.cancel_all()
@@ -219,7 +225,7 @@ class Controller(QObject):
             inputs, target = capture(live.document, self.settings, source=source, saved=self.saved_selections)
             preset = pick_preset(self.session.features.speed_presets, self.settings.live_preset)
             settings = live_settings(self.settings, preset, target.width, target.height)
-            self.session.submit(settings, inputs, target, live=True)
+            self.session.submit(settings, self._within_limits(inputs), target, live=True)
         except (CanvasError, SubmitError) as error:
             self.stop_live(f"live mode stopped: {error}")
         except Exception as error:  # never a traceback for the artist; the log keeps it
