@@ -33,7 +33,7 @@ from .qt import (
 from .results import Results
 from .settings import JobKind
 from .style_rows import StyleList
-from .widgets import ElidedLabel, SliderSpin, buttons_fit_their_text, choices, side_by_side, wrapped
+from .widgets import ElidedLabel, buttons_fit_their_text, choices, setting_slider, side_by_side, wrapped
 
 KINDS = [
     ("Stylize layer / selection", JobKind.STYLIZE),
@@ -140,7 +140,7 @@ class InstantStyleDocker(DockWidget):
             "Subtract",
             form.add(
                 "content_scale",
-                SliderSpin(0.0, 2.0, 0.05),
+                setting_slider("content_scale", 0.05),
                 "how much of that content to take out (0.5 is a good start)",
             ),
         )
@@ -158,7 +158,7 @@ class InstantStyleDocker(DockWidget):
             "Repaint",
             form.add(
                 "strength",
-                SliderSpin(0.01, 1.0, 0.05),
+                setting_slider("strength", 0.05),
                 "how much of the layer is repainted: low keeps it close, 1 starts over",
             ),
         )
@@ -166,7 +166,7 @@ class InstantStyleDocker(DockWidget):
             "Style",
             form.add(
                 "style_scale",
-                SliderSpin(0.0, 2.0, 0.05),
+                setting_slider("style_scale", 0.05),
                 "how strongly the references' style applies (1 is InstantStyle's)",
             ),
         )

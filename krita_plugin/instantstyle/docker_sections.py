@@ -23,7 +23,7 @@ from .qt import (
 )
 from .region_rows import RegionList
 from .sections import BlockGrid, LoraList, Section
-from .widgets import ComboBox, SliderSpin, choices, int_spin, narrow, side_by_side, spin
+from .widgets import ComboBox, choices, int_spin, narrow, setting_slider, side_by_side, spin, wire_range
 
 PRESETS = [
     ("Style", "style"),
@@ -102,7 +102,7 @@ def blocks_section(form: Form) -> Section:
     )
     push = form.add(
         "layout_push",
-        SliderSpin(0.0, 5.0, 0.25),
+        setting_slider("layout_push", 0.25),
         "Precise only: how hard the reference's composition is pushed away (about 2 is a good start; "
         "0 is the plain style preset)",
     )
@@ -135,11 +135,13 @@ def sampling_section(form: Form, apply_speed: Callable[[], None]) -> Section:
     )
     guidance = form.add(
         "guidance_scale",
-        spin(0.0, 30.0, 0.5, 1),
+        spin(*wire_range("guidance_scale"), 0.5, 1),
         "how closely the prompt is followed; 1 or less turns the negative prompt off",
     )
     line_strength = form.add(
-        "control_scale", SliderSpin(0.0, 2.0, 0.05), "how strictly 'keep the lines' follows the layer's edges"
+        "control_scale",
+        setting_slider("control_scale", 0.05),
+        "how strictly 'keep the lines' follows the layer's edges",
     )
     seed = form.add("seed", int_spin(0, 2**31 - 1), "the same seed and settings give the same picture")
     seed.setButtonSymbols(QSpinBox.ButtonSymbols.NoButtons)  # typed or diced: no arrows, fits 260 px

@@ -3,8 +3,10 @@ boxes that elide instead of widening the docker, rows of widgets side by side.""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
+from .deps import protocol
 from .qt import (
     QComboBox,
     QDoubleSpinBox,
@@ -53,6 +55,21 @@ class ComboBox(WheelWhenFocused, QComboBox):
 
 class Slider(WheelWhenFocused, QSlider):
     pass
+
+
+def wire_range(field: str) -> tuple[float, float]:
+    """A generation setting's range as the wire format gives it (``protocol.Generate``'s bounds): the
+    docker's sliders take the same numbers the server accepts, from one place."""
+    for wire in dataclasses.fields(protocol.Generate):
+        if wire.name == field:
+            return wire.metadata["low"], wire.metadata["high"]
+    raise KeyError(f"the wire format has no setting {field!r}")
+
+
+def setting_slider(field: str, step: float) -> SliderSpin:
+    """A slider with its number for a setting of the wire format, over its whole range."""
+    low, high = wire_range(field)
+    return SliderSpin(low, high, step)
 
 
 def spin(low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
