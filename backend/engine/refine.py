@@ -10,7 +10,6 @@ Memory follows the tile, not the canvas: the VAE encodes and decodes in tiles to
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 from dataclasses import replace
@@ -20,9 +19,8 @@ from PIL import Image
 
 from protocol.enums import Mode
 
-from .previews import StepPreview
 from .request import GenerationRequest, GenerationResult, Refine
-from .sweep import OneJob, StepCallback
+from .sweep import OneJob, StepCallback, shifted
 from .tiled_unet import LATENT_SCALE, tiled_unet
 
 
@@ -87,14 +85,3 @@ def run_refined(
         return generate_one(
             replace(second, init_image=upscaled), shifted(on_step, first.effective_steps, total), cancel
         )
-
-
-def shifted(on_step: StepCallback | None, offset: int, total: int) -> StepCallback | None:
-    """A stage's steps as steps of the whole job."""
-    if on_step is None:
-        return None
-
-    def forward(preview: StepPreview) -> None:
-        on_step(dataclasses.replace(preview, step=offset + preview.step, total=total))
-
-    return forward

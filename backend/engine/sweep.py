@@ -30,14 +30,19 @@ def run_sweep(
     total = per_cell * len(cells)
     parts = []
     for index, cell in enumerate(cells):
-        shifted = None
-        if on_step is not None:
-
-            def shifted(preview: StepPreview, offset: int = index * per_cell) -> None:
-                on_step(dataclasses.replace(preview, step=offset + preview.step, total=total))
-
-        parts.append(generate_one(request.for_cell(cell), shifted, cancel))
+        parts.append(generate_one(request.for_cell(cell), shifted(on_step, index * per_cell, total), cancel))
     return join_cells(cells, parts)
+
+
+def shifted(on_step: StepCallback | None, offset: int, total: int) -> StepCallback | None:
+    """A part's steps (a sweep's cell, a refine's stage) as steps of the whole job."""
+    if on_step is None:
+        return None
+
+    def forward(preview: StepPreview) -> None:
+        on_step(dataclasses.replace(preview, step=offset + preview.step, total=total))
+
+    return forward
 
 
 def join_cells(cells: list[SweepCell], parts: list[GenerationResult]) -> GenerationResult:
