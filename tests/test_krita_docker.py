@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from backend.engine.request import StyleReference
-from krita_plugin.instantstyle.settings import BackendMode, GenerationSettings, JobKind, save_settings
 from protocol import Mode
 from tests.conftest import REPO
 from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
@@ -31,10 +30,11 @@ from tests.test_krita_e2e import (  # noqa: F401 - backend_url is a fixture
     SIZE,
     STEPS,
     STRENGTH,
-    KritarcStore,
     backend_url,
     expected_pixels,
-    installer,
+    install_with_hook,
+    prepared,
+    returning_artist,
 )
 
 pytestmark = pytest.mark.krita
@@ -82,37 +82,14 @@ class XdotoolServer(threading.Thread):
 @pytest.fixture(scope="module", params=[pytest.param(v, id=f"krita-{v.name}") for v in VERSIONS])
 def docker_run(request, backend_url, tmp_path_factory):  # noqa: F811 - the imported fixture
     version: KritaVersion = request.param
-    if not version.ready:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI prepares Krita {version.name}, but it is missing")
-        pytest.skip(f"Krita {version.name} is not prepared here")
+    prepared(version)
     if shutil.which("xdotool") is None:
         pytest.fail("xdotool is missing (apt-get install xdotool): it clicks like an artist")
     home = KritaHome.fresh(version, tmp_path_factory.mktemp(f"krita-docker-{version.name}"))
     artifacts = ARTIFACTS / version.name
     shutil.rmtree(artifacts, ignore_errors=True)
     artifacts.mkdir(parents=True)
-    installer("install", home)
-    pykrita = home.resources / "pykrita"
-    shutil.copytree(REPO / "tests" / "krita_e2e" / "instantstyle_e2e", pykrita / "instantstyle_e2e")
-    shutil.copy(REPO / "tests" / "krita_e2e" / "kritapykrita_instantstyle_e2e.desktop", pykrita)
-    store = KritarcStore()
-    save_settings(
-        store,
-        GenerationSettings(
-            backend_mode=BackendMode.REMOTE,
-            server_url=backend_url,
-            prompt=PROMPT,
-            content_text="stripes",
-            seed=SEED,
-            seed_locked=True,
-            steps=STEPS,
-            strength=STRENGTH,
-            kind=JobKind.STYLIZE,
-        ),
-    )
-    text = home.kritarc.read_text().replace("[python]\n", "[python]\nenable_instantstyle_e2e=true\n")
-    home.kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
+    install_with_hook(home, returning_artist(backend_url))
     env = {
         "INSTANTSTYLE_E2E_OUT": home.guest(home.out),
         "INSTANTSTYLE_E2E_DOCKER": "1",

@@ -141,6 +141,34 @@ def installer(command: str, home: KritaHome) -> subprocess.CompletedProcess:
     )
 
 
+def returning_artist(backend_url: str) -> GenerationSettings:
+    """The docker settings a returning artist would have saved: the e2e backend and job."""
+    return GenerationSettings(
+        backend_mode=BackendMode.REMOTE,
+        server_url=backend_url,
+        prompt=PROMPT,
+        content_text="stripes",
+        seed=SEED,
+        seed_locked=True,
+        steps=STEPS,
+        strength=STRENGTH,
+        kind=JobKind.STYLIZE,
+    )
+
+
+def install_with_hook(home: KritaHome, settings: GenerationSettings) -> subprocess.CompletedProcess:
+    """The plugin as an artist installs it, the test hook beside it, and ``settings`` in kritarc."""
+    installed = installer("install", home)
+    pykrita = home.resources / "pykrita"
+    shutil.copytree(REPO / "tests" / "krita_e2e" / "instantstyle_e2e", pykrita / "instantstyle_e2e")
+    shutil.copy(REPO / "tests" / "krita_e2e" / "kritapykrita_instantstyle_e2e.desktop", pykrita)
+    store = KritarcStore()
+    save_settings(store, settings)
+    text = home.kritarc.read_text().replace("[python]\n", "[python]\nenable_instantstyle_e2e=true\n")
+    home.kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
+    return installed
+
+
 @dataclass
 class KritaRun:
     """What one Krita session did; each scenario's tests read their part or fail in one line."""
@@ -169,7 +197,7 @@ class KritaRun:
         return Image.fromarray(self.rgba("source.rgba"), "RGBA").convert("RGB")
 
 
-def _prepared(version: KritaVersion) -> None:
+def prepared(version: KritaVersion) -> None:
     if version.ready:
         return
     how = (
@@ -187,34 +215,13 @@ def _prepared(version: KritaVersion) -> None:
 @pytest.fixture(scope="module", params=[pytest.param(v, id=f"krita-{v.name}") for v in VERSIONS])
 def krita(request, backend_url, tmp_path_factory) -> Iterator[KritaRun]:
     version: KritaVersion = request.param
-    _prepared(version)
+    prepared(version)
     home = KritaHome.fresh(version, tmp_path_factory.mktemp(f"krita-{version.name}"))
     artifacts = ARTIFACTS / version.name
     shutil.rmtree(artifacts, ignore_errors=True)
     artifacts.mkdir(parents=True)
 
-    installed = installer("install", home)
-    # The test hook plugin, and the docker settings a returning artist would have saved.
-    pykrita = home.resources / "pykrita"
-    shutil.copytree(REPO / "tests" / "krita_e2e" / "instantstyle_e2e", pykrita / "instantstyle_e2e")
-    shutil.copy(REPO / "tests" / "krita_e2e" / "kritapykrita_instantstyle_e2e.desktop", pykrita)
-    store = KritarcStore()
-    save_settings(
-        store,
-        GenerationSettings(
-            backend_mode=BackendMode.REMOTE,
-            server_url=backend_url,
-            prompt=PROMPT,
-            content_text="stripes",
-            seed=SEED,
-            seed_locked=True,
-            steps=STEPS,
-            strength=STRENGTH,
-            kind=JobKind.STYLIZE,
-        ),
-    )
-    text = home.kritarc.read_text().replace("[python]\n", "[python]\nenable_instantstyle_e2e=true\n")
-    home.kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
+    installed = install_with_hook(home, returning_artist(backend_url))
     zipped = subprocess.run(
         [sys.executable, "installer/install_plugin.py", "zip", "--out", str(home.out / "instantstyle.zip")],
         cwd=REPO,

@@ -23,12 +23,12 @@ import pytest
 from PIL import Image
 
 from backend.engine.request import GenerationRequest, StyleReference
-from krita_plugin.instantstyle.settings import GenerationSettings, JobKind, save_settings
+from krita_plugin.instantstyle.settings import GenerationSettings, JobKind
 from protocol import Mode
 from tests.conftest import REPO
 from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
 from tests.krita_versions import VERSIONS, KritaVersion
-from tests.test_krita_e2e import KritarcStore, installer
+from tests.test_krita_e2e import install_with_hook, prepared
 
 ARTIFACTS = REPO / "artifacts" / "krita-managed"
 PROMPT, SEED, STEPS, STRENGTH, SIZE = "a harbour in the rain", 77, 4, 0.6, 64
@@ -45,27 +45,16 @@ def process_exists(pid: int) -> bool:
 @pytest.fixture(scope="module", params=[pytest.param(v, id=f"krita-{v.name}") for v in VERSIONS])
 def managed_run(request, tmp_path_factory):
     version: KritaVersion = request.param
-    if not version.ready:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI prepares Krita {version.name}, but it is missing")
-        pytest.skip(f"Krita {version.name} is not prepared here")
+    prepared(version)
     home = KritaHome.fresh(version, tmp_path_factory.mktemp(f"krita-managed-{version.name}"))
     artifacts = ARTIFACTS / version.name
     shutil.rmtree(artifacts, ignore_errors=True)
     artifacts.mkdir(parents=True)
-    installer("install", home)
-    pykrita = home.resources / "pykrita"
-    shutil.copytree(REPO / "tests" / "krita_e2e" / "instantstyle_e2e", pykrita / "instantstyle_e2e")
-    shutil.copy(REPO / "tests" / "krita_e2e" / "kritapykrita_instantstyle_e2e.desktop", pykrita)
-    store = KritarcStore()  # a new artist's settings, plus what the job needs: no backend chosen
-    save_settings(
-        store,
-        GenerationSettings(
-            prompt=PROMPT, seed=SEED, seed_locked=True, steps=STEPS, strength=STRENGTH, kind=JobKind.STYLIZE
-        ),
+    # A new artist's settings, plus what the job needs: no backend chosen.
+    job = GenerationSettings(
+        prompt=PROMPT, seed=SEED, seed_locked=True, steps=STEPS, strength=STRENGTH, kind=JobKind.STYLIZE
     )
-    text = home.kritarc.read_text().replace("[python]\n", "[python]\nenable_instantstyle_e2e=true\n")
-    home.kritarc.write_text(text + "\n" + "\n".join(store.lines) + "\n")
+    install_with_hook(home, job)
     backend_home = home.host_top / "backend"
     environment = list(dict.fromkeys([Path(sys.base_prefix), Path(sys.prefix)]))  # Python, packages
     env = {
