@@ -264,7 +264,7 @@ def show_progress(item: ServerMessage | PixelFrame) -> None:
         print(f"queued: {item.position} job(s) ahead", file=sys.stderr, flush=True)
     elif isinstance(item, Progress):
         eta = f", about {item.eta_seconds:.0f} s left" if item.eta_seconds else ""
-        print(f"step {item.step}/{item.total}{eta}", file=sys.stderr, flush=True)
+        print(f"{item.describe()}{eta}", file=sys.stderr, flush=True)
 
 
 def connection_problem(url: str, error: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .schema import bounds
@@ -24,7 +25,11 @@ MAX_SWEEP_VALUES = 16
 MAX_PREVIEW_SIDE = 4096
 MAX_CANVAS_SIDE = 16384
 MAX_REFINE_TILE = 4096
+MAX_TILES = (MAX_CANVAS_SIDE // 8) ** 2
+"""Tiles a refined step can have at most (8-px tiles on the largest canvas)."""
 DEFAULT_PREVIEW_SIDE = 1024
+PREVIEW_HEADER_BYTES = 64
+"""At least a pixel frame's header (``frames.HEADER``, 20 bytes), with room to spare."""
 DEFAULT_LAYOUT_PUSH = 2.0
 """ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
 
@@ -53,3 +58,10 @@ class Limits:
     max_canvas_pixels: int = field(
         default=8192 * 8192, metadata=bounds(64, MAX_CANVAS_SIDE * MAX_CANVAS_SIDE)
     )
+
+    @property
+    def preview_side_in_one_message(self) -> int:
+        """``max_preview_side``, or less where a square RGB preview of it would not fit one message
+        (a canvas refined at its own size is previewed whole; its result travels in tiles)."""
+        fits = math.isqrt(max(0, self.max_message_bytes - PREVIEW_HEADER_BYTES) // 3)
+        return max(8, min(self.max_preview_side, fits))

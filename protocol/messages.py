@@ -13,7 +13,7 @@ from typing import ClassVar
 from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, PreviewMethod, Sampler
 from .errors import ProtocolError
 from .generate import Generate, LoraWeight, Refine, Region, StyleImage, SweepValues
-from .limits import MAX_JOB_ID, MAX_SEED, MAX_TEXT, Limits
+from .limits import MAX_JOB_ID, MAX_SEED, MAX_TEXT, MAX_TILES, Limits
 from .schema import bounds
 
 __all__ = ["Generate", "Limits", "LoraWeight", "Refine", "Region", "StyleImage", "SweepValues"]
@@ -153,13 +153,27 @@ class Started:
 
 @dataclass(frozen=True)
 class Progress:
-    """One denoising step done; a PREVIEW frame with ``index == step`` follows."""
+    """One denoising step done; a PREVIEW frame with ``index == step`` may follow. With ``tiles``: a
+    canvas refined at its own size runs its steps in tiles, and ``tile`` of ``tiles`` are done in
+    the step after ``step`` (no PREVIEW follows: a step is pictured once all its tiles are done)."""
 
     TYPE: ClassVar[MessageType] = MessageType.PROGRESS
     job_id: int = field(metadata=bounds(1, MAX_JOB_ID))
     step: int = field(metadata=bounds(1, None))
     total: int = field(metadata=bounds(1, None))
     eta_seconds: float = field(default=0.0, metadata=bounds(0.0, None))
+    tile: int = field(default=0, metadata=bounds(0, MAX_TILES))
+    tiles: int = field(default=0, metadata=bounds(0, MAX_TILES))
+
+    def __post_init__(self) -> None:
+        if self.tile > self.tiles or (self.tiles and not self.tile):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "progress.tile must be 1..tiles when tiles is set")
+
+    def describe(self) -> str:
+        """ "step 3/30", or within a tiled step "step 6/25, tile 7/24"."""
+        if self.tiles:
+            return f"step {min(self.step + 1, self.total)}/{self.total}, tile {self.tile}/{self.tiles}"
+        return f"step {self.step}/{self.total}"
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,16 @@ by the plugin's session (and the headless client) with exactly the engine's pixe
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from backend.client import InstantStyleClient, frame_image
 from backend.engine.request import GenerationRequest, Refine, StyleReference
 from backend.server.job_events import result_frames, tile_side
-from krita_plugin.instantstyle.jobs import JobInputs, JobState, Target
+from krita_plugin.instantstyle.jobs import Job, JobInputs, JobState, Target
 from krita_plugin.instantstyle.session import UpdateKind
 from protocol import (
     ErrorCode,
@@ -20,16 +22,18 @@ from protocol import (
     Limits,
     PixelFormat,
     PixelFrame,
+    Progress,
     ProtocolError,
     ResultImage,
     StyleImage,
     decode_client_message,
     decode_frame,
+    decode_server_message,
     encode_message,
 )
 from protocol import Refine as WireRefine
 from tests.conftest import noise_image
-from tests.server_helpers import ServerThread
+from tests.server_helpers import ServerThread, generate_message, run, running_server
 from tests.test_plugin_client import STYLE, as_image, connect, pump, settings
 
 
@@ -145,3 +149,71 @@ def test_canvas_resolution_off_or_a_small_layer_keeps_one_job_within_the_limits(
     assert (off.images[0].width, off.images[0].height) == (256, 192)
     assert (off.total, small.total) == (2, 2)  # one job each: no refining stage
     assert (small.images[0].width, small.images[0].height) == (64, 72)
+
+
+def test_a_tiles_progress_round_trips_and_a_tile_past_its_count_is_refused():
+    tiled = Progress(7, 5, 8, 61.0, tile=7, tiles=24)
+    assert decode_server_message(encode_message(tiled)) == tiled
+    assert tiled.describe() == "step 6/8, tile 7/24" and Progress(7, 3, 30).describe() == "step 3/30"
+    for tile, tiles in ((25, 24), (0, 24), (3, 0)):
+        text = json.dumps({**json.loads(encode_message(Progress(7, 5, 8))), "tile": tile, "tiles": tiles})
+        with pytest.raises(ProtocolError, match=r"progress.tile must be 1..tiles"):
+            decode_server_message(text)
+
+
+def test_a_refined_jobs_progress_counts_its_tiles_over_the_wire(engine):
+    refine = WireRefine(strength=0.4, tile=64, overlap=16)
+
+    async def scenario():
+        async with (
+            running_server(engine, preview_share=None) as server,
+            InstantStyleClient.connect(server.url) as client,
+        ):
+            await client.submit(
+                generate_message(1, width=192, height=128, steps=5, refine=refine), {0: STYLE}
+            )
+            return await client.follow(1)
+
+    outcome = run(scenario())
+    assert outcome.error is None, outcome.error
+    # 5 steps at the tiny model's area, then 2 refining steps (5 at 0.4) of 12 tiles each.
+    tiled = [(p.step, p.tile, p.tiles) for p in outcome.progress if p.tiles]
+    assert tiled == [(step, tile, 12) for step in (5, 6) for tile in range(1, 13)]
+    assert [p.step for p in outcome.progress if not p.tiles] == [1, 2, 3, 4, 5, 6, 7]
+    # A tile's progress has no PREVIEW; every step's has one, the whole canvas at the preview size.
+    order = [kind for kind in outcome.order if kind in ("Progress", "PREVIEW")]
+    assert order == ["Progress", "PREVIEW"] * 5 + (["Progress"] * 12 + ["Progress", "PREVIEW"]) * 2
+    assert {(f.width, f.height) for f in outcome.previews[5:]} == {(192, 128)}
+    expected = engine.generate(
+        GenerationRequest(
+            prompt="a lighthouse", style_images=[StyleReference(STYLE)], width=192, height=128, steps=5,
+            seed=5, refine=Refine(strength=0.4, tile=64, overlap=16),
+        )
+    ).images[0]  # fmt: skip
+    assert np.array_equal(np.asarray(frame_image(outcome.images[0]))[..., :3], expected)
+
+
+def test_the_docker_shows_which_tile_of_a_refining_step_runs():
+    job = Job(1, "x", 1, Target(0, 0, 192, 128), 192, 128, step=3, total=5)
+    assert job.progress == (3, 5, "step 3 / 5")
+    job.tile, job.tiles = 7, 12
+    assert job.progress == (3 * 12 + 7, 5 * 12, "step 4 / 5 · tile 7 / 12")
+
+
+def test_previews_are_made_no_larger_than_one_message_takes():
+    assert Limits().preview_side_in_one_message == 1024  # 1024² RGB is 3 MiB of the 16 MiB
+    small = replace(Limits(), max_message_bytes=32 * 1024)
+    assert small.preview_side_in_one_message == 104 and 104 * 104 * 3 + 64 <= 32 * 1024 < 105 * 105 * 3
+
+
+def test_a_regional_job_is_made_at_canvas_resolution_and_a_selection_is_not():
+    from krita_plugin.instantstyle.job_message import wants_refine
+    from krita_plugin.instantstyle.jobs import Image as Pixels
+    from krita_plugin.instantstyle.jobs import RegionInput
+
+    style = (as_image(STYLE), 1.0)
+    mask = Pixels(4, 4, 1, bytes(16))
+    regional = JobInputs([style], regions=[RegionInput("sky", mask, [style])])
+    assert wants_refine(settings(), regional, 4096, 3072, native=1024, sweep=False)
+    assert not wants_refine(settings(), JobInputs([style], mask=mask), 4096, 3072, native=1024, sweep=False)
+    assert not wants_refine(settings(), regional, 1024, 1024, native=1024, sweep=False)

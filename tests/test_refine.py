@@ -3,14 +3,18 @@ refined with the UNet in overlapping tiles (``backend/engine/refine.py``, ``tile
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from backend.engine.previews import job_previews
 from backend.engine.refine import first_stage_size
 from backend.engine.request import GenerationRequest, Refine, RequestError, StyleReference
 from backend.engine.tiled_unet import tiled_unet
+from backend.engine.tiles import tile_grid
 from protocol import Mode
 from tests.conftest import noise_image
 
@@ -51,6 +55,48 @@ def test_blending_tiles_adds_no_seam_to_a_model_without_spatial_context():
     spread = out.amax(dim=(-2, -1)) - out.amin(dim=(-2, -1))  # per channel, over the whole canvas
     assert float(spread.max()) < 1e-6  # a flat picture stays flat across every tile border
     assert "forward" not in model.__dict__  # the model is as it was afterwards
+
+
+class MaskedPointwise(Pointwise):
+    """``Pointwise`` times the regions' masks at the latents' grid: tiled, each tile must see its own
+    part of every mask, or the result changes."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, **kwargs):
+        (mask,) = kwargs["cross_attention_kwargs"]["ip_adapter_masks"]
+        scale = mask.shape[-2] // sample.shape[-2]
+        assert mask.shape[-1] // sample.shape[-1] == scale  # the tile's own proportions
+        return (self.mix(sample) * (1 + mask[..., ::scale, ::scale].sum(dim=1, keepdim=True)),)
+
+
+def test_each_tile_gets_its_own_part_of_every_regions_mask():
+    torch.manual_seed(0)
+    model, sample = MaskedPointwise(), torch.randn(2, 4, 20, 28)
+    masks = [(torch.rand(1, 3, 160, 224) > 0.5).float()]  # three regions at the canvas's pixels
+    conditioning = {"added_cond_kwargs": {"time_ids": torch.tensor([[160.0, 224, 0, 0, 160, 224]] * 2)}}
+    attention = {"cross_attention_kwargs": {"ip_adapter_masks": masks, "other": 1}}
+    with torch.no_grad():
+        whole = model(sample, 1, None, **conditioning, **attention)[0]
+        with tiled_unet(model, tile=8, overlap=3) as calls:
+            tiled = model(sample, 1, None, **conditioning, **attention, return_dict=False)[0]
+    assert calls == [20] and torch.allclose(tiled, whole, atol=1e-6)
+    assert attention["cross_attention_kwargs"]["ip_adapter_masks"][0] is masks[0]  # the job's own, uncut
+
+
+def test_regions_apply_at_canvas_resolution_tile_by_tile(engine):
+    from backend.engine.regions import StyleRegion
+
+    refine = Refine(strength=0.4, tile=64, overlap=16)
+    top = Image.new("L", (192, 128), 0)
+    top.paste(255, (0, 0, 192, 64))
+    plain = engine.generate(job(width=192, height=128, refine=refine)).images[0]
+    # One region over everything is the plain job (test_regions.py), tile by tile as well.
+    everywhere = StyleRegion(Image.new("L", (192, 128), 255), job().style_images)
+    one = engine.generate(job(width=192, height=128, refine=refine, style_images=[], regions=[everywhere]))
+    assert np.array_equal(one.images[0], plain)
+    # A region over the top half with other references: the picture changes.
+    other = StyleRegion(top, [StyleReference(noise_image(9, size=64))])
+    two = engine.generate(job(width=192, height=128, refine=refine, regions=[other])).images[0]
+    assert two.shape == plain.shape and not np.array_equal(two, plain)
 
 
 def test_cancel_stops_a_tiled_step_before_its_next_tile():
@@ -103,22 +149,51 @@ def test_a_short_job_still_refines_one_step(engine):
     request = job(width=128, height=96, steps=2, refine=Refine(strength=0.35, tile=64, overlap=16))
     assert request.total_steps == 1 + 1  # img2img: 2 at 0.6; refine: 3 at 0.35 (one would run none)
     image = engine.generate(request, on_step=steps.append).images[0]
-    assert image.shape == (96, 128, 3) and [p.step for p in steps] == [1, 2]
+    assert image.shape == (96, 128, 3) and [p.step for p in steps if not p.tiles] == [1, 2]
 
 
 def test_a_larger_canvas_is_made_small_then_refined_in_tiles(engine):
-    steps = []
+    reports = []
     refine = Refine(strength=0.4, tile=64, overlap=16)
-    result = engine.generate(job(width=192, height=128, refine=refine), on_step=lambda p: steps.append(p))
+    result = engine.generate(job(width=192, height=128, refine=refine), on_step=reports.append)
     (image,) = result.images
     assert image.shape == (128, 192, 3) and image.dtype == np.uint8
     # One job's progress: 3 img2img steps (5 at 0.6) at 80x56 (the tiny model's 64² area), then 2
-    # refining (5 at 0.4) at 192x128 in tiles.
-    assert [p.step for p in steps] == [1, 2, 3, 4, 5] and {p.total for p in steps} == {5}
+    # refining (5 at 0.4) at 192x128 in tiles, each tile reported ("tile 7 of 24") before its step.
+    steps = [p for p in reports if not p.tiles]
+    assert [p.step for p in steps] == [1, 2, 3, 4, 5] and {p.total for p in reports} == {5}
+    count = len(tile_grid(192 // 8, 128 // 8, 64 // 8, 16 // 8))
+    assert count == 4 * 3  # 24x16 latent pixels in 8-px tiles that share 2
+    expected = [(done_steps, tile) for done_steps in (3, 4) for tile in range(1, count + 1)]
+    assert [(p.step, p.tile) for p in reports if p.tiles] == expected
+    assert {p.tiles for p in reports if p.tiles} == {count}
+    assert all(p.rgb is None for p in reports if p.tiles)
+    order = [(p.step + 1 if p.tiles else p.step, bool(not p.tiles)) for p in reports]
+    assert order == sorted(order)  # a step's tiles, then the step itself
+    # The refining steps show the whole canvas (the last: the result at preview size).
+    assert reports[-1].rgb is not None and reports[-1].rgb.shape == (128, 192, 3)
     assert "forward" not in engine.pipeline.unet.__dict__  # the UNet is itself again
     assert result.scores and result.scores[0].style is not None
     # The same job again: the same pixels (the refine is as reproducible as a plain job).
     assert np.array_equal(engine.generate(job(width=192, height=128, refine=refine)).images[0], image)
+
+
+def test_a_canvas_with_more_latent_pixels_than_its_preview_is_previewed_at_the_preview_size(engine):
+    reports = []
+    refine = Refine(strength=0.4, tile=64, overlap=16)
+    request = job(width=192, height=128, refine=refine, preview_side=12, preview_share=None)
+    engine.generate(request, on_step=reports.append)
+    pictures = [p.rgb.shape for p in reports if p.rgb is not None]
+    # Every step pictured (no budget) by the tiny autoencoder at the 12 px asked, the result too.
+    assert pictures == [(8, 12, 3)] * 5
+    # Without one, linear previews: at latent resolution up to the size asked, scaled down above.
+    for size, shape in (((192, 128), (8, 12, 3)), ((80, 56), (7, 10, 3))):
+        shown = []
+        stream = job_previews(
+            replace(request, width=size[0], height=size[1]), shown.append, torch.device("cpu"), None
+        )
+        stream.push(1, 1, torch.randn(1, 4, size[1] // 8, size[0] // 8), torch.zeros(1))
+        assert shown[0].rgb.shape == shape and stream.last_side == shape[1]
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,15 @@ class StepPreview:
     latents: torch.Tensor | None
     """The raw latents x_t after this step, for callers that want them (None where a preview crossed
     processes: a Ray worker sends only the picture)."""
+    tile: int = 0
+    tiles: int = 0
+    """A step that runs in tiles (a canvas refined at its own size) also reports each tile: ``tile``
+    of ``tiles`` done in the step after ``step``, with no picture. 0: a step's own report."""
+
+    @property
+    def done(self) -> float:
+        """Steps done, counting a tiled step's finished tiles as a fraction of it (for the ETA)."""
+        return self.step + (self.tile / self.tiles if self.tiles else 0.0)
 
     @property
     def width(self) -> int:
@@ -115,6 +124,23 @@ def result_preview(rgb: np.ndarray, preview_side: int) -> np.ndarray:
     if size == (width, height):
         return rgb
     return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+
+
+class LinearRenderer:
+    """Linear previews of ``size`` (width, height) from larger latents: a canvas refined at its own
+    resolution has more latent pixels than the preview asked for."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        width, height = self.size
+        first = latents[:1].detach().float()
+        if first.shape[-2:] != (height, width):
+            first = F.interpolate(
+                first, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+            )
+        return rgb_tensor(first)
 
 
 class TinyVaeRenderer:
@@ -292,9 +318,12 @@ def job_previews(
         budget = None  # every step drawn
     else:
         budget = PreviewBudget(request.preview_share)
-    if tiny_vae is None:  # the last picture as small as the linear ones: latent resolution
-        latent_side = max(request.width, request.height) // 8
-        return PreviewStream(on_step, device, budget=budget, last_side=latent_side)
+    if tiny_vae is None:  # the last picture as small as the linear ones: latent resolution, at most
+        latent_side = max(request.width, request.height) // 8  # the asked size (a refined canvas)
+        if latent_side <= request.preview_side:
+            return PreviewStream(on_step, device, budget=budget, last_side=latent_side)
+        linear = LinearRenderer(preview_size(request.width, request.height, request.preview_side))
+        return PreviewStream(on_step, device, render=linear, budget=budget, last_side=request.preview_side)
     width, height = preview_size(request.width, request.height, request.preview_side)
     render = TinyVaeRenderer(tiny_vae, (width, height))
     # Within a budget step 1, a blur yet, and the pictures a full one does not fit are drawn at half

@@ -19,6 +19,7 @@ from PIL import Image
 
 from protocol.enums import Mode
 
+from .previews import StepPreview
 from .request import GenerationRequest, GenerationResult, Refine
 from .sweep import OneJob, StepCallback, shifted
 from .tiled_unet import LATENT_SCALE, tiled_unet
@@ -73,7 +74,6 @@ def run_refined(
         mask=None,
         strength=refine.strength,
         steps=refine.stage_steps(request.steps),
-        step_pictures=False,  # a canvas-sized preview every step would cost more than the step
     )
     total = first.effective_steps + second.effective_steps
     made = generate_one(first, shifted(on_step, 0, total), cancel)
@@ -81,7 +81,11 @@ def run_refined(
         (request.width, request.height), Image.Resampling.LANCZOS
     )
     tile, overlap = tile_and_overlap(refine, native)
-    with tiled_unet(unet, tile, overlap, cancel):
-        return generate_one(
-            replace(second, init_image=upscaled), shifted(on_step, first.effective_steps, total), cancel
-        )
+    refining = shifted(on_step, first.effective_steps, total)
+
+    def on_tile(call: int, done: int, count: int) -> None:  # "tile 7 of 24" in step ``call``
+        if refining is not None:
+            refining(StepPreview(call - 1, second.effective_steps, None, None, done, count))
+
+    with tiled_unet(unet, tile, overlap, cancel, on_tile):
+        return generate_one(replace(second, init_image=upscaled), refining, cancel)

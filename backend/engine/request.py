@@ -119,9 +119,9 @@ class GenerationRequest:
     """What previews may cost, as a share of the denoising time (``preview_budget``); None: every
     step gets one drawn from its own latents, whatever it costs (the command line's ``--previews``)."""
     step_pictures: bool = True
+    """False: steps report progress only (a live job: its result is what the artist waits for)."""
     refine: Refine | None = None
     """Make ``width`` × ``height`` in two stages (``Refine``): for canvases above the native size."""
-    """False: steps report progress only (a live job: its result is what the artist waits for)."""
 
     def cells(self) -> list[SweepCell]:
         """The sweep's cells in order (one cell, the request's own settings, without a sweep)."""
@@ -205,7 +205,6 @@ class GenerationRequest:
             self.refine.check()
             refused = {
                 "a batch": self.batch > 1,
-                "regions": bool(self.regions),
                 "a selection (inpaint)": self.mode is Mode.INPAINT,
             }
             for what, present in refused.items():

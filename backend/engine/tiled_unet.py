@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -33,12 +33,32 @@ def tile_time_ids(time_ids: torch.Tensor, tile: Tile, canvas: tuple[int, int]) -
     return scaled.expand_as(time_ids).clone()
 
 
+def tile_kwargs(kwargs: dict, tile: Tile, latent_height: int) -> dict:
+    """The UNet's other arguments for one tile: regions' IP-Adapter masks (canvas-sized, each resized
+    by diffusers to an attention block's grid from its own proportions) cropped to the tile."""
+    attention = kwargs.get("cross_attention_kwargs") or {}
+    masks = attention.get("ip_adapter_masks")
+    if not masks:
+        return kwargs
+    cropped = []
+    for mask in masks:  # (1, images, H, W) at the canvas's pixels
+        scale = mask.shape[-2] // latent_height
+        rows, columns = tile.region(scale)
+        cropped.append(mask[..., rows, columns])
+    return {**kwargs, "cross_attention_kwargs": {**attention, "ip_adapter_masks": cropped}}
+
+
 @contextlib.contextmanager
 def tiled_unet(
-    unet: torch.nn.Module, tile: int, overlap: int, cancel: threading.Event | None = None
+    unet: torch.nn.Module,
+    tile: int,
+    overlap: int,
+    cancel: threading.Event | None = None,
+    on_tile: Callable[[int, int, int], None] | None = None,
 ) -> Iterator[list[int]]:
     """Split the UNet's calls into ``tile``-sided tiles (latent pixels) that share ``overlap``;
-    ``cancel`` stops the job before the next tile (a step of an 8K canvas is hundreds of tiles).
+    ``cancel`` stops the job before the next tile (a step of an 8K canvas is hundreds of tiles);
+    ``on_tile(call, done, count)`` hears of each finished tile of a call (1-based) that has several.
 
     Yields a list that collects how many tiles each call used (for progress and tests)."""
     inner = unet.forward
@@ -58,7 +78,7 @@ def tiled_unet(
         return_dict = kwargs.pop("return_dict", True)
         added = kwargs.pop("added_cond_kwargs", None) or {}
         blended: torch.Tensor | None = None
-        for part, weight in zip(tiles, weights, strict=True):
+        for done, (part, weight) in enumerate(zip(tiles, weights, strict=True), start=1):
             if cancel is not None and cancel.is_set():
                 raise JobCancelled
             rows, columns = part.region()
@@ -72,12 +92,14 @@ def tiled_unet(
                 *args,
                 added_cond_kwargs=conditioning,
                 return_dict=False,
-                **kwargs,
+                **tile_kwargs(kwargs, part, height),
             )[0]
             if blended is None:
                 shape = (*prediction.shape[:-2], height, width)
                 blended = torch.zeros(shape, dtype=prediction.dtype, device=prediction.device)
             blended[..., rows, columns] += prediction * weight.to(prediction.device, prediction.dtype)
+            if on_tile is not None:
+                on_tile(len(calls), done, len(tiles))
         if not return_dict:
             return (blended,)
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput

@@ -24,9 +24,13 @@ class Tile:
     width: int
     height: int
 
-    def region(self) -> tuple[slice, slice]:
-        """The tile's rows and columns, to index an (..., height, width) tensor."""
-        return slice(self.y, self.y + self.height), slice(self.x, self.x + self.width)
+    def region(self, scale: int = 1) -> tuple[slice, slice]:
+        """The tile's rows and columns, to index an (..., height, width) tensor (``scale``: of one
+        ``scale`` times the latents' size, such as the image's pixels)."""
+        return (
+            slice(self.y * scale, (self.y + self.height) * scale),
+            slice(self.x * scale, (self.x + self.width) * scale),
+        )
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -362,7 +362,7 @@ class Connection:
                 _prepare,
                 message,
                 wanted,
-                config.limits.max_preview_side,
+                config.limits.preview_side_in_one_message,
                 config.preview_share,
             )
         except BaseException:

@@ -72,8 +72,8 @@ def step_reporter(job: Job, started: float):
 
     def on_step(preview: StepPreview) -> None:
         job.last_step = preview.step
-        per_step = (time.perf_counter() - started) / preview.step
-        job.emit(JobStep(preview, per_step * (preview.total - preview.step)))
+        per_step = (time.perf_counter() - started) / max(preview.done, 1e-3)
+        job.emit(JobStep(preview, per_step * (preview.total - preview.done)))
 
     return on_step
 

@@ -33,8 +33,10 @@ def encode_event(job_id: int, event: JobEvent, max_bytes: int = 2**31) -> list[O
         return [encode_message(Started(job_id, event.seed, event.total_steps))]
     if isinstance(event, JobStep):
         preview = event.preview
-        progress = Progress(job_id, preview.step, preview.total, round(event.eta_seconds, 3))
-        if preview.rgb is None:  # the preview budget skipped this step: its progress only
+        progress = Progress(
+            job_id, preview.step, preview.total, round(event.eta_seconds, 3), preview.tile, preview.tiles
+        )
+        if preview.rgb is None:  # a tile's report, or a step the preview budget skipped: progress only
             return [StepUpdate(job_id, encode_message(progress), b"")]
         header = encode_frame_header(
             FrameKind.PREVIEW, job_id, preview.step, preview.width, preview.height, PixelFormat.RGB8

@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest
@@ -110,7 +110,7 @@ class EngineActor:
         def on_step(preview) -> None:
             nonlocal last_step
             last_step = preview.step
-            events.put(StepPreview(preview.step, preview.total, preview.rgb, None))  # x_t stays here
+            events.put(replace(preview, latents=None))  # x_t stays here
 
         def work() -> None:
             events.put(run_on_engine(self.engine, job_id, request, on_step, cancel, lambda: last_step))

@@ -252,9 +252,10 @@ class InstantStyleDocker(DockWidget):
         running = next((job for job in active if job.state is JobState.RUNNING), None)
         self.cancel_button.setEnabled(bool(active))
         if running is not None and running.total:
-            self.progress.setFormat("step %v / %m")
-            self.progress.setRange(0, running.total)
-            self.progress.setValue(running.step)
+            value, maximum, text = running.progress
+            self.progress.setFormat(text)
+            self.progress.setRange(0, maximum)
+            self.progress.setValue(value)
         elif active:
             queued = active[0]
             self.progress.setFormat(f"queued ({queued.position} ahead)" if queued.position else "starting…")

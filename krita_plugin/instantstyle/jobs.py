@@ -87,6 +87,10 @@ class Job:
     step: int = 0
     total: int = 0
     eta_seconds: float = 0.0
+    tile: int = 0
+    tiles: int = 0
+    """A step of a canvas refined at its own size runs in tiles: ``tile`` of ``tiles`` done in the
+    step after ``step`` (0: no tiles)."""
     preview: Image | None = None
     preview_step: int = 0
     """The step ``preview`` shows."""
@@ -116,6 +120,16 @@ class Job:
     @property
     def is_sweep(self) -> bool:
         return self.result is not None and bool(self.result.cells)
+
+    @property
+    def progress(self) -> tuple[int, int, str]:
+        """The progress bar's value, maximum and text: "step 3 / 30", or "step 6 / 25 · tile 7 / 24"
+        while a tiled step runs (the bar moves with each tile)."""
+        if self.tiles:
+            step = min(self.step + 1, self.total)
+            text = f"step {step} / {self.total} · tile {self.tile} / {self.tiles}"
+            return self.step * self.tiles + self.tile, self.total * self.tiles, text
+        return self.step, self.total, f"step {self.step} / {self.total}"
 
     def scores(self, index: int) -> protocol.Scores | None:
         scores = self.result.scores if self.result is not None else []

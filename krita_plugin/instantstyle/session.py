@@ -253,6 +253,7 @@ class Session:
                 item.total,
                 item.eta_seconds,
             )
+            job.tile, job.tiles = item.tile, item.tiles
             return [JobUpdate(UpdateKind.PROGRESS, job)]
         if isinstance(item, protocol.PixelFrame) and item.kind is protocol.FrameKind.PREVIEW:
             job.preview, job.preview_step = Image.from_frame(item), item.index
