@@ -177,7 +177,6 @@ class Generate:
         if self.refine.tile and self.refine.overlap >= self.refine.tile:
             raise fail(ErrorCode.BAD_FIELD, "refine.overlap must be smaller than refine.tile")
         refused = {
-            "a batch": self.batch > 1,
             "a sweep": bool(self.sweep),
             "a mask (inpaint)": self.mode is Mode.INPAINT,
             "live": self.live,
@@ -223,6 +222,11 @@ class Generate:
                 )
         if self.width * self.height > max_pixels:
             raise fail(ErrorCode.TOO_LARGE, f"{self.width}x{self.height} is over {max_pixels} pixels")
+        if self.refine is not None and self.batch * self.width * self.height > max_pixels:
+            raise fail(  # a canvas batch's pictures share one canvas's budget
+                ErrorCode.TOO_LARGE,
+                f"a batch of {self.batch} at {self.width}x{self.height} is over {max_pixels} pixels",
+            )
         if self.steps > limits.max_steps:
             raise fail(
                 ErrorCode.OUT_OF_RANGE,

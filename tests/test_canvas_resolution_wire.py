@@ -99,8 +99,11 @@ def test_a_canvas_goes_up_to_the_servers_canvas_limit_with_refine_only():
     small = replace(limits, max_canvas_pixels=4096 * 2048)
     with pytest.raises(ProtocolError, match="4096x3072 is over 8388608 pixels"):
         decode_client_message(message(refine=WireRefine()), small)
+    # A batch at canvas resolution: its pictures share one canvas's budget (4 of 4096x3072 fit 8192²).
+    assert decode_client_message(message(refine=WireRefine(), batch=4), limits).batch == 4
+    with pytest.raises(ProtocolError, match="a batch of 6 at 4096x3072 is over 67108864 pixels"):
+        decode_client_message(message(refine=WireRefine(), batch=6), limits)
     for fields, said in [
-        ({"batch": 2}, "cannot have a batch"),
         ({"live": True}, "cannot have live"),
         ({"refine": WireRefine(tile=100)}, "refine.tile must be a multiple of 8"),
         ({"refine": WireRefine(tile=64, overlap=64)}, "refine.overlap must be smaller than refine.tile"),

@@ -178,6 +178,21 @@ def test_a_larger_canvas_is_made_small_then_refined_in_tiles(engine):
     assert np.array_equal(engine.generate(job(width=192, height=128, refine=refine)).images[0], image)
 
 
+def test_a_batch_is_made_small_together_then_each_picture_refined_with_its_seed(engine):
+    reports = []
+    refine = Refine(strength=0.4, tile=64, overlap=16)
+    request = job(width=192, height=128, refine=refine, batch=2)
+    assert request.total_steps == 3 + 2 * 2
+    result = engine.generate(request, on_step=reports.append)
+    assert [p.step for p in reports if not p.tiles] == list(range(1, 8)) and {p.total for p in reports} == {7}
+    assert result.seeds == [7, 8] and len(result.scores) == 2
+    assert [image.shape for image in result.images] == [(128, 192, 3)] * 2
+    # Each is the picture its seed makes alone (a batched first stage may round differently).
+    for image, seed in zip(result.images, result.seeds, strict=True):
+        alone = engine.generate(job(width=192, height=128, refine=refine, seed=seed)).images[0]
+        assert np.abs(alone.astype(int) - image.astype(int)).max() <= 2
+
+
 def test_a_canvas_with_more_latent_pixels_than_its_preview_is_previewed_at_the_preview_size(engine):
     reports = []
     refine = Refine(strength=0.4, tile=64, overlap=16)
@@ -199,7 +214,6 @@ def test_a_canvas_with_more_latent_pixels_than_its_preview_is_previewed_at_the_p
 @pytest.mark.parametrize(
     ("fields", "said"),
     [
-        ({"batch": 2}, "cannot have a batch"),
         ({"mode": Mode.INPAINT, "mask": Image.new("L", (64, 64), 255)}, "cannot have a selection"),
         ({"refine": Refine(tile=60)}, "refine tile must be a multiple of 8"),
         ({"refine": Refine(tile=64, overlap=64)}, "must be smaller than its tile"),

@@ -22,7 +22,7 @@ from protocol.enums import Mode
 from .previews import StepPreview
 from .request import GenerationRequest, GenerationResult, Refine
 from .sweep import OneJob, StepCallback, shifted
-from .tiled_unet import LATENT_SCALE, tiled_unet
+from .tiled_unet import LATENT_SCALE, TileCallback, tiled_unet
 
 
 def first_stage_size(width: int, height: int, native: int) -> tuple[int, int]:
@@ -59,7 +59,8 @@ def run_refined(
     cancel: threading.Event | None,
 ) -> GenerationResult:
     """Both stages through ``generate_one`` (the engine's lock held); progress counts the steps of
-    both. A canvas within the native area runs as one job."""
+    both. A batch is made small together, then each picture refined on its own (its seed, its
+    scores). A canvas within the native area runs as one job."""
     refine = request.refine
     assert refine is not None
     request.validate()
@@ -75,17 +76,32 @@ def run_refined(
         strength=refine.strength,
         steps=refine.stage_steps(request.steps),
     )
-    total = first.effective_steps + second.effective_steps
+    total = first.effective_steps + request.batch * second.effective_steps
     made = generate_one(first, shifted(on_step, 0, total), cancel)
-    upscaled = Image.fromarray(made.images[0]).resize(
-        (request.width, request.height), Image.Resampling.LANCZOS
-    )
     tile, overlap = tile_and_overlap(refine, native)
-    refining = shifted(on_step, first.effective_steps, total)
+    parts = []
+    for index, (picture, seed) in enumerate(zip(made.images, made.seeds, strict=True)):
+        upscaled = Image.fromarray(picture).resize((request.width, request.height), Image.Resampling.LANCZOS)
+        refining = shifted(on_step, first.effective_steps + index * second.effective_steps, total)
+        with tiled_unet(unet, tile, overlap, cancel, tile_reporter(refining, second.effective_steps)):
+            parts.append(
+                generate_one(replace(second, init_image=upscaled, seed=seed, batch=1), refining, cancel)
+            )
+    return replace(
+        made,
+        images=[image for part in parts for image in part.images],
+        scores=[score for part in parts for score in part.scores],
+        seconds=made.seconds + sum(part.seconds for part in parts),
+    )
 
-    def on_tile(call: int, done: int, count: int) -> None:  # "tile 7 of 24" in step ``call``
-        if refining is not None:
-            refining(StepPreview(call - 1, second.effective_steps, None, None, done, count))
 
-    with tiled_unet(unet, tile, overlap, cancel, on_tile):
-        return generate_one(replace(second, init_image=upscaled), refining, cancel)
+def tile_reporter(on_step: StepCallback | None, steps: int) -> TileCallback | None:
+    """Each finished tile of the refining stage as progress: "tile 7 of 24" in step ``call``."""
+    if on_step is None:
+        return None
+    report = on_step
+
+    def on_tile(call: int, done: int, count: int) -> None:
+        report(StepPreview(call - 1, steps, None, None, done, count))
+
+    return on_tile

@@ -156,7 +156,7 @@ class GenerationRequest:
     def total_steps(self) -> int:
         """Denoising steps of the whole job (every cell of a sweep; both stages of a refine)."""
         if self.refine is not None:
-            return self.effective_steps + self.refine.steps(self.steps)
+            return self.effective_steps + self.batch * self.refine.steps(self.steps)
         return self.effective_steps * len(self.cells())
 
     def validate(self) -> None:
@@ -204,7 +204,6 @@ class GenerationRequest:
         if self.refine is not None:
             self.refine.check()
             refused = {
-                "a batch": self.batch > 1,
                 "a selection (inpaint)": self.mode is Mode.INPAINT,
             }
             for what, present in refused.items():

@@ -21,6 +21,9 @@ from .tiles import Tile, blend_weights, tile_grid
 LATENT_SCALE = 8
 """Image pixels per latent pixel (SDXL's VAE)."""
 
+TileCallback = Callable[[int, int, int], None]
+"""``(call, done, count)``: tile ``done`` of ``count`` finished in the UNet's ``call``-th call (1-based)."""
+
 
 def tile_time_ids(time_ids: torch.Tensor, tile: Tile, canvas: tuple[int, int]) -> torch.Tensor:
     """SDXL's micro-conditioning for a crop: the canvas as the original size, the tile's corner as the
@@ -54,7 +57,7 @@ def tiled_unet(
     tile: int,
     overlap: int,
     cancel: threading.Event | None = None,
-    on_tile: Callable[[int, int, int], None] | None = None,
+    on_tile: TileCallback | None = None,
 ) -> Iterator[list[int]]:
     """Split the UNet's calls into ``tile``-sided tiles (latent pixels) that share ``overlap``;
     ``cancel`` stops the job before the next tile (a step of an 8K canvas is hundreds of tiles);
