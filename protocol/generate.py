@@ -178,7 +178,6 @@ class Generate:
             raise fail(ErrorCode.BAD_FIELD, "refine.overlap must be smaller than refine.tile")
         refused = {
             "a sweep": bool(self.sweep),
-            "a mask (inpaint)": self.mode is Mode.INPAINT,
             "live": self.live,
         }
         for what, present in refused.items():

@@ -209,7 +209,7 @@ def test_previews_are_made_no_larger_than_one_message_takes():
     assert small.preview_side_in_one_message == 104 and 104 * 104 * 3 + 64 <= 32 * 1024 < 105 * 105 * 3
 
 
-def test_a_regional_job_is_made_at_canvas_resolution_and_a_selection_is_not():
+def test_regions_and_selections_are_made_at_canvas_resolution_and_sweeps_are_not():
     from krita_plugin.instantstyle.job_message import wants_refine
     from krita_plugin.instantstyle.jobs import Image as Pixels
     from krita_plugin.instantstyle.jobs import RegionInput
@@ -218,5 +218,7 @@ def test_a_regional_job_is_made_at_canvas_resolution_and_a_selection_is_not():
     mask = Pixels(4, 4, 1, bytes(16))
     regional = JobInputs([style], regions=[RegionInput("sky", mask, [style])])
     assert wants_refine(settings(), regional, 4096, 3072, native=1024, sweep=False)
-    assert not wants_refine(settings(), JobInputs([style], mask=mask), 4096, 3072, native=1024, sweep=False)
+    assert wants_refine(settings(), JobInputs([style], mask=mask), 4096, 3072, native=1024, sweep=False)
+    assert not wants_refine(settings(), regional, 4096, 3072, native=1024, sweep=True)
     assert not wants_refine(settings(), regional, 1024, 1024, native=1024, sweep=False)
+    assert not wants_refine(settings(canvas_resolution=False), regional, 4096, 3072, native=1024, sweep=False)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from backend.engine.previews import job_previews
-from backend.engine.refine import first_stage_size
+from backend.engine.refine import first_stage_size, run_refined
 from backend.engine.request import GenerationRequest, Refine, RequestError, StyleReference
 from backend.engine.tiled_unet import tiled_unet
 from backend.engine.tiles import tile_grid
@@ -211,10 +211,47 @@ def test_a_canvas_with_more_latent_pixels_than_its_preview_is_previewed_at_the_p
         assert shown[0].rgb.shape == shape and stream.last_side == shape[1]
 
 
+def test_a_selection_is_refined_from_its_first_stage_inside_and_the_canvas_around_it():
+    canvas = noise_image(5, size=96).resize((192, 128))
+    selection = Image.new("L", (192, 128), 0)
+    selection.paste(255, (48, 32, 144, 96))
+    made_small = np.full((56, 80, 3), 200, np.uint8)
+    calls = []
+
+    def generate_one(request, on_step, cancel):
+        calls.append(request)
+        from backend.engine.request import GenerationResult
+
+        picture = made_small if len(calls) == 1 else np.zeros((request.height, request.width, 3), np.uint8)
+        return GenerationResult([picture], [request.seed], "tiny", True)
+
+    request = job(
+        width=192, height=128, mode=Mode.INPAINT, init_image=canvas, mask=selection, refine=Refine()
+    )
+    run_refined(request, generate_one, Pointwise(), 64, None, None)
+    first, second = calls
+    assert (first.mode, first.width, first.height, first.mask) == (Mode.INPAINT, 80, 56, selection)
+    assert (second.mode, second.mask, second.strength) == (Mode.INPAINT, selection, 0.35)
+    start = np.asarray(second.init_image)
+    inside = np.asarray(selection) > 127
+    assert (start[inside] == 200).all()  # the first stage's picture, upscaled, inside the selection
+    assert np.array_equal(start[~inside], np.asarray(canvas)[~inside])  # the artist's canvas around it
+
+
+def test_a_selection_at_canvas_resolution_runs_tile_by_tile(engine):
+    selection = Image.new("L", (192, 128), 0)
+    selection.paste(255, (48, 32, 144, 96))
+    refine = Refine(strength=0.4, tile=64, overlap=16)
+    fields = {"width": 192, "height": 128, "refine": refine, "init_image": noise_image(5, size=96)}
+    reports = []
+    inpainted = engine.generate(job(mode=Mode.INPAINT, mask=selection, **fields), on_step=reports.append)
+    assert inpainted.images[0].shape == (128, 192, 3) and {p.tiles for p in reports if p.tiles} == {12}
+    assert not np.array_equal(inpainted.images[0], engine.generate(job(**fields)).images[0])
+
+
 @pytest.mark.parametrize(
     ("fields", "said"),
     [
-        ({"mode": Mode.INPAINT, "mask": Image.new("L", (64, 64), 255)}, "cannot have a selection"),
         ({"refine": Refine(tile=60)}, "refine tile must be a multiple of 8"),
         ({"refine": Refine(tile=64, overlap=64)}, "must be smaller than its tile"),
         ({"refine": Refine(strength=0.0)}, r"refine strength must be in \(0, 1\]"),

@@ -68,11 +68,12 @@ def run_refined(
     if (base_width, base_height) == (request.width, request.height):
         return generate_one(replace(request, refine=None), on_step, cancel)
     first = replace(request, refine=None, width=base_width, height=base_height)
+    inpaint = request.mode is Mode.INPAINT  # a selection: refined inside it, the canvas kept outside
     second = replace(
         request,
         refine=None,
-        mode=Mode.IMG2IMG,
-        mask=None,
+        mode=Mode.INPAINT if inpaint else Mode.IMG2IMG,
+        mask=request.mask if inpaint else None,
         strength=refine.strength,
         steps=refine.stage_steps(request.steps),
     )
@@ -82,6 +83,8 @@ def run_refined(
     parts = []
     for index, (picture, seed) in enumerate(zip(made.images, made.seeds, strict=True)):
         upscaled = Image.fromarray(picture).resize((request.width, request.height), Image.Resampling.LANCZOS)
+        if inpaint:
+            upscaled = within_selection(upscaled, request.init_image, request.mask)
         refining = shifted(on_step, first.effective_steps + index * second.effective_steps, total)
         with tiled_unet(unet, tile, overlap, cancel, tile_reporter(refining, second.effective_steps)):
             parts.append(
@@ -93,6 +96,16 @@ def run_refined(
         scores=[score for part in parts for score in part.scores],
         seconds=made.seconds + sum(part.seconds for part in parts),
     )
+
+
+def within_selection(made: Image.Image, canvas: Image.Image | None, mask: Image.Image | None) -> Image.Image:
+    """The first stage's picture inside the selection and the artist's canvas outside it, at the
+    canvas's size: the refining stage starts from the artist's own pixels around the selection
+    (masks resized as the engine resizes them, nearest)."""
+    assert canvas is not None and mask is not None
+    size = made.size
+    outside = canvas.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    return Image.composite(made, outside, mask.convert("L").resize(size, Image.Resampling.NEAREST))
 
 
 def tile_reporter(on_step: StepCallback | None, steps: int) -> TileCallback | None:

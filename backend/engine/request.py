@@ -203,12 +203,6 @@ class GenerationRequest:
             check_precise(self.guidance_scale)
         if self.refine is not None:
             self.refine.check()
-            refused = {
-                "a selection (inpaint)": self.mode is Mode.INPAINT,
-            }
-            for what, present in refused.items():
-                if present:
-                    raise RequestError(f"a job at canvas resolution (refine) cannot have {what} yet")
 
     @property
     def effective_steps(self) -> int:

@@ -62,13 +62,12 @@ def wants_refine(
 ) -> bool:
     """Whether a ``width`` × ``height`` target is made at its own resolution (two stages): the artist
     left "Canvas resolution" on, the model said its native side, the target is well above its area,
-    and the job is one a refine can run (no selection, sweep or live)."""
+    and the job is one a refine can run (not a sweep; live jobs stay small)."""
     return (
         settings.auto_size
         and settings.canvas_resolution
         and native > 0
         and width * height > CANVAS_SLACK * native * native
-        and inputs.mask is None
         and not sweep
     )
 
