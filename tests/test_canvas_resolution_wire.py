@@ -122,12 +122,26 @@ def test_the_plugin_gets_a_canvas_sized_result_in_tiles_with_the_engines_pixels(
             job = session.submit(
                 settings(steps=4), JobInputs([(as_image(STYLE), 1.0)]), Target(0, 0, 256, 192)
             )
-            pump(session, lambda u: any(x.kind in (UpdateKind.RESULT, UpdateKind.FAILED) for x in u))
+            updates = pump(
+                session, lambda u: any(x.kind in (UpdateKind.RESULT, UpdateKind.FAILED) for x in u)
+            )
         finally:
             session.connection.stop()
     assert job.state is JobState.DONE, job.message
     (image,) = job.images
     assert (image.width, image.height, job.width, job.height) == (256, 192, 256, 192)
+    # Each tile reached the plugin as a part of the result (written into the layer as it arrives),
+    # with the whole image's pixels at its place, before the result itself.
+    kinds = [u.kind for u in updates if u.kind in (UpdateKind.RESULT_PART, UpdateKind.RESULT)]
+    assert kinds[-1] is UpdateKind.RESULT and len(kinds) > 2 and set(kinds[:-1]) == {UpdateKind.RESULT_PART}
+    whole = np.frombuffer(image.data, np.uint8).reshape(192, 256, 4)
+    covered = np.zeros((192, 256), int)
+    for part in (u.part for u in updates if u.kind is UpdateKind.RESULT_PART):
+        rows, columns = slice(part.y, part.y + part.image.height), slice(part.x, part.x + part.image.width)
+        tile = np.frombuffer(part.image.data, np.uint8).reshape(part.image.height, part.image.width, 4)
+        assert part.index == 0 and np.array_equal(tile, whole[rows, columns])
+        covered[rows, columns] += 1
+    assert (covered == 1).all()
     expected = engine.generate(
         GenerationRequest(
             prompt="a fox", style_images=[StyleReference(STYLE)], width=256, height=192, steps=4, seed=11,

@@ -183,6 +183,13 @@ def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(d
     width, height = CANVAS
     assert canvas["job_size"] == canvas["image_size"] == [width, height], canvas
     assert canvas["layer_is_the_result"], "the result layer is not the received picture"
+    # The result was written into one layer tile by tile as it arrived, each part once.
+    parts = report["canvas_parts"]
+    assert len(parts) > 1 and {layers for *_, layers in parts} == {1}, parts
+    covered = np.zeros((height, width), np.uint8)
+    for x, y, w, h, _layers in parts:
+        covered[y : y + h, x : x + w] += 1
+    assert (covered == 1).all()
     print(f"4096x3072 at canvas resolution in real Krita: {canvas['seconds']:.1f} s")
     result = np.frombuffer((artifacts / "canvas-result.rgba").read_bytes(), np.uint8)
     result = result.reshape(height, width, 4)

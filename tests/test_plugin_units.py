@@ -169,3 +169,13 @@ def test_the_status_line_says_how_previews_look_and_how_many_workers_run_jobs():
     )
     one = [WorkerInfo("local", "cuda")]
     assert status(ModelFeatures(preview=PreviewMethod.TINY_VAE, workers=one)).endswith("full-size previews")
+
+
+def test_a_result_tile_becomes_bgra_with_the_selections_alpha_at_its_place():
+    from krita_plugin.instantstyle.pixels import part_bgra
+
+    rgba = bytes([10, 20, 30, 255] * 6)  # a 3x2 tile at (1, 1) of a 4x3 result
+    mask = bytes(range(0, 120, 10))  # the 4x3 selection, row by row
+    assert part_bgra(rgba, 3, 2, 1, 1, None, 4) == bytes([30, 20, 10, 255] * 6)
+    out = part_bgra(rgba, 3, 2, 1, 1, mask, 4)
+    assert list(out[3::4]) == [50, 60, 70, 90, 100, 110] and out[0:3] == bytes([30, 20, 10])

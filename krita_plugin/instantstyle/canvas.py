@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from krita import Krita  # type: ignore[import-not-found]
 
-from .jobs import Image, Job, JobInputs, RegionInput, Target
-from .pixels import SavedSelection, fit_generation_size, swap_red_blue, to_8bit, to_16bit
+from .jobs import Image, Job, JobInputs, RegionInput, ResultPart, Target
+from .pixels import SavedSelection, fit_generation_size, part_bgra, swap_red_blue, to_8bit, to_16bit
 from .qt import QImage, Qt, image_bytes
 from .settings import GenerationSettings, JobKind, RegionMaskKind, RegionSetting, StyleSource, StyleSourceKind
 
@@ -245,6 +245,8 @@ class CanvasWriter:
         self._previews: dict[int, str] = {}  # job id -> uniqueId of its preview layer
         self._groups: dict[int, str] = {}  # sweep job id -> uniqueId of the group holding its cells
         self._masks: dict[int, bytes] = {}
+        self._arriving: dict[int, tuple[str, int]] = {}
+        """Job id -> uniqueId of the result layer its tiles are written into, and pixels written."""
 
     def remember_mask(self, job: Job, mask: Image | None) -> None:
         if mask is not None:
@@ -325,12 +327,71 @@ class CanvasWriter:
         document.refreshProjection()
         return name
 
+    def write_result_part(self, job: Job, part: ResultPart) -> None:
+        """Write a tile of a canvas-sized result into its layer as it arrives: the canvas fills in
+        tile by tile, and no step converts the whole canvas at once. The layer takes the preview's
+        place with its first tile; ``apply_result`` finds it complete."""
+        document = self._document(job)
+        target, result = job.target, job.result
+        if (
+            document is None
+            or part.index != 0
+            or result is None
+            or (result.width, result.height)
+            != (
+                target.width,
+                target.height,
+            )
+        ):
+            return  # other pictures of a batch stay in the history; a scaled result goes whole
+        uid, written = self._arriving.get(job.job_id, ("", 0))
+        node = find_node(document, uid)
+        if node is None:
+            if written:
+                return  # the artist deleted the arriving layer: apply_result makes it whole
+            self.remove_preview(job)
+            node = self._place(document, job, job.layer_names[0])
+            uid = node.uniqueId().toString()
+        mask = self._masks.get(job.job_id)
+        mask = mask if mask is not None and len(mask) == target.width * target.height else None
+        width, height = part.image.width, part.image.height
+        pixels = part_bgra(part.image.data, width, height, part.x, part.y, mask, target.width)
+        _require_rgba(node)
+        data = to_16bit(pixels) if node.colorDepth() == "U16" else pixels
+        node.setPixelData(data, target.x + part.x, target.y + part.y, width, height)
+        self._arriving[job.job_id] = (uid, written + width * height)
+        document.refreshProjection()
+
+    def remove_arriving(self, job: Job) -> None:
+        """Take away a result layer whose tiles stopped arriving (the job failed on the way)."""
+        uid, _ = self._arriving.pop(job.job_id, ("", 0))
+        document = self._document(job)
+        node = find_node(document, uid) if document is not None and uid else None
+        if node is not None:
+            node.remove()
+            document.refreshProjection()
+
+    def _arrived(self, document, job: Job) -> str | None:
+        """The name of the layer ``write_result_part`` filled completely, else None (none, or a
+        partial one, which is taken away)."""
+        uid, written = self._arriving.pop(job.job_id, ("", 0))
+        node = find_node(document, uid) if uid else None
+        if node is not None and written == job.target.width * job.target.height:
+            return node.name()
+        if node is not None:
+            node.remove()
+        return None
+
     def apply_result(self, job: Job, index: int = 0) -> str | None:
         """Add image ``index`` of a finished job as a new layer; returns the layer's name."""
         self.remove_preview(job)
         document = self._document(job)
         if document is None or index >= len(job.images):
             return None
+        arrived = self._arrived(document, job) if index == 0 else None
+        if arrived is not None:
+            document.refreshProjection()
+            return arrived
         target = job.target
         pixels = to_bgra(job.images[index], target.width, target.height)
         mask = self._masks.get(job.job_id)

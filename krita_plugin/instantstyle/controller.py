@@ -279,6 +279,8 @@ class Controller(QObject):
             self._say(update.message)
         elif update.kind is UpdateKind.PREVIEW:
             self.canvas.show_preview(job, update.preview)
+        elif update.kind is UpdateKind.RESULT_PART and update.part is not None and not job.is_sweep:
+            self.canvas.write_result_part(job, update.part)
         elif update.kind is UpdateKind.RESULT and job.is_sweep:
             name = self.canvas.apply_sweep(job)
             self._say(
@@ -295,6 +297,7 @@ class Controller(QObject):
             )
         elif update.kind in (UpdateKind.CANCELLED, UpdateKind.FAILED):
             self.canvas.remove_preview(job)
+            self.canvas.remove_arriving(job)
             self._say(update.message)
 
     def _handle_live(self, update: JobUpdate, job: Job) -> None:

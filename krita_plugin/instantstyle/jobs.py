@@ -67,6 +67,16 @@ class RegionInput:
 
 
 @dataclass(frozen=True)
+class ResultPart:
+    """A rectangle of result ``index``, as it arrives (a canvas-sized result comes in tiles)."""
+
+    index: int
+    x: int
+    y: int
+    image: Image
+
+
+@dataclass(frozen=True)
 class JobInputs:
     styles: list[tuple[Image, float]]
     init_image: Image | None = None

@@ -33,6 +33,21 @@ def to_16bit(pixels: bytes | bytearray) -> bytes:
     return bytes(out)
 
 
+def part_bgra(
+    rgba: bytes | bytearray, width: int, height: int, x: int, y: int, mask: bytes | None, mask_width: int
+) -> bytes:
+    """A ``width`` × ``height`` RGBA rectangle at (``x``, ``y``) of a result as BGRA for
+    ``setPixelData``; with ``mask`` (gray, ``mask_width`` wide: the whole result's selection), its
+    alpha is the selection's there, so only the selection shows."""
+    bgra = swap_red_blue(rgba)
+    if mask is None:
+        return bgra
+    rows = [mask[(y + row) * mask_width + x : (y + row) * mask_width + x + width] for row in range(height)]
+    out = bytearray(bgra)
+    out[3::4] = b"".join(rows)
+    return bytes(out)
+
+
 def round_to_multiple(value: int, multiple: int = 8) -> int:
     return max(multiple, (value + multiple - 1) // multiple * multiple)
 

@@ -16,7 +16,7 @@ from .connection import Connected, Connection, ConnectionEvent, ConnectionState,
 from .deps import protocol
 from .errors import describe_error
 from .job_message import JobShape, SubmitError, build_message, refuse, wants_refine
-from .jobs import Image, Job, JobInputs, JobState, Target
+from .jobs import Image, Job, JobInputs, JobState, ResultPart, Target
 from .settings import GenerationSettings
 
 RESULT_FRAMES = (protocol.FrameKind.RESULT, protocol.FrameKind.RESULT_TILE)
@@ -27,6 +27,8 @@ class UpdateKind(str, Enum):
     QUEUED = "queued"
     PROGRESS = "progress"
     PREVIEW = "preview"
+    RESULT_PART = "result_part"
+    """A tile of a canvas-sized result (``JobUpdate.part``), before the whole is ``RESULT``."""
     RESULT = "result"
     CANCELLED = "cancelled"
     FAILED = "failed"
@@ -41,6 +43,8 @@ class JobUpdate:
     """A ``PREVIEW``'s own frame (the job's ``preview`` is already its newest)."""
     step: int = 0
     """The step ``preview`` shows."""
+    part: ResultPart | None = None
+    """A ``RESULT_PART``'s rectangle."""
 
 
 def drop_stale_previews(updates: list[JobUpdate]) -> list[JobUpdate]:
@@ -272,6 +276,10 @@ class Session:
             except protocol.ProtocolError as error:
                 job.state, job.message = JobState.FAILED, describe_error(error.code, error.message)
                 return [JobUpdate(UpdateKind.FAILED, job, job.message)]
+            parts = []  # a tile is written into the result layer as it arrives: the canvas fills in
+            if item.kind is protocol.FrameKind.RESULT_TILE:
+                tile = ResultPart(item.index, item.x, item.y, Image(item.width, item.height, 4, item.payload))
+                parts.append(JobUpdate(UpdateKind.RESULT_PART, job, part=tile))
             if assembly.complete:
                 job.images.append(Image(assembly.width, assembly.height, 4, bytes(assembly.pixels)))
                 del job.assembling[item.index]
@@ -280,8 +288,8 @@ class Session:
                 if not job.live:
                     self.history.insert(0, job)
                     del self.history[self.history_size :]
-                return [JobUpdate(UpdateKind.RESULT, job)]
-            return []
+                return [*parts, JobUpdate(UpdateKind.RESULT, job)]
+            return parts
         if isinstance(item, protocol.Cancelled):
             job.state, job.step, job.message = JobState.CANCELLED, item.step, "cancelled"
             return [JobUpdate(UpdateKind.CANCELLED, job, "cancelled")]

@@ -443,6 +443,16 @@ class DockerRunner:
             send(frame)
 
         connection.send_frame = keep
+        canvas = self.controller.canvas
+        write_part = canvas.write_result_part
+        report["canvas_parts"] = []
+
+        def written(job, part):  # each tile as it is written into the result layer
+            write_part(job, part)
+            layers = [n for n in self.canvas_doc.rootNode().childNodes() if n.name() == job.layer_names[0]]
+            report["canvas_parts"].append([part.x, part.y, part.image.width, part.image.height, len(layers)])
+
+        canvas.write_result_part = written
         try:
             self.controller.stylize_active_layer()
         finally:
