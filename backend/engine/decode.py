@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .host_decode import decode_to_host, host_tile
+
 
 class NonFiniteOutput(RuntimeError):
     """The model produced NaN or infinite values: the picture would be black."""
@@ -50,7 +52,7 @@ def unscale(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
 
 TILE_SIDE = 512
 """Pixels a side of a decode tile in the memory tiers that always tile: a 1024² decode in fp32 needs
-~3.8 GiB whole and about a quarter of it per tile (512 px and the overlap diffusers blends)."""
+~3.8 GiB whole and about a quarter of it per tile (512 px and the overlap that is blended)."""
 WHOLE_DECODE_UP_TO = 1536
 """Pixels a side up to which the full tier decodes whole; above, in the VAE's own tiles."""
 
@@ -64,8 +66,8 @@ def set_decode_tiles(vae: torch.nn.Module, always: bool, longest_side: int) -> i
     sample = int(sample[0] if isinstance(sample, (list, tuple)) else sample)
     if always:
         side: int | None = min(TILE_SIDE, sample)
-    else:
-        side = sample if longest_side > WHOLE_DECODE_UP_TO else None
+    else:  # a canvas: tiles of the model's sample size (a model trained smaller: TILE_SIDE)
+        side = max(sample, TILE_SIDE) if longest_side > WHOLE_DECODE_UP_TO else None
     if side is None:
         vae.disable_tiling()  # type: ignore[operator]
         return None
@@ -88,7 +90,11 @@ def decode(pipeline: object, latents: torch.Tensor) -> list[np.ndarray]:
             vae.to(dtype=torch.float32)
             latents = latents.to(torch.float32)
         latents = unscale(vae, latents).to(_execution_device(vae))
-        image = vae.decode(latents, return_dict=False)[0]
+        tiles = host_tile(vae, latents)
+        if tiles is None:
+            image = vae.decode(latents, return_dict=False)[0]
+        else:  # a canvas: tile by tile into host memory, never whole on the device
+            image = decode_to_host(vae, latents, *tiles)
     finally:
         if upcast:
             vae.to(dtype=dtype)

@@ -78,3 +78,16 @@ def blend_weights(tiles: list[Tile], width: int, height: int, overlap: int) -> l
     if bool((total <= 0).any()):
         raise ValueError("the tiles leave part of the canvas uncovered")
     return [weight / total[tile.region()] for tile, weight in zip(tiles, raw, strict=True)]
+
+
+def axis_weights(starts: list[int], size: int, length: int, overlap: int) -> list[torch.Tensor]:
+    """Along one side of ``length``: the weights of tiles of ``size`` at ``starts``, adding up to 1 at
+    every position. A grid's weights are the products of its two sides' (``blend_weights`` equals
+    them), so a canvas of any size is blended with two short vectors per tile, not canvas-sized maps."""
+    ramps = [ramp(size, overlap, start > 0, start + size < length) for start in starts]
+    total = torch.zeros(length, dtype=torch.float64)
+    for start, weight in zip(starts, ramps, strict=True):
+        total[start : start + size] += weight
+    if bool((total <= 0).any()):
+        raise ValueError("the tiles leave part of the side uncovered")
+    return [weight / total[start : start + size] for start, weight in zip(starts, ramps, strict=True)]
