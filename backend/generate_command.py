@@ -136,6 +136,13 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--steps", type=int, help="default: the speed preset's, else 30")
     parser.add_argument("--cfg", type=float, help="guidance scale; default: the speed preset's, else 5")
+    parser.add_argument(
+        "--guidance-rescale",
+        type=float,
+        metavar="0..1",
+        help="CFG rescale against over-exposure (zero-terminal-SNR v-prediction models); default: the "
+        "model's (0.7 for v-zsnr, else 0)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument(

@@ -8,6 +8,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from backend.engine.prediction import Prediction
+
 log = logging.getLogger("backend")
 
 
@@ -58,6 +60,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "LoRA from the hub unless --lora gives a file under the LoRA's name; 'generate' also applies the "
         "first one to its job",
     )
+    group.add_argument(
+        "--prediction",
+        default="auto",
+        choices=[p.value for p in Prediction],
+        help="what the model predicts: auto (a single file's v_pred/ztsnr marker keys, else the model's "
+        "own scheduler), epsilon, v, or v-zsnr (v-prediction with zero terminal SNR: NoobAI-XL v-pred)",
+    )
     group.add_argument("--cache-dir", help="Hugging Face cache folder")
     group.add_argument("--offline", action="store_true", help="only use files already on disk")
     group.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
@@ -105,6 +114,7 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
         "base_config": args.base_config,
         "cache_dir": args.cache_dir,
         "preview_vae": args.preview_vae,
+        "prediction": Prediction(args.prediction) if args.prediction != "auto" else None,
     }
     spec = replace(spec, **{k: v for k, v in overrides.items() if v})
     loras = tuple(LoraSource.parse(text) for text in args.lora)

@@ -146,6 +146,9 @@ class Generate:
     height: int = field(default=1024, metadata=bounds(8, 16384))
     steps: int = field(default=30, metadata=bounds(1, 1000))
     guidance_scale: float = field(default=5.0, metadata=bounds(0.0, 30.0))
+    guidance_rescale: float | None = field(default=None, metadata=bounds(0.0, 1.0))
+    """CFG rescale against the over-exposure of zero-terminal-SNR (v-prediction) models; absent: the
+    model's default (``hello.model.prediction``: 0.7 for ``v-zsnr``, else 0)."""
     seed: int | None = field(default=None, metadata=bounds(0, MAX_SEED))
     batch: int = field(default=1, metadata=bounds(1, 64))
     sampler: Sampler | None = None

@@ -96,6 +96,9 @@ class ModelFeatures:
     native_side: int = field(default=0, metadata=bounds(0, 16384))
     """The side the model was trained at (1024 for SDXL): a canvas larger than its area is best made
     with ``generate.refine``; 0: not said."""
+    prediction: str = field(default="", metadata=bounds(max_length=20))
+    """What the UNet predicts: ``epsilon``, ``v`` or ``v-zsnr`` (v-prediction with zero terminal SNR,
+    whose jobs get ``guidance_rescale`` 0.7 unless they say otherwise); empty: not said."""
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,15 @@ def test_settings_round_trip_and_survive_corruption():
         content_scale=0.3,
         styles=[StyleSource(StyleSourceKind.FILE, path="/tmp/ref.png", weight=0.5)],
         seed_locked=True,
+        guidance_rescale=0.3,
     )
     save_settings(store, original)
     assert load_settings(store) == original
+    save_settings(store, GenerationSettings())  # an optional number: None stays None
+    assert load_settings(store).guidance_rescale is None
+    store.values["guidance_rescale"] = "0.25"
+    assert load_settings(store).guidance_rescale == 0.25
+    save_settings(store, original)
     store.values["steps"] = '"twelve"'
     store.values["kind"] = '"sideways"'
     store.values["styles"] = "{not json"

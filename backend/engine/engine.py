@@ -32,6 +32,7 @@ from .loading import ModelSpec, load_controlnet, load_models
 from .loras import LoraSet
 from .memory import MemoryTier, place, unet_alone, visiting
 from .precise import PreciseLayout
+from .prediction import default_guidance_rescale, model_prediction
 from .preview_vae import LoadedPreviewVae, load_preview_vae
 from .previews import DenoisedCapture, StepPreview, job_previews, result_preview
 from .prompt_cache import PromptCache, PromptKey
@@ -174,6 +175,7 @@ class InstantStyleEngine:
             + ([self.preview_vae.note] if self.preview_vae.note else []),
             self.preview_vae.method,
             native_side=self.native_side,
+            prediction=model_prediction(self.schedulers.model_scheduler).value,
         )
 
     @property
@@ -242,6 +244,9 @@ class InstantStyleEngine:
             ),
             "num_inference_steps": request.steps,
             "guidance_scale": request.guidance_scale,
+            "guidance_rescale": default_guidance_rescale(self.schedulers.model_scheduler)
+            if request.guidance_rescale is None
+            else request.guidance_rescale,
             "num_images_per_prompt": request.batch,
             # CPU generators: the same seed gives the same noise on every device.
             "generator": [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.batch)],
@@ -257,6 +262,7 @@ class InstantStyleEngine:
             assert request.init_image is not None
             kwargs["image"] = canny(request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
             kwargs["controlnet_conditioning_scale"] = request.control_scale
+            del kwargs["guidance_rescale"]  # diffusers' ControlNet pipelines have none
             return kwargs
         if request.mode is not Mode.TXT2IMG:
             assert request.init_image is not None

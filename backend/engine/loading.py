@@ -21,6 +21,10 @@ from typing import TypeVar
 
 import torch
 
+from .prediction import Prediction
+from .prediction import configured as configured_scheduler
+from .prediction import resolve as resolve_prediction
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -61,6 +65,8 @@ class ModelSpec:
     """For a single-file base: a diffusers folder or repo id holding the component configs."""
     loras: tuple[LoraSource, ...] = ()
     """LoRAs to load at start; jobs choose among them (``loras.py``)."""
+    prediction: Prediction = Prediction.AUTO
+    """What the UNet predicts (``prediction.py``); auto: a single file's marker keys say."""
     speed_presets: tuple[str, ...] = ()
     """Few-step presets to offer (``speed_presets.py``); their LoRAs load with the others."""
     preview_vae: str = "auto"
@@ -355,6 +361,11 @@ def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> ob
     quiet_libraries()
     log.info("loading %s on %s (%s)", spec.label, device, dtype)
     pipe = load_base_pipeline(spec, dtype)
+    single_file = Path(spec.base).suffix in SINGLE_FILE_SUFFIXES
+    prediction = resolve_prediction(spec.prediction, spec.base, single_file)
+    if prediction is not None:
+        log.info("%s predicts %s", spec.label, prediction.value)
+        pipe.scheduler = configured_scheduler(pipe.scheduler, prediction)  # type: ignore[attr-defined]
     vae = load_vae(spec, dtype)
     if vae is not None:
         pipe.register_modules(vae=vae)  # type: ignore[attr-defined]

@@ -102,6 +102,9 @@ class GenerationRequest:
     height: int = 1024
     steps: int = 30
     guidance_scale: float = 5.0
+    guidance_rescale: float | None = None
+    """CFG rescale (0..1, Lin et al. 2023) against the over-exposure guidance gives zero-terminal-SNR
+    models; None: the model's default (``prediction.default_guidance_rescale``)."""
     seed: int = 42
     batch: int = 1
     sampler: Sampler | None = None
@@ -203,6 +206,8 @@ class GenerationRequest:
             check_precise(self.guidance_scale)
         if self.refine is not None:
             self.refine.check()
+        if self.guidance_rescale and self.mode is Mode.CONTROL:
+            raise RequestError("guidance_rescale is not available with keep-lines (ControlNet) jobs")
 
     @property
     def effective_steps(self) -> int:

@@ -138,6 +138,17 @@ def sampling_section(form: Form, apply_speed: Callable[[], None]) -> Section:
         spin(*wire_range("guidance_scale"), 0.5, 1),
         "how closely the prompt is followed; 1 or less turns the negative prompt off",
     )
+    low, high = wire_range("guidance_rescale")
+    rescale = spin(low - 0.05, high, 0.05, 2)
+    rescale.setSpecialValueText("model")  # below the range: the model's own choice (None)
+    form.add(
+        "guidance_rescale",
+        rescale,
+        "CFG rescale: keeps v-prediction models with zero terminal SNR (NoobAI-XL v-pred) from "
+        "over-exposing; 'model': the model's own choice (0.7 for those, else off)",
+        get=lambda: None if rescale.value() < low else rescale.value(),
+        set=lambda value: rescale.setValue(low - 0.05 if value is None else value),
+    )
     line_strength = form.add(
         "control_scale",
         setting_slider("control_scale", 0.05),
@@ -173,6 +184,7 @@ def sampling_section(form: Form, apply_speed: Callable[[], None]) -> Section:
     layout.addRow("Sampler", sampler)
     layout.addRow("Steps", steps)
     layout.addRow("Guidance", guidance)
+    layout.addRow("CFG rescale", rescale)
     layout.addRow("Line strength", line_strength)
     layout.addRow("Seed", side_by_side(seed, locked, dice))
     layout.addRow("Batch", batch)

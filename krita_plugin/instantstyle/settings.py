@@ -119,6 +119,8 @@ class GenerationSettings:
     height: int = 1024
     steps: int = 30
     guidance_scale: float = 5.0
+    guidance_rescale: float | None = None
+    """CFG rescale (0..1) for zero-terminal-SNR v-prediction models; None: the model's default."""
     seed: int = 42
     seed_locked: bool = False
     batch: int = 1
@@ -258,6 +260,8 @@ def _typed(default: object, value: Any, name: str) -> Any:
         if type(value) is not type(default):
             raise TypeError(name)
         return value
+    if default is None and (value is None or isinstance(value, int | float)):
+        return None if value is None else float(value)  # an optional number: None is "the model's"
     if isinstance(default, float) and isinstance(value, int):
         return float(value)
     if not isinstance(value, type(default)):

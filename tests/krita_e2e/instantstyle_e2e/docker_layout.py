@@ -170,6 +170,7 @@ class DockerRunner:
             height=384,
             steps=17,
             guidance_scale=6.5,
+            guidance_rescale=0.35,
             seed=1234567,
             seed_locked=True,
             batch=3,
