@@ -164,7 +164,8 @@ class Generate:
     preview_side: int = field(default=DEFAULT_PREVIEW_SIDE, metadata=bounds(8, MAX_PREVIEW_SIDE))
     """Longest side of the preview frames when the server previews with a tiny autoencoder (never
     above the image's, nor the server's ``limits.max_preview_side``); ask for less on a slow link.
-    Linear previews stay at latent resolution whatever this says."""
+    Linear previews are at latent resolution, scaled down to this where the latents are larger (a
+    canvas); no preview is larger than one message takes."""
     refine: Refine | None = None
     """Present: ``width`` × ``height`` is a canvas up to ``limits.max_canvas_side`` (see ``Refine``)."""
     live: bool = False
@@ -270,6 +271,8 @@ class Generate:
             raise fail(ErrorCode.MISSING_FIELD, "mode inpaint needs mask")
         if self.preset is BlockPreset.CUSTOM and not self.block_scales:
             raise fail(ErrorCode.MISSING_FIELD, "preset custom needs block_scales")
+        if self.mode is Mode.CONTROL and self.guidance_rescale:
+            raise fail(ErrorCode.BAD_FIELD, "guidance_rescale is not available with mode control")
         if self.preset is BlockPreset.PRECISE and self.guidance_scale <= 1.0:
             raise fail(
                 ErrorCode.BAD_FIELD,

@@ -236,3 +236,41 @@ def test_regions_and_selections_are_made_at_canvas_resolution_and_sweeps_are_not
     assert not wants_refine(settings(), regional, 4096, 3072, native=1024, sweep=True)
     assert not wants_refine(settings(), regional, 1024, 1024, native=1024, sweep=False)
     assert not wants_refine(settings(canvas_resolution=False), regional, 4096, 3072, native=1024, sweep=False)
+
+
+def test_a_batch_over_the_canvas_budget_is_made_at_the_models_size(engine):
+    limits = replace(Limits(), max_canvas_pixels=256 * 192 * 2)  # two canvases of 256x192
+    with ServerThread(engine, limits=limits) as server:
+        session = connect(server.url)
+        try:
+            inputs = JobInputs([(as_image(STYLE), 1.0)])
+            pair = session.submit(settings(steps=2, batch=2), inputs, Target(0, 0, 256, 192))
+            three = session.submit(settings(steps=2, batch=3), inputs, Target(0, 0, 256, 192))
+            pump(session, lambda _u: pair.state.finished and three.state.finished)
+        finally:
+            session.connection.stop()
+    assert pair.state is three.state is JobState.DONE, (pair.message, three.message)
+    assert pair.total > 2 and three.total == 2  # two refined; three in one job each, no refining stage
+    assert [(i.width, i.height) for i in three.images] == [(256, 192)] * 3
+
+
+def test_cfg_rescale_is_refused_for_keep_lines_and_the_docker_leaves_it_out():
+    from krita_plugin.instantstyle import job_message
+    from krita_plugin.instantstyle.jobs import Image as Pixels
+    from krita_plugin.instantstyle.settings import JobKind
+    from protocol import Mode
+
+    control = message(mode=Mode.CONTROL, init_image=0, guidance_rescale=0.5, width=64, height=64)
+    with pytest.raises(ProtocolError, match="guidance_rescale is not available with mode control") as raised:
+        decode_client_message(control, Limits())
+    assert raised.value.code is ErrorCode.BAD_FIELD
+    assert (
+        decode_client_message(message(guidance_rescale=0.5, width=64, height=64), Limits()).guidance_rescale
+        == 0.5
+    )
+    style = Pixels(8, 8, 3, bytes(8 * 8 * 3))
+    inputs = JobInputs([(style, 1.0)], init_image=Pixels(8, 8, 4, bytes(8 * 8 * 4)))
+    shape = job_message.JobShape(3, 64, 64, seed=1, preview_side=256)
+    for kind, sent in ((JobKind.KEEP_LINES, None), (JobKind.STYLIZE, 0.5)):
+        built, _frames = job_message.build_message(settings(kind=kind, guidance_rescale=0.5), inputs, shape)
+        assert built.guidance_rescale == sent, kind

@@ -82,6 +82,44 @@ def test_each_tile_gets_its_own_part_of_every_regions_mask():
     assert attention["cross_attention_kwargs"]["ip_adapter_masks"][0] is masks[0]  # the job's own, uncut
 
 
+def test_masks_at_latent_resolution_are_cropped_per_tile_too():
+    torch.manual_seed(1)
+    model, sample = MaskedPointwise(), torch.randn(1, 4, 20, 28)
+    masks = [(torch.rand(1, 2, 20, 28) > 0.5).float()]  # a canvas's masks, made at latent resolution
+    conditioning = {"added_cond_kwargs": {"time_ids": torch.tensor([[160.0, 224, 0, 0, 160, 224]])}}
+    attention = {"cross_attention_kwargs": {"ip_adapter_masks": masks}}
+    with torch.no_grad():
+        whole = model(sample, 1, None, **conditioning, **attention)[0]
+        with tiled_unet(model, tile=8, overlap=3):
+            tiled = model(sample, 1, None, **conditioning, **attention, return_dict=False)[0]
+    assert torch.allclose(tiled, whole, atol=1e-6)
+
+
+def test_with_deferred_previews_a_steps_report_comes_before_the_next_steps_tiles(engine, monkeypatch):
+    """On a GPU each step's preview is handed over a step late; the tiles of the next step must
+    still come after it, or the docker's bar steps back after every step."""
+    from backend.engine import previews
+
+    original = previews.PreviewStream.__init__
+
+    def as_on_a_gpu(self, *args, **kwargs):
+        original(self, *args, **{**kwargs, "deferred": True})
+
+    monkeypatch.setattr(previews.PreviewStream, "__init__", as_on_a_gpu)
+    request = job(width=192, height=128, refine=Refine(strength=0.4, tile=64, overlap=16), preview_share=None)
+
+    def order(reports):
+        return [(p.step + 1 if p.tiles else p.step, not p.tiles) for p in reports]
+
+    reports = []
+    engine.generate(request, on_step=reports.append)
+    assert order(reports) == sorted(order(reports)) and sum(1 for p in reports if p.tiles) == 2 * 12
+    monkeypatch.setattr(engine, "flush_previews", lambda: None)  # without the hand-over: out of order
+    unflushed = []
+    engine.generate(request, on_step=unflushed.append)
+    assert order(unflushed) != sorted(order(unflushed))
+
+
 def test_regions_apply_at_canvas_resolution_tile_by_tile(engine):
     from backend.engine.regions import StyleRegion
 

@@ -10,10 +10,14 @@ without a word: they are refused with what to do about them.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
+from PIL import Image
 
-from .host_decode import decode_to_host, host_tile
+from .host_decode import decode_to_host, encode_from_host, host_tile, vae_scale
 
 
 class NonFiniteOutput(RuntimeError):
@@ -78,26 +82,48 @@ def set_decode_tiles(vae: torch.nn.Module, always: bool, longest_side: int) -> i
     return side
 
 
+@contextlib.contextmanager
+def upcast(vae: torch.nn.Module) -> Iterator[bool]:
+    """An fp16 SDXL VAE in fp32 while it works (it overflows in fp16: ``force_upcast``), and in its
+    own dtype again afterwards, failed or not. Yields whether it was upcast."""
+    dtype = next(vae.parameters()).dtype  # diffusers' ``vae.dtype`` walks every module
+    upcasting = dtype == torch.float16 and bool(vae.config.force_upcast)  # type: ignore[attr-defined]
+    try:
+        if upcasting:
+            vae.to(dtype=torch.float32)
+        yield upcasting
+    finally:
+        if upcasting:
+            vae.to(dtype=dtype)
+
+
+@torch.no_grad()
+def encode_canvas(
+    vae: torch.nn.Module, picture: Image.Image, generator: torch.Generator
+) -> torch.Tensor | None:
+    """A picture larger than one of the job's VAE tiles as the pipelines' scaled latents, encoded
+    tile by tile from host memory; None: small enough for the pipeline's own encode."""
+    tiles = host_tile(vae, max(picture.size) // vae_scale(vae))
+    if tiles is None:
+        return None
+    with upcast(vae):
+        return encode_from_host(vae, picture, *tiles, generator, _execution_device(vae))
+
+
 @torch.no_grad()
 def decode(pipeline: object, latents: torch.Tensor) -> list[np.ndarray]:
     """Final latents to float [0, 1] HWC images, exactly as the SDXL pipelines' own decode."""
     check_finite(latents, "latents")
     vae = pipeline.vae  # type: ignore[attr-defined]
-    dtype = next(vae.parameters()).dtype  # diffusers' ``vae.dtype`` walks every module
-    upcast = dtype == torch.float16 and vae.config.force_upcast
-    try:
-        if upcast:  # fp16 SDXL VAE overflows: decode in fp32
-            vae.to(dtype=torch.float32)
+    with upcast(vae) as in_fp32:
+        if in_fp32:
             latents = latents.to(torch.float32)
         latents = unscale(vae, latents).to(_execution_device(vae))
-        tiles = host_tile(vae, latents)
+        tiles = host_tile(vae, max(latents.shape[-2:]))
         if tiles is None:
             image = vae.decode(latents, return_dict=False)[0]
         else:  # a canvas: tile by tile into host memory, never whole on the device
             image = decode_to_host(vae, latents, *tiles)
-    finally:
-        if upcast:
-            vae.to(dtype=dtype)
     check_finite(image, "decoded image")
     watermark = getattr(pipeline, "watermark", None)
     if watermark is not None:

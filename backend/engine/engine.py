@@ -25,7 +25,7 @@ from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
 from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
 from .canny import canny
-from .decode import check_finite, decode, set_decode_tiles
+from .decode import check_finite, decode, encode_canvas, set_decode_tiles
 from .downloads import prefetch
 from .load_plan import EngineInfo, LoadPlan, download_status, engine_info
 from .loading import ModelSpec, load_controlnet, load_models
@@ -34,7 +34,7 @@ from .memory import MemoryTier, place, unet_alone, visiting
 from .precise import PreciseLayout
 from .prediction import default_guidance_rescale, model_prediction
 from .preview_vae import LoadedPreviewVae, load_preview_vae
-from .previews import DenoisedCapture, StepPreview, job_previews, result_preview
+from .previews import DenoisedCapture, PreviewStream, StepPreview, job_previews, result_preview
 from .prompt_cache import PromptCache, PromptKey
 from .refine import run_refined
 from .regions import style_and_masks
@@ -97,6 +97,8 @@ class InstantStyleEngine:
         """Read once: diffusers' ``dtype`` walks every module of the UNet (~2 ms a job on the tiny model)."""
         self.loras = loras or LoraSet(pipeline)
         self.precise = PreciseLayout(pipeline.unet)  # type: ignore[attr-defined]
+        self._running_previews: PreviewStream | None = None
+        """The step previews of the job running now (``flush_previews``)."""
         self.applied_scales = AppliedScales()
         self.prompts = PromptCache(prompt_cache_size)
         self.preview_vae = preview_vae or LoadedPreviewVae(None, "none")
@@ -266,7 +268,14 @@ class InstantStyleEngine:
             return kwargs
         if request.mode is not Mode.TXT2IMG:
             assert request.init_image is not None
-            kwargs["image"] = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+            picture = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+            # A canvas (the refining stage) is encoded tile by tile from host memory.
+            latents = (
+                encode_canvas(self.pipeline.vae, picture, kwargs["generator"][0])
+                if request.batch == 1
+                else None
+            )  # type: ignore[attr-defined,index]
+            kwargs["image"] = picture if latents is None else latents
             kwargs["strength"] = request.strength
         if request.mode is Mode.IMG2IMG:
             del kwargs["width"], kwargs["height"]
@@ -307,13 +316,21 @@ class InstantStyleEngine:
         with self._lock:
             if request.refine is not None:
                 unet = self.pipeline.unet  # type: ignore[attr-defined]
-                result = run_refined(request, self.generate_one, unet, self.native_side, on_step, cancel)
+                result = run_refined(
+                    request, self.generate_one, unet, self.native_side, on_step, cancel, self.flush_previews
+                )
             elif not request.sweep:
                 result = self.generate_one(request, on_step, cancel)
             else:
                 result = run_sweep(request, self.generate_one, on_step, cancel)
         result.seconds = time.perf_counter() - started
         return result
+
+    def flush_previews(self) -> None:
+        """Hand over the running job's held step preview now (a tiled step reports its tiles after
+        the step before it, which a GPU's deferred preview would otherwise hold until its end)."""
+        if self._running_previews is not None:
+            self._running_previews.flush()
 
     def generate_one(
         self, request: GenerationRequest, on_step: StepCallback | None, cancel: threading.Event | None
@@ -323,6 +340,7 @@ class InstantStyleEngine:
             images = self._denoise_and_decode(request, on_step, cancel)
         finally:
             self.precise.set(None)  # at rest the UNet has only diffusers' own processors
+            self._running_previews = None
         references = request.style_images + [ref for region in request.regions for ref in region.style_images]
         scores = score_images(
             self.encoder,
@@ -349,6 +367,7 @@ class InstantStyleEngine:
         pipe, kwargs = self.prepare(request)
         capture = DenoisedCapture()
         previews = job_previews(request, on_step, self.device, self.preview_vae.vae)
+        self._running_previews = previews
         last: tuple[int, torch.Tensor] | None = None
         """The last step and its latents: its preview is the result itself, once decoded."""
 

@@ -1,15 +1,20 @@
-"""A large picture decoded tile by tile into host memory: the device holds one tile's decode.
+"""A large picture encoded and decoded tile by tile from and into host memory: the device holds one
+tile's pixels at a time.
 
 diffusers' tiled decode bounds the VAE's working memory by its tile, but keeps every decoded tile on
 the device and joins them there: a whole 8192² canvas in fp32 (0.8 GiB) and its joined copy beside
-the model. Here each tile of the latents is decoded, copied to the host and blended there with
-linear ramps that add up to 1 (``tiles.axis_weights`` at the image's pixels), so the decode of an
-8K canvas needs the device memory of one tile, as a 1024² job's does.
+the model; its tiled encode takes the whole picture onto the device first. Here each tile goes to
+the device on its own, and the tiles are blended on the host with linear ramps that add up to 1
+(``tiles.axis_weights``), so an 8K canvas needs the device memory of one tile, as a 1024² job's
+does. The encode blends the tiles' Gaussian moments, then samples once with the job's generator, as
+diffusers' tiled encode does.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .tiles import axis_weights, tile_starts
 
@@ -39,10 +44,59 @@ def decode_to_host(vae: torch.nn.Module, latents: torch.Tensor, tile: int, overl
     return image
 
 
-def host_tile(vae: torch.nn.Module, latents: torch.Tensor) -> tuple[int, int] | None:
-    """The (tile, overlap) in latent pixels to decode ``latents`` with, where the job's VAE tiling is
-    on (``decode.set_decode_tiles``) and they are larger than one tile; else None (decoded whole)."""
+def encode_from_host(
+    vae: torch.nn.Module,
+    picture: Image.Image,
+    tile: int,
+    overlap: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """``picture`` as scaled latents (1, C, h, w) on ``device``, as an SDXL pipeline's own encode
+    makes them, encoded in ``tile``-sided tiles (latent pixels) sharing ``overlap``."""
+    scale = vae_scale(vae)
+    pixels = torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1)[None]
+    pixels = pixels.to(torch.float32) / 127.5 - 1.0  # the pipelines' normalisation, on the host
+    height, width = pixels.shape[-2] // scale, pixels.shape[-1] // scale
+    rows, columns = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    tall, wide = min(tile, height), min(tile, width)
+    row_weights = axis_weights(rows, tall, height, overlap)
+    column_weights = axis_weights(columns, wide, width, overlap)
+    dtype = next(vae.parameters()).dtype
+    moments: torch.Tensor | None = None
+    for top, row_weight in zip(rows, row_weights, strict=True):
+        for left, column_weight in zip(columns, column_weights, strict=True):
+            part = pixels[..., top * scale : (top + tall) * scale, left * scale : (left + wide) * scale]
+            encoded = vae.encode(part.to(device, dtype)).latent_dist.parameters  # type: ignore[operator]
+            encoded = encoded.float().cpu()
+            if moments is None:
+                moments = torch.zeros(1, encoded.shape[1], height, width, dtype=torch.float32)
+            weight = (row_weight[:, None] * column_weight[None, :]).to(torch.float32)
+            moments[..., top : top + tall, left : left + wide] += encoded * weight
+    assert moments is not None
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    latents = DiagonalGaussianDistribution(moments).sample(generator)
+    return scale_latents(vae, latents).to(device)
+
+
+def scale_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE's latent scaling (and normalisation, where its config has one), as the pipelines apply
+    it after their encode (``decode.unscale`` undoes it)."""
+    config = vae.config  # type: ignore[attr-defined]
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.dtype)
+        std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.dtype)
+        return (latents - mean_t) * config.scaling_factor / std_t
+    return latents * config.scaling_factor
+
+
+def host_tile(vae: torch.nn.Module, longest_side: int) -> tuple[int, int] | None:
+    """The (tile, overlap) in latent pixels for latents whose longest side is ``longest_side``, where
+    the job's VAE tiling is on (``decode.set_decode_tiles``) and they are larger than one tile; else
+    None (encoded or decoded whole)."""
     tile = int(getattr(vae, "tile_latent_min_size", 0))
-    if not getattr(vae, "use_tiling", False) or max(latents.shape[-2:]) <= tile:
+    if not getattr(vae, "use_tiling", False) or longest_side <= tile:
         return None
     return tile, int(tile * getattr(vae, "tile_overlap_factor", 0.25))

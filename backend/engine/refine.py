@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -57,6 +58,7 @@ def run_refined(
     native: int,
     on_step: StepCallback | None,
     cancel: threading.Event | None,
+    flush: Callable[[], None] = lambda: None,
 ) -> GenerationResult:
     """Both stages through ``generate_one`` (the engine's lock held); progress counts the steps of
     both. A batch is made small together, then each picture refined on its own (its seed, its
@@ -86,7 +88,7 @@ def run_refined(
         if inpaint:
             upscaled = within_selection(upscaled, request.init_image, request.mask)
         refining = shifted(on_step, first.effective_steps + index * second.effective_steps, total)
-        with tiled_unet(unet, tile, overlap, cancel, tile_reporter(refining, second.effective_steps)):
+        with tiled_unet(unet, tile, overlap, cancel, tile_reporter(refining, second.effective_steps, flush)):
             parts.append(
                 generate_one(replace(second, init_image=upscaled, seed=seed, batch=1), refining, cancel)
             )
@@ -108,13 +110,18 @@ def within_selection(made: Image.Image, canvas: Image.Image | None, mask: Image.
     return Image.composite(made, outside, mask.convert("L").resize(size, Image.Resampling.NEAREST))
 
 
-def tile_reporter(on_step: StepCallback | None, steps: int) -> TileCallback | None:
-    """Each finished tile of the refining stage as progress: "tile 7 of 24" in step ``call``."""
+def tile_reporter(
+    on_step: StepCallback | None, steps: int, flush: Callable[[], None] = lambda: None
+) -> TileCallback | None:
+    """Each finished tile of the refining stage as progress: "tile 7 of 24" in step ``call``, after
+    the report of the step before it (``flush``: the engine's held preview, on a GPU)."""
     if on_step is None:
         return None
     report = on_step
 
     def on_tile(call: int, done: int, count: int) -> None:
+        if done == 1:
+            flush()
         report(StepPreview(call - 1, steps, None, None, done, count))
 
     return on_tile

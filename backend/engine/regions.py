@@ -72,6 +72,12 @@ def plan_regions(
     return plan
 
 
+MASK_FULL_SIZE_UP_TO = 2048
+"""Longest side up to which region masks are made at the picture's pixels; a larger picture (a
+canvas refined at its own size) gets them at latent resolution, which no attention grid is finer
+than: a canvas-sized float mask per region would sit on the device (256 MiB each at 8192²)."""
+
+
 def mask_tensor(masks: list[Image.Image], width: int, height: int) -> list[torch.Tensor]:
     """diffusers' ``ip_adapter_masks`` for one IP-Adapter: shape (1, images, height, width), 0/1."""
     from diffusers.image_processor import IPAdapterMaskProcessor
@@ -101,4 +107,7 @@ def style_and_masks(
         )
         for refs, content in zip(plan.styles, plan.content_texts, strict=True)
     ]
-    return torch.cat(embeds), mask_tensor(plan.masks, request.width, request.height)
+    width, height = request.width, request.height
+    if max(width, height) > MASK_FULL_SIZE_UP_TO:
+        width, height = width // 8, height // 8
+    return torch.cat(embeds), mask_tensor(plan.masks, width, height)

@@ -348,15 +348,21 @@ class CanvasWriter:
         node = find_node(document, uid)
         if node is None:
             if written:
-                return  # the artist deleted the arriving layer: apply_result makes it whole
+                return  # the artist deleted the arriving layer, or it could not take pixels:
+                # apply_result makes the result whole (or says why it cannot, once)
             self.remove_preview(job)
             node = self._place(document, job, job.layer_names[0])
+            try:
+                _require_rgba(node)
+            except CanvasError:
+                node.remove()
+                self._arriving[job.job_id] = ("", -1)
+                return
             uid = node.uniqueId().toString()
         mask = self._masks.get(job.job_id)
         mask = mask if mask is not None and len(mask) == target.width * target.height else None
         width, height = part.image.width, part.image.height
         pixels = part_bgra(part.image.data, width, height, part.x, part.y, mask, target.width)
-        _require_rgba(node)
         data = to_16bit(pixels) if node.colorDepth() == "U16" else pixels
         node.setPixelData(data, target.x + part.x, target.y + part.y, width, height)
         self._arriving[job.job_id] = (uid, written + width * height)

@@ -79,9 +79,15 @@ class Controller(QObject):
         self.timer.stop()
         for job in self.session.active_jobs:
             self.session.cancel(job)
-            self._safely(self.canvas.remove_preview, job)
+        self._clear_canvas(self.session)
         self.session.connection.stop(timeout=2.0)
         self.link.shutdown()
+
+    def _clear_canvas(self, session: Session) -> None:
+        """Take away the preview and partly arrived result layers of ``session``'s unfinished jobs."""
+        for job in session.active_jobs:
+            self._safely(self.canvas.remove_preview, job)
+            self._safely(self.canvas.remove_arriving, job)
 
     def reconnect(self, url: str, token: str) -> None:
         """New server address or token: save them and start a fresh connection."""
@@ -93,6 +99,7 @@ class Controller(QObject):
         """A fresh connection to ``url`` (the managed backend's address is not saved as a setting)."""
         self.stop_live()
         self.session.connection.stop(timeout=2.0)
+        self._clear_canvas(self.session)
         self.session = Session(Connection(url, token))
         self.session.connection.start()
         self.changed.emit()

@@ -6,7 +6,7 @@ on come first (``refuse``), in words, before anything is sent. Qt-free and Krita
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from .deps import protocol
 from .jobs import Image, JobInputs
@@ -140,4 +140,6 @@ def build_message(
         refine=shape.refine,
         **message_fields(settings),  # type: ignore[arg-type]
     )
+    if mode is protocol.Mode.CONTROL:  # keep-lines jobs have no CFG rescale (the server says so)
+        message = replace(message, guidance_rescale=None)
     return message, slots.images

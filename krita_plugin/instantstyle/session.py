@@ -116,8 +116,11 @@ class Session:
         hello = self.hello
         assert hello is not None
         refuse(settings, inputs, hello, sweep)
-        refine = not live and wants_refine(
-            settings, inputs, target.width, target.height, self.features.native_side, sweep
+        refine = (
+            not live
+            and wants_refine(settings, inputs, target.width, target.height, self.features.native_side, sweep)
+            # a canvas batch shares one canvas's pixels (else: made at the model's size, as before)
+            and settings.batch * target.width * target.height <= hello.limits.max_canvas_pixels
         )
         width, height = self.generation_size(target, settings, refine)
         preview_side = min(settings.preview_side, hello.limits.max_preview_side)
