@@ -183,6 +183,10 @@ def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(d
     width, height = CANVAS
     assert canvas["job_size"] == canvas["image_size"] == [width, height], canvas
     assert canvas["layer_is_the_result"], "the result layer is not the received picture"
+    # A result whose tiles stop arriving leaves no layer; an incomplete one is applied whole.
+    partial = report["canvas_partial"]
+    assert len(partial["added_while_arriving"]) == 1 and partial["left_after_failure"] == [], partial
+    assert partial["incomplete_written_whole"] and partial["incomplete_layers"] == 1, partial
     # The result was written into one layer tile by tile as it arrived, each part once.
     parts = report["canvas_parts"]
     assert len(parts) > 1 and {layers for *_, layers in parts} == {1}, parts

@@ -478,8 +478,46 @@ class DockerRunner:
             "layer_is_the_result": rgba(layer) == image.data,
             "message": self.controller.message,
         }
+        report["canvas_partial"] = self.partial_results(job)
         log("canvas job done")
         self.finish()
+
+    def partial_results(self, job):
+        """Results whose tiles stop arriving: a failed one leaves no layer behind, an incomplete one
+        is written whole when it is applied (its partial layer taken away)."""
+        from dataclasses import replace
+
+        from instantstyle.jobs import Image, ResultPart
+
+        canvas, root = self.controller.canvas, self.canvas_doc.rootNode()
+        write = type(canvas).write_result_part  # the class's: the test's recording wrapper stays out
+
+        def names():
+            return [n.name() for n in root.childNodes()]
+
+        before = names()
+        tile = ResultPart(0, 64, 32, Image(64, 32, 4, bytes([10, 20, 30, 255]) * (64 * 32)))
+        failed = replace(job, job_id=job.job_id + 1000, prompt="failed on the way")
+        write(canvas, failed, tile)
+        during = names()
+        canvas.remove_arriving(failed)
+        after_failure = names()
+        incomplete = replace(job, job_id=job.job_id + 2000, prompt="incomplete")
+        write(canvas, incomplete, tile)
+        name = canvas.apply_result(incomplete, 0)
+        layers = [n for n in root.childNodes() if n.name() == name]
+        width, height = CANVAS
+        whole = (
+            len(layers) == 1 and rgba(bytes(layers[0].pixelData(0, 0, width, height))) == job.images[0].data
+        )
+        for node in layers:
+            node.remove()
+        return {
+            "added_while_arriving": [n for n in during if n not in before],
+            "left_after_failure": [n for n in after_failure if n not in before],
+            "incomplete_written_whole": whole,
+            "incomplete_layers": len(layers),
+        }
 
     def finish(self):
         self.timer.stop()
