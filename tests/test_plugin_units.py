@@ -175,6 +175,14 @@ def test_the_status_line_says_how_previews_look_and_how_many_workers_run_jobs():
     )
     one = [WorkerInfo("local", "cuda")]
     assert status(ModelFeatures(preview=PreviewMethod.TINY_VAE, workers=one)).endswith("full-size previews")
+    said = {
+        p: status(ModelFeatures(preview=PreviewMethod.TINY_VAE, prediction=p))
+        for p in ("epsilon", "v", "v-zsnr")
+    }
+    assert said["epsilon"].endswith("full-size previews") and said["v"].endswith(
+        "full-size previews — v-prediction"
+    )
+    assert said["v-zsnr"].endswith("— v-prediction (zero SNR, CFG rescale 0.7)")
 
 
 def test_a_result_tile_becomes_bgra_with_the_selections_alpha_at_its_place():

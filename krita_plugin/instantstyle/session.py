@@ -230,6 +230,10 @@ class Session:
             return text
         tiny_vae = features.preview is protocol.PreviewMethod.TINY_VAE
         text = f"{text} — {'full-size' if tiny_vae else 'rough'} previews"
+        if features.prediction.startswith("v"):  # the artist's v-pred checkpoint was recognised
+            text += " — v-prediction" + (
+                " (zero SNR, CFG rescale 0.7)" if features.prediction == "v-zsnr" else ""
+            )
         workers = features.workers
         if len(workers) > 1:  # jobs run side by side
             devices = sorted({worker.device for worker in workers})
