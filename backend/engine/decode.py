@@ -75,9 +75,8 @@ def set_decode_tiles(vae: torch.nn.Module, always: bool, longest_side: int) -> i
     if side is None:
         vae.disable_tiling()  # type: ignore[operator]
         return None
-    downscale = 2 ** (len(vae.config.block_out_channels) - 1)  # type: ignore[attr-defined]
     vae.tile_sample_min_size = side
-    vae.tile_latent_min_size = side // downscale
+    vae.tile_latent_min_size = side // vae_scale(vae)
     vae.enable_tiling()  # type: ignore[operator]
     return side
 

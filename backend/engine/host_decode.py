@@ -12,11 +12,13 @@ diffusers' tiled encode does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from PIL import Image
 
-from .tiles import axis_weights, tile_starts
+from .tiles import Tile, axis_weights, tile_starts
 
 
 def vae_scale(vae: torch.nn.Module) -> int:
@@ -24,23 +26,40 @@ def vae_scale(vae: torch.nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)  # type: ignore[attr-defined]
 
 
+def host_tiles(
+    height: int, width: int, tile: int, overlap: int, weight_scale: int
+) -> Iterator[tuple[Tile, torch.Tensor]]:
+    """The tiles of a ``height`` × ``width`` latent canvas, row by row, each with its float32 blend
+    weights at ``weight_scale`` times the latents' resolution (the decode blends pixels, the encode
+    the latents' moments)."""
+    rows, columns = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    tall, wide = min(tile, height), min(tile, width)
+    scaled = overlap * weight_scale
+    row_weights = axis_weights(
+        [r * weight_scale for r in rows], tall * weight_scale, height * weight_scale, scaled
+    )
+    column_weights = axis_weights(
+        [c * weight_scale for c in columns], wide * weight_scale, width * weight_scale, scaled
+    )
+    for top, row_weight in zip(rows, row_weights, strict=True):
+        for left, column_weight in zip(columns, column_weights, strict=True):
+            yield (
+                Tile(left, top, wide, tall),
+                (row_weight[:, None] * column_weight[None, :]).to(torch.float32),
+            )
+
+
 def decode_to_host(vae: torch.nn.Module, latents: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
     """``vae.decode`` of unscaled ``latents`` (B, C, h, w) as (B, 3, H, W) float32 on the CPU, decoded
     in ``tile``-sided tiles (latent pixels) sharing ``overlap``."""
     batch, _, height, width = latents.shape
     scale = vae_scale(vae)
-    rows = [start * scale for start in tile_starts(height, tile, overlap)]
-    columns = [start * scale for start in tile_starts(width, tile, overlap)]
-    tall, wide = min(tile, height) * scale, min(tile, width) * scale
-    row_weights = axis_weights(rows, tall, height * scale, overlap * scale)
-    column_weights = axis_weights(columns, wide, width * scale, overlap * scale)
     image = torch.zeros(batch, 3, height * scale, width * scale, dtype=torch.float32)
-    for top, row_weight in zip(rows, row_weights, strict=True):
-        for left, column_weight in zip(columns, column_weights, strict=True):
-            part = latents[..., top // scale : (top + tall) // scale, left // scale : (left + wide) // scale]
-            decoded = vae.decode(part, return_dict=False)[0].float().cpu()  # type: ignore[operator]
-            weight = (row_weight[:, None] * column_weight[None, :]).to(torch.float32)
-            image[..., top : top + tall, left : left + wide] += decoded * weight
+    for part, weight in host_tiles(height, width, tile, overlap, scale):
+        rows, columns = part.region()
+        decoded = vae.decode(latents[..., rows, columns], return_dict=False)[0].float().cpu()  # type: ignore[operator]
+        rows, columns = part.region(scale)
+        image[..., rows, columns] += decoded * weight
     return image
 
 
@@ -58,21 +77,16 @@ def encode_from_host(
     pixels = torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1)[None]
     pixels = pixels.to(torch.float32) / 127.5 - 1.0  # the pipelines' normalisation, on the host
     height, width = pixels.shape[-2] // scale, pixels.shape[-1] // scale
-    rows, columns = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    tall, wide = min(tile, height), min(tile, width)
-    row_weights = axis_weights(rows, tall, height, overlap)
-    column_weights = axis_weights(columns, wide, width, overlap)
     dtype = next(vae.parameters()).dtype
     moments: torch.Tensor | None = None
-    for top, row_weight in zip(rows, row_weights, strict=True):
-        for left, column_weight in zip(columns, column_weights, strict=True):
-            part = pixels[..., top * scale : (top + tall) * scale, left * scale : (left + wide) * scale]
-            encoded = vae.encode(part.to(device, dtype)).latent_dist.parameters  # type: ignore[operator]
-            encoded = encoded.float().cpu()
-            if moments is None:
-                moments = torch.zeros(1, encoded.shape[1], height, width, dtype=torch.float32)
-            weight = (row_weight[:, None] * column_weight[None, :]).to(torch.float32)
-            moments[..., top : top + tall, left : left + wide] += encoded * weight
+    for part, weight in host_tiles(height, width, tile, overlap, 1):
+        rows, columns = part.region(scale)
+        encoded = vae.encode(pixels[..., rows, columns].to(device, dtype)).latent_dist.parameters  # type: ignore[operator]
+        encoded = encoded.float().cpu()
+        if moments is None:
+            moments = torch.zeros(1, encoded.shape[1], height, width, dtype=torch.float32)
+        rows, columns = part.region()
+        moments[..., rows, columns] += encoded * weight
     assert moments is not None
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
