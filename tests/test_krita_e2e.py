@@ -185,10 +185,21 @@ class KritaRun:
             return self.report[name]
         where = self.report.get("where", "Krita never ran the test hook")
         pytest.fail(
-            f"Krita {self.krita_version}: scenario '{name}' did not finish: {where} "
+            f"Krita {self.krita_version}: scenario '{name}' did not finish: {where}{self.crash()} "
             f"(see {self.artifacts.relative_to(REPO)}/krita.log)",
             pytrace=False,
         )
+
+    def crash(self) -> str:
+        """What faulthandler wrote if Krita crashed: the error and the innermost Python line it ran."""
+        stacks = self.artifacts / "stacks.txt"
+        lines = stacks.read_text(errors="replace").splitlines() if stacks.exists() else []
+        fatal = [line.strip() for line in lines if line.startswith("Fatal Python error")]
+        current = next((i for i, line in enumerate(lines) if line.startswith("Current thread")), len(lines))
+        calls = [line.strip() for line in lines[current:] if line.strip().startswith("File ")]
+        if not fatal:
+            return ""
+        return f"; Krita crashed: {fatal[0]}" + (f", in {calls[0]}" if calls else "")
 
     def rgba(self, name: str) -> np.ndarray:
         return np.frombuffer((self.artifacts / name).read_bytes(), np.uint8).reshape(SIZE, SIZE, 4)
