@@ -18,10 +18,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default="tiny",
-        help="'tiny' (embedded random-weight TEST model), 'sdxl' (hub repo, needs network or a filled "
-        "cache), a diffusers folder, or a single-file .safetensors checkpoint (default: tiny)",
+        help="'tiny' (embedded random-weight TEST model), 'tiny-plus' (the same with a 'plus' IP-Adapter), "
+        "'sdxl' (hub repo, needs network or a filled cache), a diffusers folder, or a single-file "
+        ".safetensors checkpoint (default: tiny)",
     )
-    group.add_argument("--ip-adapter", help="IP-Adapter .bin/.safetensors file or hub path")
+    group.add_argument(
+        "--ip-adapter",
+        help="IP-Adapter .bin/.safetensors file or hub path: plain (ip-adapter_sdxl, "
+        "ip-adapter_sdxl_vit-h) or plus (ip-adapter-plus_sdxl_vit-h, with the ViT-H --image-encoder; "
+        "no content subtraction)",
+    )
     group.add_argument("--image-encoder", help="CLIP image encoder folder or hub path")
     group.add_argument(
         "--controlnet",
@@ -99,9 +105,11 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
     from backend.engine.loading import LoraSource, ModelSpec
     from backend.engine.speed_presets import speed_preset
     from backend.tiny.layouts import ensure_tiny_model
+    from protocol.enums import ImageAdapter
 
-    if args.model == "tiny":
-        spec = ensure_tiny_model().spec("diffusers")
+    if args.model in ("tiny", "tiny-plus"):
+        adapter = ImageAdapter.PLUS if args.model == "tiny-plus" else ImageAdapter.PLAIN
+        spec = ensure_tiny_model().spec("diffusers", adapter)
     elif args.model == "sdxl":
         spec = ModelSpec()
     else:

@@ -65,6 +65,16 @@ class SweepAxis(str, Enum):
     SEED = "seed"
 
 
+class ImageAdapter(str, Enum):
+    """What the loaded IP-Adapter reads from a style image (``model_status.features.image_adapter``)."""
+
+    PLAIN = "plain"
+    """The image encoder's pooled embedding, projected to 4 tokens (``ip-adapter_sdxl``)."""
+    PLUS = "plus"
+    """Its patch features through a Resampler, 16 tokens (``ip-adapter-plus_sdxl_vit-h``): finer
+    detail; no content subtraction (patch features have no text counterpart)."""
+
+
 class PreviewMethod(str, Enum):
     """How the server draws its per-step previews (``model_status.features.preview``)."""
 

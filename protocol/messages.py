@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .enums import BlockPreset, ErrorCode, MessageType, Mode, ModelPhase, PreviewMethod, Sampler
+from .enums import (
+    BlockPreset,
+    ErrorCode,
+    ImageAdapter,
+    MessageType,
+    Mode,
+    ModelPhase,
+    PreviewMethod,
+    Sampler,
+)
 from .errors import ProtocolError
 from .generate import Generate, LoraWeight, Refine, Region, StyleImage, SweepValues
 from .limits import MAX_JOB_ID, MAX_SEED, MAX_TEXT, MAX_TILES, Limits
@@ -99,6 +108,11 @@ class ModelFeatures:
     prediction: str = field(default="", metadata=bounds(max_length=20))
     """What the UNet predicts: ``epsilon``, ``v`` or ``v-zsnr`` (v-prediction with zero terminal SNR,
     whose jobs get ``guidance_rescale`` 0.7 unless they say otherwise); empty: not said."""
+    image_adapter: ImageAdapter = ImageAdapter.PLAIN
+    """What the IP-Adapter reads from style images; ``plus`` adapters take no ``content_text``."""
+    content_subtraction: bool = True
+    """Whether ``content_text`` can be subtracted (the image encoder shares a text tower's space and
+    the adapter reads the pooled embedding); false: a job with one is refused in one line."""
 
 
 @dataclass(frozen=True)

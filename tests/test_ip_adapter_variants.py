@@ -1,5 +1,6 @@
 """IP-Adapter variants: what runs (plain adapters, ViT-H without content subtraction), what is refused at
-load time in one line naming the files (a mismatched encoder, "plus" adapters)."""
+load time in one line naming the files (a mismatched encoder, face adapters); plus adapters have their
+own tests (test_plus_adapter.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from backend.engine.adapters import adapter_info
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.loading import ModelLoadError, check_ip_adapter
+from backend.engine.loading import ModelLoadError
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.engine.style_embedding import EmbeddingSpaceMismatch
 from backend.tiny.components import TINY, build_image_encoder, random_ip_adapter_state
@@ -48,7 +50,7 @@ def test_a_vit_h_adapter_runs_without_content_subtraction(tiny_paths, vit_h_file
     adapter, encoder = vit_h_files
     spec = replace(tiny_paths.spec("diffusers"), ip_adapter=str(adapter), image_encoder=str(encoder))
     engine = InstantStyleEngine.load(spec, device="cpu")
-    assert not engine.encoder.content_subtraction
+    assert not engine.encoder.content_subtraction and not engine.features.content_subtraction
     assert engine.generate(job(style_image, "")).images[0].shape == (64, 64, 3)
     with pytest.raises(EmbeddingSpaceMismatch, match="leave 'subtract content' empty"):
         engine.generate(job(style_image, "stripes"))
@@ -64,17 +66,16 @@ def test_an_adapter_with_the_wrong_image_encoder_is_refused_at_load(tiny_paths, 
     assert "\n" not in message
 
 
-def test_a_plus_adapter_is_refused_with_the_reason(tiny_paths):
-    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+def test_a_face_adapter_is_refused_with_the_reason(tiny_paths):
+    from diffusers.models.embeddings import IPAdapterFullImageProjection
 
-    plus = IPAdapterPlusImageProjection(
-        embed_dims=16, output_dims=32, hidden_dims=32, depth=1, dim_head=8, heads=2
-    )
+    face = IPAdapterFullImageProjection(image_embed_dim=32, cross_attention_dim=80)
     pipe = SimpleNamespace(
-        unet=SimpleNamespace(encoder_hid_proj=SimpleNamespace(image_projection_layers=[plus])),
-        image_encoder=SimpleNamespace(config=SimpleNamespace(projection_dim=32)),
+        unet=SimpleNamespace(encoder_hid_proj=SimpleNamespace(image_projection_layers=[face])),
+        image_encoder=SimpleNamespace(config=SimpleNamespace(projection_dim=32, hidden_size=32)),
     )
-    spec = replace(tiny_paths.spec(), ip_adapter="/models/ip-adapter-plus_sdxl_vit-h.safetensors")
-    with pytest.raises(ModelLoadError, match="plus' or face adapter") as raised:
-        check_ip_adapter(pipe, spec)
-    assert "/models/ip-adapter-plus_sdxl_vit-h.safetensors" in str(raised.value)
+    spec = replace(tiny_paths.spec(), ip_adapter="/models/ip-adapter-full-face_sd15.safetensors")
+    with pytest.raises(ModelLoadError, match="a face adapter") as raised:
+        adapter_info(pipe, spec)
+    assert "/models/ip-adapter-full-face_sd15.safetensors" in str(raised.value)
+    assert "\n" not in str(raised.value)

@@ -19,8 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
+from backend.engine.adapters import adapter_info
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.loading import LoraSource, ModelSpec, check_ip_adapter
+from backend.engine.loading import LoraSource, ModelSpec
 from backend.engine.loras import LoraSet
 from backend.engine.preview_vae import LoadedPreviewVae
 from backend.engine.previews import StepPreview
@@ -60,7 +61,7 @@ def lane(tmp_path_factory: pytest.TempPathFactory) -> Lane:
     pipe.set_progress_bar_config(disable=True)
     controlnet = build_real_controlnet(pipe.unet)
     attach_ip_adapter(pipe, "vit-bigg")
-    check_ip_adapter(pipe, SPEC)  # a plain adapter whose input is the encoder's 1280-d embedding
+    adapter_info(pipe, SPEC)  # a plain adapter whose input is the encoder's 1280-d embedding
     lora_modules = write_kohya_lora(scratch / "ink.safetensors", pipe)
     loras = LoraSet(pipe)
     loras.load([LoraSource("ink", str(scratch / "ink.safetensors"))], None, True)
@@ -258,7 +259,7 @@ def test_vit_h_adapter_runs_without_content_subtraction(lane: Lane) -> None:
     gc.collect()
     pipe.unload_ip_adapter()
     attach_ip_adapter(pipe, "vit-h")
-    check_ip_adapter(pipe, SPEC)  # 1024-d embeddings into the adapter's 1024-d projection
+    adapter_info(pipe, SPEC)  # 1024-d embeddings into the adapter's 1024-d projection
     projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
     assert projection.image_embeds.in_features == pipe.image_encoder.config.projection_dim == 1024
     assert sum(p.numel() for p in pipe.image_encoder.parameters()) == 632_076_800

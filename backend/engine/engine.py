@@ -23,6 +23,7 @@ from PIL import Image
 from protocol.enums import BlockPreset, Mode, ModelPhase
 from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
+from .adapters import adapter_info
 from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
 from .canny import canny
 from .decode import check_finite, decode, encode_canvas, set_decode_tiles
@@ -82,6 +83,7 @@ class InstantStyleEngine:
         processor = CLIPImageProcessorPil(
             size={"shortest_edge": size}, crop_size={"height": size, "width": size}
         )
+        self.adapter = adapter_info(pipeline, spec)
         self.encoder = StyleEncoder(
             image_encoder,
             processor,
@@ -89,6 +91,7 @@ class InstantStyleEngine:
             pipeline.tokenizer_2,  # type: ignore[attr-defined]
             cache_size=cache_size,
             execution_device=self._device,
+            features=self.adapter.kind,
         )
         self.controlnet = controlnet
         self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
@@ -178,6 +181,8 @@ class InstantStyleEngine:
             self.preview_vae.method,
             native_side=self.native_side,
             prediction=model_prediction(self.schedulers.model_scheduler).value,
+            image_adapter=self.adapter.kind,
+            content_subtraction=self.encoder.content_subtraction,
         )
 
     @property
@@ -242,7 +247,7 @@ class InstantStyleEngine:
         kwargs: dict[str, object] = {
             **self.prompts.encodings(self.pipeline, prompt).as_kwargs(),
             "ip_adapter_image_embeds": ip_adapter_embeds(
-                style.to(device=self.device, dtype=self.dtype), guidance
+                style.to(device=self.device, dtype=self.dtype), guidance, self.encoder.negative_features()
             ),
             "num_inference_steps": request.steps,
             "guidance_scale": request.guidance_scale,

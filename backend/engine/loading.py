@@ -278,35 +278,6 @@ def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
         )
 
 
-def check_ip_adapter(pipe: object, spec: ModelSpec) -> None:
-    """Refuse, at load time and in one line naming the files, an adapter the engine cannot run.
-
-    InstantStyle works on the image encoder's projected embedding: a plain adapter (``ip-adapter_sdxl``
-    with ViT-bigG, ``ip-adapter_sdxl_vit-h`` with ViT-H) whose input size is the encoder's. "Plus" and
-    face adapters read the encoder's hidden states instead and would fail in every job.
-    """
-    from diffusers.models.embeddings import ImageProjection
-
-    projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]  # type: ignore[attr-defined]
-    if not isinstance(projection, ImageProjection):
-        raise ModelLoadError(
-            spec.ip_adapter,
-            "a plain IP-Adapter (ip-adapter_sdxl, or ip-adapter_sdxl_vit-h)",
-            f"it is a {type(projection).__name__} ('plus' or face adapter), which needs the image encoder's "
-            "hidden states rather than the embedding InstantStyle works on",
-        )
-    wanted = projection.image_embeds.in_features
-    given = pipe.image_encoder.config.projection_dim  # type: ignore[attr-defined]
-    if wanted != given:
-        raise ModelLoadError(
-            spec.ip_adapter,
-            f"an image encoder with {wanted}-d embeddings",
-            f"{spec.image_encoder} gives {given}-d ones: ip-adapter_sdxl goes with the ViT-bigG encoder "
-            "(1280-d, sdxl_models/image_encoder), ip-adapter_sdxl_vit-h with ViT-H "
-            "(1024-d, models/image_encoder)",
-        )
-
-
 def load_controlnet(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | None:
     """The optional canny ControlNet, from a folder or the hub."""
     if not spec.controlnet:
@@ -371,8 +342,7 @@ def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> ob
         pipe.register_modules(vae=vae)  # type: ignore[attr-defined]
     image_encoder = load_image_encoder(spec, dtype)
     pipe.register_modules(image_encoder=image_encoder)  # type: ignore[attr-defined]
-    load_ip_adapter(pipe, spec)
-    check_ip_adapter(pipe, spec)
+    load_ip_adapter(pipe, spec)  # its kind is checked by the engine (adapters.py)
     pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     return pipe
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from protocol.enums import ImageAdapter
+
 from .loras import without_lora
 from .memory import visiting
 
@@ -48,17 +50,23 @@ def blend(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Ten
     return stacked.sum(dim=0)
 
 
-def ip_adapter_embeds(style: torch.Tensor, classifier_free_guidance: bool) -> list[torch.Tensor]:
+def ip_adapter_embeds(
+    style: torch.Tensor, classifier_free_guidance: bool, negative: torch.Tensor | None = None
+) -> list[torch.Tensor]:
     """The ``ip_adapter_image_embeds`` layout diffusers expects for one adapter.
 
-    ``style`` is (1, D), or (N, D) for N images (regional styles, each with its own mask). Shape
-    ``[2, N, D]`` with CFG (zeros = unconditional first, style second) or ``[1, N, D]`` without;
-    the pipeline repeats it for the batch itself.
+    ``style`` is (N, D) for N images (regional styles, each with its own mask), or (N, T, H) patch
+    features for a plus adapter. With CFG the unconditional features come first: zeros for a plain
+    adapter, ``negative`` (1, T, H) (an all-zero input's features) for a plus one, then the style:
+    ``[2, N, ...]``; without CFG ``[1, N, ...]``. The pipeline repeats it for the batch itself.
     """
-    positive = style.reshape(1, -1, style.shape[-1])
-    if classifier_free_guidance:
-        return [torch.cat([torch.zeros_like(positive), positive])]
-    return [positive]
+    positive = style.unsqueeze(0)
+    if not classifier_free_guidance:
+        return [positive]
+    unconditional = (
+        torch.zeros_like(positive) if negative is None else negative.unsqueeze(0).expand_as(positive)
+    )
+    return [torch.cat([unconditional.to(positive), positive])]
 
 
 def image_key(image: Image.Image) -> str:
@@ -118,7 +126,10 @@ class StyleEncoder:
         tokenizer: object,
         cache_size: int = 64,
         execution_device: torch.device | None = None,
+        features: ImageAdapter = ImageAdapter.PLAIN,
     ) -> None:
+        self.features = features
+        """What the adapter reads: the pooled embedding (plain) or the patch features (plus)."""
         self.image_dim = image_encoder.config.projection_dim  # type: ignore[union-attr]
         self.text_dim = text_encoder.config.projection_dim  # type: ignore[union-attr]
         self.image_encoder = image_encoder
@@ -139,17 +150,54 @@ class StyleEncoder:
         cached = self.image_cache.get(key) if cache else None
         if cached is not None:
             return cached
-        resting, dtype = _placement(self.image_encoder)
-        device = self.execution_device or resting
-        pixels = self.image_processor(images=image.convert("RGB"), return_tensors="pt").pixel_values  # type: ignore[operator]
-        with visiting(self.image_encoder, device):
-            embeds = self.image_encoder(pixels.to(device=device, dtype=dtype)).image_embeds
+        embeds = self._run_image_encoder(self._pixels(image)).image_embeds
         if cache:
             self.counts.images += 1
             self.image_cache.put(key, embeds)
         else:
             self.counts.scored_images += 1
         return embeds
+
+    @torch.inference_mode()
+    def encode_patches(self, image: Image.Image) -> torch.Tensor:
+        """What a plus adapter reads: the penultimate layer's hidden states, (1, patches + 1, H), as the
+        official IP-Adapter Plus and diffusers take them."""
+        key = "patches:" + image_key(image)
+        cached = self.image_cache.get(key)
+        if cached is None:
+            cached = self._run_image_encoder(self._pixels(image), hidden=True).hidden_states[-2]
+            self.counts.images += 1
+            self.image_cache.put(key, cached)
+        return cached
+
+    @torch.inference_mode()
+    def unconditional_patches(self) -> torch.Tensor:
+        """A plus adapter's "no image": the features of an all-zero input (after the processor's
+        normalisation), as diffusers and the official code make them; encoded once."""
+        cached = self.image_cache.get("patches:unconditional")
+        if cached is None:
+            size = self.image_encoder.config.image_size  # type: ignore[union-attr]
+            zeros = torch.zeros(1, 3, size, size)
+            cached = self._run_image_encoder(zeros, hidden=True).hidden_states[-2]
+            self.image_cache.put("patches:unconditional", cached)
+        return cached
+
+    def reference_features(self, image: Image.Image) -> torch.Tensor:
+        """One style image as the loaded adapter reads it."""
+        return self.encode_patches(image) if self.features is ImageAdapter.PLUS else self.encode_image(image)
+
+    def negative_features(self) -> torch.Tensor | None:
+        """The unconditional features for CFG: None (zeros) for a plain adapter."""
+        return self.unconditional_patches() if self.features is ImageAdapter.PLUS else None
+
+    def _pixels(self, image: Image.Image) -> torch.Tensor:
+        return self.image_processor(images=image.convert("RGB"), return_tensors="pt").pixel_values  # type: ignore[operator]
+
+    def _run_image_encoder(self, pixels: torch.Tensor, hidden: bool = False) -> object:
+        resting, dtype = _placement(self.image_encoder)
+        device = self.execution_device or resting
+        with visiting(self.image_encoder, device):
+            return self.image_encoder(pixels.to(device=device, dtype=dtype), output_hidden_states=hidden)
 
     @torch.inference_mode()
     def encode_text(self, text: str, scoring: bool = False) -> torch.Tensor:
@@ -175,12 +223,25 @@ class StyleEncoder:
         return embeds
 
     @property
-    def content_subtraction(self) -> bool:
-        """Whether image and text embeddings share one space (ViT-bigG's with SDXL's text_encoder_2)."""
+    def shared_space(self) -> bool:
+        """Whether image and text embeddings share one space (ViT-bigG's with SDXL's text_encoder_2):
+        what the scores compare in."""
         return self.image_dim == self.text_dim
 
+    @property
+    def content_subtraction(self) -> bool:
+        """Whether a content text can be subtracted: a shared space and an adapter reading the pooled
+        embedding (a plus adapter reads patch features, which have no text counterpart)."""
+        return self.shared_space and self.features is ImageAdapter.PLAIN
+
     def require_content_subtraction(self) -> None:
-        if not self.content_subtraction:
+        if self.features is ImageAdapter.PLUS:
+            raise EmbeddingSpaceMismatch(
+                "content subtraction is not available with a 'plus' IP-Adapter: it reads the image's patch "
+                "features, which have no text counterpart; leave 'subtract content' empty, or run the "
+                "backend with a plain adapter (ip-adapter_sdxl)"
+            )
+        if not self.shared_space:
             raise EmbeddingSpaceMismatch(
                 f"content subtraction is not available with this IP-Adapter: its image encoder gives "
                 f"{self.image_dim}-d embeddings and SDXL's text encoder {self.text_dim}-d ones (two spaces); "
@@ -194,10 +255,11 @@ class StyleEncoder:
         content_text: str = "",
         content_scale: float = 0.0,
     ) -> torch.Tensor:
-        """Blend the references, then subtract the content text: the (1, D) style embedding."""
+        """Blend the references, then subtract the content text: the (1, D) style embedding (a plus
+        adapter's: the blended (1, T, H) patch features)."""
         if content_text.strip() and content_scale != 0.0:
             self.require_content_subtraction()
-        style = blend([self.encode_image(image) for image in images], weights)
+        style = blend([self.reference_features(image) for image in images], weights)
         if content_text.strip() and content_scale != 0.0:
             style = subtract_content(style, self.encode_text(content_text), content_scale)
         return style

@@ -5,7 +5,8 @@
   ``from_pretrained(repo_id, cache_dir=..., local_files_only=True)``;
 - ``tiny-sdxl.safetensors``: one original-format (SGM) checkpoint file;
 - ``ip-adapter/``: the ``h94/IP-Adapter`` layout (``sdxl_models/ip-adapter_sdxl``
-  in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``);
+  in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``), with a "plus" adapter beside it
+  (``sdxl_models/ip-adapter-plus_sdxl_vit-h``, both formats: ``backend/tiny/plus_adapter.py``);
 - ``controlnet-canny/``: a ControlNet folder, as ``diffusers/controlnet-canny-sdxl-1.0`` has;
 - ``loras/``: random LoRAs in the diffusers/PEFT and the Kohya key layouts (``backend/tiny/loras.py``),
   also as a hub repo;
@@ -31,15 +32,21 @@ import torch
 from backend.engine.loading import ModelSpec
 from backend.tiny.components import TINY_LABEL, build_models
 from backend.tiny.loras import write_tiny_loras
+from backend.tiny.plus_adapter import random_plus_adapter_state
 from backend.tiny.preview_vae import write_tiny_autoencoder
 from backend.tiny.single_file import save_single_file
+from protocol.enums import ImageAdapter
 
-GENERATOR_VERSION = "6"
+GENERATOR_VERSION = "7"
 TINY_REPO_ID = "instantstyle/tiny-sdxl"
 TINY_IP_REPO_ID = "instantstyle/tiny-ip-adapter"
 TINY_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-canny"
 TINY_LORA_REPO_ID = "instantstyle/tiny-loras"
 TINY_TAESD_REPO_ID = "instantstyle/tiny-taesdxl"
+PLUS_ADAPTER_NAME = "ip-adapter-plus_sdxl_vit-h"
+PLUS_SEED = 11
+"""The plus adapter's own generator: the plain model's weights stay what they were."""
+TINY_PLUS_LABEL = "tiny random-weight SDXL + plus IP-Adapter (TEST/DEMO model, not for real images)"
 SNAPSHOT = "0" * 39 + GENERATOR_VERSION  # a commit-hash-shaped revision name
 _MARKER = "COMPLETE.json"
 
@@ -72,6 +79,10 @@ class TinyModelPaths:
     def ip_adapter_bin(self) -> Path:
         return self.ip_adapter_folder / "ip-adapter_sdxl.bin"
 
+    def plus_adapter(self, suffix: str = ".safetensors") -> Path:
+        """The tiny "plus" adapter (16 tokens from the image encoder's patch features)."""
+        return self.ip_adapter_folder / f"{PLUS_ADAPTER_NAME}{suffix}"
+
     @property
     def image_encoder(self) -> Path:
         return self.ip_adapter_folder / "image_encoder"
@@ -96,11 +107,15 @@ class TinyModelPaths:
         """``style-peft``, ``style-kohya`` (the same LoRA in two layouts) or ``other-peft``."""
         return self.loras / f"{name}.safetensors"
 
-    def spec(self, layout: str = "diffusers") -> ModelSpec:
-        """A ``ModelSpec`` loading the tiny model from one of its layouts."""
-        common = {"label": TINY_LABEL, "is_test_model": True, "preview_vae_default": str(self.taesd)}
+    def spec(self, layout: str = "diffusers", adapter: ImageAdapter = ImageAdapter.PLAIN) -> ModelSpec:
+        """A ``ModelSpec`` loading the tiny model from one of its layouts, with the plain or the plus
+        adapter."""
+        plus = adapter is ImageAdapter.PLUS
+        label = TINY_PLUS_LABEL if plus else TINY_LABEL
+        common = {"label": label, "is_test_model": True, "preview_vae_default": str(self.taesd)}
+        adapter_file = f"{PLUS_ADAPTER_NAME if plus else 'ip-adapter_sdxl'}.safetensors"
         local = {
-            "ip_adapter": str(self.ip_adapter_safetensors),
+            "ip_adapter": str(self.ip_adapter_folder / adapter_file),
             "image_encoder": str(self.image_encoder),
             "controlnet": str(self.controlnet),
         }
@@ -113,7 +128,7 @@ class TinyModelPaths:
         if layout == "hub":
             return ModelSpec(
                 base=TINY_REPO_ID,
-                ip_adapter=f"{TINY_IP_REPO_ID}/sdxl_models/ip-adapter_sdxl.safetensors",
+                ip_adapter=f"{TINY_IP_REPO_ID}/sdxl_models/{adapter_file}",
                 image_encoder=f"{TINY_IP_REPO_ID}/sdxl_models/image_encoder",
                 controlnet=TINY_CONTROLNET_REPO_ID,
                 cache_dir=str(self.hub_cache),
@@ -160,6 +175,12 @@ def _write_all(paths: TinyModelPaths) -> None:
     }
     save_file(flat, str(paths.ip_adapter_safetensors))
     torch.save(models.ip_adapter_state, paths.ip_adapter_bin)
+    plus = random_plus_adapter_state(models.pipeline.unet, torch.Generator().manual_seed(PLUS_SEED))  # type: ignore[attr-defined]
+    save_file(
+        {f"{part}.{key}": value for part, tensors in plus.items() for key, value in tensors.items()},
+        str(paths.plus_adapter()),
+    )
+    torch.save(plus, paths.plus_adapter(".bin"))
     models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]
     models.controlnet.save_pretrained(paths.controlnet)  # type: ignore[attr-defined]
     write_tiny_loras(paths.loras, models.pipeline.unet, models.pipeline.text_encoder)  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from krita import DockWidget  # type: ignore[import-not-found]
 
 from .backend_section import BackendSection
 from .controller import controller as the_controller
+from .deps import protocol
 from .docker_sections import build_sections, preset_chosen, preview_side_row
 from .form import Form
 from .jobs import JobState
@@ -41,6 +42,11 @@ KINDS = [
     ("New image from the style", JobKind.NEW_IMAGE),
 ]
 DOCKER_TITLE = "InstantStyle"
+CONTENT_TIP = (
+    "what the reference shows (not how): it is taken out of the reference, so only its style carries "
+    "over, not its subject"
+)
+CONTENT_SCALE_TIP = "how much of that content to take out (0.5 is a good start)"
 PROMPT_LINES = 2
 
 
@@ -131,8 +137,7 @@ class InstantStyleDocker(DockWidget):
         content = form.add(
             "content_text",
             QLineEdit(),
-            "what the reference shows (not how): it is taken out of the reference, so only its style "
-            "carries over, not its subject",
+            CONTENT_TIP,
         )
         content.setPlaceholderText("subtract content, e.g. 'a cat'")
         main.addRow("Content", content)
@@ -141,7 +146,7 @@ class InstantStyleDocker(DockWidget):
             form.add(
                 "content_scale",
                 setting_slider("content_scale", 0.05),
-                "how much of that content to take out (0.5 is a good start)",
+                CONTENT_SCALE_TIP,
             ),
         )
         main.addRow(
@@ -211,8 +216,24 @@ class InstantStyleDocker(DockWidget):
                     combo.addItem(label, name)
                 combo.setCurrentIndex(max(0, combo.findData(current)))
         self.sections.loras.set_offered(features.loras)
+        self._show_content_subtraction(features.content_subtraction, features.image_adapter)
         if features.attention_blocks:
             self.sections.block_grid.set_blocks(features.attention_blocks)
+
+    def _show_content_subtraction(self, available: bool, adapter: protocol.ImageAdapter) -> None:
+        """Content and Subtract greyed out, saying why, when the backend's adapter cannot subtract (the
+        artist's text is kept for a backend that can)."""
+        why = (
+            "the backend's 'plus' IP-Adapter reads the reference's patch features: content cannot be "
+            "subtracted from them"
+            if adapter is protocol.ImageAdapter.PLUS
+            else "the backend's IP-Adapter and its text encoder do not share one space: content cannot "
+            "be subtracted"
+        )
+        for name, tip in (("content_text", CONTENT_TIP), ("content_scale", CONTENT_SCALE_TIP)):
+            widget = self.form[name]
+            widget.setEnabled(available)
+            widget.setToolTip(tip if available else why)
 
     # ------------------------------------------------------------------ events
 

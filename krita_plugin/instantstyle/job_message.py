@@ -110,9 +110,10 @@ def message_fields(settings: GenerationSettings) -> dict[str, object]:
 
 
 def build_message(
-    settings: GenerationSettings, inputs: JobInputs, shape: JobShape
+    settings: GenerationSettings, inputs: JobInputs, shape: JobShape, content_subtraction: bool = True
 ) -> tuple[protocol.Generate, dict[int, Image]]:
-    """The message and its INPUT images by index."""
+    """The message and its INPUT images by index. Without ``content_subtraction`` (the backend's
+    adapter cannot: a plus one) the artist's content text stays in the settings but is not sent."""
     try:
         sweep_axes = settings.sweep_values() if shape.sweep else []
     except ValueError as error:
@@ -142,4 +143,6 @@ def build_message(
     )
     if mode is protocol.Mode.CONTROL:  # keep-lines jobs have no CFG rescale (the server says so)
         message = replace(message, guidance_rescale=None)
+    if not content_subtraction:
+        message = replace(message, content_text="")
     return message, slots.images

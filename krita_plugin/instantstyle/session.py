@@ -134,7 +134,7 @@ class Session:
             preview_side,
             protocol.Refine() if refine else None,
         )
-        message, frames = build_message(settings, inputs, shape)
+        message, frames = build_message(settings, inputs, shape, self.features.content_subtraction)
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
             protocol.decode_client_message(protocol.encode_message(message), hello.limits)
@@ -234,6 +234,10 @@ class Session:
             text += " — v-prediction" + (
                 " (zero SNR, CFG rescale 0.7)" if features.prediction == "v-zsnr" else ""
             )
+        if features.image_adapter is protocol.ImageAdapter.PLUS:
+            text += " — plus IP-Adapter (no content subtraction)"
+        elif not features.content_subtraction:
+            text += " — no content subtraction with this IP-Adapter"
         workers = features.workers
         if len(workers) > 1:  # jobs run side by side
             devices = sorted({worker.device for worker in workers})
