@@ -40,6 +40,15 @@ def engine(tiny_paths: TinyModelPaths):
     return InstantStyleEngine.load(tiny_paths.spec("diffusers"), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def plus_engine(tiny_paths: TinyModelPaths):
+    """The tiny model with its "plus" IP-Adapter (16 tokens from the image encoder's patch features)."""
+    from backend.engine.engine import InstantStyleEngine
+    from protocol import ImageAdapter
+
+    return InstantStyleEngine.load(tiny_paths.spec("diffusers", ImageAdapter.PLUS), device="cpu")
+
+
 def noise_image(seed: int, size: int = 64) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     return Image.fromarray(pixels)

@@ -5,6 +5,8 @@ the docker where Krita docks it (about 260 px wide) and floated at 260×180, 300
 260 px with every section open: nothing asks for more width than the docker has and Generate is in
 view. Then a real right-click (xdotool on the virtual display) on a layer that is not the active one:
 "Stylize Layer (InstantStyle)" is in Krita's own menu, a click on it styles that layer, exact pixels.
+The backend runs the tiny model with a "plus" IP-Adapter: Content is greyed out saying why, and the
+returning artist's content text stays out of the jobs (the e2e tests run the plain adapter).
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ from protocol import Mode
 from tests.conftest import REPO
 from tests.krita_harness import KritaHome, read_report, run_krita, virtual_display
 from tests.krita_versions import VERSIONS, KritaVersion
-from tests.test_krita_e2e import (  # noqa: F401 - backend_url is a fixture
+from tests.test_krita_e2e import (
     PROMPT,
     SEED,
     SIZE,
     STEPS,
     STRENGTH,
-    backend_url,
     expected_pixels,
     install_with_hook,
     prepared,
     returning_artist,
+    serving,
 )
 
 pytestmark = pytest.mark.krita
@@ -79,8 +81,14 @@ class XdotoolServer(threading.Thread):
             number += 1
 
 
+@pytest.fixture(scope="module")
+def plus_backend_url(tiny_paths):
+    with serving(tiny_paths, "tiny-plus") as url:
+        yield url
+
+
 @pytest.fixture(scope="module", params=[pytest.param(v, id=f"krita-{v.name}") for v in VERSIONS])
-def docker_run(request, backend_url, tmp_path_factory):  # noqa: F811 - the imported fixture
+def docker_run(request, plus_backend_url, tmp_path_factory):
     version: KritaVersion = request.param
     prepared(version)
     if shutil.which("xdotool") is None:
@@ -89,7 +97,7 @@ def docker_run(request, backend_url, tmp_path_factory):  # noqa: F811 - the impo
     artifacts = ARTIFACTS / version.name
     shutil.rmtree(artifacts, ignore_errors=True)
     artifacts.mkdir(parents=True)
-    install_with_hook(home, returning_artist(backend_url))
+    install_with_hook(home, returning_artist(plus_backend_url))
     env = {
         "INSTANTSTYLE_E2E_OUT": home.guest(home.out),
         "INSTANTSTYLE_E2E_DOCKER": "1",
@@ -143,7 +151,14 @@ def test_every_generation_setting_has_one_widget(docker_run):
     assert form["round_trip"] == [], "these settings did not come back from their widgets as set"
 
 
-def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_run, engine):
+def test_the_plus_adapters_backend_greys_content_out_and_says_why(docker_run):
+    content = part(docker_run[0], "content")
+    assert not content["text_enabled"] and not content["scale_enabled"], content
+    assert "'plus' IP-Adapter" in content["tip"], content
+    assert content["status"].endswith("plus IP-Adapter (no content subtraction)"), content
+
+
+def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_run, plus_engine):
     report, artifacts = docker_run
     entry = part(report, "menu_entry")
     assert entry["attached"] == [True], entry  # one window, its layer view found
@@ -162,8 +177,13 @@ def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_ru
     source = Image.fromarray(
         np.frombuffer((artifacts / "source.rgba").read_bytes(), np.uint8).reshape(SIZE, SIZE, 4), "RGBA"
     ).convert("RGB")
-    expected = expected_pixels(
-        engine, style_images=[StyleReference(source)], mode=Mode.IMG2IMG, init_image=source, strength=STRENGTH
+    expected = expected_pixels(  # the artist's content text ("stripes") is not sent to a plus adapter
+        plus_engine,
+        style_images=[StyleReference(source)],
+        mode=Mode.IMG2IMG,
+        init_image=source,
+        strength=STRENGTH,
+        content_text="",
     )
     assert np.array_equal(result[..., :3], expected)
     assert (artifacts / "layer-menu.png").stat().st_size > 1000
@@ -173,7 +193,7 @@ def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_ru
 CANVAS = (4096, 3072)
 
 
-def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(docker_run, engine):
+def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(docker_run, plus_engine):
     from PIL import Image
 
     from backend.engine.request import GenerationRequest, Refine
@@ -207,7 +227,6 @@ def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(d
     request = GenerationRequest(
         prompt=PROMPT,
         style_images=[StyleReference(received[0])],
-        content_text="stripes",
         mode=Mode.IMG2IMG,
         init_image=received[1],
         strength=STRENGTH,
@@ -218,7 +237,7 @@ def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(d
         refine=Refine(),
     )
     assert canvas["total_steps"] == request.total_steps
-    expected = engine.generate(request).images[0]
+    expected = plus_engine.generate(request).images[0]
     assert np.array_equal(result[..., :3], expected)
     for big in artifacts.glob("canvas-*.r*"):  # 60 MiB: the comparison is what matters
         big.unlink()

@@ -11,6 +11,7 @@ log) go to artifacts/krita-e2e/VERSION/.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -90,6 +91,13 @@ def lora_engine(tiny_paths):
 
 @pytest.fixture(scope="module")
 def backend_url(tiny_paths):
+    with serving(tiny_paths, "tiny") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(tiny_paths, model: str) -> Iterator[str]:
+    """``python -m backend serve --model MODEL`` with the e2e LoRAs, until the block ends: its URL."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -97,7 +105,7 @@ def backend_url(tiny_paths):
             "backend",
             "serve",
             "--model",
-            "tiny",
+            model,
             "--port",
             "0",
             "--device",

@@ -35,11 +35,6 @@ STYLE, OTHER = noise_image(51), noise_image(52)
 PLUS = ImageAdapter.PLUS
 
 
-@pytest.fixture(scope="module")
-def plus_engine(tiny_paths) -> InstantStyleEngine:
-    return InstantStyleEngine.load(tiny_paths.spec("diffusers", PLUS), device="cpu")
-
-
 def job(**fields) -> GenerationRequest:
     base = {
         "prompt": "a lighthouse at dusk",
