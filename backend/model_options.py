@@ -18,9 +18,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default="tiny",
-        help="'tiny' (embedded random-weight TEST model), 'tiny-plus' (the same with a 'plus' IP-Adapter), "
-        "'sdxl' (hub repo, needs network or a filled cache), a diffusers folder, or a single-file "
-        ".safetensors checkpoint (default: tiny)",
+        help="'tiny' (embedded random-weight TEST model), 'tiny-vit-h' and 'tiny-plus' (the same with a "
+        "ViT-H or a 'plus' IP-Adapter), 'sdxl' (hub repo, needs network or a filled cache), a diffusers "
+        "folder, or a single-file .safetensors checkpoint (default: tiny)",
     )
     group.add_argument(
         "--ip-adapter",
@@ -29,6 +29,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "no content subtraction)",
     )
     group.add_argument("--image-encoder", help="CLIP image encoder folder or hub path")
+    group.add_argument(
+        "--content-text-encoder",
+        default="auto",
+        metavar="auto|none|PATH",
+        help="the CLIP text tower for content subtraction when SDXL's does not share the image encoder's "
+        "space (ViT-H adapters): auto (laion/CLIP-ViT-H-14-laion2B-s32B-b79K, loaded by the first job with "
+        "a content text), none, or a folder or repo id holding a CLIP model",
+    )
     group.add_argument(
         "--controlnet",
         help="canny ControlNet folder or repo id (e.g. diffusers/controlnet-canny-sdxl-1.0) for mode control",
@@ -99,17 +107,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+TINY_MODELS = {
+    "tiny": "ip-adapter_sdxl",
+    "tiny-vit-h": "ip-adapter_sdxl_vit-h",
+    "tiny-plus": "ip-adapter-plus_sdxl_vit-h",
+}
+"""``--model`` names of the tiny TEST model, by the IP-Adapter it comes with (``TinyAdapter``)."""
+
+
 def model_spec(args: argparse.Namespace):  # -> ModelSpec
     from dataclasses import replace
 
     from backend.engine.loading import LoraSource, ModelSpec
     from backend.engine.speed_presets import speed_preset
-    from backend.tiny.layouts import ensure_tiny_model
-    from protocol.enums import ImageAdapter
+    from backend.tiny.layouts import TinyAdapter, ensure_tiny_model
 
-    if args.model in ("tiny", "tiny-plus"):
-        adapter = ImageAdapter.PLUS if args.model == "tiny-plus" else ImageAdapter.PLAIN
-        spec = ensure_tiny_model().spec("diffusers", adapter)
+    if args.model in TINY_MODELS:
+        spec = ensure_tiny_model().spec("diffusers", TinyAdapter(TINY_MODELS[args.model]))
     elif args.model == "sdxl":
         spec = ModelSpec()
     else:
@@ -122,6 +136,7 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
         "base_config": args.base_config,
         "cache_dir": args.cache_dir,
         "preview_vae": args.preview_vae,
+        "content_text_encoder": args.content_text_encoder,
         "prediction": Prediction(args.prediction) if args.prediction != "auto" else None,
     }
     spec = replace(spec, **{k: v for k, v in overrides.items() if v})

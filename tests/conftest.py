@@ -44,9 +44,9 @@ def engine(tiny_paths: TinyModelPaths):
 def plus_engine(tiny_paths: TinyModelPaths):
     """The tiny model with its "plus" IP-Adapter (16 tokens from the image encoder's patch features)."""
     from backend.engine.engine import InstantStyleEngine
-    from protocol import ImageAdapter
+    from backend.tiny.layouts import TinyAdapter
 
-    return InstantStyleEngine.load(tiny_paths.spec("diffusers", ImageAdapter.PLUS), device="cpu")
+    return InstantStyleEngine.load(tiny_paths.spec("diffusers", TinyAdapter.PLUS_SDXL_VIT_H), device="cpu")
 
 
 def noise_image(seed: int, size: int = 64) -> Image.Image:

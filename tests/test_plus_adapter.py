@@ -18,7 +18,7 @@ from backend.engine.loading import LoraSource, ModelLoadError
 from backend.engine.regions import StyleRegion
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.engine.style_embedding import EmbeddingSpaceMismatch
-from backend.tiny.layouts import PLUS_ADAPTER_NAME
+from backend.tiny.layouts import PLUS_ADAPTER_NAME, TinyAdapter
 from protocol import (
     BlockPreset,
     ImageAdapter,
@@ -33,6 +33,7 @@ from tests.test_half_precision import DTYPES, MATRIX, placement, run_and_check
 
 STYLE, OTHER = noise_image(51), noise_image(52)
 PLUS = ImageAdapter.PLUS
+TINY_PLUS = TinyAdapter.PLUS_SDXL_VIT_H
 
 
 def job(**fields) -> GenerationRequest:
@@ -70,7 +71,7 @@ def test_the_engine_equals_diffusers_own_plus_adapter_path(plus_engine, tiny_pat
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_paths.diffusers_folder))
     pipe.set_progress_bar_config(disable=True)
     pipe.register_modules(
-        image_encoder=CLIPVisionModelWithProjection.from_pretrained(str(tiny_paths.image_encoder)),
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(plus_engine.spec.image_encoder),
         feature_extractor=CLIPImageProcessorPil(
             size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
         ),
@@ -121,7 +122,7 @@ def test_references_blend_as_patch_features_and_regions_keep_to_their_masks(plus
 
 @pytest.mark.parametrize("layout", ["single-file", "hub", "bin"])
 def test_every_on_disk_layout_loads_the_same_plus_adapter(tiny_paths, plus_engine, layout):
-    spec = tiny_paths.spec("diffusers" if layout == "bin" else layout, PLUS)
+    spec = tiny_paths.spec("diffusers" if layout == "bin" else layout, TINY_PLUS)
     if layout == "bin":
         spec = dataclasses.replace(spec, ip_adapter=spec.ip_adapter.replace(".safetensors", ".bin"))
     assert PLUS_ADAPTER_NAME in spec.ip_adapter
@@ -140,7 +141,9 @@ def test_a_plus_adapter_with_an_encoder_of_another_width_is_refused_at_load(tiny
     from backend.tiny.components import TINY, build_image_encoder
 
     build_image_encoder(dataclasses.replace(TINY, image_hidden=48)).save_pretrained(tmp_path / "encoder")
-    spec = dataclasses.replace(tiny_paths.spec("diffusers", PLUS), image_encoder=str(tmp_path / "encoder"))
+    spec = dataclasses.replace(
+        tiny_paths.spec("diffusers", TINY_PLUS), image_encoder=str(tmp_path / "encoder")
+    )
     with pytest.raises(ModelLoadError, match="32-d hidden states") as raised:
         InstantStyleEngine.load(spec, device="cpu")
     assert "48-d" in str(raised.value) and PLUS_ADAPTER_NAME in str(raised.value)
@@ -149,7 +152,8 @@ def test_a_plus_adapter_with_an_encoder_of_another_width_is_refused_at_load(tiny
 @pytest.mark.parametrize("dtype", ["fp32", *DTYPES])
 def test_every_preset_and_mode_runs_with_a_plus_adapter_in_every_precision(tiny_paths, dtype):
     spec = dataclasses.replace(
-        tiny_paths.spec("diffusers", PLUS), loras=(LoraSource("ink", str(tiny_paths.lora("style-kohya"))),)
+        tiny_paths.spec("diffusers", TINY_PLUS),
+        loras=(LoraSource("ink", str(tiny_paths.lora("style-kohya"))),),
     )
     engine = InstantStyleEngine.load(spec, device="cpu", dtype=dtype)
     loaded = placement(engine)

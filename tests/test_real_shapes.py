@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -27,12 +27,13 @@ from backend.engine.preview_vae import LoadedPreviewVae
 from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest, GenerationResult, StyleReference
 from backend.engine.style_embedding import EmbeddingSpaceMismatch
-from backend.tiny.components import FULL_LABEL, TINY, build_models
+from backend.tiny.components import FULL_LABEL, TINY, build_models, tiny_tokenizer
 from backend.tiny.real_shapes import (
     attach_ip_adapter,
     build_real_controlnet,
     build_sdxl_pipeline,
     build_taesdxl,
+    build_vit_h_text_tower,
     write_kohya_lora,
 )
 from protocol.enums import BlockPreset, Mode
@@ -250,8 +251,10 @@ def test_control_with_the_controlnet(lane: Lane, from_pipe_problems: dict[Mode, 
     run_shared_pipeline_mode(lane, from_pipe_problems, job(mode=Mode.CONTROL, init_image=lines))
 
 
-def test_vit_h_adapter_runs_without_content_subtraction(lane: Lane) -> None:
-    """Last: swaps the bigG encoder and its adapter for ip-adapter_sdxl_vit-h's (the UNet is shared)."""
+def test_vit_h_adapter_subtracts_content_through_its_own_text_tower(lane: Lane, tmp_path) -> None:
+    """Last: swaps the bigG encoder and its adapter for ip-adapter_sdxl_vit-h's (the UNet is shared);
+    content is subtracted through ViT-H's own text tower (laion's shape, from a folder, in bf16), and
+    without one (``none``) refused in one line."""
     old = lane.engine
     pipe, controlnet, loras, preview = old.pipeline, old.controlnet, old.loras, old.preview_vae
     lane.engine, lane.modes = None, set()  # type: ignore[assignment]
@@ -263,8 +266,9 @@ def test_vit_h_adapter_runs_without_content_subtraction(lane: Lane) -> None:
     projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
     assert projection.image_embeds.in_features == pipe.image_encoder.config.projection_dim == 1024
     assert sum(p.numel() for p in pipe.image_encoder.parameters()) == 632_076_800
+    none = replace(SPEC, content_text_encoder="none")
     lane.engine = InstantStyleEngine(
-        pipe, SPEC, controlnet=controlnet, device=CPU, loras=loras, preview_vae=preview
+        pipe, none, controlnet=controlnet, device=CPU, loras=loras, preview_vae=preview
     )
     assert not lane.engine.encoder.content_subtraction
     with pytest.raises(EmbeddingSpaceMismatch, match="leave 'subtract content' empty"):
@@ -272,3 +276,18 @@ def test_vit_h_adapter_runs_without_content_subtraction(lane: Lane) -> None:
     assert_components_kept(lane)
     result, _ = run(lane, job(content_text=""), "vit-h")
     assert result.scores[0].content is None and result.scores[0].prompt is None
+
+    tower = build_vit_h_text_tower()
+    tower.save_pretrained(tmp_path / "clip-vit-h")
+    tiny_tokenizer(tmp_path / "tokenizer").save_pretrained(tmp_path / "clip-vit-h")
+    del tower
+    spec = replace(SPEC, content_text_encoder=str(tmp_path / "clip-vit-h"))
+    lane.engine = InstantStyleEngine(
+        pipe, spec, controlnet=controlnet, device=CPU, loras=loras, preview_vae=preview
+    )
+    assert lane.engine.features.content_subtraction and not lane.engine.encoder.content_tower.loaded
+    result, _ = run(lane, job(), "vit-h with content")
+    loaded = lane.engine.encoder.content_tower.get().encoder
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert loaded.config.projection_dim == 1024 and loaded.config.num_hidden_layers == 24
+    assert result.scores[0].content is not None and math.isfinite(result.scores[0].content)

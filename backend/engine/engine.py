@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from protocol.enums import BlockPreset, Mode, ModelPhase
+from protocol.enums import BlockPreset, ImageAdapter, Mode, ModelPhase
 from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
 from .adapters import adapter_info
 from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
 from .canny import canny
+from .content_text import content_tower_for
 from .decode import check_finite, decode, encode_canvas, set_decode_tiles
 from .downloads import prefetch
 from .load_plan import EngineInfo, LoadPlan, download_status, engine_info
@@ -92,6 +93,9 @@ class InstantStyleEngine:
             cache_size=cache_size,
             execution_device=self._device,
             features=self.adapter.kind,
+            content_tower=None
+            if self.adapter.kind is ImageAdapter.PLUS
+            else content_tower_for(spec, image_encoder, pipeline.text_encoder_2),  # type: ignore[attr-defined]
         )
         self.controlnet = controlnet
         self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
@@ -443,7 +447,7 @@ class InstantStyleEngine:
             request = GenerationRequest(
                 prompt="warm-up",
                 style_images=[StyleReference(style)],
-                content_text="a cat" if self.encoder.content_subtraction else "",
+                content_text="a cat" if self.encoder.content_subtraction and self.encoder.text_ready else "",
                 width=size,
                 height=size,
                 steps=steps,

@@ -32,6 +32,8 @@ SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 IP_ADAPTER_HUB_PATH = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
 IMAGE_ENCODER_HUB_PATH = "h94/IP-Adapter/sdxl_models/image_encoder"
 TAESDXL_REPO = "madebyollin/taesdxl"
+VIT_H_TEXT_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+"""OpenCLIP ViT-H-14's text tower: the space of the ViT-H adapters' image encoder (content_text.py)."""
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -69,6 +71,11 @@ class ModelSpec:
     """What the UNet predicts (``prediction.py``); auto: a single file's marker keys say."""
     speed_presets: tuple[str, ...] = ()
     """Few-step presets to offer (``speed_presets.py``); their LoRAs load with the others."""
+    content_text_encoder: str = "auto"
+    """The text tower content subtraction uses when SDXL's ``text_encoder_2`` does not share the image
+    encoder's space (ViT-H adapters): ``auto``, ``none``, or a folder or repo id (``content_text.py``)."""
+    content_text_encoder_default: str = VIT_H_TEXT_REPO
+    """What ``auto`` loads (the tiny test model names its own tiny one)."""
     preview_vae: str = "auto"
     """The tiny autoencoder for previews: ``auto``, ``none``, or a folder, repo id or file
     (``preview_vae.py``)."""

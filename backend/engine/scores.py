@@ -45,7 +45,7 @@ def score_images(
 ) -> list[ImageScores]:
     """The three scores of each result (uint8 RGB arrays); results are never cached (each is new)."""
     reference = blend([encoder.encode_image(image) for image in references], weights)
-    shared_space = encoder.shared_space
+    shared_space = encoder.shared_space and encoder.text_ready  # no tower loaded just to score
     content = (
         encoder.encode_text(content_text, scoring=True) if shared_space and content_text.strip() else None
     )

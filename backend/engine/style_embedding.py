@@ -20,6 +20,7 @@ from PIL import Image
 
 from protocol.enums import ImageAdapter
 
+from .content_text import LazyTextTower
 from .loras import without_lora
 from .memory import visiting
 
@@ -127,11 +128,17 @@ class StyleEncoder:
         cache_size: int = 64,
         execution_device: torch.device | None = None,
         features: ImageAdapter = ImageAdapter.PLAIN,
+        content_tower: LazyTextTower | None = None,
     ) -> None:
         self.features = features
         """What the adapter reads: the pooled embedding (plain) or the patch features (plus)."""
+        self.content_tower = content_tower
+        """The image encoder's own CLIP text tower, loaded on first use, when ``text_encoder`` (SDXL's)
+        does not share its space (ViT-H adapters); its size is checked once it is loaded."""
         self.image_dim = image_encoder.config.projection_dim  # type: ignore[union-attr]
-        self.text_dim = text_encoder.config.projection_dim  # type: ignore[union-attr]
+        self.text_dim = (
+            self.image_dim if content_tower is not None else text_encoder.config.projection_dim  # type: ignore[union-attr]
+        )
         self.image_encoder = image_encoder
         self.execution_device = execution_device
         """Where the encoders run; None: where their weights are. The image encoder may rest elsewhere."""
@@ -205,22 +212,46 @@ class StyleEncoder:
         cached = self.text_cache.get(text)
         if cached is not None:
             return cached
-        device = self.execution_device or _placement(self.text_encoder)[0]
-        tokens = self.tokenizer(  # type: ignore[operator]
+        encoder, tokenizer = self._text_tower()
+        device = self.execution_device or _placement(encoder)[0]
+        tokens = tokenizer(  # type: ignore[operator]
             text,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,  # type: ignore[attr-defined]
+            max_length=tokenizer.model_max_length,  # type: ignore[attr-defined]
             truncation=True,
             return_tensors="pt",
         )
-        with without_lora(self.text_encoder):
-            embeds = self.text_encoder(tokens.input_ids.to(device)).text_embeds
+        if self.content_tower is not None:  # it rests where SDXL's text encoders rest in the tier
+            with visiting(encoder, device):
+                embeds = encoder(tokens.input_ids.to(device)).text_embeds
+        else:
+            with without_lora(encoder):
+                embeds = encoder(tokens.input_ids.to(device)).text_embeds
         if scoring:
             self.counts.scored_texts += 1
         else:
             self.counts.texts += 1
         self.text_cache.put(text, embeds)
         return embeds
+
+    def _text_tower(self) -> tuple[torch.nn.Module, object]:
+        """SDXL's text_encoder_2 and its tokenizer, or the image encoder's own text tower (loaded now if
+        it was not: ``ContentTextUnavailable`` in one line when it cannot be)."""
+        if self.content_tower is None:
+            return self.text_encoder, self.tokenizer
+        tower = self.content_tower.get()
+        if tower.projection_dim != self.image_dim:
+            raise EmbeddingSpaceMismatch(
+                f"cannot subtract content: the image encoder gives {self.image_dim}-d embeddings but the "
+                f"text tower {self.content_tower.source} {tower.projection_dim}-d ones; give "
+                "--content-text-encoder the CLIP model the image encoder comes from"
+            )
+        return tower.encoder, tower.tokenizer
+
+    @property
+    def text_ready(self) -> bool:
+        """Whether texts can be encoded without loading a model first (scores only use what is loaded)."""
+        return self.content_tower is None or self.content_tower.loaded
 
     @property
     def shared_space(self) -> bool:
@@ -245,7 +276,8 @@ class StyleEncoder:
             raise EmbeddingSpaceMismatch(
                 f"content subtraction is not available with this IP-Adapter: its image encoder gives "
                 f"{self.image_dim}-d embeddings and SDXL's text encoder {self.text_dim}-d ones (two spaces); "
-                "leave 'subtract content' empty, or run the backend with ip-adapter_sdxl (ViT-bigG)"
+                "leave 'subtract content' empty, or let the backend load the image encoder's own text tower "
+                "(--content-text-encoder auto)"
             )
 
     def style_embedding(

@@ -5,8 +5,11 @@
   ``from_pretrained(repo_id, cache_dir=..., local_files_only=True)``;
 - ``tiny-sdxl.safetensors``: one original-format (SGM) checkpoint file;
 - ``ip-adapter/``: the ``h94/IP-Adapter`` layout (``sdxl_models/ip-adapter_sdxl``
-  in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``), with a "plus" adapter beside it
-  (``sdxl_models/ip-adapter-plus_sdxl_vit-h``, both formats: ``backend/tiny/plus_adapter.py``);
+  in ``.safetensors`` and ``.bin``, ``sdxl_models/image_encoder/``), with the ViT-H adapters beside
+  it: ``sdxl_models/ip-adapter_sdxl_vit-h`` (plain) and ``ip-adapter-plus_sdxl_vit-h`` (both formats:
+  ``backend/tiny/plus_adapter.py``), and their encoder ``models/image_encoder/``;
+- ``clip-vit-h/``: the whole CLIP model that encoder comes from, with its text tower, as
+  ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` has it (``backend/tiny/vit_h.py``; also as a hub repo);
 - ``controlnet-canny/``: a ControlNet folder, as ``diffusers/controlnet-canny-sdxl-1.0`` has;
 - ``loras/``: random LoRAs in the diffusers/PEFT and the Kohya key layouts (``backend/tiny/loras.py``),
   also as a hub repo;
@@ -24,18 +27,19 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 import torch
 
 from backend.engine.loading import ModelSpec
-from backend.tiny.components import TINY_LABEL, build_models
+from backend.tiny.components import TINY, TINY_LABEL, build_models, random_ip_adapter_state
 from backend.tiny.loras import write_tiny_loras
 from backend.tiny.plus_adapter import random_plus_adapter_state
 from backend.tiny.preview_vae import write_tiny_autoencoder
 from backend.tiny.single_file import save_single_file
-from protocol.enums import ImageAdapter
+from backend.tiny.vit_h import VIT_H_PROJECTION, write_clip_vit_h
 
 GENERATOR_VERSION = "7"
 TINY_REPO_ID = "instantstyle/tiny-sdxl"
@@ -43,10 +47,27 @@ TINY_IP_REPO_ID = "instantstyle/tiny-ip-adapter"
 TINY_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-canny"
 TINY_LORA_REPO_ID = "instantstyle/tiny-loras"
 TINY_TAESD_REPO_ID = "instantstyle/tiny-taesdxl"
+TINY_CLIP_VIT_H_REPO_ID = "instantstyle/tiny-clip-vit-h"
 PLUS_ADAPTER_NAME = "ip-adapter-plus_sdxl_vit-h"
-PLUS_SEED = 11
-"""The plus adapter's own generator: the plain model's weights stay what they were."""
-TINY_PLUS_LABEL = "tiny random-weight SDXL + plus IP-Adapter (TEST/DEMO model, not for real images)"
+VIT_H_SEED, PLUS_SEED = 10, 11
+"""The ViT-H pieces' own generators: the bigG model's weights stay what they were."""
+
+
+class TinyAdapter(str, Enum):
+    """The tiny IP-Adapters, named after the h94 files they stand for."""
+
+    SDXL = "ip-adapter_sdxl"
+    """Plain, on the ViT-bigG-like encoder: content subtraction through SDXL's text_encoder_2."""
+    SDXL_VIT_H = "ip-adapter_sdxl_vit-h"
+    """Plain, on the ViT-H-like encoder: content subtraction through that CLIP's own text tower."""
+    PLUS_SDXL_VIT_H = PLUS_ADAPTER_NAME
+    """Plus (16 tokens from the ViT-H-like encoder's patch features): no content subtraction."""
+
+    @property
+    def vit_h(self) -> bool:
+        return self is not TinyAdapter.SDXL
+
+
 SNAPSHOT = "0" * 39 + GENERATOR_VERSION  # a commit-hash-shaped revision name
 _MARKER = "COMPLETE.json"
 
@@ -88,6 +109,16 @@ class TinyModelPaths:
         return self.ip_adapter_folder / "image_encoder"
 
     @property
+    def vit_h_image_encoder(self) -> Path:
+        """h94's ``models/image_encoder``: the ViT-H adapters' encoder."""
+        return self.root / "ip-adapter" / "models" / "image_encoder"
+
+    @property
+    def clip_vit_h(self) -> Path:
+        """The whole ViT-H-like CLIP model with its tokenizer (laion's layout)."""
+        return self.root / "clip-vit-h"
+
+    @property
     def controlnet(self) -> Path:
         return self.root / "controlnet-canny"
 
@@ -107,16 +138,22 @@ class TinyModelPaths:
         """``style-peft``, ``style-kohya`` (the same LoRA in two layouts) or ``other-peft``."""
         return self.loras / f"{name}.safetensors"
 
-    def spec(self, layout: str = "diffusers", adapter: ImageAdapter = ImageAdapter.PLAIN) -> ModelSpec:
-        """A ``ModelSpec`` loading the tiny model from one of its layouts, with the plain or the plus
-        adapter."""
-        plus = adapter is ImageAdapter.PLUS
-        label = TINY_PLUS_LABEL if plus else TINY_LABEL
-        common = {"label": label, "is_test_model": True, "preview_vae_default": str(self.taesd)}
-        adapter_file = f"{PLUS_ADAPTER_NAME if plus else 'ip-adapter_sdxl'}.safetensors"
+    def spec(self, layout: str = "diffusers", adapter: TinyAdapter = TinyAdapter.SDXL) -> ModelSpec:
+        """A ``ModelSpec`` loading the tiny model from one of its layouts, with one of its adapters."""
+        label = (
+            TINY_LABEL if adapter is TinyAdapter.SDXL else TINY_LABEL.replace(" (", f" + {adapter.value} (")
+        )
+        common = {
+            "label": label,
+            "is_test_model": True,
+            "preview_vae_default": str(self.taesd),
+            "content_text_encoder_default": str(self.clip_vit_h),
+        }
+        adapter_file = f"{adapter.value}.safetensors"
+        encoder = "models/image_encoder" if adapter.vit_h else "sdxl_models/image_encoder"
         local = {
             "ip_adapter": str(self.ip_adapter_folder / adapter_file),
-            "image_encoder": str(self.image_encoder),
+            "image_encoder": str(self.root / "ip-adapter" / encoder),
             "controlnet": str(self.controlnet),
         }
         if layout == "diffusers":
@@ -129,11 +166,15 @@ class TinyModelPaths:
             return ModelSpec(
                 base=TINY_REPO_ID,
                 ip_adapter=f"{TINY_IP_REPO_ID}/sdxl_models/{adapter_file}",
-                image_encoder=f"{TINY_IP_REPO_ID}/sdxl_models/image_encoder",
+                image_encoder=f"{TINY_IP_REPO_ID}/{encoder}",
                 controlnet=TINY_CONTROLNET_REPO_ID,
                 cache_dir=str(self.hub_cache),
                 local_files_only=True,
-                **{**common, "preview_vae_default": TINY_TAESD_REPO_ID},
+                **{
+                    **common,
+                    "preview_vae_default": TINY_TAESD_REPO_ID,
+                    "content_text_encoder_default": TINY_CLIP_VIT_H_REPO_ID,
+                },
             )
         raise ValueError(f"unknown layout {layout!r}: expected diffusers, single-file or hub")
 
@@ -175,11 +216,15 @@ def _write_all(paths: TinyModelPaths) -> None:
     }
     save_file(flat, str(paths.ip_adapter_safetensors))
     torch.save(models.ip_adapter_state, paths.ip_adapter_bin)
-    plus = random_plus_adapter_state(models.pipeline.unet, torch.Generator().manual_seed(PLUS_SEED))  # type: ignore[attr-defined]
-    save_file(
-        {f"{part}.{key}": value for part, tensors in plus.items() for key, value in tensors.items()},
-        str(paths.plus_adapter()),
+    unet = models.pipeline.unet  # type: ignore[attr-defined]
+    torch.manual_seed(VIT_H_SEED)
+    write_clip_vit_h(paths.clip_vit_h, paths.vit_h_image_encoder)
+    vit_h = random_ip_adapter_state(
+        unet, torch.Generator().manual_seed(VIT_H_SEED), replace(TINY, projection_dim=VIT_H_PROJECTION)
     )
+    save_file(flatten(vit_h), str(paths.ip_adapter_folder / f"{TinyAdapter.SDXL_VIT_H.value}.safetensors"))
+    plus = random_plus_adapter_state(unet, torch.Generator().manual_seed(PLUS_SEED))
+    save_file(flatten(plus), str(paths.plus_adapter()))
     torch.save(plus, paths.plus_adapter(".bin"))
     models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]
     models.controlnet.save_pretrained(paths.controlnet)  # type: ignore[attr-defined]
@@ -191,10 +236,16 @@ def _write_all(paths: TinyModelPaths) -> None:
     write_hub_snapshot(paths.hub_cache, TINY_CONTROLNET_REPO_ID, paths.controlnet)
     write_hub_snapshot(paths.hub_cache, TINY_LORA_REPO_ID, paths.loras)
     write_hub_snapshot(paths.hub_cache, TINY_TAESD_REPO_ID, paths.taesd)
+    write_hub_snapshot(paths.hub_cache, TINY_CLIP_VIT_H_REPO_ID, paths.clip_vit_h)
     shutil.rmtree(paths.root / ".scratch", ignore_errors=True)
     (paths.root / _MARKER).write_text(
         json.dumps({"label": TINY_LABEL, "generator_version": GENERATOR_VERSION}), encoding="utf-8"
     )
+
+
+def flatten(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """An adapter's ``{"image_proj": ..., "ip_adapter": ...}`` as the flat keys of its .safetensors."""
+    return {f"{part}.{key}": value for part, tensors in state.items() for key, value in tensors.items()}
 
 
 def write_hub_snapshot(cache: Path, repo_id: str, source: Path) -> None:

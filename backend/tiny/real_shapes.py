@@ -182,6 +182,26 @@ def build_real_image_encoder(
     return make(encoder, seed)
 
 
+def build_vit_h_text_tower(make: Materialiser = Materialiser(), seed: int = 60) -> torch.nn.Module:
+    """OpenCLIP ViT-H-14's text tower as ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` holds it: 24 layers,
+    1024 wide, 16 heads, projected to the image tower's 1024-d space (content subtraction, ViT-H)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        max_position_embeddings=77,
+        projection_dim=1024,
+        hidden_act="gelu",
+    )
+    with meta_parameters():
+        tower = CLIPTextModelWithProjection(config)
+    return make(tower, seed)
+
+
 def ip_adapter_state(
     unet: torch.nn.Module, projection_dim: int, make: Materialiser = Materialiser(), seed: int = 20
 ) -> dict[str, dict[str, torch.Tensor]]:

@@ -1,0 +1,126 @@
+"""The text tower content subtraction needs when SDXL's own text encoders do not share the image space.
+
+``ip-adapter_sdxl`` reads ViT-bigG embeddings, whose space SDXL's ``text_encoder_2`` shares (1280-d).
+The ViT-H adapters (``ip-adapter_sdxl_vit-h``, SD1.5's ``ip-adapter_sd15``) read OpenCLIP ViT-H-14's
+image tower (1024-d), whose text side is ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``'s: the official
+InstantStyle SD1.5 script subtracts that tower's ``text_embeds`` times the content scale. The tower is
+loaded on the first job that asks for a content text: its repo holds the whole CLIP model (a ~3.9 GB
+download), of which transformers reads the text half (354 M parameters, 0.66 GiB in fp16).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .loading import ModelLoadError, ModelSpec, is_local, load_errors
+
+log = logging.getLogger(__name__)
+MIN_VOCABULARY = 256
+"""Fewer tokens than bytes: no real tokenizer (CLIP's has 49408, the tiny one 514)."""
+
+
+class ContentTextUnavailable(ValueError):
+    """The text tower for content subtraction could not be loaded (the job can run without it)."""
+
+
+@dataclass
+class TextTower:
+    """A CLIP text encoder with projection and its tokenizer."""
+
+    encoder: torch.nn.Module
+    tokenizer: object
+
+    @property
+    def projection_dim(self) -> int:
+        return int(self.encoder.config.projection_dim)  # type: ignore[union-attr]
+
+
+def tower_source(spec: ModelSpec) -> str | None:
+    """Where the spec's separate text tower comes from; None: none (``--content-text-encoder none``)."""
+    choice = spec.content_text_encoder.strip()
+    if choice.lower() == "none":
+        return None
+    return spec.content_text_encoder_default if choice.lower() == "auto" else choice
+
+
+def load_text_tower(spec: ModelSpec, source: str, dtype: torch.dtype) -> TextTower:
+    """A folder or repo with a ``CLIPModel`` (laion's layout: both towers, the projection size at the top
+    of its config) or a ``CLIPTextModelWithProjection`` alone, and its tokenizer."""
+    from transformers import AutoConfig, CLIPConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    local = is_local(source)
+    path = str(Path(source).expanduser()) if local else source
+    hub = {} if local else {"cache_dir": spec.cache_dir, "local_files_only": spec.local_files_only}
+    with load_errors(
+        source, "a CLIP text tower with projection (a CLIPModel or CLIPTextModelWithProjection)"
+    ):
+        if local and not Path(path).is_dir():
+            raise ModelLoadError(source, "a folder with a CLIP model's config.json", "not found")
+        config = AutoConfig.from_pretrained(path, **hub)
+        if isinstance(config, CLIPConfig):  # the text half of a whole CLIP model
+            text_config = config.text_config
+            text_config.projection_dim = config.projection_dim
+        else:
+            text_config = config
+        encoder = CLIPTextModelWithProjection.from_pretrained(path, config=text_config, dtype=dtype, **hub)
+        tokenizer = CLIPTokenizer.from_pretrained(path, **hub)
+        if len(tokenizer) < MIN_VOCABULARY:  # transformers makes an empty one where the files are missing
+            raise ModelLoadError(
+                source,
+                "a CLIP tokenizer beside the text tower (tokenizer.json, or vocab.json and merges.txt)",
+                f"its tokenizer knows {len(tokenizer)} tokens",
+            )
+        # A tokenizer config without model_max_length says 1e30: pad to the tower's positions instead.
+        tokenizer.model_max_length = min(tokenizer.model_max_length, text_config.max_position_embeddings)
+    encoder.requires_grad_(False)
+    return TextTower(encoder.eval(), tokenizer)
+
+
+class LazyTextTower:
+    """Loads the tower on first use; a load that failed is said in one line and tried again by the next
+    job that asks (the network or the file may be back)."""
+
+    def __init__(self, source: str, load: Callable[[], TextTower], rest_on: torch.device) -> None:
+        self.source = source
+        self._load = load
+        self.rest_on = rest_on
+        """Where the tower's weights rest between jobs: where SDXL's text encoders rest in the tier."""
+        self._tower: TextTower | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._tower is not None
+
+    def get(self) -> TextTower:
+        if self._tower is None:
+            log.info("loading the content text tower %s", self.source)
+            try:
+                tower = self._load()
+            except ModelLoadError as error:
+                raise ContentTextUnavailable(
+                    f"subtracting content with this IP-Adapter needs its CLIP text tower, which could not be "
+                    f"loaded ({error}); leave 'subtract content' empty, or start the backend with "
+                    "--content-text-encoder FOLDER"
+                ) from error
+            tower.encoder.to(self.rest_on)
+            self._tower = tower
+        return self._tower
+
+
+def content_tower_for(
+    spec: ModelSpec, image_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module
+) -> LazyTextTower | None:
+    """The separate tower, when the image encoder's space is not ``text_encoder_2``'s (ViT-bigG's is)
+    and the spec does not say ``none``; it loads in ``text_encoder_2``'s dtype and rests where it does."""
+    if image_encoder.config.projection_dim == text_encoder_2.config.projection_dim:  # type: ignore[union-attr]
+        return None
+    source = tower_source(spec)
+    if source is None:
+        return None
+    weight = next(text_encoder_2.parameters())
+    return LazyTextTower(source, lambda: load_text_tower(spec, source, weight.dtype), weight.device)
