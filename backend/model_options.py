@@ -107,12 +107,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-TINY_MODELS = {
-    "tiny": "ip-adapter_sdxl",
-    "tiny-vit-h": "ip-adapter_sdxl_vit-h",
-    "tiny-plus": "ip-adapter-plus_sdxl_vit-h",
-}
-"""``--model`` names of the tiny TEST model, by the IP-Adapter it comes with (``TinyAdapter``)."""
+TINY_MODELS = ("tiny", "tiny-vit-h", "tiny-plus")
+"""``--model`` names of the tiny TEST model, one per IP-Adapter it comes with."""
 
 
 def model_spec(args: argparse.Namespace):  # -> ModelSpec
@@ -123,7 +119,10 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
     from backend.tiny.layouts import TinyAdapter, ensure_tiny_model
 
     if args.model in TINY_MODELS:
-        spec = ensure_tiny_model().spec("diffusers", TinyAdapter(TINY_MODELS[args.model]))
+        adapter = {"tiny": TinyAdapter.SDXL, "tiny-vit-h": TinyAdapter.SDXL_VIT_H}.get(
+            args.model, TinyAdapter.PLUS_SDXL_VIT_H
+        )
+        spec = ensure_tiny_model().spec("diffusers", adapter)
     elif args.model == "sdxl":
         spec = ModelSpec()
     else:

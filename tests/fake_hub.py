@@ -98,6 +98,8 @@ class FakeHub:
                     return self._send(
                         404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}
                     )
+                if len(parts) > 3 and parts[2] == "tree":  # tree/{revision}/{folder}: one folder's files
+                    return self._tree(repo_id, "/".join(parts[4:]))
                 siblings = [
                     {"rfilename": name, "size": path.stat().st_size}
                     for name, path in hub.files(repo_id).items()
@@ -110,6 +112,19 @@ class FakeHub:
                     "private": False,
                 }
                 self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
+
+            def _tree(self, repo_id: str, folder: str) -> None:
+                """A folder's listing (transformers lists ``additional_chat_templates`` when it loads a
+                tokenizer); a folder the repo lacks is the hub's 404."""
+                prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+                entries = [
+                    {"type": "file", "path": name, "size": path.stat().st_size, "oid": COMMIT}
+                    for name, path in hub.files(repo_id).items()
+                    if name.startswith(prefix) and "/" not in name[len(prefix) :]
+                ]
+                if prefix and not entries:
+                    return self._send(404, b'{"error": "Entry not found"}', {"X-Error-Code": "EntryNotFound"})
+                self._send(200, json.dumps(entries).encode(), {"Content-Type": "application/json"})
 
             def _send(
                 self, status: int, data: bytes, headers: dict[str, str], length: int | None = None

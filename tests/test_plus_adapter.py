@@ -111,6 +111,11 @@ def test_content_text_with_a_plus_adapter_is_refused_in_one_line(plus_engine):
 
 
 def test_references_blend_as_patch_features_and_regions_keep_to_their_masks(plus_engine):
+    before = plus_engine.encoder.counts.images
+    one = plus_engine.generate(job(style_images=[StyleReference(noise_image(54))])).images[0]
+    # One pass of the image encoder for a new reference: its patch features, and its embedding for
+    # the style score from the same pass.
+    assert plus_engine.encoder.counts.images - before == 1
     one = plus_engine.generate(job()).images[0]
     blended = plus_engine.generate(
         job(style_images=[StyleReference(STYLE, 0.6), StyleReference(OTHER, 0.4)])
@@ -165,6 +170,7 @@ def test_through_the_server_a_content_text_is_one_error_and_the_plugin_leaves_it
     """A client that sends a content text gets one line and the server serves on; the plugin knows from
     the model's features, says so in its status line and sends the artist's job without the text."""
     from backend.client import InstantStyleClient
+    from krita_plugin.instantstyle.job_message import SubmitError
     from krita_plugin.instantstyle.jobs import JobInputs, JobState, Target
     from tests.server_helpers import ServerThread, generate_message, run, running_server
     from tests.test_plugin_client import as_image, connect, pump, settings
@@ -191,6 +197,10 @@ def test_through_the_server_a_content_text_is_one_error_and_the_plugin_leaves_it
                 Target(0, 0, 64, 64),
             )
             pump(session, lambda _u: sent.state.finished)
+            # A sweep over the content scale would make the same picture in every cell: said, not sent.
+            sweep = settings(sweep_first="content_scale", sweep_first_values="0.2, 0.8", sweep_second="")
+            with pytest.raises(SubmitError, match="sweep another setting than the content scale"):
+                session.submit(sweep, JobInputs([(as_image(STYLE), 1.0)]), Target(0, 0, 64, 64), sweep=True)
         finally:
             session.connection.stop()
     assert sent.state is JobState.DONE, session.status

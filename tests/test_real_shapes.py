@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.engine.adapters import adapter_info
+from backend.engine.adapters import AdapterInfo, adapter_info
 from backend.engine.engine import InstantStyleEngine
 from backend.engine.loading import LoraSource, ModelSpec
 from backend.engine.loras import LoraSet
@@ -30,13 +30,14 @@ from backend.engine.style_embedding import EmbeddingSpaceMismatch
 from backend.tiny.components import FULL_LABEL, TINY, build_models, tiny_tokenizer
 from backend.tiny.real_shapes import (
     attach_ip_adapter,
+    attach_plus_adapter,
     build_real_controlnet,
     build_sdxl_pipeline,
     build_taesdxl,
     build_vit_h_text_tower,
     write_kohya_lora,
 )
-from protocol.enums import BlockPreset, Mode
+from protocol.enums import BlockPreset, ImageAdapter, Mode
 from tests.conftest import noise_image
 
 DTYPE, CPU = torch.bfloat16, torch.device("cpu")
@@ -291,3 +292,30 @@ def test_vit_h_adapter_subtracts_content_through_its_own_text_tower(lane: Lane, 
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
     assert loaded.config.projection_dim == 1024 and loaded.config.num_hidden_layers == 24
     assert result.scores[0].content is not None and math.isfinite(result.scores[0].content)
+
+
+def test_plus_adapter_at_real_shapes(lane: Lane) -> None:
+    """After the ViT-H test: ip-adapter-plus_sdxl_vit-h's Resampler and ViT-H's 257 patch features at
+    their real sizes (diffusers reads the heads from the weights), every preset's job in bf16."""
+    old = lane.engine
+    pipe, controlnet, loras, preview = old.pipeline, old.controlnet, old.loras, old.preview_vae
+    lane.engine, lane.modes = None, set()  # type: ignore[assignment]
+    del old
+    gc.collect()
+    pipe.unload_ip_adapter()
+    attach_plus_adapter(pipe)
+    assert adapter_info(pipe, SPEC) == AdapterInfo(ImageAdapter.PLUS, 16)
+    resampler = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    assert len(resampler.layers) == 4 and resampler.layers[0].attn.heads == 20
+    assert (resampler.proj_in.in_features, resampler.proj_out.out_features) == (1280, 2048)
+    parameters = sum(p.numel() for p in resampler.parameters())
+    parameters += sum(
+        p.numel() for name, p in pipe.unet.named_parameters() if "to_k_ip" in name or "to_v_ip" in name
+    )
+    assert 420e6 < parameters < 430e6  # the Resampler's 83 M and the image-token projections' 341 M
+    parts = {"controlnet": controlnet, "device": CPU, "loras": loras, "preview_vae": preview}
+    lane.engine = InstantStyleEngine(pipe, SPEC, **parts)
+    assert not lane.engine.features.content_subtraction
+    for preset in (BlockPreset.STYLE, BlockPreset.PRECISE):
+        result, _ = run(lane, job(content_text="", preset=preset), f"plus {preset.value}")
+        assert result.scores[0].content is None

@@ -5,7 +5,10 @@ from a folder or the hub, equal to raw CLIP calls; one line when it cannot be lo
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from backend.engine.engine import InstantStyleEngine
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.engine.style_embedding import EmbeddingSpaceMismatch
 from backend.tiny.layouts import TinyAdapter
-from tests.conftest import noise_image
+from tests.conftest import REPO, noise_image
 
 STYLE = noise_image(61)
 VIT_H = TinyAdapter.SDXL_VIT_H
@@ -32,8 +35,8 @@ def vit_h_engine(tiny_paths) -> InstantStyleEngine:
     return InstantStyleEngine.load(tiny_paths.spec("diffusers", VIT_H), device="cpu")
 
 
-def test_the_text_tower_loads_with_the_first_job_that_asks_for_content(vit_h_engine):
-    engine = vit_h_engine
+def test_the_text_tower_loads_with_the_first_job_that_asks_for_content(tiny_paths):
+    engine = InstantStyleEngine.load(tiny_paths.spec("diffusers", VIT_H), device="cpu")
     assert engine.features.content_subtraction and engine.encoder.content_tower is not None
     assert not engine.encoder.content_tower.loaded  # not at start (the real one is a 3.9 GB download)
     result = engine.generate(job())
@@ -119,8 +122,29 @@ def test_a_folder_without_a_tokenizer_or_of_another_space_is_refused_in_one_line
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_paths.clip_vit_h / name, tmp_path / "clip-16" / name)
     spec = dataclasses.replace(spec, content_text_encoder=str(tmp_path / "clip-16"))
-    with pytest.raises(EmbeddingSpaceMismatch, match=r"24-d embeddings but the text tower .* 16-d"):
-        InstantStyleEngine.load(spec, device="cpu").generate(job(content_text="a cat", content_scale=0.5))
+    engine = InstantStyleEngine.load(spec, device="cpu")
+    with pytest.raises(ContentTextUnavailable, match=r"24-d embeddings but the text tower .* 16-d"):
+        engine.generate(job(content_text="a cat", content_scale=0.5))
+    # Not kept: the next job (scored without it) runs, and a content job is refused the same way again.
+    assert not engine.encoder.content_tower.loaded
+    assert engine.generate(job()).scores[0].prompt is None
+    with pytest.raises(ContentTextUnavailable, match="16-d"):
+        engine.generate(job(content_text="a cat", content_scale=0.5))
+
+
+def test_a_library_error_of_several_lines_is_said_in_one(tiny_paths):
+    from backend.engine.content_text import LazyTextTower
+    from backend.engine.loading import ModelLoadError
+
+    def fail():
+        raise ModelLoadError("laion/CLIP", "a CLIP model", "cannot reach the hub.\nCheck your connection\n")
+
+    tower = LazyTextTower("laion/CLIP", fail, torch.device("cpu"), 24)
+    with pytest.raises(ContentTextUnavailable) as raised:
+        tower.get()
+    message = str(raised.value)
+    assert "\n" not in message and "cannot reach the hub. Check your connection" in message
+    assert "--content-text-encoder FOLDER" in message
 
 
 def test_none_turns_content_subtraction_off(tiny_paths):
@@ -138,3 +162,75 @@ def test_half_precision_loads_the_tower_in_the_text_encoders_dtype(tiny_paths, d
     tower = engine.encoder.content_tower.get().encoder
     assert {p.dtype for p in tower.parameters()} == {engine.pipeline.text_encoder_2.dtype}
     assert np.isfinite(result.images[0]).all() and result.scores[0].content is not None
+
+
+LOAD_FROM_HUB = """
+import json, sys
+from backend.engine.engine import InstantStyleEngine
+from backend.engine.loading import ModelSpec
+from backend.engine.request import GenerationRequest, StyleReference
+from tests.conftest import noise_image
+
+statuses = []
+spec = ModelSpec(**json.loads(sys.argv[1]))
+engine = InstantStyleEngine.load(spec, device="cpu", on_status=statuses.append)
+loaded_at_start = engine.encoder.content_tower.loaded
+request = GenerationRequest(prompt="a harbour", style_images=[StyleReference(noise_image(61))], width=64,
+                            height=64, steps=2, seed=4, content_text="a cat", content_scale=0.5)
+try:
+    engine.generate(request)
+    job = "done"
+except ValueError as error:
+    job = str(error)
+print(json.dumps({"phases": [s.phase.value for s in statuses], "loaded_at_start": loaded_at_start,
+                  "problems": engine.features.problems, "job": job}))
+"""
+
+
+def test_a_hub_tower_downloads_at_start_with_the_model_and_only_its_text_half(tiny_paths, tmp_path):
+    """laion's repo holds the weights several times over (OpenCLIP's copy too): the transformers files
+    only, fetched with the model's progress; a repo that cannot be had is one problem line, and the
+    model serves."""
+    from tests.fake_hub import FakeHub
+    from tests.test_watchable_loading import BASE_REPO, IP_REPO, _hub_env
+
+    clip_repo = tmp_path / "clip-repo"
+    shutil.copytree(tiny_paths.clip_vit_h, clip_repo)
+    shutil.copy(clip_repo / "model.safetensors", clip_repo / "open_clip_model.safetensors")
+    repos = {
+        BASE_REPO: tiny_paths.diffusers_folder,
+        IP_REPO: tiny_paths.root / "ip-adapter",
+        "laion/clip": clip_repo,
+    }
+    spec = {
+        "base": BASE_REPO,
+        "ip_adapter": f"{IP_REPO}/sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+        "image_encoder": f"{IP_REPO}/models/image_encoder",
+        "content_text_encoder_default": "laion/clip",
+        "preview_vae": "none",
+        "label": "tiny ViT-H from the hub",
+        "is_test_model": True,
+    }
+
+    def load(spec: dict, cache: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD_FROM_HUB, json.dumps(spec)],
+            env=_hub_env(hub, tmp_path / cache),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    with FakeHub(repos) as hub:
+        first = load(spec, "cache")
+        fetched = [path for repo, path in hub.downloaded() if repo == "laion/clip"]
+        missing = load({**spec, "content_text_encoder_default": "laion/gone"}, "cache-2")
+    assert first["job"] == "done" and first["problems"] == [] and not first["loaded_at_start"]
+    assert first["phases"][-1] == "downloading" and "loading" in first["phases"]
+    assert sorted(fetched) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert len(missing["problems"]) == 1 and "laion/gone" in missing["problems"][0]
+    assert "\n" not in missing["problems"][0] and "could not download" in missing["problems"][0]
+    assert "laion/gone" in missing["job"] and "--content-text-encoder" in missing["job"]

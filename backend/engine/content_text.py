@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .downloads import DownloadProgress, RemoteFile, fetch, hub_sizes
 from .loading import ModelLoadError, ModelSpec, is_local, load_errors
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,17 @@ def load_text_tower(spec: ModelSpec, source: str, dtype: torch.dtype) -> TextTow
 
 class LazyTextTower:
     """Loads the tower on first use; a load that failed is said in one line and tried again by the next
-    job that asks (the network or the file may be back)."""
+    job that asks (the network or the file may be back). A tower of another space is never kept."""
 
-    def __init__(self, source: str, load: Callable[[], TextTower], rest_on: torch.device) -> None:
+    def __init__(
+        self, source: str, load: Callable[[], TextTower], rest_on: torch.device, dimension: int
+    ) -> None:
         self.source = source
         self._load = load
         self.rest_on = rest_on
         """Where the tower's weights rest between jobs: where SDXL's text encoders rest in the tier."""
+        self.dimension = dimension
+        """The image encoder's embedding size: the tower must project into that space."""
         self._tower: TextTower | None = None
 
     @property
@@ -103,13 +108,59 @@ class LazyTextTower:
                 tower = self._load()
             except ModelLoadError as error:
                 raise ContentTextUnavailable(
-                    f"subtracting content with this IP-Adapter needs its CLIP text tower, which could not be "
-                    f"loaded ({error}); leave 'subtract content' empty, or start the backend with "
-                    "--content-text-encoder FOLDER"
+                    "subtracting content with this IP-Adapter needs its CLIP text tower, which could not be "
+                    f"loaded ({one_line(str(error))}); leave 'subtract content' empty, or start the backend "
+                    "with --content-text-encoder FOLDER"
                 ) from error
+            if tower.projection_dim != self.dimension:
+                raise ContentTextUnavailable(
+                    f"cannot subtract content: the image encoder gives {self.dimension}-d embeddings but the "
+                    f"text tower {self.source} {tower.projection_dim}-d ones; give --content-text-encoder "
+                    "the CLIP model the image encoder comes from"
+                )
             tower.encoder.to(self.rest_on)
             self._tower = tower
         return self._tower
+
+
+def one_line(text: str) -> str:
+    """A library's multi-line message as one line (the plugin shows an error's first line only)."""
+    return " ".join(text.split())
+
+
+TOWER_FILES = frozenset(
+    {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        "merges.txt",
+        "special_tokens_map.json",
+    }
+)
+"""What loading the text half reads from a CLIP repo like laion's (not its OpenCLIP or other copies of
+the weights, each as large)."""
+
+
+def prefetch_tower(spec: ModelSpec, source: str, report: Callable[[DownloadProgress], None]) -> str:
+    """Download a hub tower's files at start, with the model's progress reports (loading waits for the
+    first job that asks). Returns "" when done or nothing to do, else one line saying why not: content
+    subtraction is optional, and the job that asks tries again."""
+    from huggingface_hub import constants
+
+    if is_local(source) or spec.local_files_only or constants.HF_HUB_OFFLINE:
+        return ""
+    try:
+        sizes = hub_sizes(source)
+        files = [
+            RemoteFile(source, path, size) for path, size in sorted(sizes.items()) if path in TOWER_FILES
+        ]
+        fetch(files, report, spec.cache_dir)
+    except Exception as error:  # huggingface_hub raises many types; the model itself loaded
+        log.warning("content text tower %s: %s", source, error)
+        return one_line(f"content subtraction: could not download {source} ({error})")
+    return ""
 
 
 def content_tower_for(
@@ -123,4 +174,7 @@ def content_tower_for(
     if source is None:
         return None
     weight = next(text_encoder_2.parameters())
-    return LazyTextTower(source, lambda: load_text_tower(spec, source, weight.dtype), weight.device)
+    dimension = image_encoder.config.projection_dim  # type: ignore[union-attr]
+    return LazyTextTower(
+        source, lambda: load_text_tower(spec, source, weight.dtype), weight.device, dimension
+    )

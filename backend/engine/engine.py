@@ -20,33 +20,35 @@ import numpy as np
 import torch
 from PIL import Image
 
-from protocol.enums import BlockPreset, ImageAdapter, Mode, ModelPhase
+from protocol.enums import BlockPreset, ImageAdapter, Mode
 from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
 from .adapters import adapter_info
 from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
 from .canny import canny
-from .content_text import content_tower_for
+from .content_text import content_tower_for, prefetch_tower
 from .decode import check_finite, decode, encode_canvas, set_decode_tiles
-from .downloads import prefetch
+from .engine_loading import load_parts
 from .load_plan import EngineInfo, LoadPlan, download_status, engine_info
-from .loading import ModelSpec, load_controlnet, load_models
+from .loading import ModelSpec
 from .loras import LoraSet
-from .memory import MemoryTier, place, unet_alone, visiting
+from .memory import MemoryTier, unet_alone, visiting
+from .mode_pipelines import mode_pipeline
 from .precise import PreciseLayout
 from .prediction import default_guidance_rescale, model_prediction
-from .preview_vae import LoadedPreviewVae, load_preview_vae
+from .preview_vae import LoadedPreviewVae
 from .previews import DenoisedCapture, PreviewStream, StepPreview, job_previews, result_preview
 from .prompt_cache import PromptCache, PromptKey
 from .refine import run_refined
 from .regions import style_and_masks
-from .request import GenerationRequest, GenerationResult, JobCancelled, RequestError, StyleReference
+from .request import GenerationRequest, GenerationResult, JobCancelled
 from .samplers import JobSchedulers
 from .scores import score_images
-from .speed_presets import SpeedPreset, lora_sources, speed_preset
+from .speed_presets import SpeedPreset, speed_preset
 from .step_noise import step_noise_on_device
 from .style_embedding import StyleEncoder, ip_adapter_embeds
 from .sweep import run_sweep
+from .warm_up import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ class InstantStyleEngine:
         # A batch decodes one image at a time: up to 8 fp32 1024² decodes at once took ~3.8 GiB each.
         pipeline.vae.enable_slicing()  # type: ignore[attr-defined]
         self._lock = threading.Lock()
+        self.load_problems: list[str] = []
+        """One line for each optional part that could not be had at start (the content text tower)."""
         self.compiled = False
 
     @classmethod
@@ -132,28 +136,22 @@ class InstantStyleEngine:
         """Download what is missing, load, and place the model by its memory tier, telling ``on_status``
         about each phase (and the bytes while downloading)."""
         report = on_status or (lambda status: None)
-        spec, device, dtype, tier = plan.spec, plan.device, plan.dtype, plan.memory_tier
-        log.info("memory tier: %s on %s, %s", tier.value, device, str(dtype).removeprefix("torch."))
-        prefetch(spec, dtype, lambda progress: report(download_status(progress)))
-        report(ModelStatus(ModelPhase.LOADING, f"Loading {spec.label} ({device}, {tier.value})"))
-        pipeline = load_models(spec, device, dtype)
-        loras = LoraSet(pipeline)
-        for source in lora_sources(list(spec.speed_presets), list(spec.loras)):
-            where = "" if source.local else " (downloading it first if needed)"
-            report(ModelStatus(ModelPhase.LOADING, f"Loading LoRA {source.name}{where}"))
-            loras.load([source], spec.cache_dir, spec.local_files_only)
-        controlnet = load_controlnet(spec, dtype)
-        preview_vae = load_preview_vae(spec, dtype)
-        place(pipeline, controlnet, tier, device)
+        parts = load_parts(plan, report)
         engine = cls(
-            pipeline,
-            spec,
-            controlnet=controlnet,
-            memory_tier=tier,
-            device=device,
-            loras=loras,
-            preview_vae=preview_vae,
+            parts.pipeline,
+            plan.spec,
+            controlnet=parts.controlnet,
+            memory_tier=plan.memory_tier,
+            device=plan.device,
+            loras=parts.loras,
+            preview_vae=parts.preview_vae,
         )
+        tower = engine.encoder.content_tower
+        if tower is not None:  # downloaded now with the model's progress, loaded by the first job that asks
+            problem = prefetch_tower(
+                plan.spec, tower.source, lambda progress: report(download_status(progress))
+            )
+            engine.load_problems += [problem] if problem else []
         if plan.compile:
             engine.compile_unet()
         return engine
@@ -181,7 +179,8 @@ class InstantStyleEngine:
             presets,
             self.layout.attention_names(),
             [*self.loras.failed.values(), *self.loras.duplicates]
-            + ([self.preview_vae.note] if self.preview_vae.note else []),
+            + ([self.preview_vae.note] if self.preview_vae.note else [])
+            + self.load_problems,
             self.preview_vae.method,
             native_side=self.native_side,
             prediction=model_prediction(self.schedulers.model_scheduler).value,
@@ -210,32 +209,9 @@ class InstantStyleEngine:
         return engine_info(self.spec, self.device, self.dtype, self.memory_tier)
 
     def pipeline_for(self, mode: Mode) -> object:
-        """The pipeline for a mode; img2img and inpaint share every module with the base.
-
-        ``from_pipe`` casts every shared module to its ``dtype``, fp32 when none is given: without the
-        model's own dtype the first img2img job doubled a half-precision model's memory."""
+        """The pipeline for a mode (``mode_pipelines.py``), made on its first job."""
         if mode not in self._pipelines:
-            from diffusers import (
-                StableDiffusionXLControlNetPipeline,
-                StableDiffusionXLImg2ImgPipeline,
-                StableDiffusionXLInpaintPipeline,
-            )
-
-            if mode is Mode.CONTROL:
-                if self.controlnet is None:
-                    raise RequestError(
-                        "this backend has no ControlNet loaded: start it with --controlnet "
-                        "(e.g. diffusers/controlnet-canny-sdxl-1.0) to restyle while keeping the lines"
-                    )
-                pipe = StableDiffusionXLControlNetPipeline.from_pipe(
-                    self.pipeline, controlnet=self.controlnet, dtype=self.dtype
-                )
-            elif mode is Mode.IMG2IMG:
-                pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(self.pipeline, dtype=self.dtype)
-            else:
-                pipe = StableDiffusionXLInpaintPipeline.from_pipe(self.pipeline, dtype=self.dtype)
-            pipe.set_progress_bar_config(disable=True)
-            self._pipelines[mode] = pipe
+            self._pipelines[mode] = mode_pipeline(self.pipeline, mode, self.controlnet, self.dtype)
         return self._pipelines[mode]
 
     def scale_map(self, request: GenerationRequest) -> dict[str, object]:
@@ -251,7 +227,9 @@ class InstantStyleEngine:
         kwargs: dict[str, object] = {
             **self.prompts.encodings(self.pipeline, prompt).as_kwargs(),
             "ip_adapter_image_embeds": ip_adapter_embeds(
-                style.to(device=self.device, dtype=self.dtype), guidance, self.encoder.negative_features()
+                style.to(device=self.device, dtype=self.dtype),
+                guidance,
+                self.encoder.negative_features() if guidance else None,
             ),
             "num_inference_steps": request.steps,
             "guidance_scale": request.guidance_scale,
@@ -436,28 +414,8 @@ class InstantStyleEngine:
         self.compiled = True
 
     def warm_up(self, size: int = 512, steps: int = 2) -> float:
-        """One small job right after loading, so that the artist's first job does not pay for lazy
-        initialisation, kernel selection and the allocator's growth (compiled: one job per branch of the
-        blocks, see ``compile_unet``). Returns its seconds. Meant for start-up: it leaves the embedding
-        caches empty, free of its made-up reference."""
-        style = Image.new("RGB", (64, 64), (128, 96, 64))
-        presets = (BlockPreset.STYLE, BlockPreset.ALL) if self.compiled else (BlockPreset.STYLE,)
-        started = time.perf_counter()
-        for preset in presets:
-            request = GenerationRequest(
-                prompt="warm-up",
-                style_images=[StyleReference(style)],
-                content_text="a cat" if self.encoder.content_subtraction and self.encoder.text_ready else "",
-                width=size,
-                height=size,
-                steps=steps,
-                preset=preset,
-            )
-            self.generate(request)
-        self.encoder.image_cache.clear()
-        self.encoder.text_cache.clear()
-        self.prompts.clear()
-        return time.perf_counter() - started
+        """One small job right after loading (``warm_up.py``); returns its seconds."""
+        return warm_up(self, size, steps)
 
     def release_memory(self) -> None:
         """Give the accelerator's cached blocks back after a failed job.

@@ -89,7 +89,8 @@ def mask_tensor(masks: list[Image.Image], width: int, height: int) -> list[torch
 def style_and_masks(
     encoder: StyleEncoder, request: GenerationRequest
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    """The (N, D) style embeddings of a job's IP-Adapter images, and their masks (regions only)."""
+    """The (N, D) style embeddings of a job's IP-Adapter images ((N, T, H) patch features with a plus
+    adapter), and their masks (regions only)."""
     if not request.regions:
         style = encoder.style_embedding(
             [ref.image for ref in request.style_images],

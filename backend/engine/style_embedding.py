@@ -41,7 +41,9 @@ def subtract_content(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scal
 
 
 def blend(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """Weighted mean of several (1, D) style embeddings; weights need not sum to one."""
+    """Weighted mean of several (1, D) style embeddings, or (1, T, H) patch features of a plus adapter
+    (position by position: ComfyUI's "average"; its default concatenates them); weights need not sum
+    to one."""
     if not embeds or len(embeds) != len(weights):
         raise ValueError("blend needs one weight per embedding and at least one embedding")
     total = float(sum(weights))
@@ -169,12 +171,14 @@ class StyleEncoder:
     def encode_patches(self, image: Image.Image) -> torch.Tensor:
         """What a plus adapter reads: the penultimate layer's hidden states, (1, patches + 1, H), as the
         official IP-Adapter Plus and diffusers take them."""
-        key = "patches:" + image_key(image)
-        cached = self.image_cache.get(key)
+        key = image_key(image)
+        cached = self.image_cache.get("patches:" + key)
         if cached is None:
-            cached = self._run_image_encoder(self._pixels(image), hidden=True).hidden_states[-2]
+            output = self._run_image_encoder(self._pixels(image), hidden=True)
+            cached = output.hidden_states[-2]  # type: ignore[attr-defined]
             self.counts.images += 1
-            self.image_cache.put(key, cached)
+            self.image_cache.put("patches:" + key, cached)
+            self.image_cache.put(key, output.image_embeds)  # type: ignore[attr-defined]  # scores: no 2nd pass
         return cached
 
     @torch.inference_mode()
@@ -240,12 +244,6 @@ class StyleEncoder:
         if self.content_tower is None:
             return self.text_encoder, self.tokenizer
         tower = self.content_tower.get()
-        if tower.projection_dim != self.image_dim:
-            raise EmbeddingSpaceMismatch(
-                f"cannot subtract content: the image encoder gives {self.image_dim}-d embeddings but the "
-                f"text tower {self.content_tower.source} {tower.projection_dim}-d ones; give "
-                "--content-text-encoder the CLIP model the image encoder comes from"
-            )
         return tower.encoder, tower.tokenizer
 
     @property

@@ -209,12 +209,7 @@ def _write_all(paths: TinyModelPaths) -> None:
     save_single_file(models.pipeline, paths.single_file)
 
     paths.ip_adapter_folder.mkdir(parents=True, exist_ok=True)
-    flat = {
-        f"{part}.{key}": value
-        for part, tensors in models.ip_adapter_state.items()
-        for key, value in tensors.items()
-    }
-    save_file(flat, str(paths.ip_adapter_safetensors))
+    save_file(flatten(models.ip_adapter_state), str(paths.ip_adapter_safetensors))
     torch.save(models.ip_adapter_state, paths.ip_adapter_bin)
     unet = models.pipeline.unet  # type: ignore[attr-defined]
     torch.manual_seed(VIT_H_SEED)

@@ -11,6 +11,8 @@ both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .components import TINY, ModelShape, random_ip_adapter_state, seeded_randn
@@ -25,48 +27,56 @@ TINY_RESAMPLER_WIDTH = 64
 FEED_FORWARD_RATIO = 4
 
 
-def random_plus_adapter_state(
-    unet: torch.nn.Module,
-    generator: torch.Generator,
-    shape: ModelShape = TINY,
-    tokens: int = PLUS_TOKENS,
-    width: int = TINY_RESAMPLER_WIDTH,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """A plus adapter for ``unet`` reading ``shape``'s image encoder's hidden states."""
-    cross = shape.cross_attention_dim
-    inner = width // RESAMPLER_HEAD_DIM * RESAMPLER_HEAD_DIM
-    if inner != width:
+Noise = Callable[[tuple[int, ...], float], torch.Tensor]
+"""Makes a tensor of normal noise of a shape and a standard deviation."""
+
+
+def resampler_state(
+    noise: Noise, image_hidden: int, cross: int, tokens: int = PLUS_TOKENS, width: int = TINY_RESAMPLER_WIDTH
+) -> dict[str, torch.Tensor]:
+    """A Resampler's weights in the original layout: ``image_hidden``-d patch features in, ``tokens``
+    tokens of ``cross`` dims out, ``width`` wide in heads of 64."""
+    if width % RESAMPLER_HEAD_DIM:
         raise ValueError(f"the Resampler's width must be a multiple of {RESAMPLER_HEAD_DIM}, got {width}")
 
-    def randn(*size: int, std: float) -> torch.Tensor:
-        return seeded_randn(size, generator) * std
-
     def layer_norm(prefix: str, size: int) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.weight": 1.0 + randn(size, std=0.05), f"{prefix}.bias": randn(size, std=0.05)}
+        return {f"{prefix}.weight": 1.0 + noise((size,), 0.05), f"{prefix}.bias": noise((size,), 0.05)}
 
-    image_proj: dict[str, torch.Tensor] = {
-        "latents": randn(1, tokens, width, std=width**-0.5),
-        "proj_in.weight": randn(width, shape.image_hidden, std=shape.image_hidden**-0.5),
-        "proj_in.bias": randn(width, std=0.02),
-        "proj_out.weight": randn(cross, width, std=width**-0.5),
-        "proj_out.bias": randn(cross, std=0.02),
+    state: dict[str, torch.Tensor] = {
+        "latents": noise((1, tokens, width), width**-0.5),
+        "proj_in.weight": noise((width, image_hidden), image_hidden**-0.5),
+        "proj_in.bias": noise((width,), 0.02),
+        "proj_out.weight": noise((cross, width), width**-0.5),
+        "proj_out.bias": noise((cross,), 0.02),
         **layer_norm("norm_out", cross),
     }
     hidden = width * FEED_FORWARD_RATIO
     for layer in range(RESAMPLER_DEPTH):
         attention, feed_forward = f"layers.{layer}.0", f"layers.{layer}.1"
-        image_proj.update(
+        state.update(
             {
                 **layer_norm(f"{attention}.norm1", width),
                 **layer_norm(f"{attention}.norm2", width),
-                f"{attention}.to_q.weight": randn(inner, width, std=width**-0.5),
-                f"{attention}.to_kv.weight": randn(2 * inner, width, std=width**-0.5),
-                f"{attention}.to_out.weight": randn(width, inner, std=inner**-0.5),
+                f"{attention}.to_q.weight": noise((width, width), width**-0.5),
+                f"{attention}.to_kv.weight": noise((2 * width, width), width**-0.5),
+                f"{attention}.to_out.weight": noise((width, width), width**-0.5),
                 **layer_norm(f"{feed_forward}.0", width),
-                f"{feed_forward}.1.weight": randn(hidden, width, std=width**-0.5),
-                f"{feed_forward}.3.weight": randn(width, hidden, std=hidden**-0.5),
+                f"{feed_forward}.1.weight": noise((hidden, width), width**-0.5),
+                f"{feed_forward}.3.weight": noise((width, hidden), hidden**-0.5),
             }
         )
+    return state
+
+
+def random_plus_adapter_state(
+    unet: torch.nn.Module, generator: torch.Generator, shape: ModelShape = TINY
+) -> dict[str, dict[str, torch.Tensor]]:
+    """A tiny plus adapter for ``unet`` reading ``shape``'s image encoder's hidden states."""
+
+    def noise(size: tuple[int, ...], std: float) -> torch.Tensor:
+        return seeded_randn(size, generator) * std
+
+    image_proj = resampler_state(noise, shape.image_hidden, shape.cross_attention_dim)
     # The UNet side is a plain adapter's: to_k_ip/to_v_ip for each cross-attention (16 tokens in).
     ip_adapter = random_ip_adapter_state(unet, generator, shape)["ip_adapter"]
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}

@@ -34,6 +34,7 @@ from .components import (
     tiny_tokenizer,
 )
 from .loras import sgm_name
+from .plus_adapter import resampler_state
 
 WEIGHT_STD = 0.02
 VIT_BIGG = SDXL
@@ -240,6 +241,26 @@ def attach_ip_adapter(
     """Register a real-shape image encoder and load its IP-Adapter, as the backend's loader ends up."""
     encoder = build_real_image_encoder(which, make, seed)
     state = ip_adapter_state(pipeline.unet, encoder.config.projection_dim, make, seed + 10)  # type: ignore[attr-defined]
+    pipeline.register_modules(image_encoder=encoder)  # type: ignore[attr-defined]
+    pipeline.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)  # type: ignore[attr-defined]
+
+
+def attach_plus_adapter(pipeline: object, make: Materialiser = Materialiser(), seed: int = 70) -> None:
+    """ip-adapter-plus_sdxl_vit-h's shape with ViT-H: a Resampler (4 layers, 1280 wide, 20 heads of 64,
+    16 queries) from ViT-H's 1280-d patch features to SDXL's 2048-d cross-attention, to_k_ip/to_v_ip in
+    every cross-attention layer: ~424 M parameters (the Resampler 83 M of them)."""
+    encoder = build_real_image_encoder("vit-h", make, seed)
+    pool = NoisePool(seed + 1, make.dtype, make.device)
+
+    def noise(size: tuple[int, ...], std: float) -> torch.Tensor:
+        return pool.fill(torch.empty(size, dtype=make.dtype, device=make.device), std)
+
+    unet = pipeline.unet  # type: ignore[attr-defined]
+    cross = unet.config.cross_attention_dim
+    state = {
+        "image_proj": resampler_state(noise, encoder.config.hidden_size, cross, width=1280),
+        "ip_adapter": ip_adapter_state(unet, encoder.config.projection_dim, make, seed + 2)["ip_adapter"],
+    }
     pipeline.register_modules(image_encoder=encoder)  # type: ignore[attr-defined]
     pipeline.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)  # type: ignore[attr-defined]
 
