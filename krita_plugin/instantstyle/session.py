@@ -135,6 +135,13 @@ class Session:
             protocol.Refine() if refine else None,
         )
         message, frames = build_message(settings, inputs, shape, self.features.content_subtraction)
+        if not self.features.content_subtraction and any(
+            axis.axis is protocol.SweepAxis.CONTENT_SCALE for axis in message.sweep
+        ):
+            raise SubmitError(
+                "this backend's IP-Adapter cannot subtract content: sweep another setting than the "
+                "content scale"
+            )
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
             protocol.decode_client_message(protocol.encode_message(message), hello.limits)
