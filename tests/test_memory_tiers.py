@@ -130,3 +130,57 @@ def test_every_tier_makes_the_full_tiers_pixels(engine, tiny_paths, style_image,
         # Equal up to float round-off (offloaded weights are copies at other memory alignments).
         assert np.abs(tiered.generate(job(style_image, mode)).images[0] - full).max() <= 1, mode
     assert tiered.pipeline.image_encoder.device.type == "cpu"  # at rest after encoding
+
+
+def test_the_vit_h_adapters_are_counted_with_their_encoder_and_text_tower():
+    """ViT-H (1.18 GiB) and its text tower (0.66, resting with the text encoders) for the ViT-H adapters,
+    the plus one's Resampler counted in (+0.14 on the UNet): the README's ViT-H peaks, fp16."""
+    from backend.engine.image_encoders import ImageEncoderKind
+
+    bigg, vit_h = sdxl_sizes(FP16), sdxl_sizes(FP16, ImageEncoderKind.VIT_H)
+    assert (round(vit_h.image_encoder, 2), round(vit_h.content_tower, 2)) == (1.18, 0.66)
+    assert round(vit_h.ip_adapter, 2) == 0.79 and bigg.content_tower == 0.0
+    assert vit_h.unet == bigg.unet and vit_h.text_encoders == bigg.text_encoders
+    job = JobShape(dtype=FP16)
+    expected = {  # tier: (without, with a ControlNet)
+        MemoryTier.FULL: (13.0, 15.4),
+        MemoryTier.ENCODERS_OFF: (10.0, 12.9),
+        MemoryTier.MODEL_OFFLOAD: (7.7, 10.6),
+        MemoryTier.GROUP_OFFLOAD: (2.5, 3.1),
+    }
+    for tier, peaks in expected.items():
+        got = tuple(
+            round(peak(tier, JobShape(dtype=FP16, controlnet=c), vit_h).gib, 1) for c in (False, True)
+        )
+        assert got == peaks, tier
+    offload = {phase.name: phase for phase in phases(MemoryTier.MODEL_OFFLOAD, job, vit_h)}
+    assert offload["encode content"].weights == pytest.approx(vit_h.content_tower + vit_h.preview_vae)
+    full = phases(MemoryTier.FULL, job, vit_h)[0]
+    assert full.weights == pytest.approx(
+        phases(MemoryTier.FULL, job, bigg)[0].weights - 3.44 + 1.18 + 0.66 + 0.14, abs=0.02
+    )
+
+
+def test_the_encoder_kind_is_read_from_its_config_where_it_is_on_disk(tiny_paths, tmp_path):
+    import dataclasses
+    import json
+
+    from backend.engine.image_encoders import ImageEncoderKind, image_encoder_kind
+    from backend.tiny.layouts import write_hub_snapshot
+
+    vit_h = tmp_path / "repo" / "models" / "image_encoder"
+    vit_h.mkdir(parents=True)
+    (vit_h / "config.json").write_text(json.dumps({"projection_dim": 1024, "hidden_size": 1280}))
+    spec = tiny_paths.spec()
+    assert image_encoder_kind(dataclasses.replace(spec, image_encoder=str(vit_h))) is ImageEncoderKind.VIT_H
+    assert image_encoder_kind(spec) is ImageEncoderKind.VIT_BIGG  # the tiny one: 32-d
+    write_hub_snapshot(tmp_path / "cache", "h94/IP-Adapter", tmp_path / "repo")
+    hub = dataclasses.replace(
+        spec, image_encoder="h94/IP-Adapter/models/image_encoder", cache_dir=str(tmp_path / "cache")
+    )
+    assert image_encoder_kind(hub) is ImageEncoderKind.VIT_H
+    # Not downloaded yet: counted as the larger ViT-bigG.
+    assert (
+        image_encoder_kind(dataclasses.replace(hub, cache_dir=str(tmp_path / "empty")))
+        is ImageEncoderKind.VIT_BIGG
+    )

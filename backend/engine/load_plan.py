@@ -10,6 +10,7 @@ from protocol.enums import Mode, ModelPhase
 from protocol.messages import ModelStatus
 
 from .downloads import DownloadProgress
+from .image_encoders import image_encoder_kind
 from .loading import ModelSpec, pick_device, pick_dtype
 from .memory import MemoryTier
 from .memory_budget import pick_tier
@@ -54,7 +55,10 @@ class LoadPlan:
         torch_device = pick_device(device)
         previews = spec.preview_vae.strip().lower() != "none"
         torch_dtype = pick_dtype(torch_device, dtype)
-        tier = pick_tier(torch_device, memory_tier, spec.controlnet is not None, previews, torch_dtype)
+        encoder = image_encoder_kind(spec)
+        tier = pick_tier(
+            torch_device, memory_tier, spec.controlnet is not None, previews, torch_dtype, encoder
+        )
         return cls(spec, torch_device, torch_dtype, tier, compile)
 
     @property

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .decode import TILE_SIDE
+from .image_encoders import ImageEncoderKind
 from .memory import GIB, MemoryTier
 
 DECODE_FP32_GIB_1024 = 3.8
@@ -49,6 +50,8 @@ class WeightSizes:
     preview_vae: float
     largest_layer: float
     """The largest single layer (text_encoder_2's token embedding): what group offload streams at once."""
+    content_tower: float = 0.0
+    """A ViT-H adapter's CLIP text tower (content subtraction): it rests where the text encoders rest."""
 
     @property
     def text_encoders(self) -> float:
@@ -94,10 +97,37 @@ def sdxl_parameter_counts() -> dict[str, int]:
     return counts
 
 
-def sdxl_sizes(dtype: torch.dtype) -> WeightSizes:
-    """SDXL's weights in ``dtype``."""
+@functools.cache
+def vit_h_parameter_counts() -> dict[str, int]:
+    """What the ViT-H adapters change: their image encoder, the larger of their adapters (the plus one's
+    Resampler besides the image-token projections), and ViT-H's text tower, counted on the meta device."""
+    from transformers import CLIPTextModelWithProjection
+
+    from backend.tiny.components import SDXL, build_image_encoder
+    from backend.tiny.real_shapes import VIT_H, vit_h_text_config
+
+    with torch.device("meta"):
+        encoder = build_image_encoder(VIT_H)
+        tower = CLIPTextModelWithProjection(vit_h_text_config())
+    cross, width = SDXL.cross_attention_dim, 1280
+    layers = sdxl_parameter_counts()["ip_adapter"] - (SDXL.projection_dim * 4 * cross + 4 * cross + 2 * cross)
+    attention, feed_forward = 4 * width * width + 4 * width, 2 * 4 * width * width + 2 * width
+    resampler = 4 * (attention + feed_forward) + 16 * width + (VIT_H.image_hidden + 1) * width
+    resampler += (width + 1) * cross + 2 * cross
+    return {
+        "image_encoder": sum(p.numel() for p in encoder.parameters()),
+        "ip_adapter": layers + resampler,
+        "content_tower": sum(p.numel() for p in tower.parameters()),
+    }
+
+
+def sdxl_sizes(dtype: torch.dtype, encoder: ImageEncoderKind = ImageEncoderKind.VIT_BIGG) -> WeightSizes:
+    """SDXL's weights in ``dtype``, with the image encoder (and text tower) of ``encoder``'s adapters."""
     size = torch.finfo(dtype).bits // 8
-    return WeightSizes(**{name: count * size / GIB for name, count in sdxl_parameter_counts().items()})
+    counts = dict(sdxl_parameter_counts())
+    if encoder is ImageEncoderKind.VIT_H:
+        counts.update(vit_h_parameter_counts())
+    return WeightSizes(**{name: count * size / GIB for name, count in counts.items()})
 
 
 @dataclass(frozen=True)
@@ -158,12 +188,14 @@ engine keeps the preview autoencoder, ~5 MB, there in every tier)."""
 
 
 def at_rest(tier: MemoryTier, job: JobShape, sizes: WeightSizes) -> float:
-    """GiB of weights on the GPU between jobs in ``tier`` (the UNet with its IP-Adapter layers)."""
+    """GiB of weights on the GPU between jobs in ``tier`` (the UNet with its IP-Adapter layers; a
+    content text tower, once loaded, where the text encoders rest)."""
     names = AT_REST_ON_GPU[tier] - (set() if job.controlnet else {"controlnet"})
     weights = sum(getattr(sizes, name) for name in names)
     return (
         weights
         + (sizes.ip_adapter if "unet" in names else 0.0)
+        + (sizes.content_tower if "text_encoder_2" in names else 0.0)
         + (sizes.preview_vae if job.preview_vae else 0.0)
     )
 
@@ -194,6 +226,7 @@ def phases(tier: MemoryTier, job: JobShape, sizes: WeightSizes | None = None) ->
     if tier is MemoryTier.MODEL_OFFLOAD:  # one model of the chain at a time; the ControlNet visits
         return [
             Phase("encode prompt", resident + sizes.text_encoder_2, ENCODER_WORKING_GIB),
+            Phase("encode content", resident + sizes.content_tower, ENCODER_WORKING_GIB),
             Phase("encode style / score", resident + sizes.image_encoder, ENCODER_WORKING_GIB),
             Phase("denoise", resident + unet + controlnet, denoise_working + controlnet_working),
             Phase("decode", resident + sizes.vae + upcast, decoding),
@@ -201,6 +234,7 @@ def phases(tier: MemoryTier, job: JobShape, sizes: WeightSizes | None = None) ->
     # group offload: two layers in flight (one computing, the next arriving on its stream).
     streamed = resident + 2 * sizes.largest_layer
     return [
+        Phase("encode content", streamed + sizes.content_tower, ENCODER_WORKING_GIB),  # it visits whole
         Phase("denoise", streamed, denoise_working + controlnet_working),
         Phase("decode", streamed + upcast, decoding),
     ]
@@ -216,10 +250,10 @@ def free_needed(tier: MemoryTier, job: JobShape, sizes: WeightSizes | None = Non
     return peak(tier, job, sizes).gib + HEADROOM_GIB
 
 
-def choose_tier(free_bytes: int, job: JobShape) -> MemoryTier:
+def choose_tier(free_bytes: int, job: JobShape, sizes: WeightSizes | None = None) -> MemoryTier:
     """The fastest tier whose 1024² job fits ``free_bytes`` (group offload when none does)."""
     for tier in (MemoryTier.FULL, MemoryTier.ENCODERS_OFF, MemoryTier.MODEL_OFFLOAD):
-        if free_bytes / GIB >= free_needed(tier, job):
+        if free_bytes / GIB >= free_needed(tier, job, sizes):
             return tier
     return MemoryTier.GROUP_OFFLOAD
 
@@ -238,6 +272,7 @@ def pick_tier(
     controlnet: bool,
     preview_vae: bool = False,
     dtype: torch.dtype = torch.float16,
+    encoder: ImageEncoderKind = ImageEncoderKind.VIT_BIGG,
 ) -> MemoryTier:
     """An explicit tier wins; ``auto`` measures CUDA's free memory (anything else runs in full)."""
     if preference and preference != "auto":
@@ -249,4 +284,5 @@ def pick_tier(
     free = free_memory(device)
     if free is None:
         return MemoryTier.FULL
-    return choose_tier(free, JobShape(controlnet=controlnet, preview_vae=preview_vae, dtype=dtype))
+    job = JobShape(controlnet=controlnet, preview_vae=preview_vae, dtype=dtype)
+    return choose_tier(free, job, sdxl_sizes(dtype, encoder))

@@ -183,12 +183,12 @@ def build_real_image_encoder(
     return make(encoder, seed)
 
 
-def build_vit_h_text_tower(make: Materialiser = Materialiser(), seed: int = 60) -> torch.nn.Module:
+def vit_h_text_config() -> object:
     """OpenCLIP ViT-H-14's text tower as ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` holds it: 24 layers,
     1024 wide, 16 heads, projected to the image tower's 1024-d space (content subtraction, ViT-H)."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig
 
-    config = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=1024,
         intermediate_size=4096,
@@ -198,8 +198,14 @@ def build_vit_h_text_tower(make: Materialiser = Materialiser(), seed: int = 60) 
         projection_dim=1024,
         hidden_act="gelu",
     )
+
+
+def build_vit_h_text_tower(make: Materialiser = Materialiser(), seed: int = 60) -> torch.nn.Module:
+    """That tower with random weights (``vit_h_text_config``)."""
+    from transformers import CLIPTextModelWithProjection
+
     with meta_parameters():
-        tower = CLIPTextModelWithProjection(config)
+        tower = CLIPTextModelWithProjection(vit_h_text_config())
     return make(tower, seed)
 
 
