@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; expected failures (bad input, missing files) print one line, not a traceback."""
     from backend.engine.blocks import BlockMapError
+    from backend.engine.content_text import ContentTextUnavailable
     from backend.engine.loading import ModelLoadError
     from backend.engine.request import RequestError
     from backend.engine.style_embedding import EmbeddingSpaceMismatch
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         BlockMapError,
         ModelLoadError,
         EmbeddingSpaceMismatch,
+        ContentTextUnavailable,
         ConfigError,
         ArgumentError,
         OSError,

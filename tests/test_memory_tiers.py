@@ -179,8 +179,16 @@ def test_the_encoder_kind_is_read_from_its_config_where_it_is_on_disk(tiny_paths
         spec, image_encoder="h94/IP-Adapter/models/image_encoder", cache_dir=str(tmp_path / "cache")
     )
     assert image_encoder_kind(hub) is ImageEncoderKind.VIT_H
-    # Not downloaded yet: counted as the larger ViT-bigG.
+    # Not downloaded yet: unknown, counted as the larger of the two in each part.
     assert (
         image_encoder_kind(dataclasses.replace(hub, cache_dir=str(tmp_path / "empty")))
-        is ImageEncoderKind.VIT_BIGG
+        is ImageEncoderKind.UNKNOWN
     )
+    assert (
+        image_encoder_kind(dataclasses.replace(spec, image_encoder="not a hub id"))
+        is ImageEncoderKind.UNKNOWN
+    )
+    kinds = (ImageEncoderKind.UNKNOWN, ImageEncoderKind.VIT_BIGG, ImageEncoderKind.VIT_H)
+    unknown, bigg, vit_h = (sdxl_sizes(FP16, kind) for kind in kinds)
+    for name in ("image_encoder", "ip_adapter", "content_tower", "unet"):
+        assert getattr(unknown, name) == max(getattr(bigg, name), getattr(vit_h, name)), name

@@ -101,9 +101,14 @@ class ImageTokenAttention(torch.nn.Module):
 
 
 def official_plus(
-    tiny_paths, plus_engine, request: GenerationRequest, targets: tuple[str, ...]
+    tiny_paths,
+    plus_engine,
+    request: GenerationRequest,
+    targets: tuple[str, ...],
+    zero_negative: bool = False,
 ) -> np.ndarray:
-    """The official algorithm's picture for ``request`` (txt2img, one reference)."""
+    """The official algorithm's picture for ``request`` (txt2img, one reference); ``zero_negative``: a
+    wrong negative (zero tokens instead of an all-zero image's), to show the check can tell."""
     from diffusers import StableDiffusionXLPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0
     from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
@@ -120,6 +125,7 @@ def official_plus(
         pixels = processor(images=STYLE, return_tensors="pt").pixel_values
         image_tokens = resampler(encoder(pixels, output_hidden_states=True).hidden_states[-2])
         blank = resampler(encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2])
+        blank = torch.zeros_like(blank) if zero_negative else blank
         prompt, negative, pooled, negative_pooled = pipe.encode_prompt(
             request.prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True,
             negative_prompt=request.negative_prompt,
@@ -170,3 +176,23 @@ def test_the_engine_equals_the_official_plus_xl_algorithm(tiny_paths, plus_engin
     other = BlockPreset.STYLE_LAYOUT if preset is BlockPreset.STYLE else BlockPreset.STYLE
     elsewhere = official_plus(tiny_paths, plus_engine, request, TARGETS[other])
     assert np.abs(ours - (np.clip(elsewhere, 0, 1) * 255).round()).max() > 8
+    zero = official_plus(tiny_paths, plus_engine, request, TARGETS[preset], zero_negative=True)
+    assert np.abs(ours - (np.clip(zero, 0, 1) * 255).round()).max() > 1
+
+
+def test_the_peer_resampler_splits_heads_as_diffusers_converted_one_does():
+    """The tiny adapter's Resampler has one head; with several (as SDXL's 20) the peer and diffusers'
+    conversion of the same original-format weights agree: the head split is checked too."""
+    from diffusers import UNet2DConditionModel
+
+    from backend.tiny.plus_adapter import resampler_state
+
+    generator = torch.Generator().manual_seed(3)
+    state = resampler_state(lambda size, std: torch.randn(size, generator=generator) * std, 32, 80, width=192)
+    converted = UNet2DConditionModel._convert_ip_adapter_image_proj_to_diffusers(
+        None, state, low_cpu_mem_usage=False
+    )
+    assert converted.layers[0].attn.heads == 3
+    features = torch.randn(2, 50, 32, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(Resampler(state)(features), converted(features), rtol=1e-4, atol=1e-5)

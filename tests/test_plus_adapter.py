@@ -112,11 +112,11 @@ def test_content_text_with_a_plus_adapter_is_refused_in_one_line(plus_engine):
 
 def test_references_blend_as_patch_features_and_regions_keep_to_their_masks(plus_engine):
     before = plus_engine.encoder.counts.images
-    one = plus_engine.generate(job(style_images=[StyleReference(noise_image(54))])).images[0]
+    plus_engine.generate(job(style_images=[StyleReference(noise_image(54))]))
     # One pass of the image encoder for a new reference: its patch features, and its embedding for
     # the style score from the same pass.
     assert plus_engine.encoder.counts.images - before == 1
-    one = plus_engine.generate(job()).images[0]
+    one = plus_engine.generate(job()).images[0]  # STYLE, the reference of the jobs below
     blended = plus_engine.generate(
         job(style_images=[StyleReference(STYLE, 0.6), StyleReference(OTHER, 0.4)])
     ).images[0]

@@ -125,11 +125,16 @@ def test_a_folder_without_a_tokenizer_or_of_another_space_is_refused_in_one_line
     engine = InstantStyleEngine.load(spec, device="cpu")
     with pytest.raises(ContentTextUnavailable, match=r"24-d embeddings but the text tower .* 16-d"):
         engine.generate(job(content_text="a cat", content_scale=0.5))
-    # Not kept: the next job (scored without it) runs, and a content job is refused the same way again.
+    # Not kept: the next job (scored without it) runs, and a content job is refused the same way again,
+    # without loading the tower again.
     assert not engine.encoder.content_tower.loaded
     assert engine.generate(job()).scores[0].prompt is None
+    loads = []
+    load = engine.encoder.content_tower._load
+    engine.encoder.content_tower._load = lambda: loads.append(1) or load()
     with pytest.raises(ContentTextUnavailable, match="16-d"):
         engine.generate(job(content_text="a cat", content_scale=0.5))
+    assert loads == []
 
 
 def test_a_library_error_of_several_lines_is_said_in_one(tiny_paths):
@@ -227,10 +232,16 @@ def test_a_hub_tower_downloads_at_start_with_the_model_and_only_its_text_half(ti
     with FakeHub(repos) as hub:
         first = load(spec, "cache")
         fetched = [path for repo, path in hub.downloaded() if repo == "laion/clip"]
+        hub.requests.clear()
+        again = load(spec, "cache")  # cached: the start asks the hub nothing about the tower (the job's
+        # loading still has transformers' own revision checks online)
+        listed_again = [target for _method, target in hub.requests if "laion/clip?blobs" in target]
+        fetched_again = [path for repo, path in hub.downloaded() if repo == "laion/clip"]
         missing = load({**spec, "content_text_encoder_default": "laion/gone"}, "cache-2")
     assert first["job"] == "done" and first["problems"] == [] and not first["loaded_at_start"]
     assert first["phases"][-1] == "downloading" and "loading" in first["phases"]
     assert sorted(fetched) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert again["job"] == "done" and again["problems"] == [] and listed_again == fetched_again == []
     assert len(missing["problems"]) == 1 and "laion/gone" in missing["problems"][0]
     assert "\n" not in missing["problems"][0] and "could not download" in missing["problems"][0]
     assert "laion/gone" in missing["job"] and "--content-text-encoder" in missing["job"]

@@ -96,12 +96,16 @@ class LazyTextTower:
         self.dimension = dimension
         """The image encoder's embedding size: the tower must project into that space."""
         self._tower: TextTower | None = None
+        self._refused = ""
+        """Why a tower that loaded was not kept (another space): said again, not loaded again."""
 
     @property
     def loaded(self) -> bool:
         return self._tower is not None
 
     def get(self) -> TextTower:
+        if self._refused:
+            raise ContentTextUnavailable(self._refused)
         if self._tower is None:
             log.info("loading the content text tower %s", self.source)
             try:
@@ -113,11 +117,12 @@ class LazyTextTower:
                     "with --content-text-encoder FOLDER"
                 ) from error
             if tower.projection_dim != self.dimension:
-                raise ContentTextUnavailable(
+                self._refused = (
                     f"cannot subtract content: the image encoder gives {self.dimension}-d embeddings but the "
                     f"text tower {self.source} {tower.projection_dim}-d ones; give --content-text-encoder "
                     "the CLIP model the image encoder comes from"
                 )
+                raise ContentTextUnavailable(self._refused)
             tower.encoder.to(self.rest_on)
             self._tower = tower
         return self._tower
@@ -141,21 +146,24 @@ TOWER_FILES = frozenset(
 )
 """What loading the text half reads from a CLIP repo like laion's (not its OpenCLIP or other copies of
 the weights, each as large)."""
+CACHED_MEANS_DONE = ("config.json", "model.safetensors")
 
 
 def prefetch_tower(spec: ModelSpec, source: str, report: Callable[[DownloadProgress], None]) -> str:
     """Download a hub tower's files at start, with the model's progress reports (loading waits for the
     first job that asks). Returns "" when done or nothing to do, else one line saying why not: content
     subtraction is optional, and the job that asks tries again."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, try_to_load_from_cache
 
     if is_local(source) or spec.local_files_only or constants.HF_HUB_OFFLINE:
         return ""
+    cached = [try_to_load_from_cache(source, name, cache_dir=spec.cache_dir) for name in CACHED_MEANS_DONE]
+    if all(isinstance(path, str) for path in cached):
+        return ""  # no network at start once it is there (an offline machine would wait for its timeout)
     try:
-        sizes = hub_sizes(source)
-        files = [
-            RemoteFile(source, path, size) for path, size in sorted(sizes.items()) if path in TOWER_FILES
-        ]
+        sizes = hub_sizes(source, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        wanted = TOWER_FILES if "model.safetensors" in sizes else TOWER_FILES | {"pytorch_model.bin"}
+        files = [RemoteFile(source, path, size) for path, size in sorted(sizes.items()) if path in wanted]
         fetch(files, report, spec.cache_dir)
     except Exception as error:  # huggingface_hub raises many types; the model itself loaded
         log.warning("content text tower %s: %s", source, error)

@@ -254,11 +254,11 @@ def fetch(
             future.result()  # the first failure is raised (the others finish or fail on their own)
 
 
-def hub_sizes(repo_id: str) -> dict[str, int]:
+def hub_sizes(repo_id: str, timeout: float | None = None) -> dict[str, int]:
     """Every file of a repo with its size, from the hub's API."""
     from huggingface_hub import HfApi
 
-    info = HfApi().model_info(repo_id, files_metadata=True)
+    info = HfApi().model_info(repo_id, files_metadata=True, timeout=timeout)
     return {sibling.rfilename: int(sibling.size or 0) for sibling in info.siblings or []}
 
 

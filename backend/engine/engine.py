@@ -151,7 +151,8 @@ class InstantStyleEngine:
             problem = prefetch_tower(
                 plan.spec, tower.source, lambda progress: report(download_status(progress))
             )
-            engine.load_problems += [problem] if problem else []
+            if problem:
+                engine.load_problems.append(problem)
         if plan.compile:
             engine.compile_unet()
         return engine

@@ -2,8 +2,9 @@
 
 The plain and plus adapters for SDXL come with one of two encoders: OpenCLIP ViT-bigG/14
 (``ip-adapter_sdxl``: 3.44 GiB in fp16) or ViT-H/14 (the ``_vit-h`` adapters: 1.18 GiB, plus ViT-H's
-text tower for content subtraction, 0.66 GiB). The encoder's ``config.json`` says which, where it is
-on disk (a folder, or the hub cache); an encoder not on disk yet counts as ViT-bigG, the larger.
+text tower for content subtraction, 0.66 GiB, and the plus adapter's Resampler). The encoder's
+``config.json`` says which, where it is on disk (a folder, or the hub cache); an encoder not on disk
+yet counts as the larger of the two in each part (neither is the larger in every tier).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from enum import Enum
 from pathlib import Path
 
-from .loading import ModelSpec, is_local
+from .loading import HubFile, ModelLoadError, ModelSpec, is_local
 
 VIT_H_PROJECTION = 1024
 """ViT-H-14's embedding size (ViT-bigG's is 1280)."""
@@ -21,6 +22,8 @@ VIT_H_PROJECTION = 1024
 class ImageEncoderKind(str, Enum):
     VIT_BIGG = "vit-bigg"
     VIT_H = "vit-h"
+    UNKNOWN = "unknown"
+    """Not on disk yet (its first start): counted as the larger of the two, part by part."""
 
 
 def encoder_config(spec: ModelSpec) -> dict | None:
@@ -30,9 +33,12 @@ def encoder_config(spec: ModelSpec) -> dict | None:
     else:
         from huggingface_hub import try_to_load_from_cache
 
-        parts = spec.image_encoder.strip("/").split("/")
-        inside = "/".join([*parts[2:], "config.json"])
-        cached = try_to_load_from_cache("/".join(parts[:2]), inside, cache_dir=spec.cache_dir)
+        try:
+            hub = HubFile.parse(spec.image_encoder)
+            inside = "/".join(part for part in (hub.subpath, "config.json") if part)
+            cached = try_to_load_from_cache(hub.repo_id, inside, cache_dir=spec.cache_dir)
+        except (ValueError, ModelLoadError):  # not a hub id: loading says so in one line
+            return None
         if not isinstance(cached, str):
             return None
         path = Path(cached)
@@ -43,7 +49,10 @@ def encoder_config(spec: ModelSpec) -> dict | None:
 
 
 def image_encoder_kind(spec: ModelSpec) -> ImageEncoderKind:
-    """ViT-H when the encoder's config says 1024-d embeddings, else ViT-bigG (also when unknown)."""
-    config = encoder_config(spec) or {}
+    """ViT-H when the encoder's config says 1024-d embeddings, ViT-bigG when it says another size,
+    unknown when it is not on disk yet."""
+    config = encoder_config(spec)
+    if config is None:
+        return ImageEncoderKind.UNKNOWN
     projection = config.get("projection_dim", config.get("vision_config", {}).get("projection_dim"))
     return ImageEncoderKind.VIT_H if projection == VIT_H_PROJECTION else ImageEncoderKind.VIT_BIGG

@@ -122,11 +122,15 @@ def vit_h_parameter_counts() -> dict[str, int]:
 
 
 def sdxl_sizes(dtype: torch.dtype, encoder: ImageEncoderKind = ImageEncoderKind.VIT_BIGG) -> WeightSizes:
-    """SDXL's weights in ``dtype``, with the image encoder (and text tower) of ``encoder``'s adapters."""
+    """SDXL's weights in ``dtype``, with the image encoder (and text tower) of ``encoder``'s adapters
+    (unknown: the larger of each)."""
     size = torch.finfo(dtype).bits // 8
     counts = dict(sdxl_parameter_counts())
+    vit_h = vit_h_parameter_counts()
     if encoder is ImageEncoderKind.VIT_H:
-        counts.update(vit_h_parameter_counts())
+        counts.update(vit_h)
+    elif encoder is ImageEncoderKind.UNKNOWN:  # the worst of both, part by part
+        counts.update({name: max(count, counts.get(name, 0)) for name, count in vit_h.items()})
     return WeightSizes(**{name: count * size / GIB for name, count in counts.items()})
 
 
