@@ -104,16 +104,21 @@ def vit_h_parameter_counts() -> dict[str, int]:
     from transformers import CLIPTextModelWithProjection
 
     from backend.tiny.components import SDXL, build_image_encoder
+    from backend.tiny.plus_adapter import SDXL_RESAMPLER_WIDTH, resampler_state
     from backend.tiny.real_shapes import VIT_H, vit_h_text_config
 
     with torch.device("meta"):
         encoder = build_image_encoder(VIT_H)
         tower = CLIPTextModelWithProjection(vit_h_text_config())
-    cross, width = SDXL.cross_attention_dim, 1280
+    cross = SDXL.cross_attention_dim
     layers = sdxl_parameter_counts()["ip_adapter"] - (SDXL.projection_dim * 4 * cross + 4 * cross + 2 * cross)
-    attention, feed_forward = 4 * width * width + 4 * width, 2 * 4 * width * width + 2 * width
-    resampler = 4 * (attention + feed_forward) + 16 * width + (VIT_H.image_hidden + 1) * width
-    resampler += (width + 1) * cross + 2 * cross
+    shapes = resampler_state(  # the plus adapter file's own tensors, as shapes only
+        lambda size, _std: torch.empty(size, device="meta"),
+        VIT_H.image_hidden,
+        cross,
+        width=SDXL_RESAMPLER_WIDTH,
+    )
+    resampler = sum(tensor.numel() for tensor in shapes.values())
     return {
         "image_encoder": sum(p.numel() for p in encoder.parameters()),
         "ip_adapter": layers + resampler,

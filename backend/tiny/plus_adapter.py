@@ -24,6 +24,8 @@ RESAMPLER_HEAD_DIM = 64
 """diffusers reads the head count as ``to_q`` rows / 64 (the real adapters' head size)."""
 TINY_RESAMPLER_WIDTH = 64
 """One 64-wide head (the real SDXL Resampler: 1280 wide, 20 heads)."""
+SDXL_RESAMPLER_WIDTH = 1280
+"""ip-adapter-plus_sdxl_vit-h's Resampler: 20 heads of 64."""
 FEED_FORWARD_RATIO = 4
 
 

@@ -34,7 +34,7 @@ from .components import (
     tiny_tokenizer,
 )
 from .loras import sgm_name
-from .plus_adapter import resampler_state
+from .plus_adapter import SDXL_RESAMPLER_WIDTH, resampler_state
 
 WEIGHT_STD = 0.02
 VIT_BIGG = SDXL
@@ -264,7 +264,7 @@ def attach_plus_adapter(pipeline: object, make: Materialiser = Materialiser(), s
     unet = pipeline.unet  # type: ignore[attr-defined]
     cross = unet.config.cross_attention_dim
     state = {
-        "image_proj": resampler_state(noise, encoder.config.hidden_size, cross, width=1280),
+        "image_proj": resampler_state(noise, encoder.config.hidden_size, cross, width=SDXL_RESAMPLER_WIDTH),
         "ip_adapter": ip_adapter_state(unet, encoder.config.projection_dim, make, seed + 2)["ip_adapter"],
     }
     pipeline.register_modules(image_encoder=encoder)  # type: ignore[attr-defined]

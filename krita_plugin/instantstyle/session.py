@@ -135,13 +135,6 @@ class Session:
             protocol.Refine() if refine else None,
         )
         message, frames = build_message(settings, inputs, shape, self.features.content_subtraction)
-        if not self.features.content_subtraction and any(
-            axis.axis is protocol.SweepAxis.CONTENT_SCALE for axis in message.sweep
-        ):
-            raise SubmitError(
-                "this backend's IP-Adapter cannot subtract content: sweep another setting than the "
-                "content scale"
-            )
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
             protocol.decode_client_message(protocol.encode_message(message), hello.limits)
@@ -167,13 +160,21 @@ class Session:
         return job
 
     def _check_features(self, message: protocol.Generate) -> None:
-        """LoRAs and samplers this backend does not offer, said before anything is sent."""
+        """LoRAs, samplers and content subtraction this backend does not offer, said before anything is
+        sent (a content-scale sweep without it would make the same picture in every cell)."""
         assert self.hello is not None
         if message.sampler is not None and message.sampler not in self.hello.samplers:
             raise SubmitError(f"this backend has no sampler '{message.sampler.value}'")
         status = self.hello.status
         if not status.ready:
             return  # the backend checks once its model is ready
+        if not self.features.content_subtraction and any(
+            axis.axis is protocol.SweepAxis.CONTENT_SCALE for axis in message.sweep
+        ):
+            raise SubmitError(
+                "this backend's IP-Adapter cannot subtract content: sweep another setting than the "
+                "content scale"
+            )
         offered = self.features.loras
         for lora in message.loras:
             if lora.name not in offered:
