@@ -14,6 +14,7 @@ from .enums import (
     ImageAdapter,
     MessageType,
     Mode,
+    ModelFamily,
     ModelPhase,
     PixelFormat,
     PreviewMethod,
@@ -24,6 +25,7 @@ from .errors import ProtocolError
 from .frames import PixelFrame, decode_frame, encode_frame_header
 from .inputs import InputSlots
 from .messages import (
+    LAYOUT_PUSH_BLOCKS,
     Cancel,
     Cancelled,
     ClientMessage,
@@ -54,6 +56,7 @@ from .messages import (
 )
 
 __all__ = [
+    "LAYOUT_PUSH_BLOCKS",
     "PROTOCOL_VERSION",
     "BlockPreset",
     "Cancel",
@@ -70,6 +73,7 @@ __all__ = [
     "LoraWeight",
     "MessageType",
     "Mode",
+    "ModelFamily",
     "ModelFeatures",
     "ModelInfo",
     "ModelPhase",

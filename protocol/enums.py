@@ -9,20 +9,39 @@ from __future__ import annotations
 from enum import Enum
 
 
+class ModelFamily(str, Enum):
+    """Which kind of base model the server loaded (``model_status.features.family``): its UNet's
+    attention blocks, native size and text encoders differ, so block maps and sizes follow it."""
+
+    SDXL = "sdxl"
+    """Stable Diffusion XL: 1024 px native, two text encoders (CLIP-L and OpenCLIP bigG)."""
+    SD15 = "sd15"
+    """Stable Diffusion 1.5: 512 px native, one CLIP-L text encoder; its IP-Adapters always read
+    ViT-H image encoders."""
+
+    @property
+    def label(self) -> str:
+        """The name artists know it by: "SDXL", "SD1.5"."""
+        return {ModelFamily.SDXL: "SDXL", ModelFamily.SD15: "SD1.5"}[self]
+
+
 class BlockPreset(str, Enum):
     """Which UNet attention blocks receive the style image features."""
 
     STYLE = "style"
-    """``up_blocks.0.attentions.1`` only: the paper's default."""
+    """The block that carries style only, the paper's default: on SDXL ``up_blocks.0.attentions.1``;
+    the model's own blocks are in ``features.preset_blocks``."""
     STYLE_LAYOUT = "style+layout"
-    """The style block plus ``down_blocks.2.attentions.1`` (spatial layout)."""
+    """The style block plus the spatial layout block: on SDXL ``down_blocks.2.attentions.1``; the
+    model's own blocks are in ``features.preset_blocks``."""
     ALL = "all"
     """Every cross-attention block: plain IP-Adapter."""
     CUSTOM = "custom"
     """A per-block scale map given by the user."""
     PRECISE = "precise"
-    """The style block, and the reference's layout pushed away: at ``down_blocks.2.attentions.1`` it
-    goes into the negative (unconditional) branch only, at ``layout_push`` (needs guidance above 1)."""
+    """The style block, and the reference's layout pushed away: at the layout block (on SDXL
+    ``down_blocks.2.attentions.1``; the model's own blocks are in ``features.preset_blocks``) it goes
+    into the negative (unconditional) branch only, at ``layout_push`` (needs guidance above 1)."""
 
 
 class Mode(str, Enum):
@@ -79,9 +98,10 @@ class PreviewMethod(str, Enum):
     """How the server draws its per-step previews (``model_status.features.preview``)."""
 
     LINEAR = "linear"
-    """SDXL's linear latent-to-RGB factors, at latent resolution (1/8 of the image side)."""
+    """The family's linear latent-to-RGB factors, at latent resolution (1/8 of the image side)."""
     TINY_VAE = "tiny-vae"
-    """A tiny autoencoder (TAESD-XL), at the size the client asks for (``generate.preview_side``)."""
+    """A tiny autoencoder (TAESD-XL; TAESD on SD1.5), at the size the client asks for
+    (``generate.preview_side``)."""
 
 
 class MessageType(str, Enum):

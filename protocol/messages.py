@@ -16,6 +16,7 @@ from .enums import (
     ImageAdapter,
     MessageType,
     Mode,
+    ModelFamily,
     ModelPhase,
     PreviewMethod,
     Sampler,
@@ -85,6 +86,13 @@ class WorkerInfo:
     device: str = field(metadata=bounds(max_length=200))
 
 
+LAYOUT_PUSH_BLOCKS = "layout_push"
+"""The ``features.preset_blocks`` key beside the ``BlockPreset`` values: where ``precise`` pushes the
+reference's layout away."""
+MAX_PRESET_BLOCK_KEYS = 16
+MAX_BLOCK_NAME = 100
+
+
 @dataclass(frozen=True)
 class ModelFeatures:
     """What the loaded model offers beyond the protocol's fixed choices (known once it is ready)."""
@@ -103,8 +111,8 @@ class ModelFeatures:
     """Where jobs run: one entry per worker (jobs run side by side on several); empty from older
     servers (one worker)."""
     native_side: int = field(default=0, metadata=bounds(0, 16384))
-    """The side the model was trained at (1024 for SDXL): a canvas larger than its area is best made
-    with ``generate.refine``; 0: not said."""
+    """The side the model was trained at (1024 for SDXL, 512 for SD1.5): a canvas larger than its
+    area is best made with ``generate.refine``; 0: not said."""
     prediction: str = field(default="", metadata=bounds(max_length=20))
     """What the UNet predicts: ``epsilon``, ``v`` or ``v-zsnr`` (v-prediction with zero terminal SNR,
     whose jobs get ``guidance_rescale`` 0.7 unless they say otherwise); empty: not said."""
@@ -113,6 +121,17 @@ class ModelFeatures:
     content_subtraction: bool = True
     """Whether ``content_text`` can be subtracted (the image encoder shares a text tower's space and
     the adapter reads the pooled embedding); false: a job with one is refused in one line."""
+    family: ModelFamily = ModelFamily.SDXL
+    """Which kind of base model is loaded: block names, native size and encoders follow it (older
+    servers: SDXL, the only family they had)."""
+    preset_blocks: dict[str, list[str]] = field(
+        default_factory=dict,
+        metadata=bounds(max_keys=MAX_PRESET_BLOCK_KEYS, max_items=1000, max_length=MAX_BLOCK_NAME),
+    )
+    """The attention blocks each ``BlockPreset`` (``style``, ``style+layout``, ``precise``) gives the
+    style at full weight, and under ``layout_push`` the blocks where ``precise`` pushes the layout
+    away; names from ``attention_blocks``. Empty: not said (an older server: SDXL's
+    ``up_blocks.0.attentions.1`` for style, ``down_blocks.2.attentions.1`` for layout)."""
 
 
 @dataclass(frozen=True)

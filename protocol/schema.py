@@ -30,9 +30,14 @@ def bounds(
     high: float | None = None,
     max_length: int | None = None,
     max_items: int | None = None,
+    max_keys: int | None = None,
 ) -> dict[str, Any]:
-    """Field metadata: numeric range (inclusive), string length, list length."""
-    return {"low": low, "high": high, "max_length": max_length, "max_items": max_items}
+    """Field metadata: numeric range (inclusive), string length, list length, map size.
+
+    They reach inside containers, so that a map of lists of names is bounded at every level: a
+    list's strings (and a map's keys and string values) are at most ``max_length``, a map's lists at
+    most ``max_items`` long."""
+    return {"low": low, "high": high, "max_length": max_length, "max_items": max_items, "max_keys": max_keys}
 
 
 def to_json_object(message: object) -> dict[str, Any]:
@@ -101,11 +106,10 @@ def _convert(kind: Any, value: Any, where: str, meta: typing.Mapping[str, Any]) 
                 ErrorCode.OUT_OF_RANGE, f"{where} has {len(value)} items, at most {limit} allowed"
             )
         (item,) = typing.get_args(kind)
-        return [_convert(item, v, f"{where}[{i}]", {}) for i, v in enumerate(value)]
+        inner = {"max_length": meta.get("max_length")}  # each string's length; a list's own bounds stop here
+        return [_convert(item, v, f"{where}[{i}]", inner) for i, v in enumerate(value)]
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be a JSON object")
-        return value
+        return _convert_map(kind, value, where, meta)
     if isinstance(kind, type) and issubclass(kind, Enum):
         try:
             return kind(value)
@@ -152,6 +156,22 @@ def _convert(kind: Any, value: Any, where: str, meta: typing.Mapping[str, Any]) 
     if kind is Any or kind is object:
         return value
     raise TypeError(f"unsupported field type {kind!r} for {where}")  # a bug in a message definition
+
+
+def _convert_map(kind: Any, value: Any, where: str, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON object whose keys are strings and whose values all have one type (``dict[str, V]``)."""
+    if not isinstance(value, dict):
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be a JSON object")
+    limit = meta.get("max_keys")
+    if limit is not None and len(value) > limit:
+        raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{where} has {len(value)} keys, at most {limit} allowed")
+    _key_kind, item = typing.get_args(kind) or (str, Any)
+    inner = {name: bound for name, bound in meta.items() if name != "max_keys"}
+    converted: dict[str, Any] = {}
+    for key, item_value in value.items():
+        key = _convert(str, key, f"a key of {where}", {"max_length": meta.get("max_length")})
+        converted[key] = _convert(item, item_value, _join(where, shown(key)), inner)
+    return converted
 
 
 FLOAT_MAX = sys.float_info.max

@@ -207,3 +207,97 @@ def test_fuzz_arbitrary_binary_frames(data):
 def test_fuzz_frame_headers(version, kind, job_id, index, fmt, width, height, payload):
     data = HEADER.pack(b"IS", version, kind, job_id, index, fmt, 0, width, height) + payload
     _only_protocol_errors(lambda d: decode_frame(d, max_side=32), data)
+
+
+SD15_PRESET_BLOCKS = {
+    "style": [f"up_blocks.1.attentions.{i}" for i in range(3)],
+    "style+layout": [
+        "down_blocks.2.attentions.0",
+        "down_blocks.2.attentions.1",
+        "mid_block.attentions.0",
+        *(f"up_blocks.1.attentions.{i}" for i in range(3)),
+    ],
+    "precise": [f"up_blocks.1.attentions.{i}" for i in range(3)],
+    "layout_push": ["down_blocks.2.attentions.0", "down_blocks.2.attentions.1"],
+}
+
+
+def ready_status(features: dict) -> str:
+    """A ``model_status`` text frame with these ``features`` as the server would send them."""
+    return json.dumps({"type": "model_status", "version": 1, "phase": "ready", "features": features})
+
+
+def test_the_family_and_its_preset_blocks_round_trip():
+    from protocol import LAYOUT_PUSH_BLOCKS, ModelFamily, ModelFeatures, ModelPhase, ModelStatus
+
+    features = ModelFeatures(
+        attention_blocks=SD15_PRESET_BLOCKS["style+layout"],
+        native_side=512,
+        family=ModelFamily.SD15,
+        preset_blocks=SD15_PRESET_BLOCKS,
+    )
+    text = encode_message(ModelStatus(ModelPhase.READY, features=features))
+    sent = json.loads(text)["features"]
+    assert sent["family"] == "sd15" and sent["preset_blocks"] == SD15_PRESET_BLOCKS
+    decoded = decode_server_message(text)
+    assert decoded.features == features and decoded.features.family is ModelFamily.SD15
+    assert decoded.features.preset_blocks[LAYOUT_PUSH_BLOCKS] == SD15_PRESET_BLOCKS["layout_push"]
+    assert ModelFamily.SD15.label == "SD1.5" and ModelFamily.SDXL.label == "SDXL"
+
+
+def test_an_older_servers_features_are_sdxl_with_no_preset_blocks_said():
+    from protocol import ModelFamily
+
+    features = decode_server_message(
+        ready_status({"attention_blocks": ["up_blocks.0.attentions.1"]})
+    ).features
+    assert features.family is ModelFamily.SDXL and features.preset_blocks == {}
+
+
+@pytest.mark.parametrize(
+    ("features", "code", "said"),
+    [
+        ({"family": "sd2"}, ErrorCode.BAD_FIELD, "features.family must be one of 'sdxl', 'sd15'"),
+        ({"preset_blocks": ["style"]}, ErrorCode.BAD_FIELD, "features.preset_blocks must be a JSON object"),
+        (
+            {"preset_blocks": {"style": "up_blocks.1"}},
+            ErrorCode.BAD_FIELD,
+            "preset_blocks.style must be a list",
+        ),
+        ({"preset_blocks": {"style": [1]}}, ErrorCode.BAD_FIELD, "preset_blocks.style[0] must be a string"),
+        (
+            {"preset_blocks": {f"k{i}": [] for i in range(17)}},
+            ErrorCode.OUT_OF_RANGE,
+            "features.preset_blocks has 17 keys, at most 16 allowed",
+        ),
+        (
+            {"preset_blocks": {"style": ["x" * 101]}},
+            ErrorCode.TOO_LARGE,
+            "preset_blocks.style[0] is 101 characters, at most 100 allowed",
+        ),
+        (
+            {"preset_blocks": {"k" * 101: []}},
+            ErrorCode.TOO_LARGE,
+            "a key of features.preset_blocks is 101 characters",
+        ),
+        (
+            {"preset_blocks": {"style": ["a"] * 1001}},
+            ErrorCode.OUT_OF_RANGE,
+            "preset_blocks.style has 1001 items, at most 1000 allowed",
+        ),
+    ],
+    ids=["family", "not-a-map", "not-a-list", "not-strings", "keys", "name", "key", "names"],
+)
+def test_preset_blocks_and_family_are_bounded_and_typed(features, code, said):
+    with pytest.raises(ProtocolError) as raised:
+        decode_server_message(ready_status(features))
+    assert raised.value.code is code and said in raised.value.message, raised.value.message
+
+
+def test_preset_blocks_at_their_bounds_are_accepted():
+    from protocol import ModelFeatures
+
+    at_limit = {"style": ["x" * 100] * 1000, **{f"k{i}": [] for i in range(15)}}
+    assert decode_server_message(ready_status({"preset_blocks": at_limit})).features.preset_blocks == at_limit
+    assert ModelFeatures().preset_blocks == {}  # each instance its own map
+    assert ModelFeatures().preset_blocks is not ModelFeatures().preset_blocks
