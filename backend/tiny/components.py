@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -271,10 +272,21 @@ def seeded_randn(size: Sequence[int], generator: torch.Generator) -> torch.Tenso
     return noise.to(torch.get_default_device())
 
 
+class AdapterDims(Protocol):
+    """What an IP-Adapter's shapes depend on: any family's shape (``ModelShape``, ``sd15.Sd15Shape``)."""
+
+    @property
+    def cross_attention_dim(self) -> int: ...
+
+    @property
+    def projection_dim(self) -> int: ...
+
+
 def random_ip_adapter_state(
-    unet: torch.nn.Module, generator: torch.Generator, shape: ModelShape = TINY
+    unet: torch.nn.Module, generator: torch.Generator, shape: AdapterDims = TINY
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """An ip-adapter_sdxl-shaped state dict, numbered the way diffusers reads it."""
+    """An ip-adapter_sdxl-shaped (or ip-adapter_sd15-shaped) state dict, numbered the way diffusers
+    reads it: the image projection maps ``shape.projection_dim`` to 4 tokens of its cross dim."""
     tokens = 4
     cross = shape.cross_attention_dim
 

@@ -3,7 +3,9 @@
 - the diffusers/PEFT layout: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (and
   ``text_encoder.…``), what ``save_lora_weights`` writes;
 - the Kohya layout of community SDXL LoRAs: ``lora_unet_<SGM block names>.lora_down.weight`` /
-  ``lora_up.weight`` / ``alpha`` and ``lora_te1_…`` for the first text encoder.
+  ``lora_up.weight`` / ``alpha`` and ``lora_te1_…`` for the first text encoder; SD1.5's Kohya LoRAs
+  name the UNet's modules as diffusers does (``lora_unet_down_blocks_0_attentions_0_…``: sd-scripts
+  trains SD1.x on diffusers' UNet) and the one text encoder ``lora_te_…``.
 
 ``style_lora`` in both layouts holds the same LoRA (the Kohya copy's alpha halves a doubled
 ``lora_up``, exactly, in binary floating point), so both must load to the same pixels.
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 RANK = 4
+KohyaNames = Literal["sdxl", "sd15"]
+"""Which family's Kohya naming: SGM block names and ``lora_te1_``, or diffusers names and ``lora_te_``."""
 _UNET_TARGET = re.compile(r"attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
 _TEXT_TARGET = re.compile(r"encoder\.layers\.0\.self_attn\.(q_proj|k_proj|v_proj|out_proj)$")
 
@@ -71,23 +76,26 @@ def sgm_name(module: str, layers_per_block: int) -> str:
 
 
 def kohya_layout(
-    lora: dict[str, tuple[torch.Tensor, torch.Tensor]], layers_per_block: int
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]], layers_per_block: int, names: KohyaNames = "sdxl"
 ) -> dict[str, torch.Tensor]:
     """The same LoRA as Kohya writes it: alpha = rank / 2 scales by 0.5, so ``lora_up`` is doubled."""
     tensors: dict[str, torch.Tensor] = {}
     for module, (down, up) in lora.items():
         prefix, path = module.split(".", 1)
         if prefix == "unet":
-            name = "lora_unet_" + sgm_name(path, layers_per_block).replace(".", "_")
+            unet_path = sgm_name(path, layers_per_block) if names == "sdxl" else path
+            name = "lora_unet_" + unet_path.replace(".", "_")
         else:
-            name = "lora_te1_" + path.replace(".", "_")
+            name = ("lora_te1_" if names == "sdxl" else "lora_te_") + path.replace(".", "_")
         tensors[f"{name}.lora_down.weight"] = down.contiguous()
         tensors[f"{name}.lora_up.weight"] = (up * 2.0).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(RANK / 2)
     return tensors
 
 
-def write_tiny_loras(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
+def write_tiny_loras(
+    folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module, names: KohyaNames = "sdxl"
+) -> None:
     """``style-peft``/``style-kohya`` (one LoRA, UNet + first text encoder) and ``other-peft``
     (a second, UNet-only LoRA, for switching)."""
     from safetensors.torch import save_file
@@ -97,5 +105,5 @@ def write_tiny_loras(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn
     other = random_lora(unet, None, seed=2)
     layers_per_block = unet.config.layers_per_block  # type: ignore[attr-defined]
     save_file(peft_layout(style), str(folder / "style-peft.safetensors"))
-    save_file(kohya_layout(style, layers_per_block), str(folder / "style-kohya.safetensors"))
+    save_file(kohya_layout(style, layers_per_block, names), str(folder / "style-kohya.safetensors"))
     save_file(peft_layout(other), str(folder / "other-peft.safetensors"))

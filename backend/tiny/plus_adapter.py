@@ -1,4 +1,4 @@
-"""A random "plus" IP-Adapter in the layout h94 ships (``ip-adapter-plus_sdxl_vit-h``).
+"""A random "plus" IP-Adapter in the layout h94 ships (``ip-adapter-plus_sdxl_vit-h``; ``_sd15`` too).
 
 A plus adapter reads the image encoder's patch features (its penultimate hidden states, one row per
 patch and one for the class token) through a Resampler: 16 learned queries attend to them, in four
@@ -12,10 +12,11 @@ both.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
-from .components import TINY, ModelShape, random_ip_adapter_state, seeded_randn
+from .components import TINY, AdapterDims, random_ip_adapter_state, seeded_randn
 
 PLUS_TOKENS = 16
 RESAMPLER_DEPTH = 4
@@ -27,6 +28,13 @@ TINY_RESAMPLER_WIDTH = 64
 SDXL_RESAMPLER_WIDTH = 1280
 """ip-adapter-plus_sdxl_vit-h's Resampler: 20 heads of 64."""
 FEED_FORWARD_RATIO = 4
+
+
+class PlusDims(AdapterDims, Protocol):
+    """A family's shape as a plus adapter sees it: its image encoder's hidden width too."""
+
+    @property
+    def image_hidden(self) -> int: ...
 
 
 Noise = Callable[[tuple[int, ...], float], torch.Tensor]
@@ -71,14 +79,18 @@ def resampler_state(
 
 
 def random_plus_adapter_state(
-    unet: torch.nn.Module, generator: torch.Generator, shape: ModelShape = TINY
+    unet: torch.nn.Module,
+    generator: torch.Generator,
+    shape: PlusDims = TINY,
+    width: int = TINY_RESAMPLER_WIDTH,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """A tiny plus adapter for ``unet`` reading ``shape``'s image encoder's hidden states."""
+    """A plus adapter for ``unet`` reading ``shape``'s image encoder's hidden states, its Resampler
+    ``width`` wide."""
 
     def noise(size: tuple[int, ...], std: float) -> torch.Tensor:
         return seeded_randn(size, generator) * std
 
-    image_proj = resampler_state(noise, shape.image_hidden, shape.cross_attention_dim)
+    image_proj = resampler_state(noise, shape.image_hidden, shape.cross_attention_dim, width=width)
     # The UNet side is a plain adapter's: to_k_ip/to_v_ip for each cross-attention (16 tokens in).
     ip_adapter = random_ip_adapter_state(unet, generator, shape)["ip_adapter"]
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}

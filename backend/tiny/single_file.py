@@ -1,7 +1,8 @@
-"""Write an SDXL pipeline as one original-format (SGM/LDM) ``.safetensors`` file.
+"""Write an SDXL or SD1.5 pipeline as one original-format (SGM/LDM) ``.safetensors`` file.
 
 Artists mostly have single-file checkpoints in Stability's original key layout
-(``model.diffusion_model.*``, ``first_stage_model.*``, ``conditioner.embedders.*``).
+(``model.diffusion_model.*``, ``first_stage_model.*``, and ``conditioner.embedders.*`` for SDXL's
+SGM files or ``cond_stage_model.transformer.*`` for SD1.5's LDM files).
 This is the inverse of the key mapping in diffusers' ``single_file_utils``, so
 that the tiny test model can be loaded back through diffusers' real
 ``from_single_file`` code path.
@@ -10,12 +11,16 @@ that the tiny test model can be loaded back through diffusers' real
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
+LDM_CLIP_PREFIX = "cond_stage_model.transformer."
+"""SD1.5's one text encoder (CLIP ViT-L/14's text half) in an LDM file."""
+Layout = Literal["sgm", "ldm"]
 OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 _UNET_TOP = {
@@ -117,9 +122,11 @@ def vae_to_original(state: dict[str, torch.Tensor], config: dict[str, object]) -
     return out
 
 
-def clip_l_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def clip_l_to_original(
+    state: dict[str, torch.Tensor], prefix: str = CLIP_L_PREFIX
+) -> dict[str, torch.Tensor]:
     return {
-        CLIP_L_PREFIX + (key if key.startswith("text_model.") else f"text_model.{key}"): value
+        prefix + (key if key.startswith("text_model.") else f"text_model.{key}"): value
         for key, value in state.items()
         if not key.endswith("position_ids")
     }
@@ -152,16 +159,22 @@ def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {OPEN_CLIP_PREFIX + k: v for k, v in out.items()}
 
 
-def save_single_file(pipeline: object, path: Path) -> Path:
-    """Save the pipeline's UNet, VAE and both text towers as one SGM-format file."""
+def save_single_file(pipeline: object, path: Path, layout: Layout = "sgm") -> Path:
+    """Save the pipeline's UNet, VAE and text towers as one file: ``sgm`` for an SDXL pipeline (both
+    towers under ``conditioner.embedders``), ``ldm`` for an SD1.5 one (``cond_stage_model``)."""
     from safetensors.torch import save_file
 
     p = pipeline
     tensors: dict[str, torch.Tensor] = {}
     tensors.update(unet_to_original(p.unet.state_dict(), dict(p.unet.config)))  # type: ignore[attr-defined]
     tensors.update(vae_to_original(p.vae.state_dict(), dict(p.vae.config)))  # type: ignore[attr-defined]
-    tensors.update(clip_l_to_original(p.text_encoder.state_dict()))  # type: ignore[attr-defined]
-    tensors.update(open_clip_to_original(p.text_encoder_2.state_dict()))  # type: ignore[attr-defined]
+    if layout == "ldm":
+        tensors.update(clip_l_to_original(p.text_encoder.state_dict(), LDM_CLIP_PREFIX))  # type: ignore[attr-defined]
+    elif layout == "sgm":
+        tensors.update(clip_l_to_original(p.text_encoder.state_dict()))  # type: ignore[attr-defined]
+        tensors.update(open_clip_to_original(p.text_encoder_2.state_dict()))  # type: ignore[attr-defined]
+    else:
+        raise ValueError(f"unknown single-file layout {layout!r}: expected sgm or ldm")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path
