@@ -18,32 +18,36 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default="tiny",
-        help="'tiny' (embedded random-weight TEST model), 'tiny-vit-h' and 'tiny-plus' (the same with a "
-        "ViT-H or a 'plus' IP-Adapter), 'sdxl' (hub repo, needs network or a filled cache), a diffusers "
-        "folder, or a single-file .safetensors checkpoint (default: tiny)",
+        help="'tiny' (embedded random-weight SDXL TEST model), 'tiny-vit-h' and 'tiny-plus' (the same with a "
+        "ViT-H or a 'plus' IP-Adapter), 'tiny-sd15' and 'tiny-sd15-plus' (an SD1.5 one), 'sdxl' or 'sd15' "
+        "(hub repos, need network or a filled cache), a diffusers folder, or a single-file .safetensors "
+        "checkpoint: SDXL (Illustrious, NoobAI, Pony...) or SD1.5, read from the file (default: tiny)",
     )
     group.add_argument(
         "--ip-adapter",
         help="IP-Adapter .bin/.safetensors file or hub path: plain (ip-adapter_sdxl, "
-        "ip-adapter_sdxl_vit-h) or plus (ip-adapter-plus_sdxl_vit-h, with the ViT-H --image-encoder; "
-        "no content subtraction)",
+        "ip-adapter_sdxl_vit-h, ip-adapter_sd15) or plus (ip-adapter-plus_sdxl_vit-h, ip-adapter-plus_sd15, "
+        "with the ViT-H --image-encoder; no content subtraction); default: the model family's plain one",
     )
-    group.add_argument("--image-encoder", help="CLIP image encoder folder or hub path")
+    group.add_argument(
+        "--image-encoder", help="CLIP image encoder folder or hub path (default: the model family's)"
+    )
     group.add_argument(
         "--content-text-encoder",
         default="auto",
         metavar="auto|none|PATH",
-        help="the CLIP text tower for content subtraction when SDXL's does not share the image encoder's "
-        "space (ViT-H adapters): auto (laion/CLIP-ViT-H-14-laion2B-s32B-b79K, loaded by the first job with "
-        "a content text), none, or a folder or repo id holding a CLIP model",
+        help="the CLIP text tower for content subtraction when the model's does not share the image "
+        "encoder's space (ViT-H adapters, SD1.5): auto (laion/CLIP-ViT-H-14-laion2B-s32B-b79K, loaded "
+        "by the first job with a content text), none, or a folder or repo id holding a CLIP model",
     )
     group.add_argument(
         "--controlnet",
-        help="canny ControlNet folder or repo id (e.g. diffusers/controlnet-canny-sdxl-1.0) for mode control",
+        help="canny ControlNet folder or repo id for mode control, or auto: the model family's "
+        "(diffusers/controlnet-canny-sdxl-1.0, lllyasviel/control_v11p_sd15_canny)",
     )
     group.add_argument(
         "--vae",
-        help="a separate SDXL VAE: folder, .safetensors file or repo id (e.g. madebyollin/sdxl-vae-fp16-fix, "
+        help="a separate VAE: folder, .safetensors file or repo id (e.g. madebyollin/sdxl-vae-fp16-fix, "
         "which decodes in fp16 without NaN and without the fp32 upcast)",
     )
     group.add_argument(
@@ -53,9 +57,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--preview-vae",
         default="auto",
         metavar="auto|none|PATH",
-        help="the tiny autoencoder for canvas-size step previews: auto (madebyollin/taesdxl from the hub "
-        "or its cache, else linear previews with one logged line), none (linear previews at 1/8 size), "
-        "or a folder, repo id, or taesdxl_decoder .safetensors/.pth file (an error at start if it fails)",
+        help="the tiny autoencoder for canvas-size step previews: auto (madebyollin/taesdxl, or taesd for "
+        "SD1.5, from the hub or its cache, else linear previews with one logged line), none (linear "
+        "previews at 1/8 size), or a folder, repo id, or taesd(xl)_decoder .safetensors/.pth file "
+        "(an error at start if it fails)",
     )
     group.add_argument(
         "--lora",
@@ -70,9 +75,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PRESET",
-        help="hyper-8-cfg, lightning-4 or lcm-4: a few-step preset to offer (repeatable), loading its "
-        "LoRA from the hub unless --lora gives a file under the LoRA's name; 'generate' also applies the "
-        "first one to its job",
+        help="hyper-8-cfg, lightning-4 (SDXL only) or lcm-4: a few-step preset to offer (repeatable), "
+        "loading its LoRA from the hub unless --lora gives a file under the LoRA's name; 'generate' also "
+        "applies the first one to its job",
     )
     group.add_argument(
         "--prediction",
@@ -107,24 +112,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-TINY_MODELS = ("tiny", "tiny-vit-h", "tiny-plus")
-"""``--model`` names of the tiny TEST model, one per IP-Adapter it comes with."""
+TINY_MODELS = ("tiny", "tiny-vit-h", "tiny-plus", "tiny-sd15", "tiny-sd15-plus")
+"""``--model`` names of the tiny TEST models, one per family and IP-Adapter they come with."""
 
 
 def model_spec(args: argparse.Namespace):  # -> ModelSpec
     from dataclasses import replace
 
     from backend.engine.loading import LoraSource, ModelSpec
-    from backend.engine.speed_presets import speed_preset
+    from backend.engine.speed_presets import ALL_PRESET_NAMES
     from backend.tiny.layouts import TinyAdapter, ensure_tiny_model
+    from protocol.enums import ModelFamily
 
-    if args.model in TINY_MODELS:
+    if args.model in ("tiny-sd15", "tiny-sd15-plus"):
+        from backend.tiny.sd15_layouts import ensure_tiny_sd15_model
+
+        spec = ensure_tiny_sd15_model().spec("diffusers", plus=args.model == "tiny-sd15-plus")
+    elif args.model in TINY_MODELS:
         adapter = {"tiny": TinyAdapter.SDXL, "tiny-vit-h": TinyAdapter.SDXL_VIT_H}.get(
             args.model, TinyAdapter.PLUS_SDXL_VIT_H
         )
         spec = ensure_tiny_model().spec("diffusers", adapter)
     elif args.model == "sdxl":
         spec = ModelSpec()
+    elif args.model == "sd15":
+        spec = ModelSpec(family=ModelFamily.SD15)
     else:
         spec = ModelSpec(base=args.model, label=Path(args.model).name)
     overrides = {
@@ -140,7 +152,7 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
     }
     spec = replace(spec, **{k: v for k, v in overrides.items() if v})
     loras = tuple(LoraSource.parse(text) for text in args.lora)
-    presets = tuple(speed_preset(name).name for name in dict.fromkeys(args.speed))
+    presets = tuple(name for name in dict.fromkeys(args.speed) if name in ALL_PRESET_NAMES)
     spec = replace(spec, loras=loras, speed_presets=presets)
     return replace(spec, local_files_only=True) if args.offline else spec
 

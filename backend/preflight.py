@@ -105,7 +105,7 @@ def check_lora_options(args: argparse.Namespace) -> None:
     """``--lora`` and ``--speed`` are well formed. A LoRA file that is missing or does not fit the model
     is no reason to refuse starting: the server serves without it and says why (``loras.py``)."""
     from backend.engine.loading import LoraSource
-    from backend.engine.speed_presets import speed_preset
+    from backend.engine.speed_presets import ALL_PRESET_NAMES
 
     for text in args.lora:
         try:
@@ -113,10 +113,11 @@ def check_lora_options(args: argparse.Namespace) -> None:
         except ValueError as error:
             raise ArgumentError(f"--lora {text}: {error}") from None
     for name in args.speed:
-        try:
-            speed_preset(name)
-        except ValueError as error:
-            raise ArgumentError(f"--speed {name}: {error}") from None
+        if name not in ALL_PRESET_NAMES:
+            raise ArgumentError(
+                f"--speed {name}: unknown speed preset {name!r}: "
+                f"expected one of {', '.join(ALL_PRESET_NAMES)}"
+            )
 
 
 def check_model_arguments(args: argparse.Namespace) -> None:

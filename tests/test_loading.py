@@ -118,7 +118,7 @@ def test_mismatched_embedding_spaces_refuse_content_subtraction_clearly(engine, 
     )
     encoder = StyleEncoder(engine.pipeline.image_encoder, engine.encoder.image_processor, other_text, None)
     assert not encoder.content_subtraction
-    with pytest.raises(EmbeddingSpaceMismatch, match="32-d embeddings and SDXL's text encoder 24-d"):
+    with pytest.raises(EmbeddingSpaceMismatch, match="32-d embeddings and the model's text encoder 24-d"):
         encoder.style_embedding([style_image], [1.0], "a cat", 0.5)
     assert encoder.style_embedding([style_image], [1.0]).shape == (1, 32)  # style alone works
 

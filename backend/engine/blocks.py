@@ -4,12 +4,13 @@ InstantStyle's first idea is to feed the IP-Adapter only into the blocks that
 carry style (``up_blocks.0.attentions.1``) and, optionally, spatial layout
 (``down_blocks.2.attentions.1``). diffusers' ``set_ip_adapter_scale`` accepts a
 per-block dict but silently drops block names that do not exist, so every map
-is built from, and checked against, the UNet's real structure here.
+is built from, and checked against, the UNet's real structure here. The names above are SDXL's;
+each model family's own (SD1.5: ``up_blocks.1``) come from ``family.py`` as ``preset_blocks``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.enums import BlockPreset
@@ -105,17 +106,26 @@ def custom_targets(layout: UNetAttentionLayout, custom: BlockScaleMap) -> dict[s
     return targets
 
 
+PresetBlocks = Mapping[str, Sequence[str]]
+"""The attention names each preset targets, by ``BlockPreset`` value (``FamilyTraits.preset_blocks``)."""
+
+
 def preset_targets(
-    layout: UNetAttentionLayout, preset: BlockPreset, custom: BlockScaleMap | None
+    layout: UNetAttentionLayout,
+    preset: BlockPreset,
+    custom: BlockScaleMap | None,
+    blocks: PresetBlocks | None = None,
 ) -> dict[str, float]:
-    """The unscaled per-attention weights (1.0 = full) that a preset selects."""
+    """The unscaled per-attention weights (1.0 = full) that a preset selects (``blocks``: the model
+    family's targets; None: SDXL's)."""
     if preset is BlockPreset.ALL:
         return dict.fromkeys(layout.attention_names(), 1.0)
     if preset is BlockPreset.CUSTOM:
         if not custom:
             raise BlockMapError("the custom preset needs a per-block scale map")
         return custom_targets(layout, custom)
-    return dict.fromkeys(PRESET_TARGETS[preset], 1.0)
+    names = PRESET_TARGETS[preset] if blocks is None else blocks[preset.value]
+    return dict.fromkeys(names, 1.0)
 
 
 def build_scale_map(
@@ -123,9 +133,10 @@ def build_scale_map(
     preset: BlockPreset,
     style_scale: float,
     custom: BlockScaleMap | None = None,
+    blocks: PresetBlocks | None = None,
 ) -> dict[str, object]:
     """The map for ``pipe.set_ip_adapter_scale``: the preset's targets times ``style_scale``."""
-    weights = preset_targets(layout, preset, custom)
+    weights = preset_targets(layout, preset, custom, blocks)
     return scales_for_targets(layout, {name: w * style_scale for name, w in weights.items()})
 
 

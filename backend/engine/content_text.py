@@ -172,16 +172,20 @@ def prefetch_tower(spec: ModelSpec, source: str, report: Callable[[DownloadProgr
 
 
 def content_tower_for(
-    spec: ModelSpec, image_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module
+    spec: ModelSpec,
+    image_encoder: torch.nn.Module,
+    shared: torch.nn.Module | None,
+    reference: torch.nn.Module,
 ) -> LazyTextTower | None:
-    """The separate tower, when the image encoder's space is not ``text_encoder_2``'s (ViT-bigG's is)
-    and the spec does not say ``none``; it loads in ``text_encoder_2``'s dtype and rests where it does."""
-    if image_encoder.config.projection_dim == text_encoder_2.config.projection_dim:  # type: ignore[union-attr]
+    """The separate tower, when the image encoder's space is not ``shared``'s (SDXL's text_encoder_2
+    shares ViT-bigG's; SD1.5 has no such tower) and the spec does not say ``none``; it loads in
+    ``reference``'s (a text encoder's) dtype and rests where it does."""
+    if shared is not None and image_encoder.config.projection_dim == shared.config.projection_dim:  # type: ignore[union-attr]
         return None
     source = tower_source(spec)
     if source is None:
         return None
-    weight = next(text_encoder_2.parameters())
+    weight = next(reference.parameters())
     dimension = image_encoder.config.projection_dim  # type: ignore[union-attr]
     return LazyTextTower(
         source, lambda: load_text_tower(spec, source, weight.dtype), weight.device, dimension

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .family import family_of
 from .host_decode import decode_to_host, encode_from_host, host_tile, vae_scale
 
 
@@ -82,11 +83,13 @@ def set_decode_tiles(vae: torch.nn.Module, always: bool, longest_side: int) -> i
 
 
 @contextlib.contextmanager
-def upcast(vae: torch.nn.Module) -> Iterator[bool]:
+def upcast(vae: torch.nn.Module, family_upcasts: bool = True) -> Iterator[bool]:
     """An fp16 SDXL VAE in fp32 while it works (it overflows in fp16: ``force_upcast``), and in its
-    own dtype again afterwards, failed or not. Yields whether it was upcast."""
+    own dtype again afterwards, failed or not. Yields whether it was upcast. ``family_upcasts``
+    False: the family's pipelines never upcast (SD1.5's decode in the VAE's dtype, whatever its
+    config's ``force_upcast``, which AutoencoderKL defaults to True)."""
     dtype = next(vae.parameters()).dtype  # diffusers' ``vae.dtype`` walks every module
-    upcasting = dtype == torch.float16 and bool(vae.config.force_upcast)  # type: ignore[attr-defined]
+    upcasting = family_upcasts and dtype == torch.float16 and bool(vae.config.force_upcast)  # type: ignore[attr-defined]
     try:
         if upcasting:
             vae.to(dtype=torch.float32)
@@ -98,23 +101,23 @@ def upcast(vae: torch.nn.Module) -> Iterator[bool]:
 
 @torch.no_grad()
 def encode_canvas(
-    vae: torch.nn.Module, picture: Image.Image, generator: torch.Generator
+    vae: torch.nn.Module, picture: Image.Image, generator: torch.Generator, family_upcasts: bool = True
 ) -> torch.Tensor | None:
     """A picture larger than one of the job's VAE tiles as the pipelines' scaled latents, encoded
     tile by tile from host memory; None: small enough for the pipeline's own encode."""
     tiles = host_tile(vae, max(picture.size) // vae_scale(vae))
     if tiles is None:
         return None
-    with upcast(vae):
+    with upcast(vae, family_upcasts):
         return encode_from_host(vae, picture, *tiles, generator, _execution_device(vae))
 
 
 @torch.no_grad()
 def decode(pipeline: object, latents: torch.Tensor) -> list[np.ndarray]:
-    """Final latents to float [0, 1] HWC images, exactly as the SDXL pipelines' own decode."""
+    """Final latents to float [0, 1] HWC images, exactly as the family's pipelines' own decode."""
     check_finite(latents, "latents")
     vae = pipeline.vae  # type: ignore[attr-defined]
-    with upcast(vae) as in_fp32:
+    with upcast(vae, family_of(pipeline).upcast_vae) as in_fp32:
         if in_fp32:
             latents = latents.to(torch.float32)
         latents = unscale(vae, latents).to(_execution_device(vae))

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from backend.engine.family import traits
 from backend.engine.loading import SINGLE_FILE_SUFFIXES, ModelSpec, is_local, load_errors
 from backend.engine.loading import HubFile as HubPath
 
@@ -42,6 +43,8 @@ class HubFolder:
     variant: str | None = None
     pipeline: bool = False
     """A diffusers pipeline repo: the folders are the components named in ``model_index.json``."""
+    skip: frozenset[str] = frozenset()
+    """Components of that pipeline never loaded (SD1.5's safety checker)."""
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,17 @@ def folder_files(listing: Iterable[str], folder: str, variant: str | None) -> li
     return sorted(small) + sorted(weights)
 
 
-def pipeline_folders(model_index: dict) -> list[str]:
-    """The component folders of a diffusers pipeline: entries of ``model_index.json`` naming a class."""
+def pipeline_folders(model_index: dict, skip: frozenset[str] = frozenset()) -> list[str]:
+    """The component folders of a diffusers pipeline: entries of ``model_index.json`` naming a class
+    (less those in ``skip``)."""
     return sorted(
         name
         for name, value in model_index.items()
-        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None
+        if not name.startswith("_")
+        and name not in skip
+        and isinstance(value, list)
+        and len(value) == 2
+        and value[0] is not None
     )
 
 
@@ -128,7 +136,7 @@ def plan_downloads(
         if folder.pipeline:
             chosen[(folder.repo_id, "model_index.json")] = files.get("model_index.json", 0)
             index = read_json(folder.repo_id, "model_index.json")
-            names = [f"{folder.subfolder}/{name}".strip("/") for name in pipeline_folders(index)]
+            names = [f"{folder.subfolder}/{name}".strip("/") for name in pipeline_folders(index, folder.skip)]
         else:
             names = [folder.subfolder]
         for name in names:
@@ -277,7 +285,8 @@ def wanted_from_hub(spec: ModelSpec, dtype: torch.dtype) -> tuple[list[HubFolder
     folders: list[HubFolder] = []
     singles: list[tuple[str, str]] = []
     if Path(spec.base).suffix not in SINGLE_FILE_SUFFIXES and not is_local(spec.base):
-        folders.append(HubFolder(spec.base, variant=variant, pipeline=True))
+        skip = traits(spec.family).skip_components if spec.family is not None else frozenset()
+        folders.append(HubFolder(spec.base, variant=variant, pipeline=True, skip=skip))
     if spec.vae and not is_local(spec.vae):
         folders.append(HubFolder(spec.vae))
     if not is_local(spec.image_encoder):

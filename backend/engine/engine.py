@@ -1,4 +1,4 @@
-"""The InstantStyle engine: diffusers' SDXL pipelines plus style-block injection.
+"""The InstantStyle engine: diffusers' SDXL or SD1.5 pipelines plus style-block injection.
 
 One engine holds one loaded model and runs one job at a time. It is
 deliberately thin over diffusers: ``set_ip_adapter_scale`` with a per-block map
@@ -18,35 +18,34 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
-from protocol.enums import BlockPreset, ImageAdapter, Mode
+from protocol.enums import BlockPreset, Mode
 from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
 from .adapters import adapter_info
 from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
-from .canny import canny
-from .content_text import content_tower_for, prefetch_tower
-from .decode import check_finite, decode, encode_canvas, set_decode_tiles
+from .call_kwargs import check_family_request, pipeline_kwargs
+from .content_text import prefetch_tower
+from .decode import check_finite, decode, set_decode_tiles
 from .engine_loading import load_parts
+from .family import family_of
 from .load_plan import EngineInfo, LoadPlan, download_status, engine_info
 from .loading import ModelSpec
 from .loras import LoraSet
 from .memory import MemoryTier, unet_alone, visiting
 from .mode_pipelines import mode_pipeline
 from .precise import PreciseLayout
-from .prediction import default_guidance_rescale, model_prediction
+from .prediction import model_prediction
 from .preview_vae import LoadedPreviewVae
 from .previews import DenoisedCapture, PreviewStream, StepPreview, job_previews, result_preview
-from .prompt_cache import PromptCache, PromptKey
+from .prompt_cache import PromptCache
 from .refine import run_refined
-from .regions import style_and_masks
 from .request import GenerationRequest, GenerationResult, JobCancelled
 from .samplers import JobSchedulers
 from .scores import score_images
 from .speed_presets import SpeedPreset, speed_preset
 from .step_noise import step_noise_on_device
-from .style_embedding import StyleEncoder, ip_adapter_embeds
+from .style_setup import style_encoder_for
 from .sweep import run_sweep
 from .warm_up import warm_up
 
@@ -57,7 +56,7 @@ StatusCallback = Callable[[ModelStatus], None]
 
 
 class InstantStyleEngine:
-    """Runs InstantStyle jobs on one loaded SDXL + IP-Adapter model."""
+    """Runs InstantStyle jobs on one loaded SDXL or SD1.5 + IP-Adapter model."""
 
     def __init__(
         self,
@@ -74,30 +73,16 @@ class InstantStyleEngine:
         """``device``: where jobs run (default: where the UNet's weights are, i.e. the full tier);
         ``loras``: the LoRAs loaded into ``pipeline`` (``load_planned`` loads those of the spec);
         ``preview_vae``: the tiny autoencoder for previews (None: the linear previews)."""
-        from transformers import CLIPImageProcessorPil
-
         self.pipeline = pipeline
         self.memory_tier = memory_tier
         self._device = device or pipeline.unet.device  # type: ignore[attr-defined]
         self.spec = spec
+        self.family = family_of(pipeline)
         self.layout = UNetAttentionLayout.of(pipeline.unet)  # type: ignore[attr-defined]
-        image_encoder = pipeline.image_encoder  # type: ignore[attr-defined]
-        size = image_encoder.config.image_size
-        processor = CLIPImageProcessorPil(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-        )
+        self.preset_blocks = self.family.preset_blocks(self.layout)
         self.adapter = adapter_info(pipeline, spec)
-        self.encoder = StyleEncoder(
-            image_encoder,
-            processor,
-            pipeline.text_encoder_2,  # type: ignore[attr-defined]
-            pipeline.tokenizer_2,  # type: ignore[attr-defined]
-            cache_size=cache_size,
-            execution_device=self._device,
-            features=self.adapter.kind,
-            content_tower=None
-            if self.adapter.kind is ImageAdapter.PLUS
-            else content_tower_for(spec, image_encoder, pipeline.text_encoder_2),  # type: ignore[attr-defined]
+        self.encoder = style_encoder_for(
+            pipeline, spec, self.family, self.adapter.kind, self._device, cache_size
         )
         self.controlnet = controlnet
         self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
@@ -105,7 +90,7 @@ class InstantStyleEngine:
         self._dtype: torch.dtype = pipeline.unet.dtype  # type: ignore[attr-defined]
         """Read once: diffusers' ``dtype`` walks every module of the UNet (~2 ms a job on the tiny model)."""
         self.loras = loras or LoraSet(pipeline)
-        self.precise = PreciseLayout(pipeline.unet)  # type: ignore[attr-defined]
+        self.precise = PreciseLayout(pipeline.unet, self.preset_blocks["layout_push"])  # type: ignore[attr-defined]
         self._running_previews: PreviewStream | None = None
         """The step previews of the job running now (``flush_previews``)."""
         self.applied_scales = AppliedScales()
@@ -165,7 +150,7 @@ class InstantStyleEngine:
     @property
     def speed_presets(self) -> list[SpeedPreset]:
         """The speed presets asked for at start whose LoRA loaded."""
-        presets = [speed_preset(name) for name in self.spec.speed_presets]
+        presets = [speed_preset(name, self.family.family) for name in self.spec.speed_presets]
         return [preset for preset in presets if preset.lora.name in self.loras.loaded]
 
     @property
@@ -187,6 +172,8 @@ class InstantStyleEngine:
             prediction=model_prediction(self.schedulers.model_scheduler).value,
             image_adapter=self.adapter.kind,
             content_subtraction=self.encoder.content_subtraction,
+            family=self.family.family,
+            preset_blocks=self.preset_blocks,
         )
 
     @property
@@ -196,7 +183,8 @@ class InstantStyleEngine:
 
     @property
     def native_side(self) -> int:
-        """The side in pixels the UNet was trained at (1024 for SDXL): jobs above it refine in tiles."""
+        """The side in pixels the UNet was trained at (1024 for SDXL, 512 for SD1.5): jobs above it
+        refine in tiles."""
         sample = self.pipeline.unet.config.sample_size  # type: ignore[attr-defined]
         return int(sample[0] if isinstance(sample, (list, tuple)) else sample) * 8
 
@@ -216,61 +204,13 @@ class InstantStyleEngine:
         return self._pipelines[mode]
 
     def scale_map(self, request: GenerationRequest) -> dict[str, object]:
-        return build_scale_map(self.layout, request.preset, request.style_scale, request.block_scales)
+        return build_scale_map(
+            self.layout, request.preset, request.style_scale, request.block_scales, self.preset_blocks
+        )
 
     def pipeline_kwargs(self, request: GenerationRequest) -> dict[str, object]:
-        """Everything the diffusers pipeline is called with, except the callback."""
-        style, masks = style_and_masks(self.encoder, request)
-        guidance = request.guidance_scale > 1.0
-        prompt = PromptKey(
-            request.prompt, request.negative_prompt, guidance, self.loras.text_state(request.loras)
-        )
-        kwargs: dict[str, object] = {
-            **self.prompts.encodings(self.pipeline, prompt).as_kwargs(),
-            "ip_adapter_image_embeds": ip_adapter_embeds(
-                style.to(device=self.device, dtype=self.dtype),
-                guidance,
-                self.encoder.negative_features() if guidance else None,
-            ),
-            "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance_scale,
-            "guidance_rescale": default_guidance_rescale(self.schedulers.model_scheduler)
-            if request.guidance_rescale is None
-            else request.guidance_rescale,
-            "num_images_per_prompt": request.batch,
-            # CPU generators: the same seed gives the same noise on every device.
-            "generator": [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.batch)],
-            "width": request.width,
-            "height": request.height,
-            # The engine decodes itself (decode.py): the VAE's dtype survives a failed decode.
-            "output_type": "latent",
-        }
-        if masks is not None:
-            kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": [m.to(self.device) for m in masks]}
-        size = (request.width, request.height)
-        if request.mode is Mode.CONTROL:
-            assert request.init_image is not None
-            kwargs["image"] = canny(request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
-            kwargs["controlnet_conditioning_scale"] = request.control_scale
-            del kwargs["guidance_rescale"]  # diffusers' ControlNet pipelines have none
-            return kwargs
-        if request.mode is not Mode.TXT2IMG:
-            assert request.init_image is not None
-            picture = request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-            # A canvas (the refining stage) is encoded tile by tile from host memory.
-            latents = (
-                encode_canvas(self.pipeline.vae, picture, kwargs["generator"][0])
-                if request.batch == 1
-                else None
-            )  # type: ignore[attr-defined,index]
-            kwargs["image"] = picture if latents is None else latents
-            kwargs["strength"] = request.strength
-        if request.mode is Mode.IMG2IMG:
-            del kwargs["width"], kwargs["height"]
-        if request.mode is Mode.INPAINT:
-            assert request.mask is not None
-            kwargs["mask_image"] = request.mask.convert("L").resize(size, Image.Resampling.NEAREST)
-        return kwargs
+        """Everything the diffusers pipeline is called with, except the callback (``call_kwargs.py``)."""
+        return pipeline_kwargs(self, request)
 
     def prepare(self, request: GenerationRequest) -> tuple[object, dict[str, object]]:
         """Select the pipeline, set its per-block IP-Adapter scales, and build its call arguments.
@@ -279,6 +219,7 @@ class InstantStyleEngine:
         returns latents, which ``decode.decode(pipe, latents)`` turns into the pictures.
         """
         request.validate()
+        check_family_request(self, request)
         pipe = self.pipeline_for(request.mode)
         self.precise.set(None)  # diffusers sets the scales of its own processors only
         self.applied_scales.apply(pipe, self.pipeline.unet, self.scale_map(request))  # type: ignore[attr-defined]
@@ -354,7 +295,7 @@ class InstantStyleEngine:
         into uint8 pictures."""
         pipe, kwargs = self.prepare(request)
         capture = DenoisedCapture()
-        previews = job_previews(request, on_step, self.device, self.preview_vae.vae)
+        previews = job_previews(request, on_step, self.device, self.preview_vae.vae, self.family.family)
         self._running_previews = previews
         last: tuple[int, torch.Tensor] | None = None
         """The last step and its latents: its preview is the result itself, once decoded."""

@@ -13,6 +13,7 @@ from protocol.messages import ModelStatus
 
 from .adapters import adapter_info
 from .downloads import prefetch
+from .family_detect import detect_family
 from .load_plan import LoadPlan, download_status
 from .loading import load_controlnet, load_models
 from .loras import LoraSet
@@ -43,7 +44,7 @@ def load_parts(plan: LoadPlan, report: Callable[[ModelStatus], None]) -> LoadedP
     pipeline = load_models(spec, device, dtype)
     adapter_info(pipeline, spec)
     loras = LoraSet(pipeline)
-    for source in lora_sources(list(spec.speed_presets), list(spec.loras)):
+    for source in lora_sources(list(spec.speed_presets), list(spec.loras), detect_family(spec)):
         where = "" if source.local else " (downloading it first if needed)"
         report(ModelStatus(ModelPhase.LOADING, f"Loading LoRA {source.name}{where}"))
         loras.load([source], spec.cache_dir, spec.local_files_only)

@@ -10,10 +10,12 @@ from protocol.enums import Mode, ModelPhase
 from protocol.messages import ModelStatus
 
 from .downloads import DownloadProgress
+from .family_detect import resolve_spec
 from .image_encoders import image_encoder_kind
-from .loading import ModelSpec, pick_device, pick_dtype
+from .loading import ModelLoadError, ModelSpec, pick_device, pick_dtype
 from .memory import MemoryTier
 from .memory_budget import pick_tier
+from .speed_presets import speed_preset
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class LoadPlan:
         memory_tier: str | None = "auto",
         compile: bool = False,
     ) -> LoadPlan:
+        spec = resolve_spec(spec)  # the family, read from the checkpoint, and its default parts
+        check_speed_presets(spec)
         torch_device = pick_device(device)
         previews = spec.preview_vae.strip().lower() != "none"
         torch_dtype = pick_dtype(torch_device, dtype)
@@ -69,6 +73,16 @@ class LoadPlan:
     def modes(self) -> list[Mode]:
         """What the loaded engine will run: ``control`` needs a ControlNet."""
         return [mode for mode in Mode if mode is not Mode.CONTROL or self.spec.controlnet is not None]
+
+
+def check_speed_presets(spec: ModelSpec) -> None:
+    """Each speed preset asked for has a LoRA for the model's family (SD1.5 has no Lightning)."""
+    assert spec.family is not None
+    for name in spec.speed_presets:
+        try:
+            speed_preset(name, spec.family)
+        except ValueError as error:
+            raise ModelLoadError(spec.base, "speed presets this model's family has", str(error)) from None
 
 
 def download_status(progress: DownloadProgress) -> ModelStatus:

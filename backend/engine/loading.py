@@ -1,4 +1,4 @@
-"""Loading SDXL, the IP-Adapter and its image encoder the ways artists have them.
+"""Loading the base model (SDXL or SD1.5), the IP-Adapter and its image encoder the ways artists have them.
 
 Three sources for the base model: a diffusers folder, a single-file
 ``.safetensors`` checkpoint (what most artists download), or a Hugging Face repo
@@ -21,6 +21,8 @@ from typing import TypeVar
 
 import torch
 
+from protocol.enums import Mode, ModelFamily
+
 from .prediction import Prediction
 from .prediction import configured as configured_scheduler
 from .prediction import resolve as resolve_prediction
@@ -35,6 +37,7 @@ TAESDXL_REPO = "madebyollin/taesdxl"
 VIT_H_TEXT_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 """OpenCLIP ViT-H-14's text tower: the space of the ViT-H adapters' image encoder (content_text.py)."""
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SDXL_LABEL = "SDXL base 1.0 + ip-adapter_sdxl"
 
 
 class ModelLoadError(RuntimeError):
@@ -58,8 +61,8 @@ class ModelSpec:
     image_encoder: str = IMAGE_ENCODER_HUB_PATH
     """A local folder, or ``owner/repo/subfolder`` on the hub."""
     controlnet: str | None = None
-    """A canny ControlNet (folder or repo id, e.g. ``diffusers/controlnet-canny-sdxl-1.0``), optional:
-    it enables the ``control`` mode (restyle a picture while keeping its lines)."""
+    """A canny ControlNet (folder or repo id, e.g. ``diffusers/controlnet-canny-sdxl-1.0``; ``auto``: the
+    family's), optional: it enables the ``control`` mode (restyle a picture while keeping its lines)."""
     vae: str | None = None
     """A VAE to use instead of the base model's own: a folder, a ``.safetensors`` file or a repo id
     (``madebyollin/sdxl-vae-fp16-fix`` decodes in fp16 without NaN and needs no fp32 upcast)."""
@@ -83,8 +86,11 @@ class ModelSpec:
     """What ``auto`` tries (the tiny test model names its own tiny one)."""
     cache_dir: str | None = None
     local_files_only: bool = False
-    label: str = "SDXL base 1.0 + ip-adapter_sdxl"
+    label: str = SDXL_LABEL
     is_test_model: bool = False
+    family: ModelFamily | None = None
+    """SDXL or SD1.5; None: read from the checkpoint (``family_detect.resolve_spec`` sets it, with the
+    family's default IP-Adapter, image encoder and preview autoencoder where the spec has SDXL's)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ def check_diffusers_folder(folder: Path) -> None:
     """A diffusers pipeline folder: ``model_index.json`` plus intact weights."""
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(
-            folder, "a diffusers SDXL folder with model_index.json", "model_index.json missing"
+            folder, "a diffusers pipeline folder with model_index.json", "model_index.json missing"
         )
     for weights in sorted(folder.rglob("*.safetensors")):
         check_safetensors(weights, f"{weights.parent.name} weights in safetensors format")
@@ -213,29 +219,38 @@ def from_hub_preferring_fp16(load: Callable[..., T], repo: str, dtype: torch.dty
 
 
 def load_base_pipeline(spec: ModelSpec, dtype: torch.dtype) -> object:
-    """The SDXL text-to-image pipeline from a folder, a single file or the hub."""
-    from diffusers import StableDiffusionXLPipeline
+    """The family's text-to-image pipeline (SDXL or SD1.5) from a folder, a single file or the hub."""
+    import diffusers
 
+    from .family import traits
+    from .family_detect import detect_family
+
+    family = traits(detect_family(spec))
+    pipeline_class = getattr(diffusers, family.pipelines[Mode.TXT2IMG])
+    extra: dict[str, object] = dict.fromkeys(family.skip_components)  # never loaded: None
+    if family.skip_components:
+        extra["requires_safety_checker"] = False
     hub_kwargs = {"cache_dir": spec.cache_dir, "local_files_only": spec.local_files_only}
     source = Path(spec.base).expanduser()
-    with load_errors(spec.base, "an SDXL model (diffusers folder, single file or repo id)"):
+    what = f"an {family.label} model"
+    with load_errors(spec.base, f"{what} (diffusers folder, single file or repo id)"):
         if source.suffix in SINGLE_FILE_SUFFIXES:
             if not source.is_file():
-                raise ModelLoadError(source, "an SDXL single-file checkpoint", "file not found")
+                raise ModelLoadError(source, f"{what} single-file checkpoint", "file not found")
             if source.suffix == ".safetensors":
-                check_safetensors(source, "an SDXL single-file checkpoint")
-            return StableDiffusionXLPipeline.from_single_file(
-                str(source), config=spec.base_config, dtype=dtype, **hub_kwargs
+                check_safetensors(source, f"{what} single-file checkpoint")
+            return pipeline_class.from_single_file(
+                str(source), config=spec.base_config, dtype=dtype, **extra, **hub_kwargs
             )
         if is_local(spec.base):
             if not source.is_dir():
                 raise ModelLoadError(
-                    source, "a diffusers SDXL folder or a .safetensors checkpoint", "not found"
+                    source, f"a diffusers {family.label} folder or a .safetensors checkpoint", "not found"
                 )
             check_diffusers_folder(source)
-            return StableDiffusionXLPipeline.from_pretrained(str(source), dtype=dtype)
+            return pipeline_class.from_pretrained(str(source), dtype=dtype, **extra)
         return from_hub_preferring_fp16(
-            StableDiffusionXLPipeline.from_pretrained, spec.base, dtype, **hub_kwargs
+            pipeline_class.from_pretrained, spec.base, dtype, **extra, **hub_kwargs
         )
 
 
@@ -260,7 +275,7 @@ def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
 def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
     """diffusers' own ``load_ip_adapter``, with the image encoder provided separately."""
     source = spec.ip_adapter
-    with load_errors(source, "IP-Adapter weights for SDXL (image_proj + ip_adapter)"):
+    with load_errors(source, "IP-Adapter weights (image_proj + ip_adapter) for this model"):
         if is_local(source):
             path = Path(source).expanduser()
             if path.suffix not in (".bin", ".safetensors"):
@@ -291,7 +306,7 @@ def load_controlnet(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | No
         return None
     from diffusers import ControlNetModel
 
-    with load_errors(spec.controlnet, "an SDXL ControlNet (canny), diffusers format"):
+    with load_errors(spec.controlnet, "a ControlNet (canny) for this model's family, diffusers format"):
         if is_local(spec.controlnet):
             folder = check_model_folder(spec.controlnet, "ControlNet")
             return ControlNetModel.from_pretrained(str(folder), dtype=dtype)
@@ -310,11 +325,11 @@ def load_vae(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | None:
         return None
     from diffusers import AutoencoderKL
 
-    with load_errors(spec.vae, "an SDXL VAE (AutoencoderKL): folder, .safetensors file or repo id"):
+    with load_errors(spec.vae, "a VAE (AutoencoderKL): folder, .safetensors file or repo id"):
         if is_local(spec.vae):
             path = Path(spec.vae).expanduser()
             if path.suffix == ".safetensors":
-                check_safetensors(path, "SDXL VAE weights")
+                check_safetensors(path, "VAE weights")
                 return AutoencoderKL.from_single_file(str(path), dtype=dtype)
             return AutoencoderKL.from_pretrained(str(check_model_folder(spec.vae, "VAE")), dtype=dtype)
         return AutoencoderKL.from_pretrained(
@@ -334,7 +349,7 @@ def quiet_libraries() -> None:
 
 
 def load_models(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> object:
-    """The SDXL pipeline with the IP-Adapter loaded and the image encoder attached, still in CPU memory:
+    """The family's pipeline with the IP-Adapter loaded and the image encoder attached, still in CPU memory:
     the memory tier decides what goes to ``device``."""
     quiet_libraries()
     log.info("loading %s on %s (%s)", spec.label, device, dtype)

@@ -6,32 +6,30 @@ import torch
 
 from protocol.enums import Mode
 
+from .family import family_of
 from .request import RequestError
 
 
 def mode_pipeline(base: object, mode: Mode, controlnet: torch.nn.Module | None, dtype: torch.dtype) -> object:
-    """img2img, inpaint or ControlNet from ``base`` (txt2img), every module shared.
+    """img2img, inpaint or ControlNet from ``base`` (txt2img), every module shared, in ``base``'s
+    family (SDXL's or SD1.5's classes).
 
     ``from_pipe`` casts every shared module to its ``dtype``, fp32 when none is given: without the
     model's own dtype the first img2img job doubled a half-precision model's memory."""
-    from diffusers import (
-        StableDiffusionXLControlNetPipeline,
-        StableDiffusionXLImg2ImgPipeline,
-        StableDiffusionXLInpaintPipeline,
-    )
+    import diffusers
 
     if mode is Mode.TXT2IMG:
         return base
+    family = family_of(base)
+    pipeline_class = getattr(diffusers, family.pipelines[mode])
     if mode is Mode.CONTROL:
         if controlnet is None:
             raise RequestError(
-                "this backend has no ControlNet loaded: start it with --controlnet "
-                "(e.g. diffusers/controlnet-canny-sdxl-1.0) to restyle while keeping the lines"
+                "this backend has no ControlNet loaded: start it with --controlnet auto "
+                f"(for this {family.label} model: {family.controlnet}) to restyle while keeping the lines"
             )
-        pipe = StableDiffusionXLControlNetPipeline.from_pipe(base, controlnet=controlnet, dtype=dtype)
-    elif mode is Mode.IMG2IMG:
-        pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(base, dtype=dtype)
+        pipe = pipeline_class.from_pipe(base, controlnet=controlnet, dtype=dtype)
     else:
-        pipe = StableDiffusionXLInpaintPipeline.from_pipe(base, dtype=dtype)
+        pipe = pipeline_class.from_pipe(base, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -13,6 +13,8 @@ diffusers skips). No compute is added, and nothing of diffusers' attention is co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .blocks import LAYOUT_BLOCK
@@ -64,11 +66,14 @@ class PreciseLayoutProcessor(torch.nn.Module):
         return torch.cat([run(slice(0, half), self.push), run(slice(half, None), 0.0)])
 
 
-def layout_processor_names(unet: torch.nn.Module) -> list[str]:
-    """The cross-attention processors of the layout block (one per transformer layer)."""
-    prefix = f"{LAYOUT_BLOCK}."
+def layout_processor_names(unet: torch.nn.Module, blocks: Sequence[str] = (LAYOUT_BLOCK,)) -> list[str]:
+    """The cross-attention processors of the layout blocks (one per transformer layer; SDXL's one
+    block unless the family names its own: SD1.5's ``down_blocks.2.attentions.0`` and ``.1``)."""
+    prefixes = tuple(f"{block}." for block in blocks)
     return [
-        name for name in unet.attn_processors if name.startswith(prefix) and name.endswith("attn2.processor")
+        name
+        for name in unet.attn_processors
+        if name.startswith(prefixes) and name.endswith("attn2.processor")
     ]
 
 
@@ -76,9 +81,9 @@ class PreciseLayout:
     """Installs the wrappers for a precise job and takes them out for any other (per job, like the
     scheduler), so that ``pipe(**kwargs)`` after ``prepare`` is exactly the job."""
 
-    def __init__(self, unet: torch.nn.Module) -> None:
+    def __init__(self, unet: torch.nn.Module, blocks: Sequence[str] = (LAYOUT_BLOCK,)) -> None:
         self.unet = unet
-        self.names = layout_processor_names(unet)
+        self.names = layout_processor_names(unet, blocks)
         self.installed: float | None = None
         """The push the wrappers are installed at (None: diffusers' own processors), so that jobs
         without the precise preset do not walk the UNet's processors twice each."""

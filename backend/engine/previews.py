@@ -1,11 +1,11 @@
-"""Cheap RGB previews of SDXL latents, for streaming every denoising step.
+"""Cheap RGB previews of latents (SDXL's or SD1.5's), for streaming every denoising step.
 
 A full VAE decode costs more than a UNet step, so previews come from one of two
 renderers of the scheduler's x0 estimate:
 
-- ``rgb_tensor``: the published linear approximation from SDXL's four latent
+- ``rgb_tensor``: the published linear approximation from the family's four latent
   channels to RGB, one tiny matrix product per pixel at latent resolution;
-- ``TinyVaeRenderer``: the tiny autoencoder (TAESD-XL, ``preview_vae.py``), at the
+- ``TinyVaeRenderer``: the tiny autoencoder (TAESD-XL or TAESD, ``preview_vae.py``), at the
   size the client asks for, up to the image's.
 
 On a GPU, fetching a preview must not stall the denoising loop: ``PreviewStream``
@@ -27,20 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from protocol.enums import ModelFamily
+
+from .family import SDXL, traits
 from .preview_budget import Picture, PreviewBudget
 from .request import GenerationRequest
 from .scheduler_step import Step, wrapped_step
 
-# Rows = latent channels, columns = R, G, B; applies to diffusers' scaled latents.
-SDXL_LATENT_RGB_FACTORS = torch.tensor(
-    [
-        [0.3651, 0.4232, 0.4341],
-        [-0.2533, -0.0042, 0.1068],
-        [0.1076, 0.1111, -0.0362],
-        [-0.3165, -0.2492, -0.2188],
-    ]
-)
-SDXL_LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
+# Rows = latent channels, columns = R, G, B; applies to diffusers' scaled latents (each family's own).
+SDXL_LATENT_RGB_FACTORS = torch.tensor(SDXL.latent_rgb_factors)
+SDXL_LATENT_RGB_BIAS = torch.tensor(SDXL.latent_rgb_bias)
 
 
 @dataclass(frozen=True)
@@ -76,13 +72,13 @@ class StepPreview:
         return 0 if self.rgb is None else int(self.rgb.shape[0])
 
 
-def rgb_tensor(latents: torch.Tensor) -> torch.Tensor:
-    """Scaled SDXL latents (B, 4, h, w) as a uint8 (h, w, 3) image of the first sample, computed
-    where the latents are."""
+def rgb_tensor(latents: torch.Tensor, family: ModelFamily = ModelFamily.SDXL) -> torch.Tensor:
+    """Scaled latents (B, 4, h, w) of a ``family`` model as a uint8 (h, w, 3) image of the first
+    sample, computed where the latents are."""
     if latents.ndim != 4 or latents.shape[1] != SDXL_LATENT_RGB_FACTORS.shape[0]:
         raise ValueError(f"expected latents of shape (B, 4, h, w), got {tuple(latents.shape)}")
     first = latents[0].detach().to(dtype=torch.float32)
-    factors, bias = _linear_rgb(first.device)
+    factors, bias = _linear_rgb(first.device, family)
     # (4, h, w) -> (h, w, 4) @ (4, 3) -> (h, w, 3)
     rgb = torch.matmul(first.permute(1, 2, 0), factors) + bias
     rgb = ((rgb.clamp_(-1.0, 1.0) + 1.0) * 127.5).round_()
@@ -90,15 +86,18 @@ def rgb_tensor(latents: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _linear_rgb(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear_rgb(device: torch.device, family: ModelFamily) -> tuple[torch.Tensor, torch.Tensor]:
     """The linear previews' factors and bias on ``device``, copied there once: a copy from CPU memory
     on every step waits for the GPU's queued work (a stall that the one-step-late hand-over avoids)."""
-    return SDXL_LATENT_RGB_FACTORS.to(device), SDXL_LATENT_RGB_BIAS.to(device)
+    known = traits(family)
+    return torch.tensor(known.latent_rgb_factors, device=device), torch.tensor(
+        known.latent_rgb_bias, device=device
+    )
 
 
-def latents_to_rgb(latents: torch.Tensor) -> np.ndarray:
-    """Map scaled SDXL latents (B, 4, h, w) to a uint8 (h, w, 3) image of the first sample."""
-    return rgb_tensor(latents).cpu().numpy()
+def latents_to_rgb(latents: torch.Tensor, family: ModelFamily = ModelFamily.SDXL) -> np.ndarray:
+    """Map scaled latents (B, 4, h, w) to a uint8 (h, w, 3) image of the first sample."""
+    return rgb_tensor(latents, family).cpu().numpy()
 
 
 Renderer = Callable[[torch.Tensor], torch.Tensor]
@@ -130,8 +129,9 @@ class LinearRenderer:
     """Linear previews of ``size`` (width, height) from larger latents: a canvas refined at its own
     resolution has more latent pixels than the preview asked for."""
 
-    def __init__(self, size: tuple[int, int]) -> None:
+    def __init__(self, size: tuple[int, int], family: ModelFamily = ModelFamily.SDXL) -> None:
         self.size = size
+        self.family = family
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         width, height = self.size
@@ -140,7 +140,7 @@ class LinearRenderer:
             first = F.interpolate(
                 first, size=(height, width), mode="bilinear", antialias=True, align_corners=False
             )
-        return rgb_tensor(first)
+        return rgb_tensor(first, self.family)
 
 
 class TinyVaeRenderer:
@@ -307,9 +307,10 @@ def job_previews(
     on_step: Callable[[StepPreview], None] | None,
     device: torch.device,
     tiny_vae: torch.nn.Module | None,
+    family: ModelFamily = ModelFamily.SDXL,
 ) -> PreviewStream | None:
     """The job's previews, within its budget: drawn by the tiny autoencoder at the asked size, else
-    linear. None without a step callback."""
+    linear (with ``family``'s factors). None without a step callback."""
     if on_step is None:
         return None
     if not request.step_pictures:
@@ -321,8 +322,9 @@ def job_previews(
     if tiny_vae is None:  # the last picture as small as the linear ones: latent resolution, at most
         latent_side = max(request.width, request.height) // 8  # the asked size (a refined canvas)
         if latent_side <= request.preview_side:
-            return PreviewStream(on_step, device, budget=budget, last_side=latent_side)
-        linear = LinearRenderer(preview_size(request.width, request.height, request.preview_side))
+            own = functools.partial(rgb_tensor, family=family)
+            return PreviewStream(on_step, device, render=own, budget=budget, last_side=latent_side)
+        linear = LinearRenderer(preview_size(request.width, request.height, request.preview_side), family)
         return PreviewStream(on_step, device, render=linear, budget=budget, last_side=request.preview_side)
     width, height = preview_size(request.width, request.height, request.preview_side)
     render = TinyVaeRenderer(tiny_vae, (width, height))

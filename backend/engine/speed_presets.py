@@ -8,13 +8,15 @@ local file given with ``--lora <lora name>=<file>``.
   negative branch, and with it the negative prompt, still works;
 - SDXL-Lightning and LCM run with guidance 1 or less: CFG is off, the pipeline makes one UNet pass per
   step, and the style embedding is passed without its negative (``ip_adapter_embeds``).
+
+Each model family has its own LoRAs: SD1.5 has Hyper-SD's and LCM's, and no Lightning.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.enums import Sampler
+from protocol.enums import ModelFamily, Sampler
 
 from .loading import LoraSource
 
@@ -67,22 +69,60 @@ SPEED_PRESETS: dict[str, SpeedPreset] = {
 }
 
 
-def speed_preset(name: str) -> SpeedPreset:
-    try:
-        return SPEED_PRESETS[name]
-    except KeyError:
+SD15_SPEED_PRESETS: dict[str, SpeedPreset] = {
+    preset.name: preset
+    for preset in (
+        SpeedPreset(
+            "hyper-8-cfg",
+            "Hyper 8 steps (CFG)",
+            LoraSource("hyper-sd15-8steps-cfg", "ByteDance/Hyper-SD/Hyper-SD15-8steps-CFG-lora.safetensors"),
+            1.0,
+            Sampler.DDIM_TRAILING,
+            8,
+            5.0,
+        ),
+        SpeedPreset(
+            "lcm-4",
+            "LCM 4 steps",
+            LoraSource(
+                "lcm-lora-sdv1-5", "latent-consistency/lcm-lora-sdv1-5/pytorch_lora_weights.safetensors"
+            ),
+            1.0,
+            Sampler.LCM,
+            4,
+            1.0,
+        ),
+    )
+}
+
+FAMILY_SPEED_PRESETS: dict[ModelFamily, dict[str, SpeedPreset]] = {
+    ModelFamily.SDXL: SPEED_PRESETS,
+    ModelFamily.SD15: SD15_SPEED_PRESETS,
+}
+ALL_PRESET_NAMES = tuple(dict.fromkeys(name for presets in FAMILY_SPEED_PRESETS.values() for name in presets))
+
+
+def speed_preset(name: str, family: ModelFamily = ModelFamily.SDXL) -> SpeedPreset:
+    presets = FAMILY_SPEED_PRESETS[family]
+    if name in presets:
+        return presets[name]
+    if name in ALL_PRESET_NAMES:
         raise ValueError(
-            f"unknown speed preset {name!r}: expected one of {', '.join(SPEED_PRESETS)}"
-        ) from None
+            f"speed preset {name!r} has no LoRA for {family.label} models: "
+            f"expected one of {', '.join(presets)}"
+        )
+    raise ValueError(f"unknown speed preset {name!r}: expected one of {', '.join(ALL_PRESET_NAMES)}")
 
 
-def lora_sources(presets: list[str], loras: list[LoraSource]) -> list[LoraSource]:
+def lora_sources(
+    presets: list[str], loras: list[LoraSource], family: ModelFamily = ModelFamily.SDXL
+) -> list[LoraSource]:
     """The LoRAs to load: the artist's own, then each preset's unless one of that name is given
     (a local copy of a preset's LoRA replaces its hub download)."""
     named = {source.name for source in loras}
     wanted = list(loras)
     for name in presets:
-        source = speed_preset(name).lora
+        source = speed_preset(name, family).lora
         if source.name not in named:
             wanted.append(source)
             named.add(source.name)

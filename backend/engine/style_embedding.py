@@ -125,8 +125,8 @@ class StyleEncoder:
         self,
         image_encoder: torch.nn.Module,
         image_processor: object,
-        text_encoder: torch.nn.Module,
-        tokenizer: object,
+        text_encoder: torch.nn.Module | None,
+        tokenizer: object | None,
         cache_size: int = 64,
         execution_device: torch.device | None = None,
         features: ImageAdapter = ImageAdapter.PLAIN,
@@ -136,11 +136,17 @@ class StyleEncoder:
         """What the adapter reads: the pooled embedding (plain) or the patch features (plus)."""
         self.content_tower = content_tower
         """The image encoder's own CLIP text tower, loaded on first use, when ``text_encoder`` (SDXL's)
-        does not share its space (ViT-H adapters); its size is checked once it is loaded."""
+        does not share its space (ViT-H adapters; SD1.5 has no ``text_encoder`` of that kind: None);
+        its size is checked once it is loaded."""
         self.image_dim = image_encoder.config.projection_dim  # type: ignore[union-attr]
         self.text_dim = (
-            self.image_dim if content_tower is not None else text_encoder.config.projection_dim  # type: ignore[union-attr]
+            self.image_dim
+            if content_tower is not None
+            else 0
+            if text_encoder is None
+            else text_encoder.config.projection_dim  # type: ignore[union-attr]
         )
+        """0: no text tower at all (content subtraction turned off with ``none`` on SD1.5)."""
         self.image_encoder = image_encoder
         self.execution_device = execution_device
         """Where the encoders run; None: where their weights are. The image encoder may rest elsewhere."""
@@ -242,6 +248,7 @@ class StyleEncoder:
         """SDXL's text_encoder_2 and its tokenizer, or the image encoder's own text tower (loaded now if
         it was not: ``ContentTextUnavailable`` in one line when it cannot be)."""
         if self.content_tower is None:
+            assert self.text_encoder is not None, "no text tower: check shared_space first"
             return self.text_encoder, self.tokenizer
         tower = self.content_tower.get()
         return tower.encoder, tower.tokenizer
@@ -268,14 +275,19 @@ class StyleEncoder:
             raise EmbeddingSpaceMismatch(
                 "content subtraction is not available with a 'plus' IP-Adapter: it reads the image's patch "
                 "features, which have no text counterpart; leave 'subtract content' empty, or run the "
-                "backend with a plain adapter (ip-adapter_sdxl)"
+                "backend with a plain adapter (ip-adapter_sdxl, ip-adapter_sd15)"
             )
         if not self.shared_space:
             raise EmbeddingSpaceMismatch(
                 f"content subtraction is not available with this IP-Adapter: its image encoder gives "
-                f"{self.image_dim}-d embeddings and SDXL's text encoder {self.text_dim}-d ones (two spaces); "
-                "leave 'subtract content' empty, or let the backend load the image encoder's own text tower "
-                "(--content-text-encoder auto)"
+                f"{self.image_dim}-d embeddings and "
+                + (
+                    f"the model's text encoder {self.text_dim}-d ones (two spaces); "
+                    if self.text_dim
+                    else "the model has no text tower in that space; "
+                )
+                + "leave 'subtract content' empty, or let the backend load the image encoder's own "
+                "text tower (--content-text-encoder auto)"
             )
 
     def style_embedding(
