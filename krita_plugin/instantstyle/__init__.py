@@ -1,4 +1,4 @@
-"""InstantStyle for Krita: style transfer with a local SDXL backend.
+"""InstantStyle for Krita: style transfer with a local SDXL or SD1.5 backend.
 
 Inside Krita this registers the docker and the "Stylize Layer" action. Outside
 Krita (tests, scripts) importing the package does nothing: its Qt-free modules

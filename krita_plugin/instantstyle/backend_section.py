@@ -77,7 +77,10 @@ class BackendSection(Section):
         self.model.setToolTip("what the backend serves; it downloads what it needs on its first start")
         self.model.activated.connect(lambda _index: self._model_changed())
         self.checkpoint = QLineEdit()
-        self.checkpoint.setPlaceholderText("an SDXL .safetensors file (Illustrious, Pony…)")
+        self.checkpoint.setPlaceholderText("an SDXL or SD1.5 .safetensors file (Illustrious, Pony…)")
+        self.checkpoint.setToolTip(
+            "the backend finds out which family the file is (SDXL or SD1.5) when it starts"
+        )
         self.checkpoint.editingFinished.connect(self._model_changed)
         self.browse = QPushButton("…")
         self.browse.setToolTip("choose the checkpoint file")
@@ -170,7 +173,7 @@ class BackendSection(Section):
 
     def _browse(self) -> None:
         path, _filter = QFileDialog.getOpenFileName(
-            self, "An SDXL checkpoint", "", "Checkpoints (*.safetensors);;All files (*)"
+            self, "An SDXL or SD1.5 checkpoint", "", "Checkpoints (*.safetensors);;All files (*)"
         )
         if path:
             self.checkpoint.setText(path)

@@ -6,6 +6,7 @@ edits one number per block and sends diffusers' nested map, ``{"up": {"block_0":
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -60,3 +61,23 @@ def flat_scales(scales: dict[str, Any], names: list[str]) -> dict[str, float]:
         if isinstance(entry, int | float) and not isinstance(entry, bool):
             values[name] = float(entry)
     return values
+
+
+def parse_scales(text: str) -> dict[str, Any]:
+    """A saved ``block_scales`` text as a map ({} when empty or not a JSON object)."""
+    try:
+        scales = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return scales if isinstance(scales, dict) else {}
+
+
+def grid_values(
+    names: list[str], family: str, shown: dict[str, float], shown_family: str, saved: str
+) -> dict[str, float]:
+    """The values of a block grid rebuilt for ``names`` of a ``family``'s UNet: those ``shown`` for the
+    blocks that remain while the family is the same; else (an empty grid, or another family, whose
+    names mean other places) the ``saved`` map's."""
+    if shown and family == shown_family:
+        return {name: shown.get(name, 0.0) for name in names}
+    return flat_scales(parse_scales(saved), names)

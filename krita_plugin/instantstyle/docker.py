@@ -14,10 +14,17 @@ from krita import DockWidget  # type: ignore[import-not-found]
 from .backend_section import BackendSection
 from .controller import controller as the_controller
 from .deps import protocol
-from .docker_sections import build_sections, preset_chosen, preview_side_row
+from .docker_sections import build_sections, custom_start_of, preset_chosen, preview_side_row
 from .form import Form
 from .jobs import JobState
 from .live import apply_preset
+from .model_family import (
+    BlockScalesByFamily,
+    canvas_resolution_tip,
+    custom_start_for,
+    grid_hint,
+    preset_blocks,
+)
 from .qt import (
     QFormLayout,
     QFrame,
@@ -195,7 +202,7 @@ class InstantStyleDocker(DockWidget):
         settings = self.controller.settings
         self.backend_section.load(settings)
         self.form.load(settings)
-        preset_chosen(self.form)
+        preset_chosen(self.form, custom_start_of(self.controller))
 
     def store(self) -> None:
         """Copy the widgets into the controller's settings (before each job, which saves them)."""
@@ -217,8 +224,21 @@ class InstantStyleDocker(DockWidget):
                 combo.setCurrentIndex(max(0, combo.findData(current)))
         self.sections.loras.set_offered(features.loras)
         self._show_content_subtraction(features.content_subtraction, features.image_adapter)
-        if features.attention_blocks:
-            self.sections.block_grid.set_blocks(features.attention_blocks)
+        if features.attention_blocks:  # known once the model is ready
+            self.form["canvas_resolution"].setToolTip(canvas_resolution_tip(features))
+            self._show_blocks(features)
+
+    def _show_blocks(self, features: protocol.ModelFeatures) -> None:
+        """The grid for the backend's UNet; a model of another family swaps in that family's saved
+        custom map (the same block names mean other places there), or its style preset's blocks."""
+        grid = self.sections.block_grid
+        by_family = BlockScalesByFamily(self.controller.store)
+        switched = by_family.switch(self.controller.settings, features.family, grid.text())
+        if switched is not None:
+            grid.set_text(switched)
+        grid.set_blocks(features.attention_blocks, features.family.value, grid_hint(preset_blocks(features)))
+        if switched is not None:
+            preset_chosen(self.form, custom_start_for(features, features.family))
 
     def _show_content_subtraction(self, available: bool, adapter: protocol.ImageAdapter) -> None:
         """Content and Subtract greyed out, saying why, when the backend's adapter cannot subtract (the

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .deps import protocol
 from .form import Form
+from .model_family import CUSTOM_START, BlockScalesByFamily, canvas_resolution_tip, custom_start_for
 from .qt import (
     QCheckBox,
     QComboBox,
@@ -56,8 +57,6 @@ PREVIEW_SIDES = [
     ("Up to 512 px", 512),
     ("Up to 256 px (slow link)", 256),
 ]
-CUSTOM_START = '{"up": {"block_0": [0.0, 1.0]}}'
-"""An empty custom grid starts from InstantStyle's style block."""
 
 
 def form_layout(section: Section) -> QFormLayout:
@@ -81,16 +80,17 @@ class Sections:
         return list(self.by_name.values())
 
 
-def preset_chosen(form: Form) -> None:
-    """The grid edits only the custom preset, the layout push only the precise one."""
+def preset_chosen(form: Form, start: str = CUSTOM_START) -> None:
+    """The grid edits only the custom preset, the layout push only the precise one; an empty custom
+    grid starts from ``start`` (the style preset's blocks on the backend's model)."""
     preset = form["preset"].currentData()
     form["block_scales"].setEnabled(preset == "custom")
     form["layout_push"].setEnabled(preset == "precise")
     if preset == "custom" and not form["block_scales"].text():
-        form["block_scales"].set_text(CUSTOM_START)
+        form["block_scales"].set_text(start)
 
 
-def blocks_section(form: Form) -> Section:
+def blocks_section(form: Form, custom_start: Callable[[], str]) -> Section:
     section = Section("Blocks", "which parts of the model take the style")
     layout = form_layout(section)
     preset = form.add(
@@ -108,7 +108,7 @@ def blocks_section(form: Form) -> Section:
     )
     grid = BlockGrid()
     form.add("block_scales", grid, get=grid.text, set=grid.set_text)
-    preset.currentIndexChanged.connect(lambda _index: preset_chosen(form))
+    preset.currentIndexChanged.connect(lambda _index: preset_chosen(form, custom_start()))
     layout.addRow("Blocks", preset)
     layout.addRow("Layout push", push)
     layout.addRow(grid)
@@ -172,9 +172,7 @@ def sampling_section(form: Form, apply_speed: Callable[[], None]) -> Section:
     canvas = form.add(
         "canvas_resolution",
         QCheckBox("Canvas resolution"),
-        "a layer larger than the model's size (about 1 megapixel for SDXL) is made at that size, "
-        "then upscaled and refined in tiles with the same style, at the layer's own resolution "
-        "(slower, sharp); off: made within the backend's size and stretched to the layer",
+        canvas_resolution_tip(None),  # the model's own size once the backend says it (the docker)
     )
     width, height = form.add("width", int_spin(64, 2048, 8)), form.add("height", int_spin(64, 2048, 8))
     auto_size.toggled.connect(
@@ -260,9 +258,15 @@ def preview_side_row(form: Form) -> QComboBox:
     )
 
 
+def custom_start_of(controller) -> str:
+    """The custom preset's first map for the backend's model, or the family the grid last showed."""
+    family = BlockScalesByFamily(controller.store).family()
+    return custom_start_for(controller.session.features, family)
+
+
 def build_sections(form: Form, controller, apply_speed: Callable[[], None]) -> Sections:
     """The docker's parts an artist opens now and then, in the order they are shown."""
-    blocks = blocks_section(form)
+    blocks = blocks_section(form, lambda: custom_start_of(controller))
     regions = Section("Regions", "parts of the picture, each in the style of its own reference")
     region_list = form.add("regions", RegionList(controller))
     form_layout(regions).addRow(region_list)

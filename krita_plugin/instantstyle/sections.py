@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .block_map import block_label, flat_scales, nested_scales
+from .block_map import block_label, flat_scales, grid_values, nested_scales, parse_scales
 from .qt import (
     QDoubleSpinBox,
     QGridLayout,
@@ -59,18 +59,22 @@ class BlockGrid(QWidget):
         self.grid.setContentsMargins(0, 0, 0, 0)
         self.grid.setHorizontalSpacing(4)
         self.boxes: dict[str, QDoubleSpinBox] = {}
+        self.family = ""
+        """The model family the boxes are for: its block names mean other places in another family."""
         self._saved = ""
         """The saved map, kept as it is until the backend says which blocks its UNet has."""
         self.placeholder = QLabel("The blocks appear once the backend's model is ready.")
         self.placeholder.setWordWrap(True)
         self.grid.addWidget(self.placeholder, 0, 0)
 
-    def set_blocks(self, names: list[str]) -> None:
-        """Rebuild for a UNet's attention blocks, keeping the values of blocks that remain."""
-        if list(self.boxes) == names:
+    def set_blocks(self, names: list[str], family: str = "", hint: str = "") -> None:
+        """Rebuild for a UNet's attention blocks, keeping the values of blocks that remain; for another
+        ``family`` start over from the saved map (``set_text`` it first), as names mean other places."""
+        if list(self.boxes) == names and family == self.family:
             return
-        first = not self.boxes
-        kept = {name: box.value() for name, box in self.boxes.items()}
+        shown = {name: box.value() for name, box in self.boxes.items()}
+        values = grid_values(names, family, shown, self.family, self._saved)
+        self.family = family
         for box in self.boxes.values():
             box.setParent(None)
         while self.grid.count():
@@ -87,18 +91,16 @@ class BlockGrid(QWidget):
             box.setRange(0.0, 2.0)
             box.setSingleStep(0.1)
             box.setDecimals(2)
-            box.setValue(kept.get(name, 0.0))
+            box.setValue(values[name])
             box.setButtonSymbols(QDoubleSpinBox.ButtonSymbols.NoButtons)  # two columns fit 260 px
             box.setToolTip(
                 f"{name}: how much of the reference's look this part of the model takes (0 = none). "
-                "InstantStyle's style block is up 0 · 1; down 2 · 1 carries the layout."
+                + (hint or "InstantStyle's style block is up 0 · 1; down 2 · 1 carries the layout.")
             )
             row, column = divmod(index, 2)
             self.grid.addWidget(QLabel(block_label(name)), row, column * 2)
             self.grid.addWidget(box, row, column * 2 + 1)
             self.boxes[name] = box
-        if first:
-            self.set_text(self._saved)
 
     def text(self) -> str:
         """The JSON ``block_scales`` map of the non-zero blocks ("" when every block is 0)."""
@@ -109,13 +111,7 @@ class BlockGrid(QWidget):
 
     def set_text(self, text: str) -> None:
         self._saved = text
-        try:
-            scales = json.loads(text) if text else {}
-        except ValueError:
-            scales = {}
-        if not isinstance(scales, dict):
-            scales = {}
-        for name, value in flat_scales(scales, list(self.boxes)).items():
+        for name, value in flat_scales(parse_scales(text), list(self.boxes)).items():
             self.boxes[name].setValue(value)
 
 

@@ -17,6 +17,7 @@ from .deps import protocol
 from .errors import describe_error
 from .job_message import JobShape, SubmitError, build_message, refuse, wants_refine
 from .jobs import Image, Job, JobInputs, JobState, ResultPart, Target
+from .model_family import with_family
 from .settings import GenerationSettings
 
 RESULT_FRAMES = (protocol.FrameKind.RESULT, protocol.FrameKind.RESULT_TILE)
@@ -236,6 +237,7 @@ class Session:
         features = loading.features
         if features is None:  # an older backend: nothing said about its previews
             return text
+        text = f"connected — {with_family(describe_model(self.hello.model), features.family)}"
         tiny_vae = features.preview is protocol.PreviewMethod.TINY_VAE
         text = f"{text} — {'full-size' if tiny_vae else 'rough'} previews"
         if features.prediction.startswith("v"):  # the artist's v-pred checkpoint was recognised

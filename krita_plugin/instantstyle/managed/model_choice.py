@@ -16,7 +16,8 @@ TEST_MODELS_ENV = "INSTANTSTYLE_TEST_MODELS"
 class ManagedModel(str, Enum):
     SDXL = "sdxl"
     CHECKPOINT = "checkpoint"
-    """A single-file SDXL checkpoint the artist already has (Illustrious, Pony...)."""
+    """A single-file checkpoint the artist already has (SDXL: Illustrious, Pony...; or SD1.5): the
+    backend tells its family from the file."""
     TINY = "tiny"
     """The tiny random-weight test model: offered only with ``TEST_MODELS_ENV``."""
 
@@ -40,7 +41,7 @@ class ModelChoice:
     checkpoint: str = ""
     """The file for ``CHECKPOINT``."""
     controlnet: bool = False
-    """Also ControlNet canny (~2.5 GB): "keep the lines" restyles."""
+    """Also ControlNet canny (SDXL's ~2.5 GB, SD1.5's ~1.4 GB): "keep the lines" restyles."""
     speed_loras: bool = False
     """Also the few-step LoRAs of the speed presets (live mode's fastest)."""
 
@@ -53,12 +54,15 @@ class ModelChoice:
             arguments = ["--model", self.checkpoint]
         else:
             arguments = ["--model", "sdxl"]
-        if self.controlnet:
-            arguments += ["--controlnet", "diffusers/controlnet-canny-sdxl-1.0"]
+        if self.controlnet:  # a checkpoint's family is known once the backend reads it: it picks
+            arguments += ["--controlnet", CONTROLNET_AUTO]
         if self.speed_loras:
             arguments += [argument for preset in SPEED_PRESETS for argument in ("--speed", preset)]
         return arguments
 
 
+CONTROLNET_AUTO = "auto"
+"""``serve --controlnet auto``: the model family's canny ControlNet (SDXL:
+``diffusers/controlnet-canny-sdxl-1.0``, SD1.5: ``lllyasviel/control_v11p_sd15_canny``)."""
 SPEED_PRESETS = ("hyper-8-cfg", "lightning-4", "lcm-4")
 """The backend's few-step presets (``serve --speed``), each with its LoRA."""
