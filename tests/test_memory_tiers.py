@@ -3,21 +3,31 @@ tier's job on the tiny model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from backend.engine.engine import InstantStyleEngine
-from backend.engine.memory import GIB, MemoryTier
+from backend.engine.image_encoders import ImageEncoderKind
+from backend.engine.memory import GIB, MemoryTier, models, place
 from backend.engine.memory_budget import (
+    AT_REST_ON_GPU,
+    FAMILY_MODELS,
     JobShape,
+    at_rest,
+    at_rest_names,
+    family_sizes,
     peak,
     phases,
     pick_tier,
+    sd15_sizes,
     sdxl_sizes,
 )
 from backend.engine.request import GenerationRequest, StyleReference
 from protocol import Mode
+from protocol.enums import ModelFamily
 
 CUDA = torch.device("cuda")
 
@@ -192,3 +202,193 @@ def test_the_encoder_kind_is_read_from_its_config_where_it_is_on_disk(tiny_paths
     unknown, bigg, vit_h = (sdxl_sizes(FP16, kind) for kind in kinds)
     for name in ("image_encoder", "ip_adapter", "content_tower", "unet"):
         assert getattr(unknown, name) == max(getattr(bigg, name), getattr(vit_h, name)), name
+
+
+# SD1.5 (issue 23): its own shapes, a 512² native job, and its own UNet working-memory estimate.
+
+
+def test_sd15_sizes_are_its_real_shapes_with_vit_h_and_one_text_encoder():
+    """fp16 GiB from SD1.5's shapes (tests/test_real_shapes.py checks the counts against the published
+    ones): ViT-H and its text tower by default (h94's SD1.5 adapters), no second text encoder."""
+    sizes = family_sizes(ModelFamily.SD15, FP16, ImageEncoderKind.VIT_H)
+    assert sizes == sd15_sizes(FP16) == family_sizes("sd15", BF16, ImageEncoderKind.VIT_H)
+    expected = {
+        "unet": 1.60,
+        "text_encoder": 0.23,
+        "text_encoder_2": 0.0,
+        "image_encoder": 1.18,
+        "content_tower": 0.66,
+        "ip_adapter": 0.09,  # the plus adapter's (49.1 M), the larger of ip-adapter(-plus)_sd15
+        "vae": 0.16,
+        "controlnet": 0.67,
+        "preview_vae": 0.0,
+        "largest_layer": 0.07,  # CLIP-L's token embedding, 49408 x 768
+    }
+    assert {name: round(getattr(sizes, name), 2) for name in expected} == expected
+    assert family_sizes(ModelFamily.SDXL, FP16, ImageEncoderKind.VIT_BIGG) == sdxl_sizes(FP16)
+    # ip-adapter_sd15_vit-G (ViT-bigG) exists: an encoder not on disk yet counts the larger of each part.
+    bigg, unknown = sd15_sizes(FP16, ImageEncoderKind.VIT_BIGG), sd15_sizes(FP16, ImageEncoderKind.UNKNOWN)
+    assert round(bigg.image_encoder, 2) == 3.44 and unknown.image_encoder == bigg.image_encoder
+    assert unknown.content_tower == sizes.content_tower  # ViT-H's text tower in every case
+    with pytest.raises(ValueError, match="unknown model family 'sd21'"):
+        family_sizes("sd21", FP16, ImageEncoderKind.VIT_H)
+
+
+def test_sd15s_unet_estimate_is_its_own_attention_at_one_eighth():
+    """Not SDXL's figure scaled: 4096 tokens at 1/8, 8 heads, batch 2 (guidance), fp16, scores and their
+    softmax held at once (math attention) is SD15_ATTENTION_GIB_512; it grows with the pixels squared."""
+    from backend.engine.memory_budget import (
+        SD15_ACTIVATIONS_GIB_512,
+        SD15_ATTENTION_GIB_512,
+        UNET_WORKING_GIB_1024,
+        unet_working,
+    )
+    from backend.tiny.sd15_real_shapes import build_sd15_unet
+
+    with torch.device("meta"):
+        unet = build_sd15_unet()
+    attention = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    tokens = (unet.config.sample_size) ** 2  # the 1/8 level of a 512² picture
+    assert (tokens, attention.heads) == (4096, 8)
+    assert 2 * (2 * attention.heads * tokens**2 * 2) / GIB == SD15_ATTENTION_GIB_512
+    native = JobShape(family=ModelFamily.SD15)
+    assert native.side == 512 and JobShape().side == 1024
+    assert unet_working(native) == pytest.approx(SD15_ATTENTION_GIB_512 + SD15_ACTIVATIONS_GIB_512)
+    assert unet_working(native) > 3 * UNET_WORKING_GIB_1024 * native.scale  # SDXL's scaled: 0.375
+    twice = JobShape(family="sd15", side=1024)
+    assert unet_working(twice) == pytest.approx(16 * SD15_ATTENTION_GIB_512 + 4 * SD15_ACTIVATIONS_GIB_512)
+    assert unet_working(JobShape(family="sd15", dtype=torch.float32)) == pytest.approx(
+        2 * unet_working(native)
+    )
+
+
+@pytest.mark.parametrize(
+    ("controlnet", "peaks"),
+    [  # fp16 (bf16 the same: SD1.5 never upcasts its VAE), 512², previews on
+        (False, {"full": (5.2, "denoise"), "encoders-off": (4.0, "denoise"),
+                 "model-offload": (3.0, "denoise"), "group-offload": (1.6, "denoise")}),
+        (True, {"full": (6.0, "denoise"), "encoders-off": (4.8, "denoise"),
+                "model-offload": (3.8, "denoise"), "group-offload": (1.7, "denoise")}),
+    ],
+)  # fmt: skip
+def test_sd15s_peaks_are_computed_from_its_placement(controlnet, peaks):
+    """Denoising is SD1.5's peak in every tier (a 512² decode in fp16: 0.475 GiB); every peak is well
+    below SDXL's (SDXL: 14.5 / 10.7 / 7.5 / 2.5, with a ControlNet 16.8 / 12.2 / 10.5 / 3.1)."""
+    job = JobShape(family=ModelFamily.SD15, controlnet=controlnet, dtype=FP16)
+    computed = {tier.value: (round(peak(tier, job).gib, 1), peak(tier, job).name) for tier in MemoryTier}
+    assert computed == peaks
+    assert {t: peak(t, replace(job, dtype=BF16)).gib for t in MemoryTier} == {
+        t: pytest.approx(peak(t, job).gib) for t in MemoryTier
+    }
+    sdxl = JobShape(controlnet=controlnet, dtype=FP16)
+    for tier in MemoryTier:
+        assert peak(tier, job).gib < peak(tier, sdxl).gib - 0.8, tier
+    decode = next(p for p in phases(MemoryTier.FULL, job) if p.name == "decode")
+    assert decode.working == pytest.approx(3.8 / 2 / 4)  # no fp32 upcast, a quarter of 1024²'s pixels
+    upcast = JobShape(family="sd15", upcast_vae=True)
+    assert next(p for p in phases(MemoryTier.FULL, upcast) if p.name == "decode").working == pytest.approx(
+        0.95
+    )
+
+
+def test_sd15s_model_offload_encodes_the_prompt_with_its_one_text_encoder():
+    job = JobShape(family=ModelFamily.SD15, preview_vae=False)
+    sizes = sd15_sizes(FP16)
+    offload = {phase.name: phase for phase in phases(MemoryTier.MODEL_OFFLOAD, job)}
+    assert offload["encode prompt"].weights == pytest.approx(sizes.text_encoder)
+    assert offload["encode content"].weights == pytest.approx(sizes.content_tower)
+    assert offload["denoise"].weights == pytest.approx(sizes.unet + sizes.ip_adapter)
+    sdxl = {phase.name: phase for phase in phases(MemoryTier.MODEL_OFFLOAD, JobShape(preview_vae=False))}
+    assert sdxl["encode prompt"].weights == pytest.approx(sdxl_sizes(FP16).text_encoder_2)
+
+
+@pytest.mark.parametrize(
+    ("card_gb", "tiers"),
+    [  # fp16 SD1.5 at 512², previews on: (ViT-H, ViT-H + ControlNet, encoder unknown, unknown + ControlNet)
+        # 4 GB (3.5 GiB free): model-offload needs 3.0 + 0.5 headroom, a margin of 3 MiB: the UNet
+        # estimate (1.15 GiB, not measured) decides it. A ControlNet (0.67 GiB) leaves only group-offload.
+        (4, ("model-offload", "group-offload", "group-offload", "group-offload")),
+        # 6 GB: all but the image encoder (1.18 GiB) stays; unknown (ViT-bigG's 3.44): model-offload.
+        (6, ("encoders-off", "encoders-off", "model-offload", "model-offload")),
+        # 8 GB: everything on the GPU (6.0 GiB with a ControlNet, headroom included 6.5 of 7.5).
+        (8, ("full", "full", "encoders-off", "encoders-off")),
+    ],
+)
+def test_sd15s_tier_follows_the_cards_free_memory(monkeypatch, card_gb, tiers):
+    free = card_free_bytes(card_gb)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, card_gb * 10**9))
+    kinds = (None, ImageEncoderKind.UNKNOWN)  # None: the family's default, ViT-H
+    chosen = tuple(
+        pick_tier(CUDA, "auto", cn, True, FP16, kind, family=ModelFamily.SD15).value
+        for kind in kinds
+        for cn in (False, True)
+    )
+    assert chosen == tiers
+    # SDXL on the same card, through the same call without a family: never a faster tier.
+    sdxl = pick_tier(CUDA, "auto", False, True, FP16, ImageEncoderKind.VIT_BIGG)
+    order = list(MemoryTier)
+    assert order.index(sdxl) >= order.index(MemoryTier(tiers[0]))
+
+
+@pytest.mark.parametrize(
+    ("tier", "gib"),
+    # full: UNet 1.60 + IP 0.09 + CLIP-L 0.23 + ViT-H 1.18 + its text tower 0.66 + VAE 0.16 + ControlNet
+    # 0.67; encoders-off: less ViT-H and the ControlNet; group-offload: the VAE whole.
+    [(MemoryTier.FULL, 4.59), (MemoryTier.ENCODERS_OFF, 2.74),
+     (MemoryTier.MODEL_OFFLOAD, 0.0), (MemoryTier.GROUP_OFFLOAD, 0.16)],
+)  # fmt: skip
+def test_sd15s_at_rest_models_are_sdxls_without_text_encoder_2(tier, gib):
+    assert at_rest_names(tier, ModelFamily.SD15) == AT_REST_ON_GPU[tier] - {"text_encoder_2"}
+    assert at_rest_names(tier, "sdxl") == AT_REST_ON_GPU[tier]
+    job = JobShape(family="sd15", preview_vae=False, controlnet=True)
+    assert round(at_rest(tier, job, sd15_sizes(FP16)), 2) == gib
+
+
+@pytest.mark.parametrize("tier", [MemoryTier.FULL, MemoryTier.ENCODERS_OFF])
+def test_the_sd15_budget_counts_what_place_leaves_on_the_gpu(tmp_path, tier):
+    """The SDXL parity test (tests/test_memory_placement.py) on a tiny SD1.5 pipeline: ``place`` puts
+    exactly ``at_rest_names(tier, sd15)`` on the GPU (the meta device stands for it)."""
+    pipeline, controlnet = tiny_sd15_pipeline(tmp_path)
+    place(pipeline, controlnet, tier, torch.device("meta"))
+    placed = {**models(pipeline), "controlnet": controlnet}
+    assert set(placed) == FAMILY_MODELS[ModelFamily.SD15]
+    on_gpu = {name for name, module in placed.items() if next(module.parameters()).device.type == "meta"}
+    assert on_gpu == at_rest_names(tier, ModelFamily.SD15)
+
+
+def tiny_sd15_pipeline(scratch) -> tuple[object, torch.nn.Module]:
+    """A toy StableDiffusionPipeline (SD1.5's component set: one text encoder, no safety checker) with
+    a ViT image encoder and a ControlNet: only the components matter here."""
+    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from backend.tiny.components import TINY, build_image_encoder, tiny_scheduler, tiny_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=2,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    )
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8)  # fmt: skip
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tiny_tokenizer(scratch / "tokenizer"),
+        unet=unet,
+        scheduler=tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=build_image_encoder(TINY),
+        requires_safety_checker=False,
+    )
+    return pipeline, ControlNetModel.from_unet(unet)

@@ -319,3 +319,45 @@ def test_plus_adapter_at_real_shapes(lane: Lane) -> None:
     for preset in (BlockPreset.STYLE, BlockPreset.PRECISE):
         result, _ = run(lane, job(content_text="", preset=preset), f"plus {preset.value}")
         assert result.scores[0].content is None
+
+
+def test_sd15_components_have_the_published_sizes() -> None:
+    """SD1.5's real shapes on the meta device (what ``memory_sizes`` counts the tiers from), against the
+    published counts: stable-diffusion-v1-5's UNet, CLIP ViT-L/14 text and VAE exactly; the canny
+    ControlNet and h94's adapters against their fp16 files' sizes (2 bytes a parameter)."""
+    from diffusers import AutoencoderTiny, ControlNetModel
+
+    from backend.tiny.sd15_real_shapes import (
+        build_sd15_text_encoder,
+        build_sd15_unet,
+        build_sd15_vae,
+        cross_attention_widths,
+        ip_adapter_counts,
+    )
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    with torch.device("meta"):
+        unet = build_sd15_unet()
+        controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        counts = [
+            count(unet),
+            count(build_sd15_text_encoder()),
+            count(build_sd15_vae()),
+            count(AutoencoderTiny()),
+        ]
+    assert counts == [859_520_964, 123_060_480, 83_653_863, 2_445_063]  # TAESD: TAESD-XL's shape
+    # control_v11p_sd15_canny's diffusion_pytorch_model.fp16.safetensors: 723 MB.
+    assert round(count(controlnet) * 2 / 1e6) == 723
+    # 16 cross-attention layers (ids 1..31 in the files): down 320 x2, 640 x2, 1280 x2, mid 1280,
+    # up 1280 x3, 640 x3, 320 x3.
+    assert sorted(cross_attention_widths(unet)) == [320] * 5 + [640] * 5 + [1280] * 6
+    vit_h, vit_bigg = ip_adapter_counts(unet, 1024, 1280), ip_adapter_counts(unet, 1280, 1664)
+    # ip-adapter_sd15.bin 44.6 MB, ip-adapter-plus_sd15.bin 98.2 MB, ip-adapter_sd15_vit-G.bin 46.2 MB.
+    assert (vit_h["plain"], vit_h["plus"], vit_bigg["plain"]) == (22_319_616, 49_087_488, 23_106_048)
+    assert [round(n * 2 / 1e5) / 10 for n in (vit_h["plain"], vit_h["plus"], vit_bigg["plain"])] == [
+        44.6,
+        98.2,
+        46.2,
+    ]
