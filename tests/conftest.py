@@ -49,6 +49,28 @@ def plus_engine(tiny_paths: TinyModelPaths):
     return InstantStyleEngine.load(tiny_paths.spec("diffusers", TinyAdapter.PLUS_SDXL_VIT_H), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def sd15_paths():
+    """The tiny SD1.5 model in every on-disk layout (``backend/tiny/sd15_layouts.py``)."""
+    from backend.tiny.sd15_layouts import ensure_tiny_sd15_model
+
+    return ensure_tiny_sd15_model()
+
+
+@pytest.fixture(scope="session")
+def sd15_engine(sd15_paths):
+    from backend.engine.engine import InstantStyleEngine
+
+    return InstantStyleEngine.load(sd15_paths.spec("diffusers"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sd15_plus_engine(sd15_paths):
+    from backend.engine.engine import InstantStyleEngine
+
+    return InstantStyleEngine.load(sd15_paths.spec("diffusers", plus=True), device="cpu")
+
+
 def noise_image(seed: int, size: int = 64) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     return Image.fromarray(pixels)

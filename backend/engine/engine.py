@@ -131,6 +131,7 @@ class InstantStyleEngine:
             loras=parts.loras,
             preview_vae=parts.preview_vae,
         )
+        engine.load_problems.extend(plan.problems)
         tower = engine.encoder.content_tower
         if tower is not None:  # downloaded now with the model's progress, loaded by the first job that asks
             problem = prefetch_tower(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -10,9 +10,10 @@ from protocol.enums import Mode, ModelPhase
 from protocol.messages import ModelStatus
 
 from .downloads import DownloadProgress
+from .family import traits
 from .family_detect import resolve_spec
-from .image_encoders import image_encoder_kind
-from .loading import ModelLoadError, ModelSpec, pick_device, pick_dtype
+from .image_encoders import ImageEncoderKind, image_encoder_kind
+from .loading import ModelSpec, pick_device, pick_dtype
 from .memory import MemoryTier
 from .memory_budget import pick_tier
 from .speed_presets import speed_preset
@@ -44,6 +45,8 @@ class LoadPlan:
     memory_tier: MemoryTier
     compile: bool = False
     """``torch.compile`` the UNet's repeated blocks (opt-in: compiling costs start-up time)."""
+    problems: tuple[str, ...] = ()
+    """One line for each thing asked for that the model's family does not have (``features.problems``)."""
 
     @classmethod
     def make(
@@ -55,15 +58,23 @@ class LoadPlan:
         compile: bool = False,
     ) -> LoadPlan:
         spec = resolve_spec(spec)  # the family, read from the checkpoint, and its default parts
-        check_speed_presets(spec)
+        spec, problems = family_speed_presets(spec)
         torch_device = pick_device(device)
         previews = spec.preview_vae.strip().lower() != "none"
         torch_dtype = pick_dtype(torch_device, dtype)
-        encoder = image_encoder_kind(spec)
+        encoder: ImageEncoderKind | None = image_encoder_kind(spec)
+        if encoder is ImageEncoderKind.UNKNOWN and spec.image_encoder == traits(spec.family).image_encoder:
+            encoder = None  # not downloaded yet, but the family's own: its known kind (SD1.5: ViT-H)
         tier = pick_tier(
-            torch_device, memory_tier, spec.controlnet is not None, previews, torch_dtype, encoder
+            torch_device,
+            memory_tier,
+            spec.controlnet is not None,
+            previews,
+            torch_dtype,
+            encoder,
+            family=spec.family,
         )
-        return cls(spec, torch_device, torch_dtype, tier, compile)
+        return cls(spec, torch_device, torch_dtype, tier, compile, problems)
 
     @property
     def info(self) -> EngineInfo:
@@ -75,14 +86,18 @@ class LoadPlan:
         return [mode for mode in Mode if mode is not Mode.CONTROL or self.spec.controlnet is not None]
 
 
-def check_speed_presets(spec: ModelSpec) -> None:
-    """Each speed preset asked for has a LoRA for the model's family (SD1.5 has no Lightning)."""
+def family_speed_presets(spec: ModelSpec) -> tuple[ModelSpec, tuple[str, ...]]:
+    """The spec with the speed presets its family has a LoRA for (SD1.5 has no Lightning), and one line
+    for each left out: a server offering presets for any checkpoint starts, and says which it lacks."""
     assert spec.family is not None
+    kept, problems = [], []
     for name in spec.speed_presets:
         try:
             speed_preset(name, spec.family)
+            kept.append(name)
         except ValueError as error:
-            raise ModelLoadError(spec.base, "speed presets this model's family has", str(error)) from None
+            problems.append(f"speed preset {name}: {error}")
+    return replace(spec, speed_presets=tuple(kept)), tuple(problems)
 
 
 def download_status(progress: DownloadProgress) -> ModelStatus:
