@@ -27,6 +27,7 @@ from protocol import (
     Generate,
     Hello,
     Limits,
+    ModelFamily,
     ModelStatus,
     PixelFormat,
     PixelFrame,
@@ -230,6 +231,9 @@ async def _demo(args: argparse.Namespace) -> int:
             print(f"connected to {url}: {model.label}{' [TEST MODEL]' if model.is_test_model else ''}")
             if not client.status.ready:
                 show_progress(client.status)
+            family = client.status.features.family if client.status.features else None
+            if args.speed and family not in (None, ModelFamily.SDXL):  # the preset's LoRA is the family's
+                message, inputs = job_from_arguments(args, 1, family)
             await client.submit(message, inputs)
             if args.previews:
                 args.previews.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from protocol.enums import BlockPreset, Mode, Sampler
+from protocol.enums import BlockPreset, Mode, ModelFamily, Sampler
 
 log = logging.getLogger("backend")
 
@@ -193,8 +193,11 @@ def same_named(args: argparse.Namespace) -> dict[str, object]:
     return {name: value for name, value in vars(args).items() if name in names}
 
 
-def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, {index: PIL image})
-    """A ``generate`` message and its INPUT images from ``add_job_arguments``' options."""
+def job_from_arguments(
+    args: argparse.Namespace, job_id: int, family: ModelFamily = ModelFamily.SDXL
+):  # -> (Generate, {index: PIL image})
+    """A ``generate`` message and its INPUT images from ``add_job_arguments``' options (a speed preset's
+    LoRA is the model ``family``'s)."""
     from protocol import Generate, InputSlots, LoraWeight
 
     slots = InputSlots()
@@ -204,7 +207,7 @@ def job_from_arguments(args: argparse.Namespace, job_id: int):  # -> (Generate, 
     if getattr(args, "speed", None):
         from backend.engine.speed_presets import speed_preset
 
-        preset = speed_preset(args.speed[0])
+        preset = speed_preset(args.speed[0], family)
     loras = list(args.use_lora)
     if preset and preset.lora.name not in {name for name, _ in loras}:
         loras.append((preset.lora.name, preset.lora_weight))
@@ -252,15 +255,16 @@ def png_labels(model_label: str, prompt: str, seed: int):  # -> PngImagePlugin.P
 def run_generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from backend import model_options  # looked up at run time: tests replace ``load_engine``
+    from backend.engine.family_detect import detect_family
     from backend.server.inputs import build_request
     from backend.threads import describe_numerics
 
     # Everything about the job is checked before minutes go into loading a model.
-    message, images = job_from_arguments(args, job_id=1)
+    message, images = job_from_arguments(args, 1, detect_family(model_options.model_spec(args)))
     request = with_refine(build_request(message, images), args)
     request.validate()
     log.info("torch: %s", describe_numerics())  # what decides the last bits of a CPU job's pixels
-    from backend import model_options  # looked up at run time: tests replace ``load_engine``
 
     engine = model_options.load_engine(args)
 

@@ -96,8 +96,9 @@ def backend_url(tiny_paths):
 
 
 @contextlib.contextmanager
-def serving(tiny_paths, model: str) -> Iterator[str]:
-    """``python -m backend serve --model MODEL`` with the e2e LoRAs, until the block ends: its URL."""
+def serving(tiny_paths, model: str, options: list[str] | None = None) -> Iterator[str]:
+    """``python -m backend serve --model MODEL`` with ``options`` (default: the e2e LoRAs), until the
+    block ends: its URL."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -110,7 +111,7 @@ def serving(tiny_paths, model: str) -> Iterator[str]:
             "0",
             "--device",
             "cpu",
-            *lora_options(tiny_paths),
+            *(lora_options(tiny_paths) if options is None else options),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,

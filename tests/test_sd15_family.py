@@ -279,3 +279,52 @@ def test_speed_presets_follow_the_family(sd15_paths):
     assert (offered.name, offered.lora, offered.steps) == ("hyper-8-cfg", "hyper-sd15-8steps-cfg", 8)
     result = engine.generate(job(loras=(("hyper-sd15-8steps-cfg", 1.0),), steps=2))
     assert result.images[0].shape == (64, 64, 3)
+
+
+def test_generate_from_an_sd15_single_file_on_the_command_line(sd15_paths, sd15_engine, tmp_path):
+    """An artist's SD1.5 .safetensors: the family is read from the file, the speed preset's LoRA is
+    SD1.5's, and the pixels are the engine's."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    style = tmp_path / "style.png"
+    STYLE.save(style)
+    common = [
+        sys.executable, "-m", "backend", "generate",
+        "--model", str(sd15_paths.single_file), "--base-config", str(sd15_paths.diffusers_folder),
+        "--ip-adapter", str(sd15_paths.ip_adapter()), "--image-encoder", str(sd15_paths.image_encoder),
+        "--content-text-encoder", str(sd15_paths.clip_vit_h), "--preview-vae", "none",
+        "--style", str(style), "--prompt", "a lighthouse", "--content", "stripes",
+        "--width", "64", "--height", "64", "--steps", "3", "--seed", "5", "--device", "cpu",
+    ]  # fmt: skip
+    plain = subprocess.run(
+        [*common, "--out", str(tmp_path / "plain.png")], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert plain.returncode == 0, plain.stderr
+    expected = sd15_engine.generate(job(content_text="stripes", content_scale=0.5)).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "plain.png").convert("RGB")), expected)
+    lora = f"hyper-sd15-8steps-cfg={sd15_paths.lora('style-peft')}"
+    fast = subprocess.run(
+        [
+            *common,
+            "--lora",
+            lora,
+            "--speed",
+            "hyper-8-cfg",
+            "--speed",
+            "lightning-4",
+            "--out",
+            str(tmp_path / "f.png"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
+    )
+    assert fast.returncode == 0, fast.stderr
+    assert Image.open(tmp_path / "f.png").size == (64, 64)
+    assert "'lightning-4' has no LoRA for SD1.5 models" in fast.stderr + fast.stdout

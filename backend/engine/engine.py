@@ -131,7 +131,9 @@ class InstantStyleEngine:
             loras=parts.loras,
             preview_vae=parts.preview_vae,
         )
-        engine.load_problems.extend(plan.problems)
+        for problem in plan.problems:  # said in the log and to every client (features.problems)
+            log.warning("%s", problem)
+            engine.load_problems.append(problem)
         tower = engine.encoder.content_tower
         if tower is not None:  # downloaded now with the model's progress, loaded by the first job that asks
             problem = prefetch_tower(

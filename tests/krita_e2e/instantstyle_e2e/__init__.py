@@ -1006,6 +1006,10 @@ if os.environ.get("INSTANTSTYLE_E2E_MANAGED"):
     from .managed import ManagedRunner
 
     _runner = ManagedRunner()
+elif os.environ.get("INSTANTSTYLE_E2E_FAMILY"):
+    from .family import FamilyRunner
+
+    _runner = FamilyRunner()
 elif os.environ.get("INSTANTSTYLE_E2E_DOCKER"):
     from .docker_layout import DockerRunner
 
