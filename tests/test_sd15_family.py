@@ -328,3 +328,37 @@ def test_generate_from_an_sd15_single_file_on_the_command_line(sd15_paths, sd15_
     assert fast.returncode == 0, fast.stderr
     assert Image.open(tmp_path / "f.png").size == (64, 64)
     assert "'lightning-4' has no LoRA for SD1.5 models" in fast.stderr + fast.stdout
+
+
+@pytest.mark.parametrize(
+    "case", ["xl adapter, sd15 model", "sd15 adapter, xl model", "sd15 cn, xl", "xl cn, sd15"]
+)
+def test_parts_of_another_family_are_refused_at_start_in_one_line(sd15_paths, tiny_paths, case):
+    sd15, xl = sd15_paths.spec("diffusers"), tiny_paths.spec("diffusers")
+    spec, wanted = {
+        "xl adapter, sd15 model": (
+            dataclasses.replace(
+                sd15,
+                ip_adapter=str(tiny_paths.ip_adapter_safetensors),
+                image_encoder=str(tiny_paths.image_encoder),
+            ),
+            "an IP-Adapter for this SD1.5 model",
+        ),
+        "sd15 adapter, xl model": (
+            dataclasses.replace(
+                xl, ip_adapter=str(sd15_paths.ip_adapter()), image_encoder=str(sd15_paths.image_encoder)
+            ),
+            "an IP-Adapter for this SDXL model",
+        ),
+        "sd15 cn, xl": (
+            dataclasses.replace(xl, controlnet=str(sd15_paths.controlnet)),
+            "a ControlNet for this SDXL",
+        ),
+        "xl cn, sd15": (
+            dataclasses.replace(sd15, controlnet=str(tiny_paths.controlnet)),
+            "lllyasviel/control_v11p",
+        ),
+    }[case]
+    with pytest.raises(ModelLoadError) as raised:
+        InstantStyleEngine.load(spec, device="cpu")
+    assert wanted in str(raised.value) and "\n" not in str(raised.value)

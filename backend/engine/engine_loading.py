@@ -15,7 +15,7 @@ from .adapters import adapter_info
 from .downloads import prefetch
 from .family_detect import detect_family
 from .load_plan import LoadPlan, download_status
-from .loading import load_controlnet, load_models
+from .loading import check_controlnet, load_controlnet, load_models
 from .loras import LoraSet
 from .memory import place
 from .preview_vae import LoadedPreviewVae, load_preview_vae
@@ -49,6 +49,8 @@ def load_parts(plan: LoadPlan, report: Callable[[ModelStatus], None]) -> LoadedP
         report(ModelStatus(ModelPhase.LOADING, f"Loading LoRA {source.name}{where}"))
         loras.load([source], spec.cache_dir, spec.local_files_only)
     controlnet = load_controlnet(spec, dtype)
+    if controlnet is not None:
+        check_controlnet(controlnet, pipeline, spec)
     preview_vae = load_preview_vae(spec, dtype)
     place(pipeline, controlnet, tier, device)
     return LoadedParts(pipeline, loras, controlnet, preview_vae)

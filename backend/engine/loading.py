@@ -272,8 +272,30 @@ def load_image_encoder(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
         )
 
 
+ADAPTER_FAMILIES = (
+    "ip-adapter_sdxl, ip-adapter_sdxl_vit-h and ip-adapter-plus_sdxl_vit-h go with SDXL checkpoints, "
+    "ip-adapter_sd15 and ip-adapter-plus_sd15 with SD1.5 ones"
+)
+
+
 def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
-    """diffusers' own ``load_ip_adapter``, with the image encoder provided separately."""
+    """diffusers' own ``load_ip_adapter``, with the image encoder provided separately; an adapter of
+    another model family (its image attention layers of other sizes) said so in one line."""
+    from .family import family_of
+
+    try:
+        _load_ip_adapter(pipe, spec)
+    except ModelLoadError as error:
+        if "to_k_ip" not in str(error):
+            raise
+        raise ModelLoadError(
+            spec.ip_adapter,
+            f"an IP-Adapter for this {family_of(pipe).label} model",
+            f"its image attention layers are sized for another model family: {ADAPTER_FAMILIES}",
+        ) from error
+
+
+def _load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
     source = spec.ip_adapter
     with load_errors(source, "IP-Adapter weights (image_proj + ip_adapter) for this model"):
         if is_local(source):
@@ -297,6 +319,22 @@ def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
             image_encoder_folder=None,
             cache_dir=spec.cache_dir,
             local_files_only=spec.local_files_only,
+        )
+
+
+def check_controlnet(controlnet: torch.nn.Module, pipe: object, spec: ModelSpec) -> None:
+    """A ControlNet made for the base model's family (an SD1.5 ControlNet beside an SDXL checkpoint
+    loads, and fails at its first job with a shape error): its cross-attention and added embedding."""
+    from .family import family_of
+
+    unet, config = pipe.unet.config, controlnet.config  # type: ignore[attr-defined]
+    keys = ("cross_attention_dim", "addition_embed_type", "block_out_channels")
+    if any(getattr(unet, key, None) != getattr(config, key, None) for key in keys):
+        family = family_of(pipe)
+        raise ModelLoadError(
+            str(spec.controlnet),
+            f"a ControlNet for this {family.label} model",
+            f"it was made for another model family; --controlnet auto loads {family.controlnet}",
         )
 
 
