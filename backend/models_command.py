@@ -44,6 +44,7 @@ def is_cached(repo_id: str, path: str, cache_dir: str | None) -> bool:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from backend.engine.content_text import planned_tower, tower_files
     from backend.engine.downloads import (
         DownloadProgress,
         fetch,
@@ -63,6 +64,10 @@ def run_models(args: argparse.Namespace) -> int:
     if folders or singles:  # a model on disk needs nothing from the hub
         with load_errors(where, "model files from the Hugging Face hub"):
             files = plan_downloads(folders, singles, hub_sizes, hub_json(spec.cache_dir))
+    tower = planned_tower(spec)  # content subtraction's text tower, downloaded at start too
+    if tower is not None:
+        with load_errors(tower, "a CLIP text tower on the Hugging Face hub"):
+            files += tower_files(tower, hub_sizes(tower))
     cached = {(f.repo_id, f.path) for f in files if is_cached(f.repo_id, f.path, spec.cache_dir)}
     total = sum(f.size for f in files)
     missing = sum(f.size for f in files if (f.repo_id, f.path) not in cached)

@@ -31,7 +31,10 @@ def models(hub: FakeHub, cache, *what: str) -> subprocess.CompletedProcess:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "PYTHONPATH": str(REPO),
     }
-    command = [sys.executable, "-m", "backend", "models", *what, *MODEL]
+    model = (
+        MODEL if not any(arg == "--model" for arg in what) else ["--preview-vae", "none", "--device", "cpu"]
+    )
+    command = [sys.executable, "-m", "backend", "models", *what, *model]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
@@ -85,3 +88,37 @@ def test_an_interrupted_download_is_one_line_and_the_next_one_fetches_only_what_
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert broken in second and not set(first) & set(second)  # nothing fetched twice
+
+
+def test_an_sd15_model_lists_its_parts_and_the_content_text_tower(sd15_paths, tmp_path):
+    """The checklist of a hub SD1.5 model with ip-adapter_sd15: the family's pipeline parts, its adapter
+    and encoder, and ViT-H's text tower (text half only), which the backend fetches at start; then the
+    download fetches those files."""
+    from backend.tiny.layouts import TINY_CLIP_VIT_H_REPO_ID
+    from backend.tiny.sd15_layouts import TINY_SD15_IP_REPO_ID, TINY_SD15_REPO_ID
+
+    repos = {
+        TINY_SD15_REPO_ID: sd15_paths.diffusers_folder,
+        TINY_SD15_IP_REPO_ID: sd15_paths.root / "ip-adapter",
+        TINY_CLIP_VIT_H_REPO_ID: sd15_paths.clip_vit_h,
+    }
+    sd15 = [
+        "--model", TINY_SD15_REPO_ID,
+        "--ip-adapter", f"{TINY_SD15_IP_REPO_ID}/models/ip-adapter_sd15.safetensors",
+        "--image-encoder", f"{TINY_SD15_IP_REPO_ID}/models/image_encoder",
+        "--content-text-encoder", TINY_CLIP_VIT_H_REPO_ID,
+    ]  # fmt: skip
+    cache = tmp_path / "cache"
+    with FakeHub(repos) as hub:
+        planned = models(hub, cache, "--plan", *sd15)
+        assert planned.returncode == 0, planned.stderr[-2000:]
+        downloaded = models(hub, cache, "--download", *sd15)
+        assert downloaded.returncode == 0, downloaded.stderr[-2000:]
+    files = {(f["repo"], f["path"]) for f in json.loads(planned.stdout)["files"]}
+    parts = {path.split("/")[0] for repo, path in files if repo == TINY_SD15_REPO_ID}
+    assert parts == {"model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"}
+    tower = {path for repo, path in files if repo == TINY_CLIP_VIT_H_REPO_ID}
+    assert "model.safetensors" in tower and "config.json" in tower and "tokenizer_config.json" in tower
+    assert (TINY_SD15_IP_REPO_ID, "models/ip-adapter_sd15.safetensors") in files
+    assert not any("plus" in path for _, path in files)
+    assert set(hub.downloaded()) >= files - {(TINY_SD15_REPO_ID, "model_index.json")}

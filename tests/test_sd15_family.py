@@ -362,3 +362,25 @@ def test_parts_of_another_family_are_refused_at_start_in_one_line(sd15_paths, ti
     with pytest.raises(ModelLoadError) as raised:
         InstantStyleEngine.load(spec, device="cpu")
     assert wanted in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_hub_sd15_pipelines_safety_checker_is_never_downloaded():
+    """stable-diffusion-v1-5's model_index names a safety checker (1.2 GB) and a feature extractor that
+    the backend never loads: the download plan leaves them out."""
+    import torch as _torch
+
+    from backend.engine.downloads import pipeline_folders, wanted_from_hub
+
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+    }
+    folders, singles = wanted_from_hub(resolve_spec(ModelSpec(family=ModelFamily.SD15)), _torch.float16)
+    folder = folders[0]
+    assert folder.repo_id == SD15.base_repo and folder.variant == "fp16" and folder.pipeline
+    assert singles == [("h94/IP-Adapter", "models/ip-adapter_sd15.safetensors")]
+    assert pipeline_folders(index, folder.skip) == ["text_encoder", "unet"]
+    assert len(pipeline_folders(index)) == 4  # SDXL's plan takes every part its index names

@@ -149,6 +149,30 @@ the weights, each as large)."""
 CACHED_MEANS_DONE = ("config.json", "model.safetensors")
 
 
+def planned_tower(spec: ModelSpec) -> str | None:
+    """The hub repo of the text tower a spec's first content job loads, for the download checklist
+    (``models --plan``), known before any weight is read: a plain adapter on ViT-H (its config on disk
+    says so, or h94's layout does: ``models/image_encoder`` is ViT-H's folder), or any plain adapter of
+    a family without a text tower in the image encoder's space (SD1.5)."""
+    from .family import traits
+    from .image_encoders import ImageEncoderKind, image_encoder_kind
+
+    source = tower_source(spec)
+    if source is None or is_local(source) or "plus" in Path(spec.ip_adapter).name.lower():
+        return None
+    folder = spec.image_encoder.rstrip("/")
+    h94_vit_h = folder.endswith("models/image_encoder") and not folder.endswith("sdxl_models/image_encoder")
+    vit_h = h94_vit_h or image_encoder_kind(spec) is ImageEncoderKind.VIT_H
+    no_shared_tower = spec.family is not None and traits(spec.family).shared_text_tower is None
+    return source if vit_h or no_shared_tower else None
+
+
+def tower_files(source: str, sizes: dict[str, int]) -> list[RemoteFile]:
+    """The files of a hub tower that loading it reads (its text half: the repo's other copies are not)."""
+    wanted = TOWER_FILES if "model.safetensors" in sizes else TOWER_FILES | {"pytorch_model.bin"}
+    return [RemoteFile(source, path, size) for path, size in sorted(sizes.items()) if path in wanted]
+
+
 def prefetch_tower(spec: ModelSpec, source: str, report: Callable[[DownloadProgress], None]) -> str:
     """Download a hub tower's files at start, with the model's progress reports (loading waits for the
     first job that asks). Returns "" when done or nothing to do, else one line saying why not: content
@@ -162,9 +186,7 @@ def prefetch_tower(spec: ModelSpec, source: str, report: Callable[[DownloadProgr
         return ""  # no network at start once it is there (an offline machine would wait for its timeout)
     try:
         sizes = hub_sizes(source, timeout=constants.HF_HUB_ETAG_TIMEOUT)
-        wanted = TOWER_FILES if "model.safetensors" in sizes else TOWER_FILES | {"pytorch_model.bin"}
-        files = [RemoteFile(source, path, size) for path, size in sorted(sizes.items()) if path in wanted]
-        fetch(files, report, spec.cache_dir)
+        fetch(tower_files(source, sizes), report, spec.cache_dir)
     except Exception as error:  # huggingface_hub raises many types; the model itself loaded
         log.warning("content text tower %s: %s", source, error)
         return one_line(f"content subtraction: could not download {source} ({error})")
