@@ -232,7 +232,7 @@ async def _demo(args: argparse.Namespace) -> int:
             if not client.status.ready:
                 show_progress(client.status)
             family = client.status.features.family if client.status.features else None
-            if args.speed and family not in (None, ModelFamily.SDXL):  # the preset's LoRA is the family's
+            if getattr(args, "speed", None) and family not in (None, ModelFamily.SDXL):  # its preset's LoRA
                 message, inputs = job_from_arguments(args, 1, family)
             await client.submit(message, inputs)
             if args.previews:

@@ -206,8 +206,12 @@ def job_from_arguments(
     preset = None
     if getattr(args, "speed", None):
         from backend.engine.speed_presets import speed_preset
+        from backend.preflight import ArgumentError
 
-        preset = speed_preset(args.speed[0], family)
+        try:
+            preset = speed_preset(args.speed[0], family)
+        except ValueError as error:  # a preset the model's family has no LoRA for
+            raise ArgumentError(f"--speed {args.speed[0]}: {error}") from None
     loras = list(args.use_lora)
     if preset and preset.lora.name not in {name for name, _ in loras}:
         loras.append((preset.lora.name, preset.lora_weight))
@@ -261,7 +265,9 @@ def run_generate(args: argparse.Namespace) -> int:
     from backend.threads import describe_numerics
 
     # Everything about the job is checked before minutes go into loading a model.
-    message, images = job_from_arguments(args, 1, detect_family(model_options.model_spec(args)))
+    # The family only matters to a speed preset's LoRA: read from the checkpoint for that alone.
+    family = detect_family(model_options.model_spec(args)) if args.speed else ModelFamily.SDXL
+    message, images = job_from_arguments(args, 1, family)
     request = with_refine(build_request(message, images), args)
     request.validate()
     log.info("torch: %s", describe_numerics())  # what decides the last bits of a CPU job's pixels

@@ -158,7 +158,7 @@ def test_default_spec_points_at_the_real_models():
 def test_fp16_hub_loading_prefers_the_fp16_variant_and_falls_back(tiny_paths, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
-    from backend.engine.loading import load_base_pipeline
+    from backend.engine.model_loading import load_base_pipeline
     from backend.tiny.layouts import write_hub_snapshot
 
     # A repo with both precisions; the fp16 files are marked (conv_in doubled) to tell them apart.

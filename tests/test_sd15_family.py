@@ -328,6 +328,16 @@ def test_generate_from_an_sd15_single_file_on_the_command_line(sd15_paths, sd15_
     assert fast.returncode == 0, fast.stderr
     assert Image.open(tmp_path / "f.png").size == (64, 64)
     assert "'lightning-4' has no LoRA for SD1.5 models" in fast.stderr + fast.stdout
+    # Asked to apply a preset SD1.5 has no LoRA for: one line, no traceback.
+    lightning = subprocess.run(
+        [*common, "--speed", "lightning-4", "--out", str(tmp_path / "l.png")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert lightning.returncode == 2 and "Traceback" not in lightning.stderr, lightning.stderr
+    assert "--speed lightning-4: speed preset 'lightning-4' has no LoRA for SD1.5 models" in lightning.stderr
 
 
 @pytest.mark.parametrize(
@@ -384,3 +394,88 @@ def test_the_hub_sd15_pipelines_safety_checker_is_never_downloaded():
     assert singles == [("h94/IP-Adapter", "models/ip-adapter_sd15.safetensors")]
     assert pipeline_folders(index, folder.skip) == ["text_encoder", "unet"]
     assert len(pipeline_folders(index)) == 4  # SDXL's plan takes every part its index names
+
+
+def test_a_canvas_inpainted_from_host_encoded_latents_and_cfg_rescale_on_a_refined_canvas(sd15_paths):
+    """A canvas larger than the tier's VAE tile is encoded tile by tile and handed over as latents:
+    SD1.5's inpaint pipeline then needs them as its masked latents too (it masked the picture with a
+    mask of another size). A refined txt2img with CFG rescale refines without it (SD1.5's img2img has
+    none), rather than failing after its first stage."""
+    from backend.engine.request import Refine
+
+    engine = InstantStyleEngine.load(sd15_paths.spec("diffusers"), device="cpu", memory_tier="encoders-off")
+    mask = Image.new("L", (576, 576), 0)
+    mask.paste(255, (0, 0, 288, 576))
+    init = noise_image(23, 576)
+    result = engine.generate(
+        job(mode=Mode.INPAINT, init_image=init, mask=mask, width=576, height=576, steps=2)
+    )
+    picture = result.images[0]
+    assert picture.shape == (576, 576, 3)
+    refined = engine.generate(
+        job(
+            width=128,
+            height=64,
+            steps=2,
+            guidance_rescale=0.5,
+            refine=Refine(strength=0.4, tile=64, overlap=16),
+        )
+    )
+    assert refined.images[0].shape == (64, 128, 3)
+
+
+def test_detection_edge_cases_are_one_line_each(sd15_paths, tiny_paths, engine, sd15_engine, tmp_path):
+    """A folder saved from an img2img pipeline is still its family; an SD2 folder (SD1.5's pipeline
+    class, 1024-d text) and an inpainting file (9-channel UNet) are refused; a truncated file says so;
+    a .ckpt is read without loading its tensors; a hub repo that cannot be reached now is planned as
+    SDXL and left to the load to report."""
+    import json as _json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from backend.engine.family_detect import family_of_index
+
+    assert family_of_index("x", {"_class_name": "StableDiffusionXLImg2ImgPipeline"}) is ModelFamily.SDXL
+    assert family_of_index("x", {"_class_name": "StableDiffusionInpaintPipeline"}) is ModelFamily.SD15
+    sd2 = tmp_path / "sd2"
+    shutil.copytree(sd15_paths.diffusers_folder, sd2, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = _json.loads((sd2 / "unet" / "config.json").read_text())
+    (sd2 / "unet" / "config.json").write_text(_json.dumps({**config, "cross_attention_dim": 1024}))
+    with pytest.raises(ModelLoadError, match="1024-d text"):
+        detect_family(ModelSpec(base=str(sd2)))
+    inpainting = tmp_path / "inpainting.safetensors"
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    save_file(
+        {key: torch.zeros(4, 9, 3, 3), "cond_stage_model.transformer.x": torch.zeros(1)}, str(inpainting)
+    )
+    with pytest.raises(ModelLoadError, match="inpainting checkpoint"):
+        detect_family(ModelSpec(base=str(inpainting)))
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(sd15_paths.single_file.read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        detect_family(ModelSpec(base=str(truncated)))
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(str(sd15_paths.single_file))}, ckpt)
+    assert detect_family(ModelSpec(base=str(ckpt))) is ModelFamily.SD15
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint\nat all\n")
+    with pytest.raises(ModelLoadError) as raised:
+        detect_family(ModelSpec(base=str(garbage)))
+    assert "\n" not in str(raised.value)
+    unreachable = ModelSpec(
+        base="someone/sd15-finetune", cache_dir=str(tmp_path / "empty"), local_files_only=True
+    )
+    plan = LoadPlan.make(unreachable, device="cpu")
+    assert plan.spec.family is None and plan.spec.ip_adapter == ModelSpec().ip_adapter
+
+
+def test_the_plugins_known_blocks_are_the_engines(engine, sd15_engine):
+    """The plugin keeps each family's preset blocks for servers that do not announce them (it cannot
+    import the backend): they are the engine's own."""
+    from krita_plugin.instantstyle.model_family import KNOWN_PRESET_BLOCKS
+
+    for running in (engine, sd15_engine):
+        assert KNOWN_PRESET_BLOCKS[running.family.family] == running.features.preset_blocks

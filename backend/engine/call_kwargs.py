@@ -7,27 +7,45 @@ The family decides what a mode's pipeline takes: SD1.5's img2img, inpaint and Co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from PIL import Image
 
-from protocol.enums import Mode
+from protocol.enums import Mode, ModelFamily
 
 from .canny import canny
 from .decode import encode_canvas
+from .family import FamilyTraits
+from .loras import LoraSet
 from .prediction import default_guidance_rescale
-from .prompt_cache import PromptKey
+from .prompt_cache import PromptCache, PromptKey
 from .regions import style_and_masks
 from .request import GenerationRequest, RequestError
-from .style_embedding import ip_adapter_embeds
-
-if TYPE_CHECKING:
-    from .engine import InstantStyleEngine
+from .samplers import JobSchedulers
+from .style_embedding import StyleEncoder, ip_adapter_embeds
 
 
-def check_family_request(engine: InstantStyleEngine, request: GenerationRequest) -> None:
-    """What the model's family cannot do with this job, in one line."""
+class EngineParts(Protocol):
+    """What the call's arguments are made from (an ``InstantStyleEngine``)."""
+
+    family: FamilyTraits
+    encoder: StyleEncoder
+    prompts: PromptCache
+    loras: LoraSet
+    schedulers: JobSchedulers
+    pipeline: object
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+
+def check_family_request(engine: EngineParts, request: GenerationRequest) -> None:
+    """What the model's family cannot do with this job, in one line (checked once for the job as asked:
+    a canvas's refining stage on SD1.5 goes without the CFG rescale its img2img pipeline lacks)."""
     family = engine.family
     if request.guidance_rescale and request.mode in family.no_guidance_rescale:
         raise RequestError(f"guidance_rescale is not available with {family.label} {request.mode.value} jobs")
@@ -38,7 +56,7 @@ def check_family_request(engine: InstantStyleEngine, request: GenerationRequest)
         )
 
 
-def pipeline_kwargs(engine: InstantStyleEngine, request: GenerationRequest) -> dict[str, object]:
+def pipeline_kwargs(engine: EngineParts, request: GenerationRequest) -> dict[str, object]:
     """The call's arguments: the cached prompt encodings, the style embedding, the sizes and seeds,
     and what the mode adds (the init picture or its latents, the mask, the canny edges)."""
     style, masks = style_and_masks(engine.encoder, request)
@@ -93,4 +111,8 @@ def pipeline_kwargs(engine: InstantStyleEngine, request: GenerationRequest) -> d
     if request.mode is Mode.INPAINT:
         assert request.mask is not None
         kwargs["mask_image"] = request.mask.convert("L").resize(size, Image.Resampling.NEAREST)
+        if latents is not None and engine.family.family is ModelFamily.SD15:
+            # SD1.5's inpaint pipeline masks the init *picture* unless given the masked latents, which
+            # its 4-channel UNet never reads: the canvas's latents stand in (SDXL's needs nothing).
+            kwargs["masked_image_latents"] = latents
     return kwargs

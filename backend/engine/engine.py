@@ -222,7 +222,6 @@ class InstantStyleEngine:
         returns latents, which ``decode.decode(pipe, latents)`` turns into the pictures.
         """
         request.validate()
-        check_family_request(self, request)
         pipe = self.pipeline_for(request.mode)
         self.precise.set(None)  # diffusers sets the scales of its own processors only
         self.applied_scales.apply(pipe, self.pipeline.unet, self.scale_map(request))  # type: ignore[attr-defined]
@@ -245,6 +244,7 @@ class InstantStyleEngine:
         its cells one after the other: the style, content and prompt encodings are cached after the
         first, so each cell costs what a single job with those settings costs."""
         started = time.perf_counter()
+        check_family_request(self, request)
         with self._lock:
             if request.refine is not None:
                 unet = self.pipeline.unet  # type: ignore[attr-defined]

@@ -15,9 +15,10 @@ from .adapters import adapter_info
 from .downloads import prefetch
 from .family_detect import detect_family
 from .load_plan import LoadPlan, download_status
-from .loading import check_controlnet, load_controlnet, load_models
+from .loading import load_controlnet
 from .loras import LoraSet
 from .memory import place
+from .model_loading import check_controlnet, load_models
 from .preview_vae import LoadedPreviewVae, load_preview_vae
 from .speed_presets import lora_sources
 

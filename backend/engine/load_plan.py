@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from protocol.enums import Mode, ModelPhase
+from protocol.enums import Mode, ModelFamily, ModelPhase
 from protocol.messages import ModelStatus
 
 from .downloads import DownloadProgress
@@ -58,12 +58,13 @@ class LoadPlan:
         compile: bool = False,
     ) -> LoadPlan:
         spec = resolve_spec(spec)  # the family, read from the checkpoint, and its default parts
-        spec, problems = family_speed_presets(spec)
+        family = spec.family or ModelFamily.SDXL  # None: a hub repo not reachable now, planned as SDXL
+        spec, problems = family_speed_presets(spec, family)
         torch_device = pick_device(device)
         previews = spec.preview_vae.strip().lower() != "none"
         torch_dtype = pick_dtype(torch_device, dtype)
         encoder: ImageEncoderKind | None = image_encoder_kind(spec)
-        if encoder is ImageEncoderKind.UNKNOWN and spec.image_encoder == traits(spec.family).image_encoder:
+        if encoder is ImageEncoderKind.UNKNOWN and spec.image_encoder == traits(family).image_encoder:
             encoder = None  # not downloaded yet, but the family's own: its known kind (SD1.5: ViT-H)
         tier = pick_tier(
             torch_device,
@@ -72,7 +73,7 @@ class LoadPlan:
             previews,
             torch_dtype,
             encoder,
-            family=spec.family,
+            family=family,
         )
         return cls(spec, torch_device, torch_dtype, tier, compile, problems)
 
@@ -86,14 +87,13 @@ class LoadPlan:
         return [mode for mode in Mode if mode is not Mode.CONTROL or self.spec.controlnet is not None]
 
 
-def family_speed_presets(spec: ModelSpec) -> tuple[ModelSpec, tuple[str, ...]]:
+def family_speed_presets(spec: ModelSpec, family: ModelFamily) -> tuple[ModelSpec, tuple[str, ...]]:
     """The spec with the speed presets its family has a LoRA for (SD1.5 has no Lightning), and one line
     for each left out: a server offering presets for any checkpoint starts, and says which it lacks."""
-    assert spec.family is not None
     kept, problems = [], []
     for name in spec.speed_presets:
         try:
-            speed_preset(name, spec.family)
+            speed_preset(name, family)
             kept.append(name)
         except ValueError as error:
             problems.append(f"speed preset {name}: {error}")
