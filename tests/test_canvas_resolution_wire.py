@@ -20,6 +20,8 @@ from protocol import (
     FrameKind,
     Generate,
     Limits,
+    Mode,
+    ModelFamily,
     PixelFormat,
     PixelFrame,
     Progress,
@@ -258,7 +260,6 @@ def test_cfg_rescale_is_refused_for_keep_lines_and_the_docker_leaves_it_out():
     from krita_plugin.instantstyle import job_message
     from krita_plugin.instantstyle.jobs import Image as Pixels
     from krita_plugin.instantstyle.settings import JobKind
-    from protocol import Mode
 
     control = message(mode=Mode.CONTROL, init_image=0, guidance_rescale=0.5, width=64, height=64)
     with pytest.raises(ProtocolError, match="guidance_rescale is not available with mode control") as raised:
@@ -274,3 +275,10 @@ def test_cfg_rescale_is_refused_for_keep_lines_and_the_docker_leaves_it_out():
     for kind, sent in ((JobKind.KEEP_LINES, None), (JobKind.STYLIZE, 0.5)):
         built, _frames = job_message.build_message(settings(kind=kind, guidance_rescale=0.5), inputs, shape)
         assert built.guidance_rescale == sent, kind
+    # SD1.5's img2img pipeline has no CFG rescale either: the artist's saved value stays, unsent.
+    sd15 = ModelFamily.SD15
+    stylize = settings(kind=JobKind.STYLIZE, guidance_rescale=0.5)
+    built, _frames = job_message.build_message(stylize, inputs, shape, True, sd15)
+    assert built.mode is Mode.IMG2IMG and built.guidance_rescale is None
+    built, _frames = job_message.build_message(settings(guidance_rescale=0.5), inputs, shape, True, sd15)
+    assert built.mode is Mode.TXT2IMG and built.guidance_rescale == 0.5  # SD1.5's txt2img has it

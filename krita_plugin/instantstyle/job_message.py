@@ -110,10 +110,15 @@ def message_fields(settings: GenerationSettings) -> dict[str, object]:
 
 
 def build_message(
-    settings: GenerationSettings, inputs: JobInputs, shape: JobShape, content_subtraction: bool = True
+    settings: GenerationSettings,
+    inputs: JobInputs,
+    shape: JobShape,
+    content_subtraction: bool = True,
+    family: protocol.ModelFamily = protocol.ModelFamily.SDXL,
 ) -> tuple[protocol.Generate, dict[int, Image]]:
     """The message and its INPUT images by index. Without ``content_subtraction`` (the backend's
-    adapter cannot: a plus one) the artist's content text stays in the settings but is not sent."""
+    adapter cannot: a plus one) the artist's content text stays in the settings but is not sent; nor
+    is a CFG rescale to a pipeline without one (keep-lines; SD1.5's img2img and inpaint)."""
     try:
         sweep_axes = settings.sweep_values() if shape.sweep else []
     except ValueError as error:
@@ -141,7 +146,10 @@ def build_message(
         refine=shape.refine,
         **message_fields(settings),  # type: ignore[arg-type]
     )
-    if mode is protocol.Mode.CONTROL:  # keep-lines jobs have no CFG rescale (the server says so)
+    no_rescale = mode is protocol.Mode.CONTROL or (
+        family is protocol.ModelFamily.SD15 and mode in (protocol.Mode.IMG2IMG, protocol.Mode.INPAINT)
+    )
+    if no_rescale:  # those pipelines have no CFG rescale (the server would refuse the job)
         message = replace(message, guidance_rescale=None)
     if not content_subtraction:
         message = replace(message, content_text="")

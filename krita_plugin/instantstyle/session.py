@@ -135,7 +135,9 @@ class Session:
             preview_side,
             protocol.Refine() if refine else None,
         )
-        message, frames = build_message(settings, inputs, shape, self.features.content_subtraction)
+        features = self.features
+        subtraction, family = features.content_subtraction, features.family
+        message, frames = build_message(settings, inputs, shape, subtraction, family)
         self._check_features(message)
         try:  # the same checks the server makes, with the server's limits, before sending anything
             protocol.decode_client_message(protocol.encode_message(message), hello.limits)
