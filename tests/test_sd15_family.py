@@ -479,3 +479,33 @@ def test_the_plugins_known_blocks_are_the_engines(engine, sd15_engine):
 
     for running in (engine, sd15_engine):
         assert KNOWN_PRESET_BLOCKS[running.family.family] == running.features.preset_blocks
+
+
+def test_an_sd15_plus_backend_serves_its_features_jobs_and_one_line_refusals(sd15_plus_engine):
+    """Through the server: the features say SD1.5 and plus, a content text is one error line and the
+    server serves on, and a job's pixels are the engine's for the request the server builds."""
+    from backend.client import InstantStyleClient, frame_image
+    from backend.server.inputs import build_request
+    from protocol import ImageAdapter
+    from tests.server_helpers import generate_message, run, running_server
+
+    async def scenario():
+        async with (
+            running_server(sd15_plus_engine) as server,
+            InstantStyleClient.connect(server.url) as client,
+        ):
+            features = client.status.features
+            await client.submit(generate_message(1, content_text="a cat"), {0: STYLE})
+            refused = await client.follow(1)
+            await client.submit(generate_message(2, preset=BlockPreset.STYLE_LAYOUT), {0: STYLE})
+            return features, refused, await client.follow(2)
+
+    features, refused, served = run(scenario())
+    assert features.family is ModelFamily.SD15 and features.image_adapter is ImageAdapter.PLUS
+    assert not features.content_subtraction
+    assert refused.error is not None and "'plus' IP-Adapter" in refused.error.message
+    assert "\n" not in refused.error.message
+    (frame,) = served.images
+    request = build_request(generate_message(2, preset=BlockPreset.STYLE_LAYOUT), {0: STYLE})
+    expected = sd15_plus_engine.generate(request).images[0]
+    assert np.array_equal(np.asarray(frame_image(frame).convert("RGB")), expected)
