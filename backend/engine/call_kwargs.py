@@ -47,7 +47,8 @@ def check_family_request(engine: EngineParts, request: GenerationRequest) -> Non
     """What the model's family cannot do with this job, in one line (checked once for the job as asked:
     a canvas's refining stage on SD1.5 goes without the CFG rescale its img2img pipeline lacks)."""
     family = engine.family
-    if request.guidance_rescale and request.mode in family.no_guidance_rescale:
+    no_rescale = family.no_guidance_rescale - {Mode.CONTROL}  # keep-lines: the request's own check says it
+    if request.guidance_rescale and request.mode in no_rescale:
         raise RequestError(f"guidance_rescale is not available with {family.label} {request.mode.value} jobs")
     if request.regions and min(request.width, request.height) < family.min_region_side:
         raise RequestError(
