@@ -9,6 +9,7 @@ from .assembly import ResultImage
 from .codec import PROTOCOL_VERSION, decode_client_message, decode_server_message, encode_message
 from .enums import (
     BlockPreset,
+    ControlKind,
     ErrorCode,
     FrameKind,
     ImageAdapter,
@@ -19,6 +20,8 @@ from .enums import (
     PixelFormat,
     PreviewMethod,
     Sampler,
+    SearchStage,
+    StyleMetric,
     SweepAxis,
 )
 from .errors import ProtocolError
@@ -26,6 +29,9 @@ from .frames import PixelFrame, decode_frame, encode_frame_header
 from .inputs import InputSlots
 from .messages import (
     LAYOUT_PUSH_BLOCKS,
+    Auto,
+    AutoPoint,
+    AutoSearch,
     Cancel,
     Cancelled,
     ClientMessage,
@@ -58,10 +64,14 @@ from .messages import (
 __all__ = [
     "LAYOUT_PUSH_BLOCKS",
     "PROTOCOL_VERSION",
+    "Auto",
+    "AutoPoint",
+    "AutoSearch",
     "BlockPreset",
     "Cancel",
     "Cancelled",
     "ClientMessage",
+    "ControlKind",
     "Error",
     "ErrorCode",
     "FrameKind",
@@ -92,11 +102,13 @@ __all__ = [
     "ResultImage",
     "Sampler",
     "Scores",
+    "SearchStage",
     "ServerHello",
     "ServerMessage",
     "SpeedPresetInfo",
     "Started",
     "StyleImage",
+    "StyleMetric",
     "SweepAxis",
     "SweepCell",
     "SweepValues",

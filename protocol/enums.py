@@ -54,7 +54,29 @@ class Mode(str, Enum):
     INPAINT = "inpaint"
     """Like img2img, but only inside a mask (a selection)."""
     CONTROL = "control"
-    """A new image that follows the Canny edges of an init image (ControlNet): restyle, keep the lines."""
+    """A new image that keeps an init image through a ControlNet (``generate.control``: its Canny edges
+    or, with a Tile ControlNet, the picture itself): restyle, keep the lines."""
+
+
+class ControlKind(str, Enum):
+    """What a ``control`` job keeps of its init image (``model_status.features.controls``: which the
+    server loaded)."""
+
+    EDGES = "edges"
+    """Its Canny edges, through a canny ControlNet: the lines stay, everything else is restyled."""
+    TILE = "tile"
+    """The picture itself, through a Tile ControlNet (no preprocessor): shapes and colour layout
+    stay, the style repaints the surface (the recipe InstantStyle-Plus builds on)."""
+
+
+class StyleMetric(str, Enum):
+    """What made a ``scores.style``."""
+
+    CLIP = "clip"
+    """Cosine of the IP-Adapter's CLIP image embeddings: it sees content as much as style."""
+    CSD = "csd"
+    """Cosine of CSD style descriptors (Somepalli et al. 2024: a CLIP ViT-L/14 with a head trained to
+    match styles, not subjects), where the server has a CSD checkpoint."""
 
 
 class Sampler(str, Enum):
@@ -82,6 +104,16 @@ class SweepAxis(str, Enum):
     CONTENT_SCALE = "content_scale"
     PRESET = "preset"
     SEED = "seed"
+
+
+class SearchStage(str, Enum):
+    """Where a point of an auto-strength search comes from."""
+
+    BASELINE = "baseline"
+    """No style (style scale 0): the leakage and prompt alignment the rule compares against."""
+    COARSE = "coarse"
+    FINE = "fine"
+    """Halfway between the coarse winner and its neighbours."""
 
 
 class ImageAdapter(str, Enum):

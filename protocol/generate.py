@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .enums import BlockPreset, ErrorCode, MessageType, Mode, Sampler, SweepAxis
+from .enums import BlockPreset, ControlKind, ErrorCode, MessageType, Mode, Sampler, SweepAxis
 from .errors import ProtocolError
 from .limits import (
     DEFAULT_LAYOUT_PUSH,
+    DEFAULT_LEAKAGE_MARGIN,
     DEFAULT_PREVIEW_SIDE,
+    DEFAULT_PROMPT_MARGIN,
     MAX_BLOCK_DEPTH,
     MAX_BLOCK_SCALE,
     MAX_INPUT_INDEX,
@@ -122,6 +124,19 @@ class Refine:
 
 
 @dataclass(frozen=True)
+class Auto:
+    """Find the strength for these references: the server searches style scale × content scale at a
+    low resolution, scores each point and renders the chosen one at the job's size. The rule: the
+    strongest style whose content leakage stays within ``leakage_margin`` of a no-style picture's and
+    whose prompt alignment stays within ``prompt_margin`` of it (``result.auto`` shows every point)."""
+
+    leakage_margin: float = field(default=DEFAULT_LEAKAGE_MARGIN, metadata=bounds(0.0, 1.0))
+    prompt_margin: float = field(default=DEFAULT_PROMPT_MARGIN, metadata=bounds(0.0, 1.0))
+    presets: bool = False
+    """Also search the ``precise`` preset against the job's own (``style`` or ``style+layout``)."""
+
+
+@dataclass(frozen=True)
 class Generate:
     """Start a job. Images travel as INPUT binary frames (same ``job_id``) sent just before."""
 
@@ -142,6 +157,8 @@ class Generate:
     mask: int | None = field(default=None, metadata=bounds(0, MAX_INPUT_INDEX))
     strength: float = field(default=0.6, metadata=bounds(0.01, 1.0))
     control_scale: float = field(default=0.6, metadata=bounds(0.0, 2.0))
+    control: ControlKind = ControlKind.EDGES
+    """For mode ``control``: what of the init image is kept (one of ``features.controls``)."""
     width: int = field(default=1024, metadata=bounds(8, 16384))
     height: int = field(default=1024, metadata=bounds(8, 16384))
     steps: int = field(default=30, metadata=bounds(1, 1000))
@@ -171,6 +188,8 @@ class Generate:
     live: bool = False
     """Latest wins: this job replaces the client's earlier live job, cancelled at its next step (or
     dropped from the queue). For re-rendering while the artist paints."""
+    auto: Auto | None = None
+    """Present: find the style and content scales first (``Auto``); the job's own scales are ignored."""
 
     def check_refine(self, fail: Any) -> None:
         """What a job at canvas resolution cannot have (yet), and its tiles' sizes."""
@@ -187,6 +206,16 @@ class Generate:
         for what, present in refused.items():
             if present:
                 raise fail(ErrorCode.BAD_FIELD, f"a job with refine cannot have {what}")
+
+    def check_auto(self, fail: Any) -> None:
+        """What a job that finds its own strength cannot have."""
+        if not self.style_images:
+            raise fail(ErrorCode.MISSING_FIELD, "auto strength needs style_images to score the style against")
+        refused = {"a sweep (it runs its own search)": bool(self.sweep), "regions": bool(self.regions)}
+        refused["live"] = self.live
+        for what, present in refused.items():
+            if present:
+                raise fail(ErrorCode.BAD_FIELD, f"a job with auto cannot have {what}")
 
     @property
     def sweep_cells(self) -> int:
@@ -306,6 +335,10 @@ class Generate:
             )
         if self.sweep and self.batch != 1:
             raise fail(ErrorCode.BAD_FIELD, "a sweep makes one picture per cell: batch must be 1")
+        if self.auto is not None:
+            self.check_auto(fail)
+        if self.control is not ControlKind.EDGES and self.mode is not Mode.CONTROL:
+            raise fail(ErrorCode.BAD_FIELD, f"control {self.control.value} is only used with mode control")
         names = [lora.name for lora in self.loras]
         if len(set(names)) != len(names):
             raise fail(ErrorCode.BAD_FIELD, "a LoRA is named twice in loras")

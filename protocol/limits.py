@@ -23,6 +23,8 @@ MAX_REGIONS = 8
 MAX_SWEEP_AXES = 2
 MAX_SWEEP_VALUES = 16
 MAX_PREVIEW_SIDE = 4096
+MAX_AUTO_POINTS = 64
+"""Points an auto-strength search may report (its cells are bounded by ``max_sweep_cells``)."""
 MAX_CANVAS_SIDE = 16384
 MAX_REFINE_TILE = 4096
 MAX_TILES = (MAX_CANVAS_SIDE // 8) ** 2
@@ -31,6 +33,11 @@ DEFAULT_PREVIEW_SIDE = 1024
 PREVIEW_HEADER_BYTES = 64
 """At least a pixel frame's header (``frames.HEADER``, 20 bytes), with room to spare."""
 DEFAULT_LAYOUT_PUSH = 2.0
+DEFAULT_LEAKAGE_MARGIN = 0.02
+"""Auto strength: how far above the no-style picture's content cosine a setting's may go (about the
+spread of CLIP image-text cosines between seeds of one prompt; ``docs/AUTO_STRENGTH.md``)."""
+DEFAULT_PROMPT_MARGIN = 0.03
+"""Auto strength: how far below the no-style picture's prompt cosine a setting's may fall."""
 """ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
 
 

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from .enums import (
     BlockPreset,
+    ControlKind,
     ErrorCode,
     ImageAdapter,
     MessageType,
@@ -20,13 +21,15 @@ from .enums import (
     ModelPhase,
     PreviewMethod,
     Sampler,
+    SearchStage,
+    StyleMetric,
 )
 from .errors import ProtocolError
-from .generate import Generate, LoraWeight, Refine, Region, StyleImage, SweepValues
-from .limits import MAX_JOB_ID, MAX_SEED, MAX_TEXT, MAX_TILES, Limits
+from .generate import Auto, Generate, LoraWeight, Refine, Region, StyleImage, SweepValues
+from .limits import MAX_AUTO_POINTS, MAX_JOB_ID, MAX_SEED, MAX_TEXT, MAX_TILES, Limits
 from .schema import bounds
 
-__all__ = ["Generate", "Limits", "LoraWeight", "Refine", "Region", "StyleImage", "SweepValues"]
+__all__ = ["Auto", "Generate", "Limits", "LoraWeight", "Refine", "Region", "StyleImage", "SweepValues"]
 
 # ---------------------------------------------------------------- client -> server
 
@@ -124,6 +127,11 @@ class ModelFeatures:
     family: ModelFamily = ModelFamily.SDXL
     """Which kind of base model is loaded: block names, native size and encoders follow it (older
     servers: SDXL, the only family they had)."""
+    controls: list[ControlKind] = field(default_factory=list, metadata=bounds(max_items=16))
+    """What mode ``control`` can keep (``generate.control``); empty from older servers: ``edges``
+    where ``hello.modes`` has ``control``."""
+    style_metric: StyleMetric = StyleMetric.CLIP
+    """What the ``scores.style`` of this server's results measure."""
     preset_blocks: dict[str, list[str]] = field(
         default_factory=dict,
         metadata=bounds(max_keys=MAX_PRESET_BLOCK_KEYS, max_items=1000, max_length=MAX_BLOCK_NAME),
@@ -222,6 +230,40 @@ class Scores:
     style: float = field(metadata=bounds(-1.0, 1.0))
     content: float | None = field(default=None, metadata=bounds(-1.0, 1.0))
     prompt: float | None = field(default=None, metadata=bounds(-1.0, 1.0))
+    style_metric: StyleMetric = StyleMetric.CLIP
+    """What made ``style``: CLIP image embeddings, or CSD style descriptors."""
+
+
+@dataclass(frozen=True)
+class AutoPoint:
+    """One setting an auto-strength search tried, with the scores of its picture."""
+
+    style_scale: float = field(metadata=bounds(0.0, 2.0))
+    content_scale: float = field(metadata=bounds(0.0, 2.0))
+    preset: BlockPreset
+    scores: Scores
+    stage: SearchStage = SearchStage.COARSE
+
+
+@dataclass(frozen=True)
+class AutoSearch:
+    """How a job with ``auto`` found its strength: every point tried (at ``width`` × ``height``,
+    ``steps`` steps), the ``chosen`` one's index, and one line saying why it won (``passed`` false: no
+    point kept within both margins, and the line says what was chosen instead)."""
+
+    points: list[AutoPoint] = field(metadata=bounds(max_items=MAX_AUTO_POINTS))
+    chosen: int = field(metadata=bounds(0, MAX_AUTO_POINTS - 1))
+    passed: bool
+    reason: str = field(metadata=bounds(max_length=MAX_TEXT))
+    width: int = field(metadata=bounds(1, None))
+    height: int = field(metadata=bounds(1, None))
+    steps: int = field(metadata=bounds(1, None))
+    leakage_margin: float = field(default=0.0, metadata=bounds(0.0, 1.0))
+    prompt_margin: float = field(default=0.0, metadata=bounds(0.0, 1.0))
+
+    def __post_init__(self) -> None:
+        if self.chosen >= len(self.points):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "auto.chosen must index auto.points")
 
 
 @dataclass(frozen=True)
@@ -251,6 +293,8 @@ class Result:
     """One per image, in order."""
     cells: list[SweepCell] = field(default_factory=list, metadata=bounds(max_items=1000))
     """For a sweep: each image's settings, in order (row by row: the first axis varies slowest)."""
+    auto: AutoSearch | None = None
+    """For a job with ``auto``: the search that chose its images' style and content scales."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 from PIL import Image
 
-from protocol.enums import BlockPreset, Mode, Sampler, SweepAxis
+from protocol.enums import BlockPreset, ControlKind, Mode, Sampler, SweepAxis
+from protocol.generate import Auto
 
 from .blocks import BlockScaleMap
 from .preview_budget import DEFAULT_PREVIEW_SHARE
@@ -98,6 +99,8 @@ class GenerationRequest:
     strength: float = 0.6
     control_scale: float = 0.6
     """ControlNet conditioning scale for ``Mode.CONTROL`` (the InstantStyle code's 0.6)."""
+    control: ControlKind = ControlKind.EDGES
+    """For ``Mode.CONTROL``: keep the init image's Canny edges, or (tile) the picture itself."""
     width: int = 1024
     height: int = 1024
     steps: int = 30
@@ -125,6 +128,8 @@ class GenerationRequest:
     """False: steps report progress only (a live job: its result is what the artist waits for)."""
     refine: Refine | None = None
     """Make ``width`` × ``height`` in two stages (``Refine``): for canvases above the native size."""
+    auto: Auto | None = None
+    """Find the style and content scales first (``auto_search``), then render the chosen ones."""
 
     def cells(self) -> list[SweepCell]:
         """The sweep's cells in order (one cell, the request's own settings, without a sweep)."""
@@ -163,6 +168,8 @@ class GenerationRequest:
         return self.effective_steps * len(self.cells())
 
     def validate(self) -> None:
+        if self.auto is not None:
+            self.auto_check()
         if self.sweep:
             if self.refine is not None:
                 raise RequestError("a sweep runs at the model's size: it cannot refine to canvas resolution")
@@ -206,8 +213,23 @@ class GenerationRequest:
             check_precise(self.guidance_scale)
         if self.refine is not None:
             self.refine.check()
+        if self.control is not ControlKind.EDGES and self.mode is not Mode.CONTROL:
+            raise RequestError(f"control {self.control.value} is only used with mode control")
         if self.guidance_rescale and self.mode is Mode.CONTROL:
             raise RequestError("guidance_rescale is not available with keep-lines (ControlNet) jobs")
+
+    def auto_check(self) -> None:
+        """What a job that finds its own strength cannot have (the wire's checks, for every caller)."""
+        assert self.auto is not None
+        if not self.style_images:
+            raise RequestError("auto strength needs style references to score the style against")
+        for what, present in (("a sweep", self.sweep), ("regions", self.regions)):
+            if present:
+                raise RequestError(f"auto strength runs its own search: it cannot have {what}")
+        for name in ("leakage_margin", "prompt_margin"):
+            value = getattr(self.auto, name)
+            if not 0.0 <= value <= 1.0:
+                raise RequestError(f"auto {name} must be from 0 to 1, got {value}")
 
     @property
     def effective_steps(self) -> int:
@@ -231,6 +253,8 @@ class GenerationResult:
     """For a sweep: each image's settings."""
     scores: list = field(default_factory=list)
     """``scores.ImageScores`` of each image: style similarity, content leakage, prompt alignment."""
+    auto: object | None = None
+    """For a job with ``auto``: the ``auto_search.AutoOutcome`` that chose its scales."""
 
 
 def check_precise(guidance_scale: float) -> None:
