@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from protocol.enums import BlockPreset, Mode, ModelFamily, Sampler
+from protocol.enums import BlockPreset, ControlKind, Mode, ModelFamily, Sampler
 
 log = logging.getLogger("backend")
 
@@ -132,6 +132,13 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", type=Path, help="inpaint mask (white = change)")
     parser.add_argument("--strength", type=float, default=0.6)
     parser.add_argument("--control-scale", type=float, default=0.6, help="ControlNet scale (mode control)")
+    parser.add_argument(
+        "--control",
+        choices=[kind.value for kind in ControlKind],
+        default=ControlKind.EDGES.value,
+        help="mode control: keep the init image's lines (edges, the backend's --controlnet) or the picture "
+        "itself, changing its style (tile, the backend's --tile-controlnet)",
+    )
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--steps", type=int, help="default: the speed preset's, else 30")
@@ -179,7 +186,7 @@ def _open(path: Path):  # -> PIL.Image.Image
         return image.copy()
 
 
-CONVERTED = frozenset({"preset", "mode", "mask", "steps", "sampler", "sweep"})
+CONVERTED = frozenset({"preset", "mode", "mask", "steps", "sampler", "sweep", "control"})
 """Options named like a ``generate`` field whose value still needs converting (enums, files,
 presets): ``job_from_arguments`` builds those itself."""
 
@@ -232,6 +239,7 @@ def job_from_arguments(
         "preset": BlockPreset(args.preset),
         "block_scales": json.loads(args.blocks) if args.blocks else None,
         "mode": Mode(args.mode),
+        "control": ControlKind(args.control),
         "init_image": init_index,
         "mask": mask_index,
         "steps": args.steps or (preset.steps if preset else 30),

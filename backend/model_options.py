@@ -43,7 +43,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--controlnet",
         help="canny ControlNet folder or repo id for mode control, or auto: the model family's "
-        "(diffusers/controlnet-canny-sdxl-1.0, lllyasviel/control_v11p_sd15_canny)",
+        "(diffusers/controlnet-canny-sdxl-1.0, lllyasviel/control_v11p_sd15_canny): control jobs keep the "
+        "init image's lines (generate --control edges)",
+    )
+    group.add_argument(
+        "--tile-controlnet",
+        metavar="PATH|auto",
+        help="Tile ControlNet folder or repo id for mode control, or auto: the model family's "
+        "(xinsir/controlnet-tile-sdxl-1.0, lllyasviel/control_v11f1e_sd15_tile): control jobs keep the "
+        "picture itself and change its style (generate --control tile); the tiny models ship both",
     )
     group.add_argument(
         "--vae",
@@ -143,6 +151,7 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
         "ip_adapter": args.ip_adapter,
         "image_encoder": args.image_encoder,
         "controlnet": args.controlnet,
+        "tile_controlnet": args.tile_controlnet,
         "vae": args.vae,
         "base_config": args.base_config,
         "cache_dir": args.cache_dir,

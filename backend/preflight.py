@@ -71,6 +71,7 @@ def check_model_paths(args: argparse.Namespace) -> None:
         "--ip-adapter": args.ip_adapter,
         "--image-encoder": args.image_encoder,
         "--controlnet": args.controlnet,
+        "--tile-controlnet": args.tile_controlnet,
         "--vae": args.vae,
         "--base-config": args.base_config,
         "--preview-vae": args.preview_vae if args.preview_vae not in ("auto", "none") else None,

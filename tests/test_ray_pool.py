@@ -16,7 +16,7 @@ from backend.client import InstantStyleClient, frame_image
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.server.ray_actor import ActorPlan
 from backend.server.ray_pool import RaySettings, RayWorkerPool
-from protocol import Cancel, ErrorCode, encode_message
+from protocol import Cancel, ErrorCode, Mode, encode_message
 from tests.conftest import noise_image
 from tests.server_helpers import generate_message, run, running_server
 
@@ -165,10 +165,15 @@ def test_server_shutdown_stops_the_actors(ray_cluster, tiny_paths):
 
 
 def test_hello_before_the_pool_is_up_names_ray_and_the_worker_count(ray_cluster, tiny_paths):
-    plan = ActorPlan(dataclasses.replace(tiny_paths.spec("diffusers"), controlnet=None), device="cpu")
+    spec = dataclasses.replace(tiny_paths.spec("diffusers"), controlnet=None, tile_controlnet=None)
+    plan = ActorPlan(spec, device="cpu")
     pending = RayWorkerPool(plan, RaySettings("local", workers=2))
     info = pending.load_plan_info()
     assert info.info.device == "ray: 2 workers (CPU)" and "control" not in [m.value for m in info.modes]
+    tile_only = ActorPlan(
+        dataclasses.replace(spec, tile_controlnet=str(tiny_paths.tile_controlnet)), device="cpu"
+    )
+    assert Mode.CONTROL in RayWorkerPool(tile_only, RaySettings("local", workers=2)).load_plan_info().modes
 
 
 def ray_processes() -> int:

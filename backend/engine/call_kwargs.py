@@ -14,7 +14,7 @@ from PIL import Image
 
 from protocol.enums import Mode, ModelFamily
 
-from .canny import canny
+from .control import control_image
 from .decode import encode_canvas
 from .family import FamilyTraits
 from .loras import LoraSet
@@ -59,7 +59,7 @@ def check_family_request(engine: EngineParts, request: GenerationRequest) -> Non
 
 def pipeline_kwargs(engine: EngineParts, request: GenerationRequest) -> dict[str, object]:
     """The call's arguments: the cached prompt encodings, the style embedding, the sizes and seeds,
-    and what the mode adds (the init picture or its latents, the mask, the canny edges)."""
+    and what the mode adds (the init picture or its latents, the mask, the ControlNet's condition)."""
     style, masks = style_and_masks(engine.encoder, request)
     guidance = request.guidance_scale > 1.0
     prompt = PromptKey(
@@ -92,8 +92,7 @@ def pipeline_kwargs(engine: EngineParts, request: GenerationRequest) -> dict[str
         kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": [m.to(engine.device) for m in masks]}
     size = (request.width, request.height)
     if request.mode is Mode.CONTROL:
-        assert request.init_image is not None
-        kwargs["image"] = canny(request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
+        kwargs["image"] = control_image(request)  # the edges, or the picture itself (tile)
         kwargs["controlnet_conditioning_scale"] = request.control_scale
         return kwargs
     if request.mode is not Mode.TXT2IMG:

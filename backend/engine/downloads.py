@@ -295,8 +295,9 @@ def wanted_from_hub(spec: ModelSpec, dtype: torch.dtype) -> tuple[list[HubFolder
     if not is_local(spec.ip_adapter):
         adapter = HubPath.parse(spec.ip_adapter)
         singles.append((adapter.repo_id, adapter.subpath))
-    if spec.controlnet and not is_local(spec.controlnet):
-        folders.append(HubFolder(spec.controlnet, variant=variant))
+    for controlnet in (spec.controlnet_for(kind) for kind in spec.controls):  # canny, tile
+        if controlnet and not is_local(controlnet):
+            folders.append(HubFolder(controlnet, variant=variant))
     return folders, singles
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from protocol.enums import ModelPhase
+from protocol.enums import ControlKind, ModelPhase
 from protocol.messages import ModelStatus
 
 from .adapters import adapter_info
@@ -17,7 +17,7 @@ from .family_detect import detect_family
 from .load_plan import LoadPlan, download_status
 from .loading import load_controlnet
 from .loras import LoraSet
-from .memory import place
+from .memory import place, place_controlnet
 from .model_loading import check_controlnet, load_models
 from .preview_vae import LoadedPreviewVae, load_preview_vae
 from .speed_presets import lora_sources
@@ -33,6 +33,8 @@ class LoadedParts:
     loras: LoraSet
     controlnet: torch.nn.Module | None
     preview_vae: LoadedPreviewVae
+    tile_controlnet: torch.nn.Module | None = None
+    """The Tile ControlNet (``--tile-controlnet``), placed like the canny one."""
 
 
 def load_parts(plan: LoadPlan, report: Callable[[ModelStatus], None]) -> LoadedParts:
@@ -49,9 +51,18 @@ def load_parts(plan: LoadPlan, report: Callable[[ModelStatus], None]) -> LoadedP
         where = "" if source.local else " (downloading it first if needed)"
         report(ModelStatus(ModelPhase.LOADING, f"Loading LoRA {source.name}{where}"))
         loras.load([source], spec.cache_dir, spec.local_files_only)
-    controlnet = load_controlnet(spec, dtype)
-    if controlnet is not None:
-        check_controlnet(controlnet, pipeline, spec)
+    controlnet = load_checked_controlnet(pipeline, plan, ControlKind.EDGES)
+    tile = load_checked_controlnet(pipeline, plan, ControlKind.TILE)
     preview_vae = load_preview_vae(spec, dtype)
     place(pipeline, controlnet, tier, device)
-    return LoadedParts(pipeline, loras, controlnet, preview_vae)
+    if tile is not None:
+        place_controlnet(tile, tier, device)
+    return LoadedParts(pipeline, loras, controlnet, preview_vae, tile)
+
+
+def load_checked_controlnet(pipeline: object, plan: LoadPlan, kind: ControlKind) -> torch.nn.Module | None:
+    """The spec's ControlNet of ``kind`` (None if it names none), checked to be the model family's."""
+    controlnet = load_controlnet(plan.spec, plan.dtype, kind)
+    if controlnet is not None:
+        check_controlnet(controlnet, pipeline, plan.spec, kind)
+    return controlnet

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol.enums import BlockPreset, Mode, ModelFamily
+from protocol.enums import BlockPreset, ControlKind, Mode, ModelFamily
 
 from .blocks import UNetAttentionLayout
 
@@ -44,11 +44,18 @@ class FamilyTraits:
     ip_adapter: str
     image_encoder: str
     controlnet: str
+    """The canny ControlNet ``--controlnet auto`` loads (``control`` jobs keeping the edges)."""
+    tile_controlnet: str
+    """The Tile ControlNet ``--tile-controlnet auto`` loads (``control`` jobs keeping the picture)."""
     preview_vae: str
     skip_components: frozenset[str] = field(default_factory=frozenset)
     """Components of the hub pipeline that are never loaded (SD1.5's safety checker: 1.2 GB)."""
     no_guidance_rescale: frozenset[Mode] = field(default_factory=frozenset)
     """Modes whose diffusers pipeline has no ``guidance_rescale`` (they would swallow it silently)."""
+
+    def controlnet_for(self, kind: ControlKind) -> str:
+        """The family's default ControlNet (hub repo) for a kind of control."""
+        return self.tile_controlnet if kind is ControlKind.TILE else self.controlnet
 
     def expand(self, layout: UNetAttentionLayout, prefixes: tuple[str, ...]) -> list[str]:
         """The attention names under ``prefixes`` (a name equal to one or inside it), in UNet order."""
@@ -95,6 +102,7 @@ SDXL = FamilyTraits(
     ip_adapter="h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors",
     image_encoder="h94/IP-Adapter/sdxl_models/image_encoder",
     controlnet="diffusers/controlnet-canny-sdxl-1.0",
+    tile_controlnet="xinsir/controlnet-tile-sdxl-1.0",
     preview_vae="madebyollin/taesdxl",
     no_guidance_rescale=frozenset({Mode.CONTROL}),
 )
@@ -128,6 +136,7 @@ SD15 = FamilyTraits(
     ip_adapter="h94/IP-Adapter/models/ip-adapter_sd15.safetensors",
     image_encoder="h94/IP-Adapter/models/image_encoder",
     controlnet="lllyasviel/control_v11p_sd15_canny",
+    tile_controlnet="lllyasviel/control_v11f1e_sd15_tile",
     preview_vae="madebyollin/taesd",
     skip_components=frozenset({"safety_checker", "feature_extractor"}),
     no_guidance_rescale=frozenset({Mode.IMG2IMG, Mode.INPAINT, Mode.CONTROL}),

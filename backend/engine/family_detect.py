@@ -135,7 +135,8 @@ def _hub_json(spec: ModelSpec, name: str) -> dict:
 
 def resolve_spec(spec: ModelSpec) -> ModelSpec:
     """The spec with its family set, and the parts it left at SDXL's defaults (IP-Adapter, image
-    encoder, preview autoencoder, label) and ``--controlnet auto`` made the family's."""
+    encoder, preview autoencoder, label) and ``--controlnet auto`` and ``--tile-controlnet auto`` made
+    the family's."""
     try:
         family = traits(detect_family(spec))
     except ModelLoadError as error:
@@ -149,6 +150,8 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     changes: dict[str, object] = {"family": family.family}
     if spec.controlnet == "auto":
         changes["controlnet"] = family.controlnet
+    if spec.tile_controlnet == "auto":
+        changes["tile_controlnet"] = family.tile_controlnet
     if family is not SDXL:
         changes.update(_family_defaults(spec, defaults, family))
     return replace(spec, **changes)

@@ -9,6 +9,7 @@ import torch
 from protocol.enums import Mode, ModelFamily, ModelPhase
 from protocol.messages import ModelStatus
 
+from .control import offered_modes
 from .downloads import DownloadProgress
 from .family import traits
 from .family_detect import resolve_spec
@@ -69,7 +70,7 @@ class LoadPlan:
         tier = pick_tier(
             torch_device,
             memory_tier,
-            spec.controlnet is not None,
+            len(spec.controls),  # each loaded ControlNet rests where the tier keeps them
             previews,
             torch_dtype,
             encoder,
@@ -83,8 +84,8 @@ class LoadPlan:
 
     @property
     def modes(self) -> list[Mode]:
-        """What the loaded engine will run: ``control`` needs a ControlNet."""
-        return [mode for mode in Mode if mode is not Mode.CONTROL or self.spec.controlnet is not None]
+        """What the loaded engine will run: ``control`` needs a ControlNet (canny or tile)."""
+        return offered_modes(self.spec.controls)
 
 
 def family_speed_presets(spec: ModelSpec, family: ModelFamily) -> tuple[ModelSpec, tuple[str, ...]]:

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import torch
 
-from protocol.enums import ModelFamily
+from protocol.enums import ControlKind, ModelFamily
 
 from .prediction import Prediction
 
@@ -61,6 +61,9 @@ class ModelSpec:
     controlnet: str | None = None
     """A canny ControlNet (folder or repo id, e.g. ``diffusers/controlnet-canny-sdxl-1.0``; ``auto``: the
     family's), optional: it enables the ``control`` mode (restyle a picture while keeping its lines)."""
+    tile_controlnet: str | None = None
+    """A Tile ControlNet (folder or repo id, e.g. ``xinsir/controlnet-tile-sdxl-1.0``; ``auto``: the
+    family's), optional: ``control tile`` jobs keep the picture itself and change its style."""
     vae: str | None = None
     """A VAE to use instead of the base model's own: a folder, a ``.safetensors`` file or a repo id
     (``madebyollin/sdxl-vae-fp16-fix`` decodes in fp16 without NaN and needs no fp32 upcast)."""
@@ -89,6 +92,15 @@ class ModelSpec:
     family: ModelFamily | None = None
     """SDXL or SD1.5; None: read from the checkpoint (``family_detect.resolve_spec`` sets it, with the
     family's default IP-Adapter, image encoder and preview autoencoder where the spec has SDXL's)."""
+
+    def controlnet_for(self, kind: ControlKind) -> str | None:
+        """Where the ControlNet of a kind of control comes from (None: not asked for)."""
+        return self.tile_controlnet if kind is ControlKind.TILE else self.controlnet
+
+    @property
+    def controls(self) -> list[ControlKind]:
+        """The kinds of control this spec loads a ControlNet for (``features.controls``)."""
+        return [kind for kind in ControlKind if self.controlnet_for(kind)]
 
 
 @dataclass(frozen=True)
@@ -262,19 +274,23 @@ def load_ip_adapter_weights(pipe: object, spec: ModelSpec) -> None:
         )
 
 
-def load_controlnet(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module | None:
-    """The optional canny ControlNet, from a folder or the hub."""
-    if not spec.controlnet:
+def load_controlnet(
+    spec: ModelSpec, dtype: torch.dtype, kind: ControlKind = ControlKind.EDGES
+) -> torch.nn.Module | None:
+    """The optional ControlNet of a kind of control (canny, or tile), from a folder or the hub."""
+    source = spec.controlnet_for(kind)
+    if not source:
         return None
     from diffusers import ControlNetModel
 
-    with load_errors(spec.controlnet, "a ControlNet (canny) for this model's family, diffusers format"):
-        if is_local(spec.controlnet):
-            folder = check_model_folder(spec.controlnet, "ControlNet")
+    what = "tile" if kind is ControlKind.TILE else "canny"
+    with load_errors(source, f"a ControlNet ({what}) for this model's family, diffusers format"):
+        if is_local(source):
+            folder = check_model_folder(source, "ControlNet")
             return ControlNetModel.from_pretrained(str(folder), dtype=dtype)
         return from_hub_preferring_fp16(
             ControlNetModel.from_pretrained,
-            spec.controlnet,
+            source,
             dtype,
             cache_dir=spec.cache_dir,
             local_files_only=spec.local_files_only,

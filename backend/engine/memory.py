@@ -63,8 +63,12 @@ def place(
         resting = "image_encoder" if tier is MemoryTier.ENCODERS_OFF else None
         for name, module in models(pipeline).items():
             module.to("cpu" if name == resting else device)
-    if controlnet is None:
-        return
+    if controlnet is not None:
+        place_controlnet(controlnet, tier, device)
+
+
+def place_controlnet(controlnet: torch.nn.Module, tier: MemoryTier, device: torch.device) -> None:
+    """Put a ControlNet where ``tier`` keeps it at rest (each loaded one alike: canny and tile)."""
     if tier is MemoryTier.GROUP_OFFLOAD:  # a whole ControlNet (2.33 GiB) does not fit beside a 6 GB job
         controlnet.enable_group_offload(**_group_offload_options(device))  # type: ignore[operator]
     else:

@@ -108,7 +108,9 @@ class JobShape:
 
     side: int = 0
     """Pixels a side; 0: the family's native side (SDXL 1024, SD1.5 512)."""
-    controlnet: bool = False
+    controlnet: int = 0
+    """How many ControlNets are loaded (canny and tile: 2; True counts one). All of them rest where
+    the tier keeps ControlNets; a job runs one, so one visits and one adds its working memory."""
     preview_vae: bool = True
     dtype: torch.dtype = torch.float16
     upcast_vae: bool | None = None
@@ -196,10 +198,12 @@ def at_rest_names(tier: MemoryTier, family: ModelFamily | str = ModelFamily.SDXL
 def at_rest(tier: MemoryTier, job: JobShape, sizes: WeightSizes) -> float:
     """GiB of weights on the GPU between jobs in ``tier`` (the UNet with its IP-Adapter layers; a
     content text tower, once loaded, where the text encoders rest)."""
-    names = at_rest_names(tier, job.family) - (set() if job.controlnet else {"controlnet"})
-    weights = sum(getattr(sizes, name) for name in names)
+    names = at_rest_names(tier, job.family)
+    weights = sum(getattr(sizes, name) for name in names - {"controlnet"})
+    controlnets = sizes.controlnet * int(job.controlnet) if "controlnet" in names else 0.0
     return (
         weights
+        + controlnets
         + (sizes.ip_adapter if "unet" in names else 0.0)
         + (sizes.content_tower if "text_encoder" in names else 0.0)
         + (sizes.preview_vae if job.preview_vae else 0.0)
@@ -281,7 +285,7 @@ def free_memory(device: torch.device) -> int | None:
 def pick_tier(
     device: torch.device,
     preference: str | None,
-    controlnet: bool,
+    controlnet: int,
     preview_vae: bool = False,
     dtype: torch.dtype = torch.float16,
     encoder: ImageEncoderKind | None = None,
@@ -289,9 +293,9 @@ def pick_tier(
     upcast_vae: bool | None = None,
 ) -> MemoryTier:
     """An explicit tier wins; ``auto`` measures CUDA's free memory (anything else runs in full) and
-    picks for a native-side job of ``family`` (a ``ModelFamily`` or its value) with
-    ``encoder``'s adapters (None: the family's default adapter's encoder) and its VAE upcast (None: the
-    family's way)."""
+    picks for a native-side job of ``family`` (a ``ModelFamily`` or its value) with ``controlnet``
+    ControlNets loaded (a bool: one or none), ``encoder``'s adapters (None: the family's default
+    adapter's encoder) and its VAE upcast (None: the family's way)."""
     if preference and preference != "auto":
         try:
             return MemoryTier(preference)

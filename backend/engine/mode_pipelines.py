@@ -7,12 +7,12 @@ import torch
 from protocol.enums import Mode
 
 from .family import family_of
-from .request import RequestError
 
 
 def mode_pipeline(base: object, mode: Mode, controlnet: torch.nn.Module | None, dtype: torch.dtype) -> object:
     """img2img, inpaint or ControlNet from ``base`` (txt2img), every module shared, in ``base``'s
-    family (SDXL's or SD1.5's classes).
+    family (SDXL's or SD1.5's classes). A ``control`` pipeline is made for one ControlNet (canny or
+    tile: ``control.ControlNets`` picks it, or refuses the job in one line).
 
     ``from_pipe`` casts every shared module to its ``dtype``, fp32 when none is given: without the
     model's own dtype the first img2img job doubled a half-precision model's memory."""
@@ -24,10 +24,7 @@ def mode_pipeline(base: object, mode: Mode, controlnet: torch.nn.Module | None, 
     pipeline_class = getattr(diffusers, family.pipelines[mode])
     if mode is Mode.CONTROL:
         if controlnet is None:
-            raise RequestError(
-                "this backend has no ControlNet loaded: start it with --controlnet auto "
-                f"(for this {family.label} model: {family.controlnet}) to restyle while keeping the lines"
-            )
+            raise ValueError("a control pipeline needs its ControlNet")
         pipe = pipeline_class.from_pipe(base, controlnet=controlnet, dtype=dtype)
     else:
         pipe = pipeline_class.from_pipe(base, dtype=dtype)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from protocol.enums import Mode
+from protocol.enums import ControlKind, Mode
 
+from .control import CONTROL_OPTIONS
 from .family import family_of, traits
 from .family_detect import detect_family
 from .loading import (
@@ -86,17 +87,20 @@ def load_ip_adapter(pipe: object, spec: ModelSpec) -> None:
         ) from error
 
 
-def check_controlnet(controlnet: torch.nn.Module, pipe: object, spec: ModelSpec) -> None:
+def check_controlnet(
+    controlnet: torch.nn.Module, pipe: object, spec: ModelSpec, kind: ControlKind = ControlKind.EDGES
+) -> None:
     """A ControlNet made for the base model's family (an SD1.5 ControlNet beside an SDXL checkpoint
     loads, and fails at its first job with a shape error): its cross-attention and added embedding."""
     unet, config = pipe.unet.config, controlnet.config  # type: ignore[attr-defined]
     keys = ("cross_attention_dim", "addition_embed_type", "block_out_channels")
     if any(getattr(unet, key, None) != getattr(config, key, None) for key in keys):
         family = family_of(pipe)
+        default = family.controlnet_for(kind)
         raise ModelLoadError(
-            str(spec.controlnet),
+            str(spec.controlnet_for(kind)),
             f"a ControlNet for this {family.label} model",
-            f"it was made for another model family; --controlnet auto loads {family.controlnet}",
+            f"it was made for another model family; {CONTROL_OPTIONS[kind]} auto loads {default}",
         )
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from protocol.enums import Mode
+from protocol.enums import ControlKind, Mode
 
 from .previews import StepPreview
 from .request import GenerationRequest, GenerationResult, Refine
@@ -75,6 +75,7 @@ def run_refined(
         request,
         refine=None,
         mode=Mode.INPAINT if inpaint else Mode.IMG2IMG,
+        control=ControlKind.EDGES,  # the default: a control job's refining stage is img2img, no ControlNet
         mask=request.mask if inpaint else None,
         strength=refine.strength,
         steps=refine.stage_steps(request.steps),

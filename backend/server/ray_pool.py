@@ -158,13 +158,13 @@ class RayWorkerPool(Executor):
 
     def load_plan_info(self) -> PoolPlan:
         """What hello says before the workers are up (``run_server``'s plan)."""
+        from backend.engine.control import offered_modes
         from backend.engine.load_plan import EngineInfo
-        from protocol import Mode
 
         spec = self.plan.spec
         device = f"ray: {self.slots} workers" + (" (1 GPU each)" if self.gpus_per_worker else " (CPU)")
         info = EngineInfo(spec.label, spec.is_test_model, device, self.plan.dtype or "auto", "per worker")  # type: ignore[attr-defined]
-        modes = [mode for mode in Mode if mode is not Mode.CONTROL or spec.controlnet]  # type: ignore[attr-defined]
+        modes = offered_modes(spec.controls)  # type: ignore[attr-defined]  # a canny or a tile ControlNet
         return PoolPlan(info, modes)
 
     def start(self, report=None) -> RayWorkerPool:

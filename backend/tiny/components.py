@@ -124,6 +124,8 @@ class TinyModels:
     ip_adapter_state: dict[str, dict[str, torch.Tensor]]
     controlnet: torch.nn.Module
     """A canny-style ControlNet for this UNet (random; its zero convolutions made non-zero)."""
+    tile_controlnet: torch.nn.Module
+    """A Tile ControlNet for this UNet: the same architecture, other random weights."""
 
 
 def build_unet(shape: ModelShape = TINY) -> torch.nn.Module:
@@ -340,8 +342,24 @@ def build_models(scratch: Path, shape: ModelShape = TINY, seed: int = 0) -> Tiny
     state = random_ip_adapter_state(unet, torch.Generator().manual_seed(seed + 1), shape)
     controlnet = build_controlnet(unet, torch.Generator().manual_seed(seed + 2))
     return TinyModels(
-        pipeline=pipeline, image_encoder=image_encoder, ip_adapter_state=state, controlnet=controlnet
+        pipeline=pipeline,
+        image_encoder=image_encoder,
+        ip_adapter_state=state,
+        controlnet=controlnet,
+        tile_controlnet=build_tile_controlnet(unet),
     )
+
+
+TILE_CONTROLNET_SEED = 12
+"""The tiny Tile ControlNets' own seed (the ViT-H pieces have 10 and 11)."""
+
+
+def build_tile_controlnet(unet: torch.nn.Module, seed: int = TILE_CONTROLNET_SEED) -> torch.nn.Module:
+    """A second ControlNet for ``unet`` (the tiny stand-in for a Tile ControlNet), drawn from its own
+    seed with the global generator saved and restored around it: building it changes no other weight."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_controlnet(unet, torch.Generator().manual_seed(seed))
 
 
 def build_controlnet(unet: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:

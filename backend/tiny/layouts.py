@@ -10,7 +10,9 @@
   ``backend/tiny/plus_adapter.py``), and their encoder ``models/image_encoder/``;
 - ``clip-vit-h/``: the whole CLIP model that encoder comes from, with its text tower, as
   ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` has it (``backend/tiny/vit_h.py``; also as a hub repo);
-- ``controlnet-canny/``: a ControlNet folder, as ``diffusers/controlnet-canny-sdxl-1.0`` has;
+- ``controlnet-canny/``: a ControlNet folder, as ``diffusers/controlnet-canny-sdxl-1.0`` has, and
+  ``controlnet-tile/``: a second one standing for ``xinsir/controlnet-tile-sdxl-1.0`` (both also as
+  hub repos);
 - ``loras/``: random LoRAs in the diffusers/PEFT and the Kohya key layouts (``backend/tiny/loras.py``),
   also as a hub repo;
 - ``taesd/``: a tiny autoencoder for previews, as ``madebyollin/taesdxl`` has it (also as a hub repo), and
@@ -41,10 +43,11 @@ from backend.tiny.preview_vae import write_tiny_autoencoder
 from backend.tiny.single_file import save_single_file
 from backend.tiny.vit_h import VIT_H_PROJECTION, write_clip_vit_h
 
-GENERATOR_VERSION = "7"
+GENERATOR_VERSION = "8"
 TINY_REPO_ID = "instantstyle/tiny-sdxl"
 TINY_IP_REPO_ID = "instantstyle/tiny-ip-adapter"
 TINY_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-canny"
+TINY_TILE_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-tile"
 TINY_LORA_REPO_ID = "instantstyle/tiny-loras"
 TINY_TAESD_REPO_ID = "instantstyle/tiny-taesdxl"
 TINY_CLIP_VIT_H_REPO_ID = "instantstyle/tiny-clip-vit-h"
@@ -123,6 +126,10 @@ class TinyModelPaths:
         return self.root / "controlnet-canny"
 
     @property
+    def tile_controlnet(self) -> Path:
+        return self.root / "controlnet-tile"
+
+    @property
     def loras(self) -> Path:
         return self.root / "loras"
 
@@ -155,6 +162,7 @@ class TinyModelPaths:
             "ip_adapter": str(self.ip_adapter_folder / adapter_file),
             "image_encoder": str(self.root / "ip-adapter" / encoder),
             "controlnet": str(self.controlnet),
+            "tile_controlnet": str(self.tile_controlnet),
         }
         if layout == "diffusers":
             return ModelSpec(base=str(self.diffusers_folder), **local, **common)
@@ -168,6 +176,7 @@ class TinyModelPaths:
                 ip_adapter=f"{TINY_IP_REPO_ID}/sdxl_models/{adapter_file}",
                 image_encoder=f"{TINY_IP_REPO_ID}/{encoder}",
                 controlnet=TINY_CONTROLNET_REPO_ID,
+                tile_controlnet=TINY_TILE_CONTROLNET_REPO_ID,
                 cache_dir=str(self.hub_cache),
                 local_files_only=True,
                 **{
@@ -223,12 +232,14 @@ def _write_all(paths: TinyModelPaths) -> None:
     torch.save(plus, paths.plus_adapter(".bin"))
     models.image_encoder.save_pretrained(paths.image_encoder)  # type: ignore[attr-defined]
     models.controlnet.save_pretrained(paths.controlnet)  # type: ignore[attr-defined]
+    models.tile_controlnet.save_pretrained(paths.tile_controlnet)  # type: ignore[attr-defined]
     write_tiny_loras(paths.loras, models.pipeline.unet, models.pipeline.text_encoder)  # type: ignore[attr-defined]
     write_tiny_autoencoder(paths.taesd, paths.taesd_decoder_file)
 
     write_hub_snapshot(paths.hub_cache, TINY_REPO_ID, paths.diffusers_folder)
     write_hub_snapshot(paths.hub_cache, TINY_IP_REPO_ID, paths.ip_adapter_folder.parent)
     write_hub_snapshot(paths.hub_cache, TINY_CONTROLNET_REPO_ID, paths.controlnet)
+    write_hub_snapshot(paths.hub_cache, TINY_TILE_CONTROLNET_REPO_ID, paths.tile_controlnet)
     write_hub_snapshot(paths.hub_cache, TINY_LORA_REPO_ID, paths.loras)
     write_hub_snapshot(paths.hub_cache, TINY_TAESD_REPO_ID, paths.taesd)
     write_hub_snapshot(paths.hub_cache, TINY_CLIP_VIT_H_REPO_ID, paths.clip_vit_h)

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-from .components import BOS_ID, EOS_ID, TINY, VOCAB_SIZE, build_controlnet, random_ip_adapter_state
+from .components import (
+    BOS_ID,
+    EOS_ID,
+    TINY,
+    VOCAB_SIZE,
+    build_controlnet,
+    build_tile_controlnet,
+    random_ip_adapter_state,
+)
 from .plus_adapter import random_plus_adapter_state
 from .vit_h import VIT_H_PROJECTION
 
@@ -115,6 +123,7 @@ class TinySd15Models:
     ip_adapter_state: dict[str, dict[str, torch.Tensor]]
     plus_adapter_state: dict[str, dict[str, torch.Tensor]]
     controlnet: torch.nn.Module
+    tile_controlnet: torch.nn.Module
 
 
 def build_sd15_unet(shape: Sd15Shape = TINY_SD15) -> torch.nn.Module:
@@ -211,5 +220,9 @@ def build_sd15_models(scratch: Path, shape: Sd15Shape = TINY_SD15, seed: int = 0
         unet, torch.Generator().manual_seed(seed + 3), shape, width=shape.resampler_width
     )
     return TinySd15Models(
-        pipeline=pipeline, ip_adapter_state=plain, plus_adapter_state=plus, controlnet=controlnet
+        pipeline=pipeline,
+        ip_adapter_state=plain,
+        plus_adapter_state=plus,
+        controlnet=controlnet,
+        tile_controlnet=build_tile_controlnet(unet),
     )

@@ -7,7 +7,8 @@
   and ``.bin``), ``ip-adapter-plus_sd15`` and their ViT-H-like ``image_encoder/``;
 - ``clip-vit-h/``: that encoder's whole CLIP model, for content subtraction (``vit_h.py``; the same
   weights as the tiny SDXL's, as both families share laion's ViT-H);
-- ``controlnet-canny/``: a ControlNet for this UNet (``lllyasviel/control_v11p_sd15_canny``'s role);
+- ``controlnet-canny/``: a ControlNet for this UNet (``lllyasviel/control_v11p_sd15_canny``'s role),
+  and ``controlnet-tile/``: another (``lllyasviel/control_v11f1e_sd15_tile``'s role);
 - ``loras/``: random LoRAs in the PEFT and the SD1.5 Kohya key layouts (``loras.py``);
 - ``taesd/``: a tiny autoencoder as ``madebyollin/taesd`` has it, and
   ``vae_approx/taesd_decoder.safetensors``: its decoder in TAESD's original layout.
@@ -35,10 +36,11 @@ from backend.tiny.sd15 import TINY_SD15_LABEL, build_sd15_models
 from backend.tiny.single_file import save_single_file
 from backend.tiny.vit_h import write_clip_vit_h
 
-SD15_GENERATOR_VERSION = "1"
+SD15_GENERATOR_VERSION = "2"
 TINY_SD15_REPO_ID = "instantstyle/tiny-sd15"
 TINY_SD15_IP_REPO_ID = "instantstyle/tiny-ip-adapter-sd15"
 TINY_SD15_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-canny-sd15"
+TINY_SD15_TILE_CONTROLNET_REPO_ID = "instantstyle/tiny-controlnet-tile-sd15"
 TINY_SD15_LORA_REPO_ID = "instantstyle/tiny-loras-sd15"
 TINY_TAESD_REPO_ID = "instantstyle/tiny-taesd"
 PLAIN_SD15, PLUS_SD15 = "ip-adapter_sd15", "ip-adapter-plus_sd15"
@@ -84,6 +86,10 @@ class TinySd15Paths:
         return self.root / "controlnet-canny"
 
     @property
+    def tile_controlnet(self) -> Path:
+        return self.root / "controlnet-tile"
+
+    @property
     def loras(self) -> Path:
         return self.root / "loras"
 
@@ -113,6 +119,7 @@ class TinySd15Paths:
             "ip_adapter": str(self.ip_adapter(plus)),
             "image_encoder": str(self.image_encoder),
             "controlnet": str(self.controlnet),
+            "tile_controlnet": str(self.tile_controlnet),
         }
         if layout == "diffusers":
             return ModelSpec(base=str(self.diffusers_folder), **local, **common)
@@ -126,6 +133,7 @@ class TinySd15Paths:
                 ip_adapter=f"{TINY_SD15_IP_REPO_ID}/models/{adapter}.safetensors",
                 image_encoder=f"{TINY_SD15_IP_REPO_ID}/models/image_encoder",
                 controlnet=TINY_SD15_CONTROLNET_REPO_ID,
+                tile_controlnet=TINY_SD15_TILE_CONTROLNET_REPO_ID,
                 cache_dir=str(self.hub_cache),
                 local_files_only=True,
                 **{
@@ -175,6 +183,7 @@ def _write_all(paths: TinySd15Paths) -> None:
     torch.manual_seed(VIT_H_SEED)
     write_clip_vit_h(paths.clip_vit_h, paths.image_encoder)
     models.controlnet.save_pretrained(paths.controlnet)  # type: ignore[attr-defined]
+    models.tile_controlnet.save_pretrained(paths.tile_controlnet)  # type: ignore[attr-defined]
     write_tiny_loras(paths.loras, pipe.unet, pipe.text_encoder, names="sd15")  # type: ignore[attr-defined]
     taesd = build_tiny_autoencoder(seed=TAESD_SEED)
     taesd.save_pretrained(paths.taesd)  # type: ignore[attr-defined]
@@ -184,6 +193,7 @@ def _write_all(paths: TinySd15Paths) -> None:
     write_hub_snapshot(paths.hub_cache, TINY_SD15_REPO_ID, paths.diffusers_folder)
     write_hub_snapshot(paths.hub_cache, TINY_SD15_IP_REPO_ID, paths.ip_adapter_folder.parent)
     write_hub_snapshot(paths.hub_cache, TINY_SD15_CONTROLNET_REPO_ID, paths.controlnet)
+    write_hub_snapshot(paths.hub_cache, TINY_SD15_TILE_CONTROLNET_REPO_ID, paths.tile_controlnet)
     write_hub_snapshot(paths.hub_cache, TINY_SD15_LORA_REPO_ID, paths.loras)
     write_hub_snapshot(paths.hub_cache, TINY_TAESD_REPO_ID, paths.taesd)
     write_hub_snapshot(paths.hub_cache, TINY_CLIP_VIT_H_REPO_ID, paths.clip_vit_h)
