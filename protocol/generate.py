@@ -269,6 +269,8 @@ class Generate:
                 ErrorCode.OUT_OF_RANGE,
                 f"batch {self.batch} is over this server's limit of {limits.max_batch}",
             )
+        if self.auto is not None:
+            self.check_auto(fail)
         if not self.style_images and not self.regions:
             raise fail(ErrorCode.MISSING_FIELD, "style_images needs at least one style reference")
         if len(self.regions) > limits.max_regions:
@@ -335,8 +337,6 @@ class Generate:
             )
         if self.sweep and self.batch != 1:
             raise fail(ErrorCode.BAD_FIELD, "a sweep makes one picture per cell: batch must be 1")
-        if self.auto is not None:
-            self.check_auto(fail)
         if self.control is not ControlKind.EDGES and self.mode is not Mode.CONTROL:
             raise fail(ErrorCode.BAD_FIELD, f"control {self.control.value} is only used with mode control")
         names = [lora.name for lora in self.loras]

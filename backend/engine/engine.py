@@ -19,13 +19,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from protocol.enums import BlockPreset, Mode
+from protocol.enums import BlockPreset, ControlKind, Mode
 from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
 
 from .adapters import adapter_info
+from .auto_search import SearchContext, run_auto
 from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
 from .call_kwargs import check_family_request, pipeline_kwargs
 from .content_text import prefetch_tower
+from .control import ControlNets, offered_modes, pipeline_key
 from .decode import check_finite, decode, set_decode_tiles
 from .engine_loading import load_parts
 from .family import family_of
@@ -69,10 +71,12 @@ class InstantStyleEngine:
         loras: LoraSet | None = None,
         prompt_cache_size: int = 32,
         preview_vae: LoadedPreviewVae | None = None,
+        tile_controlnet: torch.nn.Module | None = None,
     ) -> None:
         """``device``: where jobs run (default: where the UNet's weights are, i.e. the full tier);
         ``loras``: the LoRAs loaded into ``pipeline`` (``load_planned`` loads those of the spec);
-        ``preview_vae``: the tiny autoencoder for previews (None: the linear previews)."""
+        ``preview_vae``: the tiny autoencoder for previews (None: the linear previews);
+        ``controlnet``/``tile_controlnet``: what ``control`` jobs keep (the edges, the picture)."""
         self.pipeline = pipeline
         self.memory_tier = memory_tier
         self._device = device or pipeline.unet.device  # type: ignore[attr-defined]
@@ -85,7 +89,8 @@ class InstantStyleEngine:
             pipeline, spec, self.family, self.adapter.kind, self._device, cache_size
         )
         self.controlnet = controlnet
-        self._pipelines: dict[Mode, object] = {Mode.TXT2IMG: pipeline}
+        self.controlnets = ControlNets(controlnet, tile_controlnet)
+        self._pipelines: dict[tuple[Mode, ControlKind | None], object] = {(Mode.TXT2IMG, None): pipeline}
         self.schedulers = JobSchedulers(pipeline.scheduler)  # type: ignore[attr-defined]
         self._dtype: torch.dtype = pipeline.unet.dtype  # type: ignore[attr-defined]
         """Read once: diffusers' ``dtype`` walks every module of the UNet (~2 ms a job on the tiny model)."""
@@ -130,6 +135,7 @@ class InstantStyleEngine:
             device=plan.device,
             loras=parts.loras,
             preview_vae=parts.preview_vae,
+            tile_controlnet=parts.tile_controlnet,
         )
         for problem in plan.problems:  # said in the log and to every client (features.problems)
             log.warning("%s", problem)
@@ -147,8 +153,8 @@ class InstantStyleEngine:
 
     @property
     def modes(self) -> list[Mode]:
-        """What this engine can run: ``control`` needs a ControlNet."""
-        return [mode for mode in Mode if mode is not Mode.CONTROL or self.controlnet is not None]
+        """What this engine can run: ``control`` needs a ControlNet (canny or tile)."""
+        return offered_modes(self.controlnets.kinds)
 
     @property
     def speed_presets(self) -> list[SpeedPreset]:
@@ -177,6 +183,7 @@ class InstantStyleEngine:
             content_subtraction=self.encoder.content_subtraction,
             family=self.family.family,
             preset_blocks=self.preset_blocks,
+            controls=self.controlnets.kinds,
         )
 
     @property
@@ -200,11 +207,14 @@ class InstantStyleEngine:
     def info(self) -> EngineInfo:
         return engine_info(self.spec, self.device, self.dtype, self.memory_tier)
 
-    def pipeline_for(self, mode: Mode) -> object:
-        """The pipeline for a mode (``mode_pipelines.py``), made on its first job."""
-        if mode not in self._pipelines:
-            self._pipelines[mode] = mode_pipeline(self.pipeline, mode, self.controlnet, self.dtype)
-        return self._pipelines[mode]
+    def pipeline_for(self, mode: Mode, control: ControlKind = ControlKind.EDGES) -> object:
+        """The pipeline for a mode (``mode_pipelines.py``) and, for ``control``, the kind of control (its
+        ControlNet: a job asking for one not loaded is refused in one line), made on its first job."""
+        key = pipeline_key(mode, control)
+        if key not in self._pipelines:
+            net = self.controlnets.for_kind(control, self.family) if mode is Mode.CONTROL else None
+            self._pipelines[key] = mode_pipeline(self.pipeline, mode, net, self.dtype)
+        return self._pipelines[key]
 
     def scale_map(self, request: GenerationRequest) -> dict[str, object]:
         return build_scale_map(
@@ -222,7 +232,7 @@ class InstantStyleEngine:
         returns latents, which ``decode.decode(pipe, latents)`` turns into the pictures.
         """
         request.validate()
-        pipe = self.pipeline_for(request.mode)
+        pipe = self.pipeline_for(request.mode, request.control)
         self.precise.set(None)  # diffusers sets the scales of its own processors only
         self.applied_scales.apply(pipe, self.pipeline.unet, self.scale_map(request))  # type: ignore[attr-defined]
         if request.preset is BlockPreset.PRECISE and request.layout_push > 0:
@@ -246,17 +256,27 @@ class InstantStyleEngine:
         started = time.perf_counter()
         check_family_request(self, request)
         with self._lock:
-            if request.refine is not None:
-                unet = self.pipeline.unet  # type: ignore[attr-defined]
-                result = run_refined(
-                    request, self.generate_one, unet, self.native_side, on_step, cancel, self.flush_previews
-                )
-            elif not request.sweep:
-                result = self.generate_one(request, on_step, cancel)
+            if request.auto is not None:
+                context = request.search_context or SearchContext.of(self.features)
+                assert isinstance(context, SearchContext)
+                result = run_auto(request, self.generate_one, on_step, cancel, context, self._render)
             else:
-                result = run_sweep(request, self.generate_one, on_step, cancel)
+                result = self._render(request, on_step, cancel)
         result.seconds = time.perf_counter() - started
         return result
+
+    def _render(
+        self, request: GenerationRequest, on_step: StepCallback | None, cancel: threading.Event | None
+    ) -> GenerationResult:
+        """A job without ``auto`` (with the lock held): a canvas refines, a sweep runs its cells."""
+        if request.refine is not None:
+            unet = self.pipeline.unet  # type: ignore[attr-defined]
+            return run_refined(
+                request, self.generate_one, unet, self.native_side, on_step, cancel, self.flush_previews
+            )
+        if request.sweep:
+            return run_sweep(request, self.generate_one, on_step, cancel)
+        return self.generate_one(request, on_step, cancel)
 
     def flush_previews(self) -> None:
         """Hand over the running job's held step preview now (a tiled step reports its tiles after
@@ -322,7 +342,7 @@ class InstantStyleEngine:
         if cancel is not None and cancel.is_set():
             raise JobCancelled
         # Below the full tier the ControlNet rests in CPU memory and visits the GPU for its jobs only.
-        visitor = self.controlnet if request.mode is Mode.CONTROL and self.controlnet is not None else None
+        visitor = self.controlnets.visitor(request)
         with (
             capture.attached(pipe.scheduler),  # type: ignore[attr-defined]
             step_noise_on_device(pipe.scheduler, self.device, request.seed, request.batch),  # type: ignore[attr-defined]

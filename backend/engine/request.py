@@ -130,6 +130,11 @@ class GenerationRequest:
     """Make ``width`` × ``height`` in two stages (``Refine``): for canvases above the native size."""
     auto: Auto | None = None
     """Find the style and content scales first (``auto_search``), then render the chosen ones."""
+    search_context: object | None = None
+    """For ``auto``: the ``auto_search.SearchContext`` its search is planned in (the server's few-step
+    presets and cell limit), set with ``search_steps`` by ``auto_search.planned``; None: not yet."""
+    search_steps: int = 0
+    """For ``auto``: the planned search's steps (``total_steps`` adds the render's)."""
 
     def cells(self) -> list[SweepCell]:
         """The sweep's cells in order (one cell, the request's own settings, without a sweep)."""
@@ -163,6 +168,8 @@ class GenerationRequest:
     @property
     def total_steps(self) -> int:
         """Denoising steps of the whole job (every cell of a sweep; both stages of a refine)."""
+        if self.auto is not None:
+            return self.search_steps + replace(self, auto=None).total_steps
         if self.refine is not None:
             return self.effective_steps + self.batch * self.refine.steps(self.steps)
         return self.effective_steps * len(self.cells())

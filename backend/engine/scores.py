@@ -10,16 +10,21 @@ ViT-bigG shares its space with it):
 - **prompt**: cosine with the prompt's text embedding.
 
 With an IP-Adapter whose image space is not the text encoder's (ViT-H), only the style score exists.
+Where the server has a CSD checkpoint (``csd.py``: a ViT-L/14 with a head trained to match styles,
+not subjects) the style score is the cosine of CSD descriptors instead, and says so (``style_metric``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
+
+from protocol.enums import StyleMetric
 
 from .style_embedding import StyleEncoder, blend
 
@@ -29,10 +34,17 @@ class ImageScores:
     style: float
     content: float | None
     prompt: float | None
+    style_metric: StyleMetric = StyleMetric.CLIP
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.float().reshape(1, -1), b.float().reshape(1, -1))[0])
+
+
+class StyleDescriber(Protocol):
+    """A style metric's model (``csd.CsdModel``): images in, unit style descriptors out."""
+
+    def embed(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
 
 
 def score_images(
@@ -42,9 +54,12 @@ def score_images(
     weights: Sequence[float],
     content_text: str,
     prompt: str,
+    describer: StyleDescriber | None = None,
 ) -> list[ImageScores]:
-    """The three scores of each result (uint8 RGB arrays); results are never cached (each is new)."""
+    """The three scores of each result (uint8 RGB arrays); results are never cached (each is new).
+    With a ``describer`` (CSD) the style score is its descriptors' cosine, else the CLIP one."""
     reference = blend([encoder.encode_image(image) for image in references], weights)
+    csd_reference = blend(list(describer.embed(references)), weights) if describer is not None else None
     shared_space = encoder.shared_space and encoder.text_ready  # no tower loaded just to score
     content = (
         encoder.encode_text(content_text, scoring=True) if shared_space and content_text.strip() else None
@@ -52,12 +67,17 @@ def score_images(
     text = encoder.encode_text(prompt, scoring=True) if shared_space else None
     scores = []
     for pixels in results:
-        embedding = encoder.encode_image(Image.fromarray(pixels), cache=False)
+        picture = Image.fromarray(pixels)
+        embedding = encoder.encode_image(picture, cache=False)
+        style, metric = cosine(embedding, reference), StyleMetric.CLIP
+        if describer is not None:
+            style, metric = cosine(describer.embed([picture])[0], csd_reference), StyleMetric.CSD  # type: ignore[arg-type]
         scores.append(
             ImageScores(
-                style=cosine(embedding, reference),
+                style=style,
                 content=cosine(embedding, content) if content is not None else None,
                 prompt=cosine(embedding, text) if text is not None else None,
+                style_metric=metric,
             )
         )
     return scores

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from backend.engine.auto_search import SearchContext, planned
 from backend.engine.request import GenerationRequest, RequestError
 from protocol import (
     Cancel,
@@ -370,6 +371,9 @@ class Connection:
             raise
         finally:
             self.preparing.discard(job_id)
+        features = self.context.model_state.status.features
+        if request.auto is not None and features is not None:  # planned as the engine will: one total
+            request = planned(request, SearchContext.of(features, self.context.config.limits.max_sweep_cells))
         if self.outbox.closed:  # the client left, was cut off, or was told of the shutdown meanwhile
             self._release_images(job_id)
             return

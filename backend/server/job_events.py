@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from protocol import (
+    AutoPoint,
+    AutoSearch,
     Cancelled,
     Error,
     FrameKind,
@@ -59,6 +61,7 @@ def encode_event(job_id: int, event: JobEvent, max_bytes: int = 2**31) -> list[O
                     round(result.seconds, 3),
                     [wire_scores(scores) for scores in result.scores],
                     [SweepCell(c.style_scale, c.content_scale, c.preset, c.seed) for c in result.cells],
+                    wire_auto(result.auto),
                 )
             )
         ]
@@ -76,7 +79,33 @@ def wire_scores(scores: object) -> Scores:
     def clean(value: float | None) -> float | None:
         return None if value is None else round(min(1.0, max(-1.0, value)), 4)
 
-    return Scores(clean(scores.style), clean(scores.content), clean(scores.prompt))  # type: ignore[attr-defined,arg-type]
+    return Scores(
+        clean(scores.style),  # type: ignore[attr-defined,arg-type]
+        clean(scores.content),  # type: ignore[attr-defined]
+        clean(scores.prompt),  # type: ignore[attr-defined]
+        scores.style_metric,  # type: ignore[attr-defined]
+    )
+
+
+def wire_auto(outcome: object | None) -> AutoSearch | None:
+    """An engine ``AutoOutcome`` (every point searched, the choice) for the wire."""
+    if outcome is None:
+        return None
+    rule = outcome.rule  # type: ignore[attr-defined]
+    return AutoSearch(
+        [
+            AutoPoint(p.style_scale, p.content_scale, p.preset, wire_scores(p.scores), p.stage)
+            for p in outcome.points  # type: ignore[attr-defined]
+        ],
+        outcome.choice.index,  # type: ignore[attr-defined]
+        outcome.choice.passed,  # type: ignore[attr-defined]
+        outcome.choice.reason[:4000],  # type: ignore[attr-defined]
+        outcome.width,  # type: ignore[attr-defined]
+        outcome.height,  # type: ignore[attr-defined]
+        outcome.steps,  # type: ignore[attr-defined]
+        rule.leakage_margin,
+        rule.prompt_margin,
+    )
 
 
 def result_frames(job_id: int, index: int, image: np.ndarray, max_bytes: int) -> list[bytes]:
