@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from protocol.enums import BlockPreset, ControlKind, Mode, ModelFamily, Sampler
+from protocol.limits import DEFAULT_LEAKAGE_MARGIN, DEFAULT_PROMPT_MARGIN
 
 log = logging.getLogger("backend")
 
@@ -162,6 +163,16 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "picture per cell, e.g. --sweep style_scale=0.4,0.7,1.0 --sweep content_scale=0,0.5",
     )
     parser.add_argument(
+        "--auto",
+        action="store_true",
+        help="find the strength: search style x content scale small and fast, render the strongest style "
+        "whose content leakage and prompt alignment stay within the margins of a no-style picture "
+        "(--style-scale and --content-scale are then ignored; docs/AUTO_STRENGTH.md)",
+    )
+    parser.add_argument("--leakage-margin", type=float, default=DEFAULT_LEAKAGE_MARGIN, metavar="0..1")
+    parser.add_argument("--prompt-margin", type=float, default=DEFAULT_PROMPT_MARGIN, metavar="0..1")
+    parser.add_argument("--auto-presets", action="store_true", help="--auto also tries preset precise")
+    parser.add_argument(
         "--sampler",
         choices=[s.value for s in Sampler],
         help="default: the speed preset's, else the model's own scheduler",
@@ -186,7 +197,7 @@ def _open(path: Path):  # -> PIL.Image.Image
         return image.copy()
 
 
-CONVERTED = frozenset({"preset", "mode", "mask", "steps", "sampler", "sweep", "control"})
+CONVERTED = frozenset({"preset", "mode", "mask", "steps", "sampler", "sweep", "control", "auto"})
 """Options named like a ``generate`` field whose value still needs converting (enums, files,
 presets): ``job_from_arguments`` builds those itself."""
 
@@ -205,7 +216,7 @@ def job_from_arguments(
 ):  # -> (Generate, {index: PIL image})
     """A ``generate`` message and its INPUT images from ``add_job_arguments``' options (a speed preset's
     LoRA is the model ``family``'s)."""
-    from protocol import Generate, InputSlots, LoraWeight
+    from protocol import Auto, Generate, InputSlots, LoraWeight
 
     slots = InputSlots()
     style_images = slots.styles((_open(path), weight) for path, weight in args.style)
@@ -248,6 +259,7 @@ def job_from_arguments(
         "loras": [LoraWeight(name, weight) for name, weight in loras],
         "regions": regions,
         "sweep": list(args.sweep),
+        "auto": Auto(args.leakage_margin, args.prompt_margin, args.auto_presets) if args.auto else None,
     }
     message = Generate(**{**same_named(args), **converted})
     return message, slots.images
@@ -304,6 +316,8 @@ def run_generate(args: argparse.Namespace) -> int:
         )
         scores = describe_scores(result.scores[index])
         print(f"wrote {path} ({settings}seed {seed}, {result.model_label}) {scores}")
+    if result.auto is not None:
+        print(describe_search(result.auto))
     if result.is_test_model:
         print("note: made with the embedded TEST model (random weights): the picture is noise by design")
     return 0
@@ -313,3 +327,12 @@ def describe_scores(scores) -> str:
     """``style 0.812 · content 0.104 · prompt 0.297`` (what is not measured is left out)."""
     parts = [("style", scores.style), ("content", scores.content), ("prompt", scores.prompt)]
     return " · ".join(f"{name} {value:.3f}" for name, value in parts if value is not None)
+
+
+def describe_search(outcome) -> str:
+    """An auto job's search, one line a point (the chosen one marked), then why it won."""
+    lines = [f"searched at {outcome.width}x{outcome.height}, {outcome.steps} steps:"]
+    for index, point in enumerate(outcome.points):
+        mark = "*" if index == outcome.choice.index else " "
+        lines.append(f" {mark} {point.stage.value:8} {point.describe():32} {describe_scores(point.scores)}")
+    return "\n".join([*lines, f"chose {outcome.choice.reason}"])

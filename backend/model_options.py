@@ -47,6 +47,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "init image's lines (generate --control edges)",
     )
     group.add_argument(
+        "--csd",
+        default="auto",
+        metavar="auto|none|PATH",
+        help="the style metric: CSD (Contrastive Style Descriptors, a ViT-L/14 trained to match styles, "
+        "not subjects) from a checkpoint.pth or .safetensors file or owner/repo/file; auto: "
+        "tomg-group-umd/CSD-ViT-L when it is already in the hub cache (never downloaded for it), else "
+        "CLIP; none: CLIP",
+    )
+    group.add_argument(
         "--tile-controlnet",
         metavar="PATH|auto",
         help="Tile ControlNet folder or repo id for mode control, or auto: the model family's "
@@ -152,6 +161,7 @@ def model_spec(args: argparse.Namespace):  # -> ModelSpec
         "image_encoder": args.image_encoder,
         "controlnet": args.controlnet,
         "tile_controlnet": args.tile_controlnet,
+        "csd": args.csd,
         "vae": args.vae,
         "base_config": args.base_config,
         "cache_dir": args.cache_dir,

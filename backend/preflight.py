@@ -75,6 +75,7 @@ def check_model_paths(args: argparse.Namespace) -> None:
         "--vae": args.vae,
         "--base-config": args.base_config,
         "--preview-vae": args.preview_vae if args.preview_vae not in ("auto", "none") else None,
+        "--csd": args.csd if args.csd not in ("auto", "none") else None,
     }
     for option, value in options.items():
         if value and _looks_local(option, value) and not Path(value).expanduser().exists():

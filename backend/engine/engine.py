@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from protocol.enums import BlockPreset, ControlKind, Mode
-from protocol.messages import ModelFeatures, ModelStatus, SpeedPresetInfo
+from protocol.messages import ModelFeatures, ModelStatus
 
 from .adapters import adapter_info
 from .auto_search import SearchContext, run_auto
@@ -28,7 +28,9 @@ from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
 from .call_kwargs import check_family_request, pipeline_kwargs
 from .content_text import prefetch_tower
 from .control import ControlNets, offered_modes, pipeline_key
+from .csd import CsdModel
 from .decode import check_finite, decode, set_decode_tiles
+from .engine_features import engine_features, loaded_speed_presets
 from .engine_loading import load_parts
 from .family import family_of
 from .load_plan import EngineInfo, LoadPlan, download_status, engine_info
@@ -37,7 +39,6 @@ from .loras import LoraSet
 from .memory import MemoryTier, unet_alone, visiting
 from .mode_pipelines import mode_pipeline
 from .precise import PreciseLayout
-from .prediction import model_prediction
 from .preview_vae import LoadedPreviewVae
 from .previews import DenoisedCapture, PreviewStream, StepPreview, job_previews, result_preview
 from .prompt_cache import PromptCache
@@ -45,7 +46,7 @@ from .refine import run_refined
 from .request import GenerationRequest, GenerationResult, JobCancelled
 from .samplers import JobSchedulers
 from .scores import score_images
-from .speed_presets import SpeedPreset, speed_preset
+from .speed_presets import SpeedPreset
 from .step_noise import step_noise_on_device
 from .style_setup import style_encoder_for
 from .sweep import run_sweep
@@ -72,11 +73,13 @@ class InstantStyleEngine:
         prompt_cache_size: int = 32,
         preview_vae: LoadedPreviewVae | None = None,
         tile_controlnet: torch.nn.Module | None = None,
+        csd: CsdModel | None = None,
     ) -> None:
         """``device``: where jobs run (default: where the UNet's weights are, i.e. the full tier);
         ``loras``: the LoRAs loaded into ``pipeline`` (``load_planned`` loads those of the spec);
         ``preview_vae``: the tiny autoencoder for previews (None: the linear previews);
-        ``controlnet``/``tile_controlnet``: what ``control`` jobs keep (the edges, the picture)."""
+        ``controlnet``/``tile_controlnet``: what ``control`` jobs keep (the edges, the picture);
+        ``csd``: the style metric's model (None: CLIP scores style)."""
         self.pipeline = pipeline
         self.memory_tier = memory_tier
         self._device = device or pipeline.unet.device  # type: ignore[attr-defined]
@@ -109,6 +112,7 @@ class InstantStyleEngine:
         self.load_problems: list[str] = []
         """One line for each optional part that could not be had at start (the content text tower)."""
         self.compiled = False
+        self.csd = csd
 
     @classmethod
     def load(
@@ -136,6 +140,7 @@ class InstantStyleEngine:
             loras=parts.loras,
             preview_vae=parts.preview_vae,
             tile_controlnet=parts.tile_controlnet,
+            csd=parts.csd,
         )
         for problem in plan.problems:  # said in the log and to every client (features.problems)
             log.warning("%s", problem)
@@ -159,32 +164,12 @@ class InstantStyleEngine:
     @property
     def speed_presets(self) -> list[SpeedPreset]:
         """The speed presets asked for at start whose LoRA loaded."""
-        presets = [speed_preset(name, self.family.family) for name in self.spec.speed_presets]
-        return [preset for preset in presets if preset.lora.name in self.loras.loaded]
+        return loaded_speed_presets(self)
 
     @property
     def features(self) -> ModelFeatures:
         """What clients are told once the model is ready."""
-        presets = [
-            SpeedPresetInfo(p.name, p.label, p.lora.name, p.lora_weight, p.sampler, p.steps, p.guidance_scale)
-            for p in self.speed_presets
-        ]
-        return ModelFeatures(
-            sorted(self.loras.loaded),
-            presets,
-            self.layout.attention_names(),
-            [*self.loras.failed.values(), *self.loras.duplicates]
-            + ([self.preview_vae.note] if self.preview_vae.note else [])
-            + self.load_problems,
-            self.preview_vae.method,
-            native_side=self.native_side,
-            prediction=model_prediction(self.schedulers.model_scheduler).value,
-            image_adapter=self.adapter.kind,
-            content_subtraction=self.encoder.content_subtraction,
-            family=self.family.family,
-            preset_blocks=self.preset_blocks,
-            controls=self.controlnets.kinds,
-        )
+        return engine_features(self)
 
     @property
     def device(self) -> torch.device:
@@ -301,6 +286,7 @@ class InstantStyleEngine:
             [ref.weight for ref in references],
             request.content_text,
             request.prompt,
+            self.csd,
         )
         return GenerationResult(
             images=images,

@@ -12,6 +12,7 @@ from protocol.enums import ControlKind, ModelPhase
 from protocol.messages import ModelStatus
 
 from .adapters import adapter_info
+from .csd import CsdModel
 from .downloads import prefetch
 from .family_detect import detect_family
 from .load_plan import LoadPlan, download_status
@@ -21,6 +22,7 @@ from .memory import place, place_controlnet
 from .model_loading import check_controlnet, load_models
 from .preview_vae import LoadedPreviewVae, load_preview_vae
 from .speed_presets import lora_sources
+from .style_metric import load_style_metric
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class LoadedParts:
     preview_vae: LoadedPreviewVae
     tile_controlnet: torch.nn.Module | None = None
     """The Tile ControlNet (``--tile-controlnet``), placed like the canny one."""
+    csd: CsdModel | None = None
+    """The style metric's model (``--csd``); None: CLIP scores style."""
 
 
 def load_parts(plan: LoadPlan, report: Callable[[ModelStatus], None]) -> LoadedParts:
@@ -57,7 +61,8 @@ def load_parts(plan: LoadPlan, report: Callable[[ModelStatus], None]) -> LoadedP
     place(pipeline, controlnet, tier, device)
     if tile is not None:
         place_controlnet(tile, tier, device)
-    return LoadedParts(pipeline, loras, controlnet, preview_vae, tile)
+    csd = load_style_metric(spec, tier, device, dtype)
+    return LoadedParts(pipeline, loras, controlnet, preview_vae, tile, csd)
 
 
 def load_checked_controlnet(pipeline: object, plan: LoadPlan, kind: ControlKind) -> torch.nn.Module | None:

@@ -64,6 +64,11 @@ class ModelSpec:
     tile_controlnet: str | None = None
     """A Tile ControlNet (folder or repo id, e.g. ``xinsir/controlnet-tile-sdxl-1.0``; ``auto``: the
     family's), optional: ``control tile`` jobs keep the picture itself and change its style."""
+    csd: str = "auto"
+    """The style metric's checkpoint (``style_metric.py``): ``auto`` (the hub copy when cached), ``none``
+    (CLIP), or a CSD file or ``owner/repo/file``."""
+    csd_default: str | None = "tomg-group-umd/CSD-ViT-L/pytorch_model.bin"
+    """What ``auto`` uses when it is present (the tiny test model names none: its scores stay CLIP's)."""
     vae: str | None = None
     """A VAE to use instead of the base model's own: a folder, a ``.safetensors`` file or a repo id
     (``madebyollin/sdxl-vae-fp16-fix`` decodes in fp16 without NaN and needs no fp32 upcast)."""

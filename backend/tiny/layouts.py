@@ -155,6 +155,7 @@ class TinyModelPaths:
             "is_test_model": True,
             "preview_vae_default": str(self.taesd),
             "content_text_encoder_default": str(self.clip_vit_h),
+            "csd_default": None,  # CLIP scores style unless a test names a tiny CSD (--csd FILE)
         }
         adapter_file = f"{adapter.value}.safetensors"
         encoder = "models/image_encoder" if adapter.vit_h else "sdxl_models/image_encoder"

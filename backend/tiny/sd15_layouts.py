@@ -114,6 +114,7 @@ class TinySd15Paths:
             "is_test_model": True,
             "preview_vae_default": str(self.taesd),
             "content_text_encoder_default": str(self.clip_vit_h),
+            "csd_default": None,  # CLIP scores style unless a test names a tiny CSD (--csd FILE)
         }
         local = {
             "ip_adapter": str(self.ip_adapter(plus)),
