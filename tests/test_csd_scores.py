@@ -138,3 +138,17 @@ def test_generate_auto_on_the_command_line_with_a_csd(csd_engine, csd_files, tmp
         assert cli.main(arguments + bad) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
         assert len(errors) == 1 and words in errors[0], errors
+
+
+def test_the_memory_budget_counts_a_csd_where_it_rests_on_the_gpu():
+    from backend.engine.memory import MemoryTier
+    from backend.engine.memory_budget import CSD_GIB_FP16, JobShape, at_rest, default_encoder
+    from backend.engine.memory_sizes import family_sizes
+    from protocol import ModelFamily
+
+    sizes = family_sizes(ModelFamily.SDXL, torch.float16, default_encoder(ModelFamily.SDXL))
+    for tier in MemoryTier:
+        added = at_rest(tier, JobShape(csd=True), sizes) - at_rest(tier, JobShape(), sizes)
+        assert added == pytest.approx(CSD_GIB_FP16 if tier is MemoryTier.FULL else 0.0)
+    fp32 = at_rest(MemoryTier.FULL, JobShape(csd=True, dtype=torch.float32), sizes)
+    assert fp32 - at_rest(MemoryTier.FULL, JobShape(dtype=torch.float32), sizes) == pytest.approx(2 * 0.568)

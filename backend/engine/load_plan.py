@@ -18,6 +18,7 @@ from .loading import ModelSpec, pick_device, pick_dtype
 from .memory import MemoryTier
 from .memory_budget import pick_tier
 from .speed_presets import speed_preset
+from .style_metric import csd_source
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class LoadPlan:
             torch_dtype,
             encoder,
             family=family,
+            csd=csd_source(spec) is not None,  # on the GPU in the full tier
         )
         return cls(spec, torch_device, torch_dtype, tier, compile, problems)
 

@@ -120,6 +120,8 @@ class JobShape:
     (``decode.upcast``'s ``family_upcasts``)."""
     family: ModelFamily = ModelFamily.SDXL
     """Which family's weights and working memory (its value, ``"sd15"``, is read as the member)."""
+    csd: bool = False
+    """Whether a CSD style metric is loaded: on the GPU in the full tier only (``style_metric.py``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "family", as_family(self.family))
@@ -190,6 +192,10 @@ FAMILY_MODELS: dict[ModelFamily, frozenset[str]] = {
 """Each family's models as ``memory.place`` sees them (the pipeline's components and a ControlNet)."""
 
 
+CSD_GIB_FP16 = 0.568
+"""CSD's ViT-L/14 with its style head in half precision: 304.75 M values (counted on the meta device)."""
+
+
 def at_rest_names(tier: MemoryTier, family: ModelFamily | str = ModelFamily.SDXL) -> frozenset[str]:
     """The models of ``family`` that ``tier`` leaves on the GPU between jobs."""
     return AT_REST_ON_GPU[tier] & FAMILY_MODELS[as_family(family)]
@@ -207,6 +213,7 @@ def at_rest(tier: MemoryTier, job: JobShape, sizes: WeightSizes) -> float:
         + (sizes.ip_adapter if "unet" in names else 0.0)
         + (sizes.content_tower if "text_encoder" in names else 0.0)
         + (sizes.preview_vae if job.preview_vae else 0.0)
+        + (CSD_GIB_FP16 * job.bytes_factor if job.csd and tier is MemoryTier.FULL else 0.0)
     )
 
 
@@ -291,6 +298,7 @@ def pick_tier(
     encoder: ImageEncoderKind | None = None,
     family: ModelFamily | str = ModelFamily.SDXL,
     upcast_vae: bool | None = None,
+    csd: bool = False,
 ) -> MemoryTier:
     """An explicit tier wins; ``auto`` measures CUDA's free memory (anything else runs in full) and
     picks for a native-side job of ``family`` (a ``ModelFamily`` or its value) with ``controlnet``
@@ -306,7 +314,12 @@ def pick_tier(
     if free is None:
         return MemoryTier.FULL
     job = JobShape(
-        controlnet=controlnet, preview_vae=preview_vae, dtype=dtype, upcast_vae=upcast_vae, family=family
+        controlnet=controlnet,
+        preview_vae=preview_vae,
+        dtype=dtype,
+        upcast_vae=upcast_vae,
+        family=family,
+        csd=csd,
     )
     kind = encoder or default_encoder(job.family)
     return choose_tier(free, job, family_sizes(job.family, dtype, kind))
