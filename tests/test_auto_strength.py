@@ -13,6 +13,7 @@ from backend.engine.auto_rule import SearchPoint, choose
 from backend.engine.auto_search import SEARCH_SHARE, SearchContext, fine_points, plan_search, unet_cost
 from backend.engine.request import GenerationRequest, JobCancelled, RequestError, StyleReference
 from backend.engine.scores import ImageScores
+from backend.engine.style_embedding import EmbeddingSpaceMismatch
 from protocol import (
     Auto,
     BlockPreset,
@@ -309,3 +310,18 @@ def test_an_auto_job_through_the_server_shows_its_search_and_keeps_serving(engin
     expected = engine.generate(request).images[0]
     assert np.array_equal(np.asarray(frame_image(done.images[0]))[..., :3], expected)
     assert auto.reason.startswith(f"style {chosen.style_scale:.2f}")
+
+
+def test_auto_on_sd15_and_on_a_plus_adapter(sd15_engine, plus_engine):
+    sd15 = sd15_engine.generate(tiny_job())  # its content tower loads with the first content job
+    assert sd15.auto.points[0].scores.content is not None and sd15.auto.choice.passed in (True, False)
+    chosen = sd15.auto.chosen
+    plain = sd15_engine.generate(
+        tiny_job(auto=None, style_scale=chosen.style_scale, content_scale=chosen.content_scale)
+    )
+    assert np.array_equal(sd15.images[0], plain.images[0])
+    plus = plus_engine.generate(tiny_job(content_text=""))  # plus adapters subtract nothing
+    assert {p.content_scale for p in plus.auto.points} == {0.5}
+    assert "leakage not measured" in plus.auto.choice.reason
+    with pytest.raises(EmbeddingSpaceMismatch, match="content subtraction is not available"):
+        plus_engine.generate(tiny_job())  # the first cell's one line, as for a plain job

@@ -23,7 +23,7 @@ from backend.engine.memory import MemoryTier
 from backend.engine.memory import models as pipeline_models
 from backend.engine.regions import StyleRegion
 from backend.engine.request import GenerationRequest, StyleReference
-from protocol import BlockPreset, Mode, Sampler, SweepAxis
+from protocol import Auto, BlockPreset, ControlKind, Mode, Sampler, SweepAxis
 from tests.conftest import noise_image
 
 SIDE = 64
@@ -36,6 +36,8 @@ def placement(engine: InstantStyleEngine) -> dict[str, tuple[torch.dtype, str]]:
     models = dict(pipeline_models(engine.pipeline))
     if engine.controlnet is not None:
         models["controlnet"] = engine.controlnet
+    if ControlKind.TILE in engine.controlnets.loaded:
+        models["tile_controlnet"] = engine.controlnets.loaded[ControlKind.TILE]
     if engine.preview_vae.vae is not None:
         models["preview_vae"] = engine.preview_vae.vae
     where = {}
@@ -80,6 +82,9 @@ MATRIX = {
     "trailing DDIM without CFG": request(sampler=Sampler.DDIM_TRAILING, guidance_scale=1.0),
     "ancestral sampler": request(sampler=Sampler.EULER_A),
     "batch": request(batch=2),
+    "control tile": request(mode=Mode.CONTROL, init_image=INIT, control=ControlKind.TILE),
+    "auto with presets": request(auto=Auto(presets=True)),
+    "auto img2img batch": request(mode=Mode.IMG2IMG, init_image=INIT, strength=0.7, auto=Auto(), batch=2),
 }
 
 
