@@ -241,3 +241,41 @@ def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(d
     assert np.array_equal(result[..., :3], expected)
     for big in artifacts.glob("canvas-*.r*"):  # 60 MiB: the comparison is what matters
         big.unlink()
+
+
+def test_find_strength_is_usable_docked_its_map_comes_back_and_a_click_paints_a_point(docker_run):
+    """Docked where Krita puts it: a real click on Find strength sends one auto job; its map opens in
+    view, within the docker's width, with the server's points and the chosen one marked; a real click
+    on another point sends a normal job with that point's strengths, preset and the search's seed."""
+    report, artifacts = docker_run
+    found = part(report, "find_strength")
+    measured = part(report, "sizes")["find-strength"]
+    assert not measured["floating"] and measured["beyond"] == [], measured
+    assert measured["body_needs"] <= measured["viewport_width"] and measured["generate_in_view"], measured
+    assert found["button_in_view"] and found["sent_auto"] == [True], found
+    assert found["section_open"] and found["panel_job"] and found["panel_visible"], found
+    assert found["view_right"] <= found["viewport"][0] + 1, found  # the map fits the docker's width
+    assert found["view_shown_rows"] >= min(found["view_size"][1], found["viewport"][1]) - 2, found
+    points = found["points"]
+    assert len(points) == found["map_points"] >= 3 and found["map_chosen"] == [found["chosen"]], found
+    assert [p[3] for p in points].count("baseline") == 1 and points[found["chosen"]][3] != "baseline"
+    assert len(found["visible_points"]) >= 2, found
+    # The plus adapter subtracts no content: no leakage score, the style setting runs across.
+    assert found["x_axis"] == "style setting →", found
+    chosen_tip = found["tooltip"].splitlines()
+    assert chosen_tip[0].endswith("— chosen") and chosen_tip[-1].startswith("click"), found["tooltip"]
+    title, reason, legend = found["texts"]
+    assert title.startswith(f"{len(points)} settings tried at") and reason and "colour:" in legend
+    chosen = points[found["chosen"]]
+    (name,) = found["layer_names"]
+    assert name.endswith(f"style {chosen[0]:g} content {chosen[1]:g} (auto) [TEST MODEL]"), name
+    assert name in found["layers_after"] and "the map under Find strength" in found["message"]
+    clicked = part(report, "map_click")
+    assert clicked["sent"] == clicked["picked"] and not clicked["auto"], clicked
+    assert clicked["seed"][0] == clicked["seed"][1] and clicked["clicked_marked"], clicked
+    style, content, _preset = clicked["picked"]
+    (painted,) = clicked["layer_names"]
+    assert painted.endswith(f"style {style:g} content {content:g} [TEST MODEL]") and "(auto)" not in painted
+    assert painted in clicked["layers_after"], clicked
+    for picture in ("docker-find-strength.png", "find-strength-section.png"):
+        assert (artifacts / picture).stat().st_size > 1000

@@ -529,6 +529,98 @@ def test_a_sweep_makes_a_scored_group_and_keep_leaves_one_exact_layer(krita: Kri
     assert np.array_equal(krita.rgba("sweep-kept.rgba")[..., :3], expected)
 
 
+def test_find_strength_maps_the_servers_search_and_a_clicked_point_paints_that_setting(
+    krita: KritaRun, engine, lora_engine
+):
+    """The docker's Find strength on the tiny model: the map shows the server's points (the engine's
+    own search of the same job: the backend's few-step preset runs it), the chosen one marked; the
+    job's layer is the chosen setting's picture; a click on another point adds its picture."""
+    from protocol import Auto, BlockPreset
+
+    found = krita.scenario("find_strength")
+    source = krita.source()
+    job = {
+        "style_images": [StyleReference(source)],
+        "mode": Mode.IMG2IMG,
+        "init_image": source,
+        "strength": STRENGTH,
+    }
+    searched = lora_engine.generate(
+        GenerationRequest(
+            **{"prompt": PROMPT, "content_text": "stripes", "width": SIZE, "height": SIZE},
+            steps=STEPS,
+            seed=SEED,
+            auto=Auto(),
+            **job,
+        )
+    ).auto
+    points = [[p.style_scale, p.content_scale, p.preset.value, p.stage.value] for p in searched.points]
+    assert [p[:4] for p in found["points"]] == points and found["chosen"] == searched.choice.index
+    assert found["reason"] == searched.choice.reason and found["passed"] == searched.choice.passed
+    assert [p[4] for p in found["points"]] == pytest.approx(
+        [p.scores.style for p in searched.points], abs=1e-4
+    )
+    # The map: a point for each, the baseline a square, the chosen one marked, the reason under it.
+    assert [m[0] for m in found["map"]] == list(range(len(points)))
+    assert [m[1] for m in found["map"]] == [p[3] == "baseline" for p in points]
+    assert [m[2] for m in found["map"]] == [i == found["chosen"] for i in range(len(points))]
+    assert found["panel_job"] and found["panel_shown"] and found["section_open"], found
+    assert found["reason_shown"] == found["reason"] and "the map under Find strength" in found["message"]
+    assert (krita.artifacts / "find-strength-map.png").stat().st_size > 1000
+    chosen = searched.points[searched.choice.index]
+    name = f"style {chosen.style_scale:g} content {chosen.content_scale:g}"
+    name += "" if chosen.preset is BlockPreset.STYLE else f" {chosen.preset.value}"
+    assert found["layer"] == f"InstantStyle: {PROMPT} (seed {SEED}) {name} (auto) [TEST MODEL]"
+    expected = expected_pixels(
+        engine,
+        **job,
+        style_scale=chosen.style_scale,
+        content_scale=chosen.content_scale,
+        preset=chosen.preset,
+    )
+    assert np.array_equal(krita.rgba("auto-layer.rgba")[..., :3], expected)
+    # The clicked point: a normal job with its strengths and preset, the search's seed.
+    index, style_scale, content_scale, preset = found["picked"]
+    assert index != found["chosen"] and not found["point_auto"] and found["clicked_marked"]
+    assert found["point_seed"] == found["seed"] == SEED
+    preset_word = "" if preset == "style" else f" {preset}"
+    assert found["point_layer"] == (
+        f"InstantStyle: {PROMPT} (seed {SEED}) style {style_scale:g} content {content_scale:g}"
+        f"{preset_word} [TEST MODEL]"
+    )
+    assert found["point_layer"] in found["layers_after"] and found["layer"] in found["layers_after"]
+    expected = expected_pixels(
+        engine, **job, style_scale=style_scale, content_scale=content_scale, preset=BlockPreset(preset)
+    )
+    assert np.array_equal(krita.rgba("auto-point-layer.rgba")[..., :3], expected)
+
+
+def test_keep_lines_through_the_tile_controlnet_has_the_engines_pixels(krita: KritaRun, engine):
+    from protocol import ControlKind
+
+    tile = krita.scenario("keep_tile")
+    assert tile["state"] == "done" and tile["control"] == "tile", tile
+    assert tile["offered"] == ["edges", "tile"] and tile["keep_shown"], tile
+    source = krita.source()
+    expected = expected_pixels(
+        engine,
+        style_images=[StyleReference(source)],
+        mode=Mode.CONTROL,
+        init_image=source,
+        control=ControlKind.TILE,
+        control_scale=tile["control_scale"],
+    )
+    assert np.array_equal(krita.rgba("keep-tile-layer.rgba")[..., :3], expected)
+    edges = expected_pixels(
+        engine,
+        style_images=[StyleReference(source)],
+        mode=Mode.CONTROL,
+        init_image=source,
+        control_scale=tile["control_scale"],
+    )
+    assert not np.array_equal(expected, edges)  # the Tile ControlNet made it, not the canny one
+
+
 def live_expected(lora_engine, source: Image.Image) -> np.ndarray:
     """A live job: the Lightning preset (4 steps, CFG off, trailing Euler, its LoRA), the live seed."""
     return expected_pixels(

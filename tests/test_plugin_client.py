@@ -278,3 +278,95 @@ def test_the_plugin_accepts_messages_as_large_as_the_server_announces(engine):
     with ServerThread(engine, limits=limits) as server, sync_connect(server.url, max_size=1 << 20) as ws:
         _accept_messages_up_to(ws, limits.max_message_bytes)
         assert ws.protocol.max_message_size == side * side * 4 + 64
+
+
+def test_find_strength_through_the_server_and_a_point_of_its_map_painted_as_the_engine_paints_it(engine):
+    """An auto job from the plugin's session: its result carries the server's search, its picture is
+    the chosen setting's; a point picked from the search is a normal job with the engine's pixels."""
+    from krita_plugin.instantstyle.job_message import point_settings
+    from protocol import BlockPreset, SearchStage
+
+    # Enough steps that the search's budget (half a job's cost) affords a grid, not one setting.
+    chosen_settings = settings(content_text="stripes", style_scale=0.3, content_scale=1.7, steps=24)
+    inputs = JobInputs([(as_image(STYLE), 1.0)])
+    with ServerThread(engine) as server:
+        session = connect(server.url)
+        try:
+            job = session.submit(chosen_settings, inputs, TARGET, auto=True)
+            pump(session, lambda _u: job.state.finished)
+            search = job.search
+            assert job.state is JobState.DONE and search is not None, job.message
+            others = [
+                i
+                for i, p in enumerate(search.points)
+                if i != search.chosen and p.stage is not SearchStage.BASELINE
+            ]
+            picked = search.points[others[-1]]
+            clicked = session.submit(point_settings(chosen_settings, picked, job.seed), inputs, TARGET)
+            pump(session, lambda _u: clicked.state.finished)
+        finally:
+            session.connection.stop()
+    assert [p.stage for p in search.points].count(SearchStage.BASELINE) == 1
+    assert all(p.scores.content is not None for p in search.points)  # "stripes" is described
+    chosen = search.points[search.chosen]
+    assert job.layer_names[0].endswith(
+        f"(seed 11) style {chosen.style_scale:g} content {chosen.content_scale:g} (auto) [TEST MODEL]"
+    )
+
+    def rendered(point) -> np.ndarray:
+        return engine.generate(
+            GenerationRequest(
+                prompt="a fox",
+                style_images=[StyleReference(STYLE)],
+                content_text="stripes",
+                style_scale=point.style_scale,
+                content_scale=point.content_scale,
+                preset=BlockPreset(point.preset),
+                width=64,
+                height=64,
+                steps=24,
+                seed=11,
+            )
+        ).images[0]
+
+    assert len(search.points) >= 5, search.points
+    for made, point in ((job, chosen), (clicked, picked)):
+        rgba = np.frombuffer(made.images[0].data, np.uint8).reshape(64, 64, 4)
+        assert np.array_equal(rgba[..., :3], rendered(point))
+    assert clicked.search is None and clicked.seed == job.seed == 11
+
+
+def test_keep_lines_through_the_tile_controlnet_reaches_the_engine(engine):
+    from protocol import ControlKind, Mode
+
+    layer = Image(64, 64, 3, bytes(range(256)) * 48)
+    inputs = JobInputs([(as_image(STYLE), 1.0)], layer)
+    with ServerThread(engine) as server:
+        session = connect(server.url)
+        try:
+            assert session.features.controls == [ControlKind.EDGES, ControlKind.TILE]
+            job = session.submit(
+                settings(kind=JobKind.KEEP_LINES, control="tile", control_scale=0.8), inputs, TARGET
+            )
+            pump(session, lambda _u: job.state.finished)
+        finally:
+            session.connection.stop()
+    assert job.state is JobState.DONE, job.message
+    from PIL import Image as PILImage
+
+    expected = engine.generate(
+        GenerationRequest(
+            prompt="a fox",
+            style_images=[StyleReference(STYLE)],
+            mode=Mode.CONTROL,
+            init_image=PILImage.frombytes("RGB", (64, 64), layer.data),
+            control=ControlKind.TILE,
+            control_scale=0.8,
+            width=64,
+            height=64,
+            steps=4,
+            seed=11,
+        )
+    ).images[0]
+    rgba = np.frombuffer(job.images[0].data, np.uint8).reshape(64, 64, 4)
+    assert np.array_equal(rgba[..., :3], expected)

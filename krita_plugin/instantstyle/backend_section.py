@@ -86,7 +86,10 @@ class BackendSection(Section):
         self.browse.setToolTip("choose the checkpoint file")
         self.browse.clicked.connect(self._browse)
         self.controlnet = QCheckBox("ControlNet (keep lines)")
-        self.controlnet.setToolTip("also ControlNet canny, for restyles that follow the layer's lines")
+        self.controlnet.setToolTip(
+            "also the canny and Tile ControlNets, for restyles that keep the layer's lines, or its "
+            "shapes and colours"
+        )
         self.speed = QCheckBox("Few-step LoRAs")
         self.speed.setToolTip("also the few-step LoRAs of the speed presets (live mode's fastest)")
         for combo in (self.mode, self.model):  # long item texts never widen the docker

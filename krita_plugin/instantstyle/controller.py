@@ -16,8 +16,9 @@ from krita import Krita  # type: ignore[import-not-found]
 
 from .canvas import CanvasError, CanvasWriter, SavedSelection, capture, fit_inputs, save_selection
 from .connection import Connection
-from .job_message import SubmitError
-from .jobs import Job, JobInputs
+from .deps import protocol
+from .job_message import SubmitError, point_settings
+from .jobs import Job, JobInputs, describe_point
 from .live import CHECK_SECONDS, LiveWatch, live_settings, pick_preset
 from .live_layer import LiveLayer, signature
 from .managed_link import ManagedLink
@@ -26,6 +27,7 @@ from .session import JobUpdate, Session, UpdateKind, drop_stale_previews
 from .settings import SETTINGS_GROUP, BackendMode, GenerationSettings, JobKind, load_settings, save_settings
 
 log = logging.getLogger(__name__)
+FOUND = "; the map under Find strength shows every setting tried and why this one"
 
 
 class KritaStore:
@@ -64,6 +66,8 @@ class Controller(QObject):
         self.timer.timeout.connect(self.tick)
         self.link = ManagedLink(self)
         """The backend this plugin installs and runs itself."""
+        self.auto_job: Job | None = None
+        """The last finished "Find strength" job: the docker's trade-off map shows its search."""
 
     # ------------------------------------------------------------------ connection
 
@@ -119,30 +123,55 @@ class Controller(QObject):
         keeping its lines if the docker says so."""
         return self.generate(stylize=True)
 
-    def generate(self, stylize: bool = False, sweep: bool = False) -> Job | None:
+    def generate(
+        self,
+        stylize: bool = False,
+        sweep: bool = False,
+        auto: bool = False,
+        point: protocol.AutoPoint | None = None,
+        seed: int | None = None,
+    ) -> Job | None:
         """Start a job with the docker's settings; ``stylize`` forces a restyle of the active layer,
-        ``sweep`` makes it a grid over the docker's sweep axes."""
+        ``sweep`` makes it a grid over the docker's sweep axes, ``auto`` lets the backend find the
+        style and content strengths ("Find strength"); ``point`` (with its search's ``seed``) paints
+        one setting of a trade-off map instead of the docker's strengths."""
         for source in self.settings_sources:
             source()
         settings = self.settings
         if stylize:  # for this job only: the docker's own choice stays saved
             keep_lines = settings.kind is JobKind.KEEP_LINES
             settings = replace(settings, kind=JobKind.KEEP_LINES if keep_lines else JobKind.STYLIZE)
+        if point is not None:  # this job only: the docker's own strengths stay as they are
+            settings = point_settings(settings, point, seed)
         job = None
         try:
             inputs, target = capture(Krita.instance().activeDocument(), settings, saved=self.saved_selections)
-            job = self.session.submit(settings, self._within_limits(inputs), target, sweep=sweep)
+            job = self.session.submit(settings, self._within_limits(inputs), target, sweep=sweep, auto=auto)
         except (CanvasError, SubmitError) as error:
             self._say(str(error))
         except Exception as error:  # never a traceback for the artist; the log keeps it
             log.exception("could not start a job")
             self._say(f"could not start the job: {error}")
         else:
-            self.settings.seed = settings.seed  # the seed actually used (random unless locked)
+            if point is None:
+                self.settings.seed = settings.seed  # the seed actually used (random unless locked)
+            else:
+                job.note = describe_point(point)
             self.canvas.remember_mask(job, inputs.mask)
-            self._say(f"job {job.job_id} sent (seed {job.seed})")
+            what = ": finding the strength" if auto else f": painting {job.note}" if point is not None else ""
+            self._say(f"job {job.job_id} sent{what} (seed {job.seed})")
         self.save()  # once per job: the docker's values and the seed used
         return job
+
+    def render_point(self, index: int) -> Job | None:
+        """Paint setting ``index`` of the last "Find strength" search as a normal job at full size, with
+        that search's seed and the docker's other settings as they are now."""
+        job = self.auto_job
+        search = job.search if job is not None else None
+        if job is None or search is None or not 0 <= index < len(search.points):
+            self._say("there is no Find strength result to pick from")
+            return None
+        return self.generate(point=search.points[index], seed=job.seed)
 
     def _within_limits(self, inputs: JobInputs) -> JobInputs:
         """The inputs as they travel: a layer larger than the server's frames at the job's size (the
@@ -296,11 +325,14 @@ class Controller(QObject):
                 else "the job's document was closed; the pictures are in the results"
             )
         elif update.kind is UpdateKind.RESULT:
+            if job.search is not None:
+                self.auto_job = job
             name = self.canvas.apply_result(job, 0)
+            found = FOUND if job.search is not None else ""  # the reason is under the map
             self._say(
-                f"added layer '{name}'"
+                f"added layer '{name}'{found}"
                 if name
-                else "the job's document was closed; the result is in the history"
+                else f"the job's document was closed; the result is in the history{found}"
             )
         elif update.kind in (UpdateKind.CANCELLED, UpdateKind.FAILED):
             self.canvas.remove_preview(job)

@@ -16,6 +16,7 @@ from .controller import controller as the_controller
 from .deps import protocol
 from .docker_sections import build_sections, custom_start_of, preset_chosen, preview_side_row
 from .form import Form
+from .job_message import CONTROL_LABELS, offered_controls
 from .jobs import JobState
 from .live import apply_preset
 from .model_family import (
@@ -35,6 +36,7 @@ from .qt import (
     QPushButton,
     QScrollArea,
     Qt,
+    QTimer,
     QVBoxLayout,
     QWidget,
 )
@@ -48,6 +50,11 @@ KINDS = [
     ("Stylize, keep the lines", JobKind.KEEP_LINES),
     ("New image from the style", JobKind.NEW_IMAGE),
 ]
+CONTROLS = [(label, kind.value) for kind, label in CONTROL_LABELS.items()]
+KEEP_TIP = (
+    "what 'keep the lines' keeps of the layer: its lines (edges, through a canny ControlNet), or its "
+    "shapes and colours (the picture itself, through a Tile ControlNet: the style repaints the surface)"
+)
 DOCKER_TITLE = "InstantStyle"
 CONTENT_TIP = (
     "what the reference shows (not how): it is taken out of the reference, so only its style carries "
@@ -162,10 +169,15 @@ class InstantStyleDocker(DockWidget):
                 "kind",
                 choices(KINDS),
                 "Stylize: repaint the active layer (or only the selection) in the style. Keep the lines: "
-                "the same, following the layer's edges (ControlNet). New image: paint the prompt from "
-                "scratch in the style.",
+                "the same, following the layer's edges, or its shapes and colours where the backend has "
+                "a Tile ControlNet (ControlNet). New image: paint the prompt from scratch in the style.",
             ),
         )
+        self.keep_label = QLabel("Keep")
+        self.keep = form.add("control", choices(CONTROLS), KEEP_TIP)
+        main.addRow(self.keep_label, self.keep)
+        form["kind"].currentIndexChanged.connect(lambda _index: self._show_controls())
+        self.keep.currentIndexChanged.connect(lambda _index: self._show_controls())
         main.addRow(
             "Repaint",
             form.add(
@@ -223,6 +235,7 @@ class InstantStyleDocker(DockWidget):
                     combo.addItem(label, name)
                 combo.setCurrentIndex(max(0, combo.findData(current)))
         self.sections.loras.set_offered(features.loras)
+        self._show_controls()
         self._show_content_subtraction(features.content_subtraction, features.image_adapter)
         if features.attention_blocks:  # known once the model is ready
             self.form["canvas_resolution"].setToolTip(canvas_resolution_tip(features))
@@ -239,6 +252,18 @@ class InstantStyleDocker(DockWidget):
         grid.set_blocks(features.attention_blocks, features.family.value, grid_hint(preset_blocks(features)))
         if switched is not None:
             preset_chosen(self.form, custom_start_for(features, features.family))
+
+    def _show_controls(self) -> None:
+        """The Keep choice, with keep-lines only, where the backend offers more than edges (or no longer
+        offers the kind chosen: the artist can change it; the job is refused in one line meanwhile)."""
+        hello = self.controller.session.hello
+        offered = offered_controls(hello) if hello is not None else None
+        keep_lines = self.form["kind"].currentData() == JobKind.KEEP_LINES
+        chosen = protocol.ControlKind(self.keep.currentData() or "edges")
+        shown = keep_lines and offered is not None and (len(offered) > 1 or chosen not in offered)
+        if self.keep.isHidden() == shown:
+            self.keep_label.setVisible(shown)
+            self.keep.setVisible(shown)
 
     def _show_content_subtraction(self, available: bool, adapter: protocol.ImageAdapter) -> None:
         """Content and Subtract greyed out, saying why, when the backend's adapter cannot subtract (the
@@ -309,3 +334,14 @@ class InstantStyleDocker(DockWidget):
         self.message.setText(said if said != self.controller.backend_status else "")
         self.message.setVisible(bool(self.message.text()))
         self.results.show_jobs(session.history)
+        self._show_search()
+
+    def _show_search(self) -> None:
+        """The last "Find strength" job's map, in its section, opened (and scrolled to) when it is new."""
+        job = self.controller.auto_job
+        if not self.sections.tradeoff.show_job(job) or job is None:
+            return
+        find = self.sections.by_name["find"]
+        find.set_open(True)
+        view = self.sections.tradeoff.view  # once the opened section is laid out
+        QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(view, 0, 0))

@@ -14,6 +14,7 @@ from .model_family import CUSTOM_START, BlockScalesByFamily, canvas_resolution_t
 from .qt import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QLabel,
     QLineEdit,
@@ -24,6 +25,7 @@ from .qt import (
 )
 from .region_rows import RegionList
 from .sections import BlockGrid, LoraList, Section
+from .tradeoff_view import TradeoffPanel
 from .widgets import ComboBox, choices, int_spin, narrow, setting_slider, side_by_side, spin, wire_range
 
 PRESETS = [
@@ -75,6 +77,8 @@ class Sections:
     loras: LoraList
     regions: RegionList
     sweep_button: QPushButton
+    find_button: QPushButton
+    tradeoff: TradeoffPanel
 
     def all(self) -> list[Section]:
         return list(self.by_name.values())
@@ -214,6 +218,53 @@ def sweep_section(form: Form, run_sweep: Callable[[], None]) -> tuple[Section, Q
     return section, button
 
 
+FIND_TIP = (
+    "try a grid of style and content strengths at a small size, score each picture, and paint the "
+    "strongest style whose content leakage and prompt likeness stay within the margins of a picture "
+    "without the style; the map below shows every try, click one to paint it"
+)
+
+
+def margin_spin() -> QDoubleSpinBox:
+    """A margin of ``generate.auto``, over its wire range."""
+    return spin(*wire_range("leakage_margin", protocol.Auto), 0.01, 3)
+
+
+def find_strength_section(
+    form: Form, find: Callable[[], None], render_point: Callable[[int], None]
+) -> tuple[Section, QPushButton, TradeoffPanel]:
+    section = Section("Find strength", "let the backend search the style and content strengths for you")
+    layout = form_layout(section)
+    leakage = form.add(
+        "auto_leakage_margin",
+        margin_spin(),
+        "how much more of the described content (Content, above) a picture may show than one without "
+        "the style (0.02: hardly any more)",
+    )
+    prompt = form.add(
+        "auto_prompt_margin",
+        margin_spin(),
+        "how much less like the prompt a picture may be than one without the style",
+    )
+    precise = form.add(
+        "auto_presets",
+        QCheckBox("Also try precise"),
+        "also search the precise preset (the reference's composition pushed away) beside the Blocks "
+        "section's preset",
+    )
+    button = QPushButton("Find strength")
+    button.setToolTip(FIND_TIP)
+    button.clicked.connect(find)
+    panel = TradeoffPanel()
+    panel.view.picked.connect(render_point)
+    layout.addRow("Leakage ±", leakage)
+    layout.addRow("Prompt ±", prompt)
+    layout.addRow(precise)
+    layout.addRow(button)
+    layout.addRow(panel)
+    return section, button, panel
+
+
 def live_section(form: Form) -> Section:
     section = Section("Live", "the settings live mode uses")
     layout = form_layout(section)
@@ -270,6 +321,9 @@ def build_sections(form: Form, controller, apply_speed: Callable[[], None]) -> S
     regions = Section("Regions", "parts of the picture, each in the style of its own reference")
     region_list = form.add("regions", RegionList(controller))
     form_layout(regions).addRow(region_list)
+    find, find_button, tradeoff = find_strength_section(
+        form, lambda: controller.generate(auto=True), controller.render_point
+    )
     sweep, sweep_button = sweep_section(form, lambda: controller.generate(sweep=True))
     sampling = sampling_section(form, apply_speed)
     loras = Section("LoRAs", "extra trained looks the backend offers, each with a weight")
@@ -278,10 +332,13 @@ def build_sections(form: Form, controller, apply_speed: Callable[[], None]) -> S
     by_name = {
         "blocks": blocks,
         "regions": regions,
+        "find": find,
         "sweep": sweep,
         "sampling": sampling,
         "loras": loras,
         "live": live_section(form),
         "negative": negative_section(form),
     }
-    return Sections(by_name, form["block_scales"], lora_list, region_list, sweep_button)
+    return Sections(
+        by_name, form["block_scales"], lora_list, region_list, sweep_button, find_button, tradeoff
+    )

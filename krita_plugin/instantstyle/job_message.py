@@ -30,12 +30,71 @@ class JobShape:
     preview_side: int = 1024
     refine: protocol.Refine | None = None
     """At the canvas's own resolution (``width`` × ``height`` is then the canvas)."""
+    auto: protocol.Auto | None = None
+    """Find strength: the server searches the style and content scales first (``auto_request``)."""
+
+
+def auto_request(settings: GenerationSettings) -> protocol.Auto:
+    """What a "Find strength" job asks the server for: the docker's margins and precise toggle."""
+    return protocol.Auto(settings.auto_leakage_margin, settings.auto_prompt_margin, settings.auto_presets)
+
+
+def point_settings(
+    settings: GenerationSettings, point: protocol.AutoPoint, seed: int | None = None
+) -> GenerationSettings:
+    """The settings a trade-off map's point is painted with: its style and content scales and preset,
+    its search's ``seed`` (for this job only), and everything else as the docker has it."""
+    return replace(
+        settings,
+        style_scale=point.style_scale,
+        content_scale=point.content_scale,
+        preset=point.preset.value,
+        seed=settings.seed if seed is None else seed,
+        seed_locked=settings.seed_locked or seed is not None,
+    )
+
+
+def chosen_control(settings: GenerationSettings) -> protocol.ControlKind:
+    """What keep-lines keeps, as the artist chose it (a value no longer known: edges)."""
+    try:
+        return protocol.ControlKind(settings.control)
+    except ValueError:
+        return protocol.ControlKind.EDGES
+
+
+def offered_controls(hello: protocol.ServerHello) -> list[protocol.ControlKind] | None:
+    """What keep-lines can keep on this backend: ``features.controls`` once its model is ready (an
+    older server names none: edges, where it has mode control); None while it loads (it checks)."""
+    if protocol.Mode.CONTROL not in hello.modes:
+        return []
+    status = hello.status
+    if not status.ready or status.features is None:
+        return None if not status.ready else [protocol.ControlKind.EDGES]
+    return list(status.features.controls) or [protocol.ControlKind.EDGES]
+
+
+CONTROL_LABELS = {
+    protocol.ControlKind.EDGES: "Lines (edges)",
+    protocol.ControlKind.TILE: "Shapes and colours (tile)",
+}
+"""The keep-lines choices as the docker names them."""
 
 
 def refuse(
-    settings: GenerationSettings, inputs: JobInputs, hello: protocol.ServerHello, sweep: bool = False
+    settings: GenerationSettings,
+    inputs: JobInputs,
+    hello: protocol.ServerHello,
+    sweep: bool = False,
+    auto: bool = False,
 ) -> None:
     """Raise ``SubmitError`` for what the artist must change first (nothing is sent, no seed drawn)."""
+    if auto and sweep:
+        raise SubmitError("Find strength runs its own search: it cannot be a sweep as well")
+    if auto and inputs.regions:
+        raise SubmitError(
+            "Find strength finds one strength for the whole picture: it cannot run with regions "
+            "(remove them in the Regions section, or compare strengths with a sweep)"
+        )
     try:
         settings.custom_block_scales()
         if sweep:
@@ -50,6 +109,18 @@ def refuse(
         raise SubmitError(
             "the backend has no ControlNet for keeping lines: start it with --controlnet, "
             "or choose plain stylize"
+        )
+    offered = offered_controls(hello)
+    control = chosen_control(settings)
+    if settings.kind is JobKind.KEEP_LINES and offered is not None and control not in offered:
+        if control is protocol.ControlKind.TILE:
+            raise SubmitError(
+                "the backend has no Tile ControlNet: start it with --tile-controlnet auto (the Backend "
+                "section's ControlNet box does), or keep the lines (edges)"
+            )
+        raise SubmitError(
+            "the backend has no canny ControlNet for the lines: choose 'Shapes and colours (tile)' "
+            "under Keep, or start it with --controlnet auto"
         )
 
 
@@ -85,7 +156,7 @@ def job_mode(kind: JobKind, inputs: JobInputs) -> protocol.Mode:
 DECIDED_PER_JOB = frozenset(
     {"job_id", "style_images", "mode", "init_image", "mask", "width", "height", "seed", "batch"}
     | {"live", "regions", "sweep", "preview_side", "preset", "block_scales", "sampler", "loras"}
-    | {"refine"}
+    | {"refine", "control", "auto"}
 )
 """Message fields the settings do not carry as they are: sizes, seeds and inputs of this job, and
 settings that need converting (enums, JSON, LoRA rows)."""
@@ -103,6 +174,7 @@ def message_fields(settings: GenerationSettings) -> dict[str, object]:
     return {
         **as_they_are,
         "preset": protocol.BlockPreset(settings.preset),
+        "control": chosen_control(settings),
         "block_scales": block_scales,
         "sampler": protocol.Sampler(settings.sampler) if settings.sampler else None,
         "loras": [protocol.LoraWeight(lora.name, lora.weight) for lora in settings.loras],
@@ -144,6 +216,7 @@ def build_message(
         sweep=sweep_axes,
         preview_side=shape.preview_side,
         refine=shape.refine,
+        auto=shape.auto,
         **message_fields(settings),  # type: ignore[arg-type]
     )
     no_rescale = mode is protocol.Mode.CONTROL or (
@@ -151,6 +224,8 @@ def build_message(
     )
     if no_rescale:  # those pipelines have no CFG rescale (the server would refuse the job)
         message = replace(message, guidance_rescale=None)
+    if mode is not protocol.Mode.CONTROL:  # what keep-lines keeps means nothing to the other modes
+        message = replace(message, control=protocol.ControlKind.EDGES)
     if not content_subtraction:
         message = replace(message, content_text="")
     return message, slots.images

@@ -112,6 +112,10 @@ class Job:
     is_test_model: bool = False
     live: bool = False
     """A live job: its result goes to the live layer, not to the history (``live.py``)."""
+    note: str = ""
+    """What its layers' names add after the seed: a point of a trade-off map's settings."""
+    auto: bool = False
+    """Sent as "Find strength" (``generate.auto``): its result says which setting it chose."""
 
     @property
     def label(self) -> str:
@@ -125,7 +129,18 @@ class Job:
                 f"InstantStyle: {self.label} ({describe_cell(cell)}){suffix}" for cell in self.result.cells
             ]
         seeds = self.result.seeds if self.result else [self.seed]
-        return [f"InstantStyle: {self.label} (seed {seed}){suffix}" for seed in seeds]
+        search = self.search
+        note = f" {describe_point(search.points[search.chosen])} (auto)" if search else self.note_text
+        return [f"InstantStyle: {self.label} (seed {seed}){note}{suffix}" for seed in seeds]
+
+    @property
+    def note_text(self) -> str:
+        return f" {self.note}" if self.note else ""
+
+    @property
+    def search(self) -> protocol.AutoSearch | None:
+        """A "Find strength" job's search (every setting tried, the chosen one), once it finished."""
+        return self.result.auto if self.result is not None else None
 
     @property
     def is_sweep(self) -> bool:
@@ -139,11 +154,19 @@ class Job:
             step = min(self.step + 1, self.total)
             text = f"step {step} / {self.total} · tile {self.tile} / {self.tiles}"
             return self.step * self.tiles + self.tile, self.total * self.tiles, text
-        return self.step, self.total, f"step {self.step} / {self.total}"
+        lead = "finding strength · " if self.auto else ""  # the search's steps and the render's
+        return self.step, self.total, f"{lead}step {self.step} / {self.total}"
 
     def scores(self, index: int) -> protocol.Scores | None:
         scores = self.result.scores if self.result is not None else []
         return scores[index] if index < len(scores) else None
+
+
+def describe_point(point: protocol.AutoPoint | protocol.SweepCell) -> str:
+    """A searched setting as a layer name ends: ``style 1.25 content 0.5`` (and its preset unless it
+    is the plain style one: ``style 1.25 content 0.5 precise``)."""
+    preset = "" if point.preset is protocol.BlockPreset.STYLE else f" {point.preset.value}"
+    return f"style {point.style_scale:g} content {point.content_scale:g}{preset}"
 
 
 def describe_cell(cell: protocol.SweepCell) -> str:

@@ -29,15 +29,24 @@ else:
 Qt = QtCore.Qt
 QObject = QtCore.QObject
 QEvent = QtCore.QEvent
+QPoint = QtCore.QPoint
+QPointF = QtCore.QPointF
+QRectF = QtCore.QRectF
 QSize = QtCore.QSize
 QTimer = QtCore.QTimer
 QUrl = QtCore.QUrl
 pyqtSignal = QtCore.pyqtSignal
 
+QBrush = QtGui.QBrush
+QColor = QtGui.QColor
 QDesktopServices = QtGui.QDesktopServices
 QIcon = QtGui.QIcon
 QImage = QtGui.QImage
+QMouseEvent = QtGui.QMouseEvent
+QPainter = QtGui.QPainter
+QPen = QtGui.QPen
 QPixmap = QtGui.QPixmap
+QTextOption = QtGui.QTextOption
 
 QAbstractItemView = QtWidgets.QAbstractItemView
 QAbstractButton = QtWidgets.QAbstractButton
@@ -68,6 +77,7 @@ QSizePolicy = QtWidgets.QSizePolicy
 QSlider = QtWidgets.QSlider
 QSpinBox = QtWidgets.QSpinBox
 QToolButton = QtWidgets.QToolButton
+QToolTip = QtWidgets.QToolTip
 QVBoxLayout = QtWidgets.QVBoxLayout
 QWidget = QtWidgets.QWidget
 
@@ -79,6 +89,12 @@ def image_bytes(image: QImage) -> bytes:  # type: ignore[valid-type]
     if hasattr(bits, "setsize"):
         bits.setsize(size)
     return bytes(bits)[:size]
+
+
+def event_point(event) -> tuple[float, float]:
+    """Where a mouse event happened in its widget: ``position()`` in Qt6 (and 5.15), ``pos()`` before."""
+    where = event.position() if hasattr(event, "position") else event.localPos()
+    return where.x(), where.y()
 
 
 def dock_right(factory_base) -> object:

@@ -15,7 +15,7 @@ from enum import Enum
 from .connection import Connected, Connection, ConnectionEvent, ConnectionState, Received, StateChanged
 from .deps import protocol
 from .errors import describe_error
-from .job_message import JobShape, SubmitError, build_message, refuse, wants_refine
+from .job_message import JobShape, SubmitError, auto_request, build_message, refuse, wants_refine
 from .jobs import Image, Job, JobInputs, JobState, ResultPart, Target
 from .model_family import with_family
 from .settings import GenerationSettings
@@ -109,14 +109,16 @@ class Session:
         target: Target,
         live: bool = False,
         sweep: bool = False,
+        auto: bool = False,
     ) -> Job:
         """Send a job; raises ``SubmitError`` with an artist-facing message if it cannot be sent.
-        A ``live`` job replaces the previous live job on the backend (latest wins)."""
+        A ``live`` job replaces the previous live job on the backend (latest wins); an ``auto`` one
+        ("Find strength") lets the server search its style and content scales first."""
         if not self.connected:
             raise SubmitError(f"not connected to the backend ({self.status})")
         hello = self.hello
         assert hello is not None
-        refuse(settings, inputs, hello, sweep)
+        refuse(settings, inputs, hello, sweep, auto)
         refine = (
             not live
             and wants_refine(settings, inputs, target.width, target.height, self.features.native_side, sweep)
@@ -134,6 +136,7 @@ class Session:
             sweep,
             preview_side,
             protocol.Refine() if refine else None,
+            auto_request(settings) if auto else None,
         )
         features = self.features
         subtraction, family = features.content_subtraction, features.family
@@ -158,6 +161,7 @@ class Session:
             height,
             is_test_model=hello.model.is_test_model,
             live=live,
+            auto=auto,
         )
         self.jobs[shape.job_id] = job
         return job

@@ -38,7 +38,8 @@ class JobKind(str, Enum):
     STYLIZE = "stylize"
     """Restyle the current layer (img2img), or only the selection (inpaint)."""
     KEEP_LINES = "keep_lines"
-    """Repaint the current layer (or selection) in the style, following its edges (ControlNet canny)."""
+    """Repaint the current layer (or selection) in the style, keeping what ``GenerationSettings.control``
+    says: its edges (ControlNet canny) or its shapes and colours (Tile ControlNet)."""
 
 
 @dataclass
@@ -110,6 +111,9 @@ class GenerationSettings:
     strength: float = 0.6
     control_scale: float = 0.6
     """How strictly ``KEEP_LINES`` follows the layer's edges (ControlNet scale)."""
+    control: str = protocol.ControlKind.EDGES.value
+    """A ``protocol.ControlKind`` value: what ``KEEP_LINES`` keeps of the layer (edges, or its shapes
+    and colours through a Tile ControlNet), where the backend offers both."""
     auto_size: bool = True
     """Generate at the canvas or selection size (fitted to the server's limits)."""
     canvas_resolution: bool = True
@@ -137,6 +141,13 @@ class GenerationSettings:
     sweep_second: str = "content_scale"
     """The second axis, or empty for a one-axis sweep."""
     sweep_second_values: str = "0, 0.5, 1.0"
+    auto_leakage_margin: float = protocol.Auto().leakage_margin
+    """Find strength: how much more of the described content a picture may show than one without the
+    style (``generate.auto``)."""
+    auto_prompt_margin: float = protocol.Auto().prompt_margin
+    """Find strength: how much less like the prompt a picture may be than one without the style."""
+    auto_presets: bool = False
+    """Find strength: also try the precise preset against the chosen Blocks preset."""
     live_preset: str = ""
     """The few-step preset live mode uses (the backend's first one when empty or not offered)."""
     live_max_side: int = 768

@@ -57,10 +57,10 @@ class Slider(WheelWhenFocused, QSlider):
     pass
 
 
-def wire_range(field: str) -> tuple[float, float]:
-    """A generation setting's range as the wire format gives it (``protocol.Generate``'s bounds): the
-    docker's sliders take the same numbers the server accepts, from one place."""
-    for wire in dataclasses.fields(protocol.Generate):
+def wire_range(field: str, message: type = protocol.Generate) -> tuple[float, float]:
+    """A generation setting's range as the wire format gives it (``protocol.Generate``'s bounds, or
+    another message's): the docker's sliders take the same numbers the server accepts, from one place."""
+    for wire in dataclasses.fields(message):
         if wire.name == field:
             return wire.metadata["low"], wire.metadata["high"]
     raise KeyError(f"the wire format has no setting {field!r}")

@@ -41,7 +41,8 @@ class ModelChoice:
     checkpoint: str = ""
     """The file for ``CHECKPOINT``."""
     controlnet: bool = False
-    """Also ControlNet canny (SDXL's ~2.5 GB, SD1.5's ~1.4 GB): "keep the lines" restyles."""
+    """Also the canny and Tile ControlNets (SDXL's ~2.5 GB each, SD1.5's ~1.4 GB each): "keep the
+    lines" restyles that keep the layer's edges, or its shapes and colours."""
     speed_loras: bool = False
     """Also the few-step LoRAs of the speed presets (live mode's fastest)."""
 
@@ -55,7 +56,7 @@ class ModelChoice:
         else:
             arguments = ["--model", "sdxl"]
         if self.controlnet:  # a checkpoint's family is known once the backend reads it: it picks
-            arguments += ["--controlnet", CONTROLNET_AUTO]
+            arguments += ["--controlnet", CONTROLNET_AUTO, "--tile-controlnet", CONTROLNET_AUTO]
         if self.speed_loras:
             arguments += [argument for preset in SPEED_PRESETS for argument in ("--speed", preset)]
         return arguments
@@ -63,6 +64,8 @@ class ModelChoice:
 
 CONTROLNET_AUTO = "auto"
 """``serve --controlnet auto``: the model family's canny ControlNet (SDXL:
-``diffusers/controlnet-canny-sdxl-1.0``, SD1.5: ``lllyasviel/control_v11p_sd15_canny``)."""
+``diffusers/controlnet-canny-sdxl-1.0``, SD1.5: ``lllyasviel/control_v11p_sd15_canny``); with
+``--tile-controlnet auto`` its Tile ControlNet (``xinsir/controlnet-tile-sdxl-1.0``,
+``lllyasviel/control_v11f1e_sd15_tile``). ``models --plan`` lists both downloads."""
 SPEED_PRESETS = ("hyper-8-cfg", "lightning-4", "lcm-4")
 """The backend's few-step presets (``serve --speed``), each with its LoRA."""

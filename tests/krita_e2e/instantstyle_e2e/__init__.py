@@ -14,7 +14,9 @@ Scenarios, one Krita session, each with its own time budget:
 10. the docker's layout: its main path fits on screen, a grid box per UNet attention block, tooltips;
 11. a sampler and a LoRA chosen in the docker reach the engine; then the precise preset does; then a
     two-region job (a saved selection and a layer's alpha, each with its own reference); then a
-    2x2 strength sweep into one layer group, its scores in the results, Keep one picture;
+    2x2 strength sweep into one layer group, its scores in the results, Keep one picture; then Find
+    strength (the map of the server's search, a click on a point paints it), then keep-lines through
+    the Tile ControlNet;
 12. live mode: a result right away, a stroke re-rendered, Apply, the live layer gone when live stops;
 13. live mode at 1024²: a stroke while a live job runs replaces it (latest wins); losing the backend
     stops live mode;
@@ -796,6 +798,134 @@ class Runner:
         )
         from instantstyle.settings import JobKind
 
+        docker.form["kind"].setCurrentIndex(docker.form["kind"].findData(JobKind.STYLIZE))
+        self.start_find_strength_scenario()
+
+    # ------------------------------------------ scenario 11e: Find strength, its map, a click on a point
+
+    def start_find_strength_scenario(self):
+        self.document_f, self.layer_f = new_document(self.window, "find strength", SIZE)
+        self.layers_f_before = layer_names(self.document_f)
+        button = self.docker().sections.find_button
+        self.when_active("find_strength", self.document_f, button.click, self.wait_find_strength)
+
+    def wait_find_strength(self):
+        finished = self.finished_result(self.document_f, self.layers_f_before)
+        if finished is None:
+            return
+        job, node = finished
+        search = job.search
+        if search is None:
+            raise RuntimeError("the Find strength job's result came without its search")
+        (OUT / "auto-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        docker = self.docker()
+        docker.refresh()
+        panel = docker.sections.tradeoff
+        laid = panel.view.layout_map()
+        docker.sections.by_name["find"].grab().save(str(OUT / "find-strength-map.png"))
+        self.find_part = {
+            "layer": node.name(),
+            "seed": job.seed,
+            "points": [
+                [p.style_scale, p.content_scale, p.preset.value, p.stage.value, p.scores.style]
+                for p in search.points
+            ],
+            "chosen": search.chosen,
+            "passed": search.passed,
+            "reason": search.reason,
+            "searched": [search.width, search.height, search.steps],
+            "panel_job": panel.job_id == job.job_id,
+            "section_open": docker.sections.by_name["find"].body.isVisibleTo(docker),
+            "panel_shown": panel.isVisibleTo(docker),
+            "map": [[p.index, p.baseline, p.chosen, p.within] for p in laid.points] if laid else [],
+            "reason_shown": panel.reason.text(),
+            "message": self.controller.message,
+        }
+        # A point unlike the chosen one (and not the baseline), clicked on the map as a mouse does.
+        others = [p for p in laid.points if not p.chosen and not p.baseline]
+        self.picked = max(others, key=lambda p: (p.point.style_scale, p.point.content_scale))
+        self.document_f.setActiveNode(self.layer_f)  # the source, whatever Krita made active meanwhile
+        self.state = self.click_point_when_active
+
+    def click_point_when_active(self):
+        node = self.document_f.activeNode()
+        if node is None or node.name() != "Painted" or self.controller._in_tick:
+            return
+        from instantstyle.qt import QEvent, QMouseEvent, QPointF, Qt
+
+        view = self.docker().sections.tradeoff.view
+        laid = view.layout_map()
+        point = next(p for p in laid.points if p.index == self.picked.index)
+        local = QPointF(point.x, point.y)
+        button = Qt.MouseButton.LeftButton
+        press = QMouseEvent(
+            QEvent.Type.MouseButtonPress,
+            local,
+            QPointF(view.mapToGlobal(local.toPoint())),
+            button,
+            button,
+            Qt.KeyboardModifier.NoModifier,
+        )
+        self.layers_f_clicked = layer_names(self.document_f)
+        QApplication.sendEvent(view, press)
+        self.state = self.wait_point_result
+
+    def wait_point_result(self):
+        finished = self.finished_result(self.document_f, self.layers_f_clicked)
+        if finished is None:
+            return
+        job, node = finished
+        (OUT / "auto-point-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        point = self.picked.point
+        self.done(
+            {
+                **self.find_part,
+                "picked": [self.picked.index, point.style_scale, point.content_scale, point.preset.value],
+                "point_layer": node.name(),
+                "point_seed": job.seed,
+                "point_auto": job.auto,
+                "clicked_marked": self.docker().sections.tradeoff.view.clicked == self.picked.index,
+                "layers_after": layer_names(self.document_f),
+            }
+        )
+        self.start_keep_tile_scenario()
+
+    # ------------------------------------------ scenario 11f: keep-lines through the Tile ControlNet
+
+    def start_keep_tile_scenario(self):
+        from instantstyle.settings import JobKind
+
+        self.document_t, _ = new_document(self.window, "keep tile", SIZE)
+        self.layers_t_before = layer_names(self.document_t)
+        docker = self.docker()
+        docker.form["kind"].setCurrentIndex(docker.form["kind"].findData(JobKind.KEEP_LINES))
+        docker.form["control"].setCurrentIndex(docker.form["control"].findData("tile"))
+        docker.refresh()
+        self.keep_shown = not docker.keep.isHidden() and not docker.keep_label.isHidden()
+        self.stylize_when_active("keep_tile", self.document_t, self.wait_keep_tile)
+
+    def wait_keep_tile(self):
+        finished = self.finished_result(self.document_t, self.layers_t_before)
+        if finished is None:
+            return
+        job, node = finished
+        (OUT / "keep-tile-layer.rgba").write_bytes(rgba(bytes(node.pixelData(0, 0, SIZE, SIZE))))
+        features = self.controller.session.features
+        settings = self.controller.settings
+        self.done(
+            {
+                "state": job.state.value,
+                "control": settings.control,
+                "control_scale": settings.control_scale,
+                "offered": [kind.value for kind in features.controls],
+                "keep_shown": self.keep_shown,
+                "layer": node.name(),
+            }
+        )
+        from instantstyle.settings import JobKind
+
+        docker = self.docker()
+        docker.form["control"].setCurrentIndex(docker.form["control"].findData("edges"))
         docker.form["kind"].setCurrentIndex(docker.form["kind"].findData(JobKind.STYLIZE))
         self.start_live_scenario()
 

@@ -4,7 +4,9 @@ Krita's default workspace, window at the screen's size: the InstantStyle docker 
 docks it; then floated at 260×180, 300×400, 420×900, and at 260 px with every section open. At each
 size: what asks for more width than there is, whether Generate is in view. Then a right-click on the
 "Painted" layer (another layer active), by xdotool from the test (a request file in the output
-folder), our entry in Krita's menu, a left click on it, and the job's result. ``report.json``.
+folder), our entry in Krita's menu, a left click on it, and the job's result. Then, docked again, a
+real click on "Find strength", the trade-off map that comes back, and a real click on one of its
+points. ``report.json``.
 """
 
 import json
@@ -190,6 +192,10 @@ class DockerRunner:
             live_max_side=1024,
             live_seed=99,
             preview_side=512,
+            control="tile",
+            auto_leakage_margin=0.05,
+            auto_prompt_margin=0.125,
+            auto_presets=True,
         )
         docker.form.load(probe)
         back = GenerationSettings()
@@ -225,11 +231,7 @@ class DockerRunner:
         widest = sorted(visible, key=lambda w: -w.minimumSizeHint().width())[:8]
         button = docker.generate_button
         top_left = button.mapTo(docker, button.rect().topLeft())
-
-        def in_view(widget):
-            corners = (widget.rect().topLeft(), widget.rect().bottomRight())
-            inside = all(docker.rect().contains(widget.mapTo(docker, corner)) for corner in corners)
-            return widget.isVisible() and not widget.visibleRegion().isEmpty() and inside
+        in_view = self.in_view
 
         top = {
             "prompt": docker.prompt,
@@ -254,6 +256,15 @@ class DockerRunner:
         }
         docker.grab().save(str(OUT / f"docker-{name}.png"))
         log(f"measured {name}")
+
+    def in_view(self, widget, whole=False):
+        """Inside the docker and not hidden (``whole``: none of it scrolled out of the body's view)."""
+        docker = self.docker()
+        corners = (widget.rect().topLeft(), widget.rect().bottomRight())
+        inside = all(docker.rect().contains(widget.mapTo(docker, corner)) for corner in corners)
+        region = widget.visibleRegion()
+        shown = region.boundingRect() == widget.rect() if whole else not region.isEmpty()
+        return widget.isVisible() and shown and inside
 
     def measure_docked(self):
         form = self.docker().form
@@ -416,6 +427,123 @@ class DockerRunner:
             "source_unchanged": bytes(self.painted.pixelData(0, 0, SIZE, SIZE)) == pattern_bgra(SIZE),
         }
         log("right-click job done")
+        self.start_find_strength()
+
+    # ------------------------------------------------------------------ Find strength and its map
+
+    def start_find_strength(self):
+        """Docked where Krita puts it: open Find strength, scroll to its button, click it for real."""
+        docker = self.docker()
+        self.find_history = len(self.controller.session.history)
+        self.sent = []
+        connection = self.controller.session.connection
+        self.send_message = send = connection.send_message
+
+        def keep(message):  # what the docker sends, for the test to read
+            self.sent.append(message)
+            send(message)
+
+        connection.send_message = keep
+        docker.sections.by_name["find"].set_open(True)
+
+        def then():
+            docker.scroll.ensureWidgetVisible(docker.sections.find_button)
+            self.later(self.click_find, 0.5)
+
+        self.later(then)
+
+    def click_find(self):
+        button = self.docker().sections.find_button
+        self.button_in_view = self.in_view(button, whole=True)
+        where = button.mapToGlobal(button.rect().center())
+        self.xdotool("mousemove", "--sync", str(where.x()), str(where.y()), "click", "1")
+        self.state = self.wait_find_result
+
+    def wait_find_result(self):
+        history = self.controller.session.history
+        if len(history) <= self.find_history or self.controller._in_tick:
+            return
+        self.auto_job = history[0]
+        self.later(self.measure_find)  # the map's section opens and scrolls to it on the next refresh
+
+    def measure_find(self):
+        from instantstyle.qt import QPoint
+
+        docker = self.docker()
+        self.measure("find-strength")
+        job, panel = self.auto_job, docker.sections.tradeoff
+        view = panel.view
+        laid = view.layout_map()
+        search = job.search
+        visible = [
+            p.index for p in laid.points if view.visibleRegion().contains(QPoint(round(p.x), round(p.y)))
+        ]
+        viewport = docker.scroll.viewport()
+        report["find_strength"] = {
+            "button_in_view": self.button_in_view,
+            "sent_auto": [message.auto is not None for message in self.sent],
+            "section_open": docker.sections.by_name["find"].body.isVisible(),
+            "panel_job": panel.job_id == job.job_id,
+            "panel_visible": panel.isVisible(),
+            "view_size": [view.width(), view.height()],
+            "view_right": right_edge(view, viewport),
+            "viewport": [viewport.width(), viewport.height()],
+            "view_shown_rows": view.visibleRegion().boundingRect().height(),
+            "visible_points": visible,
+            "points": [
+                [p.style_scale, p.content_scale, p.preset.value, p.stage.value] for p in search.points
+            ],
+            "map_points": len(laid.points),
+            "chosen": search.chosen,
+            "map_chosen": [p.index for p in laid.points if p.chosen],
+            "x_axis": laid.x_axis.name,
+            "texts": [panel.title.text(), panel.reason.text(), panel.legend.text()],
+            "layer_names": job.layer_names,
+            "layers_after": [n.name() for n in self.document.rootNode().childNodes()],
+            "message": self.controller.message,
+        }
+        docker.grab().save(str(OUT / "docker-find-strength.png"))
+        docker.sections.by_name["find"].grab().save(str(OUT / "find-strength-section.png"))
+        others = [i for i in visible if i != search.chosen and not laid.points[i].baseline]
+        if not others:
+            raise RuntimeError(f"no point of the map to click is in view: {report['find_strength']}")
+        self.picked = laid.points[others[-1]]
+        where = view.mapToGlobal(QPoint(round(self.picked.x), round(self.picked.y)))
+        self.xdotool("mousemove", "--sync", str(where.x()), str(where.y()), "click", "1")
+        self.state = self.wait_point_job
+
+    def point_tooltip(self, view, point):
+        """What resting the mouse on ``point`` shows (Qt's own tooltip event, sent to the map)."""
+        from instantstyle.qt import QEvent, QPoint, QtGui, QToolTip
+
+        local = QPoint(round(point.x), round(point.y))
+        view.event(QtGui.QHelpEvent(QEvent.Type.ToolTip, local, view.mapToGlobal(local)))
+        text = QToolTip.text()
+        QToolTip.hideText()
+        return text
+
+    def wait_point_job(self):
+        history = self.controller.session.history
+        if len(history) <= self.find_history + 1 or self.controller._in_tick:
+            return
+        job = history[0]
+        message = self.sent[-1]
+        self.controller.session.connection.send_message = self.send_message
+        point = self.picked.point
+        report["map_click"] = {
+            "picked": [point.style_scale, point.content_scale, point.preset.value],
+            "sent": [message.style_scale, message.content_scale, message.preset.value],
+            "auto": message.auto is not None,
+            "seed": [message.seed, self.auto_job.seed],
+            "clicked_marked": self.docker().sections.tradeoff.view.clicked == self.picked.index,
+            "layer_names": job.layer_names,
+            "layers_after": [n.name() for n in self.document.rootNode().childNodes()],
+            "message": self.controller.message,
+        }
+        # Resting the mouse on the chosen point (after the clicks: a tooltip window must not catch one).
+        view = self.docker().sections.tradeoff.view
+        report["find_strength"]["tooltip"] = self.point_tooltip(view, view.layout_map().chosen)
+        log("map click job done")
         self.start_canvas_job()
 
     # ------------------------------------------------------------------ a canvas at its own size
