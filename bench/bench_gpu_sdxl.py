@@ -53,7 +53,7 @@ from backend.engine.preview_vae import LoadedPreviewVae
 from backend.engine.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, StyleReference
 from backend.tiny.components import FULL_LABEL, SDXL, TINY, TINY_LABEL
 from backend.tiny.real_shapes import Materialiser, attach_ip_adapter, build_sdxl_pipeline, build_taesdxl
-from protocol import Mode
+from protocol import Auto, Mode
 
 GIB = 2**30
 PROMPT = "a lighthouse at dusk"
@@ -350,6 +350,16 @@ def main() -> int:
                 ms = report.get("previews", label, "ms_per_step")
                 if isinstance(ms, float) and isinstance(off, float):
                     report.put("previews", f"{label}_step_cost_ratio", value=round(ms / off - 1, 4))
+
+        with report.section("auto"):  # auto strength's search + render against the chosen plain job
+            searched = dataclasses.replace(request(args.steps), content_text="a cat", auto=Auto())
+            chosen = engine.generate(searched).auto.chosen  # type: ignore[union-attr]
+            plain_job = dataclasses.replace(searched, auto=None, style_scale=chosen.style_scale)
+            plain_job = dataclasses.replace(plain_job, content_scale=chosen.content_scale)
+            auto_s = device.seconds(lambda: engine.generate(searched))
+            plain_s = device.seconds(lambda: engine.generate(plain_job))
+            report.put("auto", "seconds", value={"auto": round(auto_s, 3), "plain": round(plain_s, 3)})
+            report.put("auto", "auto_to_plain", value=round(auto_s / plain_s, 3))
 
     engine = None
     for tier in MemoryTier:

@@ -42,7 +42,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_the_smoke_run_writes_every_section(smoke: dict) -> None:
     assert smoke["meta"]["finished"] is True and smoke["meta"]["errors"] == []
     assert smoke["meta"]["device"] == "cpu" and smoke["meta"]["dtype"] == "float32"
-    for section in ("plain_sdxl", "engine", "previews", "compile"):
+    for section in ("plain_sdxl", "engine", "previews", "auto", "compile"):
         assert "error" not in smoke[section] and "skipped" not in smoke[section], section
     assert smoke["plain_sdxl"]["job"]["ms_per_step"] > 0
     assert smoke["engine"]["job"]["ms_per_step"] > 0 and smoke["engine"]["step_ratio_to_plain"] > 0
