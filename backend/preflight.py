@@ -59,7 +59,7 @@ def _looks_local(option: str, text: str) -> bool:
     ``--ip-adapter``, whose hub form names a file too (``h94/IP-Adapter/sdxl_models/x.safetensors``)."""
     if text.startswith((".", "/", "~")):
         return True
-    if option == "--ip-adapter":
+    if option in ("--ip-adapter", "--csd"):  # their hub form names a file: owner/repo/file
         return len(Path(text).parts) < 3
     return Path(text).suffix in (*SINGLE_FILE_SUFFIXES, ".bin", ".pth")
 

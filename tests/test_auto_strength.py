@@ -11,7 +11,7 @@ import pytest
 
 from backend.engine.auto_rule import SearchPoint, choose
 from backend.engine.auto_search import SEARCH_SHARE, SearchContext, fine_points, plan_search, unet_cost
-from backend.engine.request import GenerationRequest, JobCancelled, RequestError, StyleReference
+from backend.engine.request import GenerationRequest, JobCancelled, Refine, RequestError, StyleReference
 from backend.engine.scores import ImageScores
 from backend.engine.style_embedding import EmbeddingSpaceMismatch
 from protocol import (
@@ -19,6 +19,7 @@ from protocol import (
     BlockPreset,
     ErrorCode,
     Limits,
+    Mode,
     ProtocolError,
     Region,
     SearchStage,
@@ -160,14 +161,54 @@ def test_without_a_content_description_only_the_style_scale_is_searched():
 
 def test_an_expensive_cell_still_gets_the_smallest_grid():
     plan = plan_search(job(width=512, height=512, steps=4), SearchContext(1024))
-    assert plan.cells == 2 and plan.coarse[1].style_scale == 1.0 and plan.fine == 0
+    assert [p.style_scale for p in plan.coarse] == [0.0, 0.6, 1.2] and plan.fine == 0
+
+
+def test_a_job_on_a_speed_preset_searches_with_it_and_never_stacks_another():
+    lightning_job = job(loras=(("sdxl-lightning", 1.0),), steps=4, guidance_scale=1.0, sampler=Sampler.LCM)
+    plan = plan_search(
+        dataclasses.replace(lightning_job, auto=Auto(presets=True)), SearchContext(1024, (HYPER, LIGHTNING))
+    )
+    template = plan.template
+    assert template.loras == (("sdxl-lightning", 1.0),) and template.steps == 4
+    assert template.guidance_scale == 1.0 and template.sampler is Sampler.LCM
+    assert {p.preset for p in plan.coarse[1:]} == {BlockPreset.STYLE}  # no precise without guidance
+    full = job(loras=tuple((f"l{i}", 1.0) for i in range(8)))
+    assert plan_search(full, SearchContext(1024, (LIGHTNING,))).template.loras == full.loras
+
+
+def test_a_weak_img2img_search_still_runs_a_step_and_a_canvas_searches_its_first_stage():
+    weak = job(mode=Mode.IMG2IMG, init_image=STYLE, strength=0.2)
+    for context in (SearchContext(1024), SearchContext(1024, (LIGHTNING,))):
+        template = plan_search(weak, context).template
+        assert template.effective_steps >= 1
+        template.validate()
+    canvas = job(width=4096, height=3072, refine=Refine())
+    template = plan_search(canvas, SearchContext(1024)).template
+    assert (template.width, template.height) == (576, 448) and template.refine is None  # of 1152x896
+
+
+def test_the_fine_stage_always_runs_the_points_announced():
+    plan = plan_search(job(), SearchContext(1024, (LIGHTNING,)))
+    for corner in ((0.5, 0.0), (1.5, 1.0), (0.5, 1.0), (1.5, 0.0)):
+        winner = SearchPoint(*corner, BlockPreset.STYLE, SearchStage.COARSE)
+        assert len(fine_points(plan, winner, plan.coarse)) == plan.fine == 4, corner
+    small = plan_search(job(content_text=""), SearchContext(1024, (LIGHTNING,)))
+    for style in (0.5, 1.5):
+        winner = SearchPoint(style, 0.5, BlockPreset.STYLE, SearchStage.COARSE)
+        assert len(fine_points(small, winner, small.coarse)) == small.fine, style
 
 
 def test_fine_points_are_halfway_neighbours_in_range_and_new():
     plan = plan_search(job(), SearchContext(1024, (LIGHTNING,)))
     winner = SearchPoint(1.5, 0.0, BlockPreset.STYLE, SearchStage.COARSE)
     fine = fine_points(plan, winner, plan.coarse)
-    assert [(p.style_scale, p.content_scale) for p in fine] == [(1.75, 0.0), (1.25, 0.0), (1.5, 0.25)]
+    assert [(p.style_scale, p.content_scale) for p in fine] == [
+        (1.75, 0.0),
+        (1.25, 0.0),
+        (1.5, 0.25),  # no content scale below 0: the first diagonal takes its place
+        (1.75, 0.25),
+    ]
     assert all(p.stage is SearchStage.FINE for p in fine)
     two = dataclasses.replace(plan, fine=2)
     assert len(fine_points(two, winner, plan.coarse)) == 2
@@ -314,7 +355,7 @@ def test_an_auto_job_through_the_server_shows_its_search_and_keeps_serving(engin
 
 def test_auto_on_sd15_and_on_a_plus_adapter(sd15_engine, plus_engine):
     sd15 = sd15_engine.generate(tiny_job())  # its content tower loads with the first content job
-    assert sd15.auto.points[0].scores.content is not None and sd15.auto.choice.passed in (True, False)
+    assert all(p.scores.content is not None for p in sd15.auto.points)  # the baseline's too
     chosen = sd15.auto.chosen
     plain = sd15_engine.generate(
         tiny_job(auto=None, style_scale=chosen.style_scale, content_scale=chosen.content_scale)
@@ -325,3 +366,30 @@ def test_auto_on_sd15_and_on_a_plus_adapter(sd15_engine, plus_engine):
     assert "leakage not measured" in plus.auto.choice.reason
     with pytest.raises(EmbeddingSpaceMismatch, match="content subtraction is not available"):
         plus_engine.generate(tiny_job())  # the first cell's one line, as for a plain job
+
+
+def test_an_auto_job_sent_before_the_model_is_ready_announces_every_step_it_runs(engine):
+    import asyncio
+
+    from backend.client import InstantStyleClient
+    from protocol import Progress
+    from tests.server_helpers import generate_message, run, running_server
+    from tests.test_watchable_loading import gated_load
+
+    gate = threading.Event()
+
+    async def scenario():
+        async with (
+            running_server(None, gated_load(engine, gate), limits=Limits(max_sweep_cells=6)) as server,
+            InstantStyleClient.connect(server.url) as client,
+        ):
+            message = generate_message(1, steps=8, seed=3, content_text="a cat", auto=Auto())
+            await client.submit(message, {0: STYLE})
+            await asyncio.sleep(0.3)  # queued while the model loads
+            gate.set()
+            return await client.follow(1)
+
+    done = run(scenario())
+    steps = [p.step for p in done.progress if isinstance(p, Progress)]
+    assert done.started.total_steps == steps[-1] == len(done.result.auto.points) * done.result.auto.steps + 8
+    assert len(done.result.auto.points) <= 6  # the server's cell limit, though planned after loading

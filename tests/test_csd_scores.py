@@ -152,3 +152,34 @@ def test_the_memory_budget_counts_a_csd_where_it_rests_on_the_gpu():
         assert added == pytest.approx(CSD_GIB_FP16 if tier is MemoryTier.FULL else 0.0)
     fp32 = at_rest(MemoryTier.FULL, JobShape(csd=True, dtype=torch.float32), sizes)
     assert fp32 - at_rest(MemoryTier.FULL, JobShape(dtype=torch.float32), sizes) == pytest.approx(2 * 0.568)
+
+
+def test_a_hub_csd_loads_from_the_specs_cache_and_the_command_line_takes_its_hub_form(
+    tiny_paths, csd_files, tmp_path
+):
+    import argparse
+
+    from backend.engine.memory import MemoryTier
+    from backend.engine.style_metric import load_style_metric
+    from backend.preflight import ArgumentError, check_model_paths
+
+    source = tmp_path / "snapshot"
+    source.mkdir()
+    shutil.copy(csd_files.checkpoint, source / "pytorch_model.bin")
+    cache = tmp_path / "hub"
+    write_hub_snapshot(cache, "someone/tiny-csd", source)
+    spec = replace(tiny_paths.spec(), csd="someone/tiny-csd/pytorch_model.bin", cache_dir=str(cache))
+    offline = replace(spec, local_files_only=True)
+    model = load_style_metric(offline, MemoryTier.FULL, torch.device("cpu"), torch.float32)
+    assert model is not None and torch.equal(
+        model.embed([STYLE]), load_csd(str(csd_files.checkpoint)).embed([STYLE])
+    )
+    with pytest.raises(ModelLoadError, match="not in the hub cache and not fetched"):
+        load_style_metric(
+            replace(offline, csd="someone/other/x.bin"), MemoryTier.FULL, torch.device("cpu"), torch.float32
+        )
+    names = ("model", "ip_adapter", "image_encoder", "controlnet", "tile_controlnet", "vae", "base_config")
+    args = argparse.Namespace(**dict.fromkeys(names), preview_vae="auto", csd="owner/repo/csd.bin")
+    check_model_paths(args)  # a hub path: checked by the loader, not as a missing file
+    with pytest.raises(ArgumentError, match=r"--csd \./missing\.pth: no such file or folder"):
+        check_model_paths(argparse.Namespace(**{**vars(args), "csd": "./missing.pth"}))

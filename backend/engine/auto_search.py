@@ -15,12 +15,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from protocol.enums import BlockPreset, SearchStage
+from protocol.enums import BlockPreset, Mode, SearchStage
 from protocol.generate import Auto
+from protocol.limits import MAX_LORAS
 from protocol.messages import ModelFeatures, SpeedPresetInfo
 
 from .auto_rule import Choice, SearchPoint, choose
 from .previews import StepPreview
+from .refine import first_stage_size
 from .request import GenerationRequest, GenerationResult
 from .sweep import shifted
 
@@ -36,10 +38,10 @@ STEP_SHARE = 4
 DEFAULT_SEARCH_CELLS = 16
 """The search's cells (baseline included) when no server limit says otherwise: the sweep limit."""
 
-STYLE_LEVELS = {3: (0.5, 1.0, 1.5), 2: (0.6, 1.2), 1: (1.0,)}
+STYLE_LEVELS = {3: (0.5, 1.0, 1.5), 2: (0.6, 1.2)}
 CONTENT_LEVELS = {3: (0.0, 0.5, 1.0), 2: (0.25, 0.75)}
 GRIDS = ((3, 3, 4), (3, 2, 4), (3, 3, 2), (3, 2, 2), (2, 2, 4), (2, 2, 2), (3, 1, 2), (2, 1, 2))
-GRIDS += ((3, 1, 0), (2, 1, 0), (1, 1, 0))
+GRIDS += ((3, 1, 0), (2, 1, 0))
 """(style levels, content levels, fine points), most thorough first: the first that fits is planned."""
 
 
@@ -55,6 +57,11 @@ class SearchContext:
     @classmethod
     def of(cls, features: ModelFeatures, max_cells: int = DEFAULT_SEARCH_CELLS) -> SearchContext:
         return cls(features.native_side or 1024, tuple(features.speed_presets), max_cells)
+
+    @classmethod
+    def limit_only(cls, max_cells: int) -> SearchContext:
+        """The server's cell limit, before the model (and with it the rest) is known."""
+        return cls(0, (), max_cells)
 
 
 @dataclass(frozen=True)
@@ -103,48 +110,63 @@ def unet_cost(request: GenerationRequest) -> float:
     return request.effective_steps * passes * request.width * request.height
 
 
+def job_size(request: GenerationRequest, native_side: int) -> tuple[int, int]:
+    """The size the job's first picture is made at: a canvas job's first stage (``refine``)."""
+    if request.refine is None:
+        return request.width, request.height
+    return first_stage_size(request.width, request.height, native_side)
+
+
 def search_size(request: GenerationRequest, native_side: int) -> tuple[int, int]:
-    """Half the job's sides, but no shorter a long side than half the model's native one (a smaller
-    picture is not one the model can make); multiples of 8."""
-    longest = max(request.width, request.height)
+    """Half the job's sides (a canvas job's first stage's), but no shorter a long side than half the
+    model's native one (a smaller picture is not one the model can make); multiples of 8."""
+    width, height = job_size(request, native_side)
+    longest = max(width, height)
     target = min(longest, max(longest // 2, native_side // 2))
     scale = target / longest
-    return (max(8, int(request.width * scale) // 8 * 8), max(8, int(request.height * scale) // 8 * 8))
+    return (max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8))
 
 
 def speed_settings(
     request: GenerationRequest, context: SearchContext, presets: Sequence[BlockPreset]
-) -> dict:
-    """The few-step preset a search cell runs with: the job's own if it uses one, else the cheapest
-    the server offers (one with CFG where ``precise`` is searched: it works through the negative
-    branch), else a quarter of the job's steps."""
-    offered = list(context.speed_presets)
-    if BlockPreset.PRECISE in presets:
-        offered = [p for p in offered if p.guidance_scale > 1.0]
+) -> dict[str, object]:
+    """What a search cell changes to run fast: nothing where the job uses a speed preset already (its
+    steps are few); else the cheapest preset the server offers (one with CFG where ``precise`` is
+    searched: it works through the negative branch; not where the job has every LoRA slot taken);
+    else a quarter of the job's steps (at least ``MIN_SEARCH_STEPS``, never more than the job's).
+    An img2img cell keeps at least one step to run."""
+    floor = math.ceil(1 / request.strength) if request.mode in (Mode.IMG2IMG, Mode.INPAINT) else 1
     in_use = {name for name, _ in request.loras}
-    if any(p.lora in in_use for p in offered) or not offered:
-        steps = max(MIN_SEARCH_STEPS, math.ceil(request.steps / STEP_SHARE))
-        return {"steps": min(request.steps, steps)}
-    preset = min(offered, key=lambda p: p.steps * (2 if p.guidance_scale > 1.0 else 1))
-    return {
-        "steps": preset.steps,
-        "sampler": preset.sampler,
-        "guidance_scale": preset.guidance_scale,
-        "loras": (*request.loras, (preset.lora, preset.lora_weight)),
-    }
+    if any(p.lora in in_use for p in context.speed_presets):
+        return {}
+    offered = [
+        p for p in context.speed_presets if p.guidance_scale > 1.0 or BlockPreset.PRECISE not in presets
+    ]
+    if offered and len(request.loras) < MAX_LORAS:
+        preset = min(offered, key=lambda p: p.steps * (2 if p.guidance_scale > 1.0 else 1))
+        return {
+            "steps": max(preset.steps, floor),
+            "sampler": preset.sampler,
+            "guidance_scale": preset.guidance_scale,
+            "loras": (*request.loras, (preset.lora, preset.lora_weight)),
+        }
+    steps = min(request.steps, max(MIN_SEARCH_STEPS, math.ceil(request.steps / STEP_SHARE)))
+    return {"steps": max(steps, min(floor, request.steps))}
 
 
 def searched_presets(request: GenerationRequest) -> tuple[BlockPreset, ...]:
-    """The job's own preset, and with ``auto.presets`` ``precise`` (or ``style`` for a precise job)."""
+    """The job's own preset, and with ``auto.presets`` ``precise`` (or ``style`` for a precise job);
+    not ``precise`` for a job without guidance (its render could not run it)."""
     assert request.auto is not None
-    if not request.auto.presets:
+    if not request.auto.presets or request.guidance_scale <= 1.0:
         return (request.preset,)
     other = BlockPreset.STYLE if request.preset is BlockPreset.PRECISE else BlockPreset.PRECISE
     return (request.preset, other)
 
 
 def plan_search(request: GenerationRequest, context: SearchContext) -> SearchPlan:
-    """The most thorough grid within the budget and the cell limit (the smallest grid otherwise)."""
+    """The most thorough grid within the budget and the cell limit (the smallest, baseline and two
+    style scales, otherwise: a search of one setting would be no search)."""
     presets = searched_presets(request)
     width, height = search_size(request, context.native_side)
     template = replace(
@@ -155,21 +177,24 @@ def plan_search(request: GenerationRequest, context: SearchContext) -> SearchPla
         batch=1,
         refine=None,
         step_pictures=False,
-        **speed_settings(request, context, presets),
+        **speed_settings(request, context, presets),  # type: ignore[arg-type]
     )
-    final = replace(request, auto=None, batch=1, refine=None)
-    cell_cost = unet_cost(template) / unet_cost(final)
+    final_width, final_height = job_size(request, context.native_side)
+    final = replace(request, auto=None, batch=1, refine=None, width=final_width, height=final_height)
+    cell_cost = unet_cost(template) / unet_cost(final)  # a canvas's refining stage: not counted
     affordable = int(SEARCH_SHARE / cell_cost) if cell_cost > 0 else context.max_cells
     allowed = min(affordable, context.max_cells) - 1  # the baseline always runs
     subtracts = bool(request.content_text.strip())
     grids = [g for g in GRIDS if subtracts or g[1] == 1]
     fits = [g for g in grids if g[0] * g[1] * len(presets) + g[2] <= allowed]
     styles, contents, fine = fits[0] if fits else grids[-1]
-    if styles * contents * len(presets) + fine > context.max_cells - 1:  # even the smallest: never over
+    if styles * contents * len(presets) + fine > context.max_cells - 1:  # the smallest: within the limit
         presets = presets[:1]
     style_levels = STYLE_LEVELS[styles]
     content_levels = CONTENT_LEVELS.get(contents, (request.content_scale,))
-    baseline = SearchPoint(0.0, request.content_scale, BlockPreset.STYLE, SearchStage.BASELINE)
+    # The baseline has no style, so its content scale changes no pixel; the largest one searched
+    # makes a content tower that loads on demand (ViT-H, SD1.5) load before the first score.
+    baseline = SearchPoint(0.0, max(content_levels), BlockPreset.STYLE, SearchStage.BASELINE)
     grid = [
         SearchPoint(style, content, preset, SearchStage.COARSE)
         for preset in presets
@@ -191,12 +216,15 @@ def spacing(levels: Sequence[float], alone: float) -> float:
 
 
 def fine_points(plan: SearchPlan, winner: SearchPoint, searched: Sequence[SearchPoint]) -> list[SearchPoint]:
-    """The winner's halfway neighbours not yet searched: a stronger and a weaker style first, then
-    more and less content subtraction; within the wire's 0..2."""
+    """``plan.fine`` new points around the winner: halfway to a stronger and a weaker style first,
+    then more and less content subtraction, then the diagonals and a whole step further; within the
+    wire's 0..2 (so that the steps announced at the start all run)."""
     half_style, half_content = plan.style_step / 2, plan.content_step / 2
     offsets = [(half_style, 0.0), (-half_style, 0.0)]
     if half_content:
         offsets += [(0.0, half_content), (0.0, -half_content)]
+        offsets += [(ds, dc) for ds in (half_style, -half_style) for dc in (half_content, -half_content)]
+    offsets += [(2 * half_style, 0.0), (-2 * half_style, 0.0), (3 * half_style, 0.0), (-3 * half_style, 0.0)]
     seen = {(p.style_scale, p.content_scale, p.preset) for p in searched}
     found = []
     for d_style, d_content in offsets:
@@ -209,9 +237,19 @@ def fine_points(plan: SearchPlan, winner: SearchPoint, searched: Sequence[Search
     return found[: plan.fine]
 
 
+def with_plan(request: GenerationRequest, features: ModelFeatures | None) -> GenerationRequest:
+    """An auto ``request`` planned with the loaded model's ``features`` and the cell limit its server
+    set (``SearchContext.limit_only``, for a job sent before the model was ready); others as they are."""
+    context = request.search_context
+    if request.auto is None or features is None or (context is not None and context.native_side):  # type: ignore[attr-defined]
+        return request
+    cells = context.max_cells if isinstance(context, SearchContext) else DEFAULT_SEARCH_CELLS
+    return planned(request, SearchContext.of(features, cells))
+
+
 def planned(request: GenerationRequest, context: SearchContext) -> GenerationRequest:
     """``request`` with its search planned in ``context``: its ``total_steps`` then count the search's
-    cells (a fine neighbour off the scale's range is skipped: the last steps may come sooner)."""
+    cells and the render."""
     return replace(request, search_context=context, search_steps=plan_search(request, context).total_steps)
 
 

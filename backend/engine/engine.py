@@ -23,7 +23,7 @@ from protocol.enums import BlockPreset, ControlKind, Mode
 from protocol.messages import ModelFeatures, ModelStatus
 
 from .adapters import adapter_info
-from .auto_search import SearchContext, run_auto
+from .auto_search import SearchContext, run_auto, with_plan
 from .blocks import AppliedScales, UNetAttentionLayout, build_scale_map
 from .call_kwargs import check_family_request, pipeline_kwargs
 from .content_text import prefetch_tower
@@ -242,7 +242,7 @@ class InstantStyleEngine:
         check_family_request(self, request)
         with self._lock:
             if request.auto is not None:
-                context = request.search_context or SearchContext.of(self.features)
+                context = with_plan(request, self.features).search_context
                 assert isinstance(context, SearchContext)
                 result = run_auto(request, self.generate_one, on_step, cancel, context, self._render)
             else:

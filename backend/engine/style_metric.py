@@ -34,6 +34,26 @@ def cached_hub_file(source: str, cache_dir: str | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def hub_file(source: str, spec: ModelSpec) -> str:
+    """``owner/repo/file`` fetched into ``spec``'s hub cache (offline: only from it)."""
+    from huggingface_hub import hf_hub_download
+
+    parts = source.split("/")
+    if len(parts) < 3 or is_local(source):
+        raise CsdLoadError(f"{source}: no such CSD checkpoint file")
+    try:
+        return hf_hub_download(
+            "/".join(parts[:2]),
+            "/".join(parts[2:]),
+            cache_dir=spec.cache_dir,
+            local_files_only=spec.local_files_only,
+        )
+    except Exception as error:  # offline, no such repo or file: one line, at start
+        raise CsdLoadError(
+            f"{source}: not in the hub cache and not fetched ({type(error).__name__})"
+        ) from None
+
+
 def csd_source(spec: ModelSpec) -> str | None:
     """What ``spec.csd`` loads: a file or hub path, or None for CLIP."""
     choice = spec.csd.strip()
@@ -61,6 +81,8 @@ def load_style_metric(
         return None
     where, kind = (device, dtype) if tier is MemoryTier.FULL else (torch.device("cpu"), torch.float32)
     try:
+        if not Path(source).expanduser().is_file():  # owner/repo/file, into the spec's own cache
+            source = hub_file(source, spec)
         model = load_csd(source, kind, where)
     except CsdLoadError as error:
         expected = "a CSD checkpoint (checkpoint.pth or a safetensors copy)"

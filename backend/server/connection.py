@@ -8,9 +8,9 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from backend.engine.auto_search import SearchContext, planned
+from backend.engine.auto_search import SearchContext, with_plan
 from backend.engine.request import GenerationRequest, RequestError
 from protocol import (
     Cancel,
@@ -371,9 +371,11 @@ class Connection:
             raise
         finally:
             self.preparing.discard(job_id)
-        features = self.context.model_state.status.features
-        if request.auto is not None and features is not None:  # planned as the engine will: one total
-            request = planned(request, SearchContext.of(features, self.context.config.limits.max_sweep_cells))
+        if request.auto is not None:  # planned as the engine will (once the model is known): one total
+            limit = SearchContext.limit_only(self.context.config.limits.max_sweep_cells)
+            request = with_plan(
+                replace(request, search_context=limit), self.context.model_state.status.features
+            )
         if self.outbox.closed:  # the client left, was cut off, or was told of the shutdown meanwhile
             self._release_images(job_id)
             return

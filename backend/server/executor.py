@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+from backend.engine.auto_search import with_plan
 from backend.engine.previews import StepPreview
 from backend.engine.request import GenerationRequest, JobCancelled
 from protocol import ErrorCode, WorkerInfo
@@ -93,7 +94,8 @@ class LocalExecutor(Executor):
         return [WorkerInfo("local", str(device))] if device is not None else []
 
     def run(self, slot: int, job: Job) -> None:
-        request = job.request
+        # A job sent before the model was ready is planned now that it is (an auto search's steps).
+        request = job.request = with_plan(job.request, getattr(self.engine, "features", None))
         if job.cancel_event.is_set():
             job.emit(JobCancelledEvent(0))
             return
