@@ -33,12 +33,12 @@ DEFAULT_PREVIEW_SIDE = 1024
 PREVIEW_HEADER_BYTES = 64
 """At least a pixel frame's header (``frames.HEADER``, 20 bytes), with room to spare."""
 DEFAULT_LAYOUT_PUSH = 2.0
+"""ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
 DEFAULT_LEAKAGE_MARGIN = 0.02
 """Auto strength: how far above the no-style picture's content cosine a setting's may go (about the
-spread of CLIP image-text cosines between seeds of one prompt; ``docs/AUTO_STRENGTH.md``)."""
+spread we expect of CLIP image-text cosines between seeds of one prompt; ``docs/AUTO_STRENGTH.md``)."""
 DEFAULT_PROMPT_MARGIN = 0.03
 """Auto strength: how far below the no-style picture's prompt cosine a setting's may fall."""
-"""ComfyUI_IPAdapter_plus's advice for SDXL's "style transfer precise"."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,16 @@ from .enums import (
 )
 from .errors import ProtocolError
 from .generate import Auto, Generate, LoraWeight, Refine, Region, StyleImage, SweepValues
-from .limits import MAX_AUTO_POINTS, MAX_JOB_ID, MAX_SEED, MAX_TEXT, MAX_TILES, Limits
+from .limits import (
+    DEFAULT_LEAKAGE_MARGIN,
+    DEFAULT_PROMPT_MARGIN,
+    MAX_AUTO_POINTS,
+    MAX_JOB_ID,
+    MAX_SEED,
+    MAX_TEXT,
+    MAX_TILES,
+    Limits,
+)
 from .schema import bounds
 
 __all__ = ["Auto", "Generate", "Limits", "LoraWeight", "Refine", "Region", "StyleImage", "SweepValues"]
@@ -258,8 +267,8 @@ class AutoSearch:
     width: int = field(metadata=bounds(1, None))
     height: int = field(metadata=bounds(1, None))
     steps: int = field(metadata=bounds(1, None))
-    leakage_margin: float = field(default=0.0, metadata=bounds(0.0, 1.0))
-    prompt_margin: float = field(default=0.0, metadata=bounds(0.0, 1.0))
+    leakage_margin: float = field(default=DEFAULT_LEAKAGE_MARGIN, metadata=bounds(0.0, 1.0))
+    prompt_margin: float = field(default=DEFAULT_PROMPT_MARGIN, metadata=bounds(0.0, 1.0))
 
     def __post_init__(self) -> None:
         if self.chosen >= len(self.points):

@@ -65,10 +65,22 @@ def test_the_style_score_is_the_cosine_of_csd_descriptors(csd_engine, csd_files,
     assert (scores.content, scores.prompt) == pytest.approx((clip.content, clip.prompt), abs=1e-6)
 
 
-def test_an_auto_search_ranks_by_the_csd_score(csd_engine):
+def test_an_auto_search_ranks_by_the_csd_score(csd_engine, engine):
+    from backend.engine.auto_rule import choose
+
     result = csd_engine.generate(request(steps=8, auto=Auto()))
     assert {p.scores.style_metric for p in result.auto.points} == {StyleMetric.CSD}
     assert "csd style" in result.auto.choice.reason
+    assert result.auto.choice == choose(result.auto.points, Auto())  # the rule, on CSD's scores
+    coarse = len([p for p in result.auto.points if p.stage.value != "fine"])
+    clip = engine.generate(request(steps=8, auto=Auto())).auto.points[:coarse]  # the same settings
+    assert [(p.style_scale, p.content_scale) for p in clip] == [
+        (p.style_scale, p.content_scale) for p in result.auto.points[:coarse]
+    ]
+    assert all(
+        a.scores.style != pytest.approx(b.scores.style, abs=1e-4)
+        for a, b in zip(clip, result.auto.points, strict=False)
+    )
 
 
 def test_auto_uses_a_cached_hub_copy_and_never_downloads_one(tiny_paths, csd_files, tmp_path):

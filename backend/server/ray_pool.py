@@ -18,6 +18,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
+from backend.engine.auto_search import with_plan
 from backend.engine.previews import StepPreview
 from protocol import ErrorCode, ModelStatus
 
@@ -226,7 +227,8 @@ class RayWorkerPool(Executor):
                 JobFailed(ErrorCode.WORKER_LOST, "no worker is available to run this job; send it again")
             )
             return
-        request = job.request
+        # A job sent before the workers were ready is planned now that they are (an auto search's steps).
+        request = job.request = with_plan(job.request, self.features)
         job.emit(JobStarted(request.seed, request.total_steps))
         on_step = step_reporter(job, time.perf_counter())
         state.running = job.job_id
