@@ -169,8 +169,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "whose content leakage and prompt alignment stay within the margins of a no-style picture "
         "(--style-scale and --content-scale are then ignored; docs/AUTO_STRENGTH.md)",
     )
-    parser.add_argument("--leakage-margin", type=float, default=DEFAULT_LEAKAGE_MARGIN, metavar="0..1")
-    parser.add_argument("--prompt-margin", type=float, default=DEFAULT_PROMPT_MARGIN, metavar="0..1")
+    parser.add_argument(
+        "--leakage-margin", type=float, metavar="0..1", help=f"--auto's (default {DEFAULT_LEAKAGE_MARGIN})"
+    )
+    parser.add_argument(
+        "--prompt-margin", type=float, metavar="0..1", help=f"--auto's (default {DEFAULT_PROMPT_MARGIN})"
+    )
     parser.add_argument("--auto-presets", action="store_true", help="--auto also tries preset precise")
     parser.add_argument(
         "--sampler",
@@ -216,7 +220,7 @@ def job_from_arguments(
 ):  # -> (Generate, {index: PIL image})
     """A ``generate`` message and its INPUT images from ``add_job_arguments``' options (a speed preset's
     LoRA is the model ``family``'s)."""
-    from protocol import Auto, Generate, InputSlots, LoraWeight
+    from protocol import Generate, InputSlots, LoraWeight
 
     slots = InputSlots()
     style_images = slots.styles((_open(path), weight) for path, weight in args.style)
@@ -259,10 +263,28 @@ def job_from_arguments(
         "loras": [LoraWeight(name, weight) for name, weight in loras],
         "regions": regions,
         "sweep": list(args.sweep),
-        "auto": Auto(args.leakage_margin, args.prompt_margin, args.auto_presets) if args.auto else None,
+        "auto": auto_argument(args),
     }
     message = Generate(**{**same_named(args), **converted})
     return message, slots.images
+
+
+def auto_argument(args: argparse.Namespace):  # -> protocol.Auto | None
+    """``--auto`` with its margins; a margin without ``--auto`` is a mistake worth one line."""
+    from protocol import Auto
+
+    given = [args.leakage_margin, args.prompt_margin]
+    if not args.auto:
+        if any(value is not None for value in given) or args.auto_presets:
+            from backend.preflight import ArgumentError
+
+            raise ArgumentError("--leakage-margin, --prompt-margin and --auto-presets need --auto")
+        return None
+    leakage, prompt = (
+        default if value is None else value
+        for value, default in zip(given, (DEFAULT_LEAKAGE_MARGIN, DEFAULT_PROMPT_MARGIN), strict=True)
+    )
+    return Auto(leakage, prompt, args.auto_presets)
 
 
 def png_labels(model_label: str, prompt: str, seed: int):  # -> PngImagePlugin.PngInfo

@@ -146,7 +146,10 @@ def test_generate_auto_on_the_command_line_with_a_csd(csd_engine, csd_files, tmp
     for bad, words in (
         (["--sweep", "seed=1,2"], "cannot have a sweep"),
         (["--leakage-margin", "3"], "auto leakage_margin must be from 0 to 1, got 3.0"),
+        (["--prompt-margin", "0.1"], "--prompt-margin and --auto-presets need --auto"),
     ):
+        if "need --auto" in words:
+            arguments = [a for a in arguments if a != "--auto"]
         assert cli.main(arguments + bad) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
         assert len(errors) == 1 and words in errors[0], errors
@@ -195,3 +198,27 @@ def test_a_hub_csd_loads_from_the_specs_cache_and_the_command_line_takes_its_hub
     check_model_paths(args)  # a hub path: checked by the loader, not as a missing file
     with pytest.raises(ArgumentError, match=r"--csd \./missing\.pth: no such file or folder"):
         check_model_paths(argparse.Namespace(**{**vars(args), "csd": "./missing.pth"}))
+
+
+def test_an_auto_search_describes_each_reference_once(csd_engine, monkeypatch):
+    from backend.engine import scores
+
+    scores.REFERENCE_DESCRIPTORS.clear()
+    embedded: list[int] = []
+    original = csd_engine.csd.embed
+    monkeypatch.setattr(
+        csd_engine.csd, "embed", lambda images: embedded.append(len(images)) or original(images)
+    )
+    result = csd_engine.generate(request(steps=8, auto=Auto()))
+    pictures = len(result.auto.points) + 1  # every searched cell and the render
+    assert sum(embedded) == pictures + 2  # the two references once each
+    again = csd_engine.generate(request())
+    assert again.scores[0].style == pytest.approx(
+        float(
+            torch.nn.functional.cosine_similarity(
+                original([Image.fromarray(again.images[0])]),
+                ((original([STYLE])[0] * 2 + original([noise_image(82)])[0]) / 3)[None],
+            )[0]
+        ),
+        abs=1e-6,
+    )

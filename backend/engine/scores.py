@@ -16,6 +16,9 @@ not subjects) the style score is the cosine of CSD descriptors instead, and says
 
 from __future__ import annotations
 
+import hashlib
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,6 +50,26 @@ class StyleDescriber(Protocol):
     def embed(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
 
 
+REFERENCE_DESCRIPTORS: weakref.WeakKeyDictionary[object, OrderedDict[str, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Each describer's descriptors of recent references (by pixel digest): an auto search scores every
+cell against the same references, and a CPU-resident CSD takes a ViT-L pass for each."""
+MAX_REFERENCE_DESCRIPTORS = 16
+
+
+def reference_descriptor(describer: StyleDescriber, image: Image.Image) -> torch.Tensor:
+    """``describer``'s descriptor of ``image``, computed once for the same pixels."""
+    digest = hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
+    known = REFERENCE_DESCRIPTORS.setdefault(describer, OrderedDict())
+    if digest not in known:
+        known[digest] = describer.embed([image])[0]
+        while len(known) > MAX_REFERENCE_DESCRIPTORS:
+            known.popitem(last=False)
+    known.move_to_end(digest)
+    return known[digest]
+
+
 def score_images(
     encoder: StyleEncoder,
     results: Sequence[np.ndarray],
@@ -59,7 +82,11 @@ def score_images(
     """The three scores of each result (uint8 RGB arrays); results are never cached (each is new).
     With a ``describer`` (CSD) the style score is its descriptors' cosine, else the CLIP one."""
     reference = blend([encoder.encode_image(image) for image in references], weights)
-    csd_reference = blend(list(describer.embed(references)), weights) if describer is not None else None
+    csd_reference = (
+        blend([reference_descriptor(describer, image) for image in references], weights)
+        if describer is not None
+        else None
+    )
     shared_space = encoder.shared_space and encoder.text_ready  # no tower loaded just to score
     content = (
         encoder.encode_text(content_text, scoring=True) if shared_space and content_text.strip() else None
