@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 
-from backend.generate_command import add_job_arguments, job_from_arguments, png_labels
+from backend.generate_command import add_job_arguments, describe_search, job_from_arguments, png_labels
 from protocol import (
-    AutoSearch,
     Cancel,
     Cancelled,
     Error,
@@ -252,7 +251,12 @@ async def _demo(args: argparse.Namespace) -> int:
                 frame_image(frame).save(path, pnginfo=png_labels(model.label, args.prompt, seed))
                 print(f"wrote {path} (seed {seed}, {len(outcome.previews)} previews)")
             if outcome.result.auto is not None:
-                print(describe_wire_search(outcome.result.auto))
+                auto = outcome.result.auto
+                print(
+                    describe_search(
+                        auto.points, auto.chosen, auto.reason, (auto.width, auto.height), auto.steps
+                    )
+                )
             if model.is_test_model:
                 print(
                     "note: made with the embedded TEST model (random weights): the picture is noise by design"
@@ -261,19 +265,6 @@ async def _demo(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             await server.close()
-
-
-def describe_wire_search(search: AutoSearch) -> str:
-    """A ``result.auto`` as the command line shows it: a line a point (the chosen one marked), why."""
-    lines = [f"searched at {search.width}x{search.height}, {search.steps} steps:"]
-    for index, point in enumerate(search.points):
-        mark = "*" if index == search.chosen else " "
-        scores = point.scores
-        measured = [("style", scores.style), ("content", scores.content), ("prompt", scores.prompt)]
-        shown = " · ".join(f"{name} {value:.3f}" for name, value in measured if value is not None)
-        settings = f"style {point.style_scale:.2f}, content {point.content_scale:.2f} ({point.preset.value})"
-        lines.append(f" {mark} {point.stage.value:8} {settings:36} {shown}")
-    return "\n".join([*lines, f"chose {search.reason}"])
 
 
 def show_progress(item: ServerMessage | PixelFrame) -> None:

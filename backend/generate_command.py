@@ -339,7 +339,12 @@ def run_generate(args: argparse.Namespace) -> int:
         scores = describe_scores(result.scores[index])
         print(f"wrote {path} ({settings}seed {seed}, {result.model_label}) {scores}")
     if result.auto is not None:
-        print(describe_search(result.auto))
+        auto = result.auto
+        print(
+            describe_search(
+                auto.points, auto.choice.index, auto.choice.reason, (auto.width, auto.height), auto.steps
+            )
+        )
     if result.is_test_model:
         print("note: made with the embedded TEST model (random weights): the picture is noise by design")
     return 0
@@ -351,10 +356,13 @@ def describe_scores(scores) -> str:
     return " · ".join(f"{name} {value:.3f}" for name, value in parts if value is not None)
 
 
-def describe_search(outcome) -> str:
-    """An auto job's search, one line a point (the chosen one marked), then why it won."""
-    lines = [f"searched at {outcome.width}x{outcome.height}, {outcome.steps} steps:"]
-    for index, point in enumerate(outcome.points):
-        mark = "*" if index == outcome.choice.index else " "
-        lines.append(f" {mark} {point.stage.value:8} {point.describe():32} {describe_scores(point.scores)}")
-    return "\n".join([*lines, f"chose {outcome.choice.reason}"])
+def describe_search(points, chosen: int, reason: str, size: tuple[int, int], steps: int) -> str:
+    """An auto job's search (the engine's ``AutoOutcome`` or the wire's ``result.auto``), one line a
+    point (the chosen one marked), then why it won."""
+    lines = [f"searched at {size[0]}x{size[1]}, {steps} steps:"]
+    for index, point in enumerate(points):
+        mark = "*" if index == chosen else " "
+        preset = "" if point.preset is BlockPreset.STYLE else f" ({point.preset.value})"
+        settings = f"style {point.style_scale:.2f}, content {point.content_scale:.2f}{preset}"
+        lines.append(f" {mark} {point.stage.value:8} {settings:32} {describe_scores(point.scores)}")
+    return "\n".join([*lines, f"chose {reason}"])
