@@ -72,14 +72,16 @@ class InstantStyleServer:
     @property
     def url(self) -> str:
         host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        return f"ws://{host}:{self.port}"
+        return f"{self.config.scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
+        tls = self.config.ssl_context()  # before the worker: a bad certificate is one line, nothing started
         self.worker.start()
         self._server = await serve(
             self._handle,
             self.config.host,
             self.config.port,
+            ssl=tls,
             process_request=self._admit,
             # Browsers always send Origin; native clients (Krita, scripts) do not. Accepting only
             # "no Origin" means no web page can drive this GPU server from a victim's browser.

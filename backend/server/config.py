@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
@@ -62,6 +63,26 @@ class ServerConfig:
     slow_client_seconds: float = 5.0
     max_per_client_jobs: int | None = None
     """Queued jobs per client (default: a quarter of ``max_queued_jobs``); clients take turns."""
+    tls_cert: str | None = None
+    """PEM certificate (chain) to serve ``wss://`` with; with ``tls_key``."""
+    tls_key: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.tls_cert else "ws"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server side of TLS, or None for plain ``ws://``."""
+        if not self.tls_cert:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise ConfigError(f"cannot use the TLS certificate {self.tls_cert}: {reason}") from None
+        return context
 
     @property
     def input_budget_per_client(self) -> int:
@@ -88,6 +109,8 @@ class ServerConfig:
             )
         if self.preview_share is not None and not 0.0 <= self.preview_share <= 1.0:
             raise ConfigError(f"the preview budget must be 0 to 100 %, got {self.preview_share * 100:g}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the token must be at least 8 characters long")
 
