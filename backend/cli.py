@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, help="with --ray: how many workers (default: one per GPU of the cluster, or 1)"
     )
+    from backend.server.network_options import add_network_arguments
+
+    add_network_arguments(serve)
     add_model_arguments(serve)
 
     doctor = commands.add_parser(

@@ -20,12 +20,18 @@ from websockets.http11 import Request, Response
 
 from backend import __version__
 from protocol import ErrorCode, Limits, Mode, ModelInfo, ModelPhase, ModelStatus, WorkerInfo, encode_message
+from protocol.schema import shown
 
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .connection import Connection, ModelState, ServerContext
+from .proxy import TrustedProxies, normalize_path, parse_networks, path_matches
 from .worker import Engine, GpuWorker
 
 log = logging.getLogger(__name__)
+wire_log = logging.getLogger(__name__ + ".websockets")
+"""websockets' own logger for this server, never at DEBUG: there it writes every frame, ``hello`` and
+its token included (``serve -v`` sets the root logger to DEBUG)."""
+wire_log.setLevel(logging.INFO)
 
 StatusCallback = Callable[[ModelStatus], None]
 LoadModel = Callable[[StatusCallback], Engine]
@@ -63,6 +69,8 @@ class InstantStyleServer:
         )
         self.connections: set[Connection] = set()
         self._server: Server | None = None
+        self.path = normalize_path(self.config.path)
+        self.proxies = TrustedProxies(parse_networks(self.config.trusted_proxies))
 
     @property
     def port(self) -> int:
@@ -72,7 +80,19 @@ class InstantStyleServer:
     @property
     def url(self) -> str:
         host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        return f"{self.config.scheme}://{host}:{self.port}"
+        return f"{self.config.scheme}://{host}:{self.port}{self.path or ''}"
+
+    @property
+    def certificate_fingerprint(self) -> str | None:
+        """The served certificate's SHA-256 fingerprint (what a client pins), or None without TLS."""
+        from .certificates import certificate_fingerprint
+
+        if not self.config.tls_cert:
+            return None
+        try:
+            return certificate_fingerprint(self.config.tls_cert)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read the TLS certificate {self.config.tls_cert}: {error}") from None
 
     async def start(self) -> None:
         tls = self.config.ssl_context()  # before the worker: a bad certificate is one line, nothing started
@@ -95,8 +115,18 @@ class InstantStyleServer:
             # image, so few (the server handles a connection's messages one after the other).
             max_queue=2,
             write_limit=4 * 1024 * 1024,
+            # Keep-alive: a proxy's idle timeout (nginx's proxy_read_timeout, 60 s by default) sees
+            # traffic on an idle connection; a peer that stops answering is dropped after the timeout.
+            ping_interval=self.config.ping_interval or None,
+            ping_timeout=self.config.ping_timeout or None,
+            logger=wire_log,
         )
         log.info("listening on %s (model: %s)", self.url, self.model.label)
+        if self.config.plain_off_loopback:
+            log.warning(
+                "--insecure: plain ws:// on %s: tokens and canvases cross the network in clear text",
+                self.config.host,
+            )
 
     def publish(self, status: ModelStatus) -> None:
         """A new loading status (on the event loop): kept for clients yet to come, sent to connected ones."""
@@ -171,17 +201,34 @@ class InstantStyleServer:
                 await asyncio.wait_for(self._server.wait_closed(), 0.5)
         self.context.decoder.shutdown(wait=False, cancel_futures=True)
 
-    def _admit(self, connection: ServerConnection, _request: Request) -> Response | None:
-        """Refuse a connection over the cap (or during shutdown) before any WebSocket state exists."""
+    def client_address(self, connection: ServerConnection, request: Request) -> str:
+        """The TCP peer, or the client a trusted proxy names (see ``proxy``)."""
+        peer = connection.remote_address
+        address = str(peer[0]) if peer else "?"
+        if not self.proxies.networks:
+            return address
+        return self.proxies.client_address(address, request.headers.get_all("X-Forwarded-For"))
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse a connection to another path, over the cap or during shutdown, before any WebSocket
+        state exists."""
+        if not path_matches(self.path, request.path):
+            log.debug("no WebSocket at %s", shown(request.path, 200))
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         if self.model_state.stopping:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down\n")
         if len(self.connections) >= self.config.max_connections:
-            log.warning("refused a connection: %d already open", len(self.connections))
+            log.warning(
+                "refused a connection from %s: %d already open",
+                self.client_address(connection, request),
+                len(self.connections),
+            )
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        connection = Connection(websocket, self.context)
+        address = self.client_address(websocket, websocket.request) if websocket.request else "?"
+        connection = Connection(websocket, self.context, address)
         self.connections.add(connection)
         try:
             await connection.run()
@@ -210,7 +257,9 @@ def _settle(future: asyncio.Future, value: object, error: BaseException | None) 
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    token = args.token or os.environ.get("INSTANTSTYLE_TOKEN") or None
+    from .network_options import network_settings
+
+    network = network_settings(args)
     side, canvas = args.max_side, max(args.max_side, args.max_canvas_side)
     limits = replace(
         Limits(),
@@ -221,7 +270,21 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_canvas_pixels=canvas * canvas,
     )
     share = None if args.preview_budget is None else args.preview_budget / 100
-    return ServerConfig(host=args.host, port=args.port, token=token, limits=limits, preview_share=share)
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=network.token,
+        limits=limits,
+        preview_share=share,
+        tls_cert=network.tls_cert,
+        tls_key=network.tls_key,
+        insecure=network.insecure,
+        path=network.path,
+        trusted_proxies=network.trusted_proxies,
+        ping_interval=network.ping_interval,
+        ping_timeout=network.ping_timeout,
+        max_connections=network.max_connections,
+    )
 
 
 def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
@@ -239,6 +302,8 @@ def run_server(args: argparse.Namespace, plan: object, load: LoadModel) -> int:
             _stop_when_stdin_closes(loop, stop_now)
         await server.start()
         print(f"InstantStyle backend listening on {server.url}; loading {info.label}", flush=True)
+        if server.certificate_fingerprint:  # what the plugin shows the artist to confirm
+            print(f"TLS certificate SHA-256 fingerprint: {server.certificate_fingerprint}", flush=True)
         loading = asyncio.create_task(server.load_model(load))
         loading.add_done_callback(lambda task: _announce(task, server, info))
         await stop.wait()

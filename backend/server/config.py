@@ -12,6 +12,8 @@ from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
 from protocol import Limits, ProtocolError
 from protocol.schema import from_json_object, to_json_object
 
+from .hello_guard import HelloPolicy
+
 
 class ConfigError(ValueError):
     """The server refuses to start with these settings."""
@@ -66,6 +68,19 @@ class ServerConfig:
     tls_cert: str | None = None
     """PEM certificate (chain) to serve ``wss://`` with; with ``tls_key``."""
     tls_key: str | None = None
+    insecure: bool | None = None
+    """Plain ``ws://`` beyond loopback: True allows it (``--insecure``), False refuses it (the CLI's
+    default); None, for servers made in code, keeps the older token-only rule."""
+    path: str | None = None
+    """Serve the WebSocket at this path only (``/instantstyle``, a trailing slash allowed); others 404."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks whose ``X-Forwarded-For`` names the client (for logs and hello limits)."""
+    ping_interval: float = 20.0
+    """Seconds between the server's keep-alive pings (0: none): a proxy's idle timeout sees traffic."""
+    ping_timeout: float = 20.0
+    """Seconds for the pong before the connection counts as dead (0: wait forever)."""
+    hello_policy: HelloPolicy = field(default_factory=HelloPolicy)
+    """Failed-``hello`` throttling per client address."""
 
     @property
     def scheme(self) -> str:
@@ -111,8 +126,26 @@ class ServerConfig:
             raise ConfigError(f"the preview budget must be 0 to 100 %, got {self.preview_share * 100:g}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+        if self.insecure is False and not self.tls_cert and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing plain ws:// on {self.host}: the token and every canvas would cross the network "
+                "in clear text; use --tls self-signed (or --tls-cert/--tls-key), or --insecure to accept that"
+            )
+        from .proxy import normalize_path, parse_networks  # (proxy imports ConfigError from here)
+
+        normalize_path(self.path)
+        parse_networks(self.trusted_proxies)
+        if self.ping_interval < 0 or self.ping_timeout < 0:
+            raise ConfigError("--ping-interval and --ping-timeout must be 0 (off) or more seconds")
+        if self.max_connections < 1:
+            raise ConfigError(f"--max-connections {self.max_connections}: expected 1 or more")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the token must be at least 8 characters long")
+
+    @property
+    def plain_off_loopback(self) -> bool:
+        """Tokens and canvases travel in clear text beyond this machine."""
+        return not self.tls_cert and not is_loopback(self.host)
 
     def token_matches(self, offered: str | None) -> bool:
         if self.token is None:

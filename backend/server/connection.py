@@ -40,6 +40,7 @@ from protocol.schema import shown
 
 from .budgets import ByteBudget, OverBudget, decoded_bytes
 from .config import ServerConfig
+from .hello_guard import HelloGuard
 from .inputs import build_request, check_inputs_arrived, input_images
 from .job_events import encode_event
 from .outbox import Outbox, OutboxItem, OutboxPool, StepUpdate
@@ -89,6 +90,8 @@ class ServerContext:
     """Where PNGs are decoded and requests built: never on the event loop."""
     outbox_pool: OutboxPool | None = None
     """Every client's unsent bytes, within ``config.outbox_bytes_total`` (made from ``config``)."""
+    hello_guard: HelloGuard | None = None
+    """Hellos per client address: too many are answered late (made from ``config``)."""
 
     def __post_init__(self) -> None:
         config = self.config
@@ -109,11 +112,15 @@ class ServerContext:
                 object.__setattr__(self, name, ByteBudget(what, total, per_client))
         if self.outbox_pool is None:
             object.__setattr__(self, "outbox_pool", OutboxPool(config.outbox_bytes_total))
+        if self.hello_guard is None:
+            object.__setattr__(self, "hello_guard", HelloGuard(config.hello_policy))
 
 
 class Connection:
-    def __init__(self, websocket: object, context: ServerContext) -> None:
+    def __init__(self, websocket: object, context: ServerContext, address: str = "?") -> None:
         self.ws = websocket
+        self.address = address
+        """The client's address (the TCP peer, or what a trusted proxy says): logs and hello limits."""
         self.context = context
         self.loop = asyncio.get_running_loop()
         config = context.config
@@ -147,7 +154,7 @@ class Connection:
             self.outbox.close()
             sender.cancel()
             watchdog.cancel()
-            log.info("client %s disconnected", self.name)
+            log.info("client %s (%s) disconnected", self.name, self.address)
 
     async def shutdown(self, reason: str, flush_seconds: float = 0.3) -> None:
         """Tell the client the server is going away, then close, within about a second whatever the
@@ -210,10 +217,16 @@ class Connection:
             hello = decode_client_message(first, config.limits)
             if not isinstance(hello, Hello):
                 raise ProtocolError(ErrorCode.NOT_READY, "send hello before anything else")
-            if not config.token_matches(hello.token):
+            guard = self.context.hello_guard
+            delay = guard.attempt(self.address)  # type: ignore[union-attr]
+            if delay:  # many hellos from this address lately: a guesser gets few tries a minute
+                log.info("answering %s's hello in %.1f s (too many lately)", self.address, delay)
+                await asyncio.sleep(delay)
+            if not config.token_matches(hello.token):  # the token itself is never logged
                 raise ProtocolError(ErrorCode.UNAUTHORIZED, "wrong or missing token")
+            guard.accepted(self.address)  # type: ignore[union-attr]
         except ProtocolError as error:
-            log.warning("refused a client: %s", shown(error.message, 300))
+            log.warning("refused a client from %s: %s", self.address, shown(error.message, 300))
             await self.ws.send(encode_message(Error.from_exception(error)))  # type: ignore[attr-defined]
             await self.ws.close(CLOSE_POLICY, error.code.value)  # type: ignore[attr-defined]
             return False
@@ -238,7 +251,7 @@ class Connection:
             samplers=list(Sampler),
         )
         await self.ws.send(encode_message(reply))  # type: ignore[attr-defined]
-        log.info("client %s connected", self.name)
+        log.info("client %s connected from %s", self.name, self.address)
         return True
 
     async def _send_loop(self) -> None:
