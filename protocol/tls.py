@@ -1,9 +1,10 @@
 """What a client trusts of a ``wss://`` server: a studio CA, the system's CAs, or one pinned certificate.
 
 Standard library only: Krita's Python has ``ssl`` on every platform, and the plugin and
-``backend.client`` share these rules. Like the rest of the package it does no I/O: it builds the
-``ssl.SSLContext`` a caller connects with, then checks the certificate the server showed before the
-caller sends anything secret (the token travels in ``hello``, after the TLS handshake).
+``backend.client`` share these rules. It builds the ``ssl.SSLContext`` a caller connects with, then
+checks the certificate the server showed before the caller sends anything secret (the token travels
+in ``hello``, after the TLS handshake). Its one I/O, :func:`peer_certificate`, reads a certificate
+without trusting it, so that a client can show what it would be asked to trust.
 
 A self-signed server is trusted on first use: the client that finds a certificate it cannot verify
 shows its SHA-256 fingerprint (the server prints the same on its console), the artist confirms, and
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import urlsplit
 
 FINGERPRINT_BYTES = 32
 """SHA-256."""
@@ -67,6 +70,36 @@ def normalize_fingerprint(text: str) -> str:
 
 def is_tls_url(url: str) -> bool:
     return url.strip().lower().startswith("wss://")
+
+
+def address_of(url: str) -> tuple[str, int]:
+    """A ``ws://`` or ``wss://`` URL's host and port (80 or 443 when it names none)."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError(f"{url} names no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url} names no valid port") from None
+    return host, port or (443 if is_tls_url(url) else 80)
+
+
+def peer_certificate(url: str, timeout: float = 5.0) -> bytes:
+    """The certificate (DER) the server at ``url`` shows, read WITHOUT verifying it: only to show its
+    fingerprint to someone who decides. Nothing is sent but the TLS handshake. Raises ``OSError``."""
+    host, port = address_of(url)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ssl.SSLError(f"{url} showed no certificate")
+    return der
 
 
 @dataclass(frozen=True)
@@ -147,6 +180,12 @@ def explain_handshake_failure(error: BaseException, url: str, trust: ServerTrust
     if "wrong version number" in lowered or "record layer failure" in lowered or "packet length" in lowered:
         return CertificateRefused(
             CertificateProblem.NOT_TLS, f"{url} does not speak TLS: use ws:// for this server"
+        )
+    if isinstance(error, ssl.SSLEOFError) or "unexpected eof" in lowered or "eof occurred" in lowered:
+        # A plain server reads the ClientHello as a broken HTTP request and hangs up.
+        return CertificateRefused(
+            CertificateProblem.NOT_TLS,
+            f"{url} closed the connection during the TLS handshake: it may not speak TLS (use ws://)",
         )
     return CertificateRefused(CertificateProblem.INVALID, f"TLS with {url} failed: {text}")
 
