@@ -4,6 +4,10 @@ remote server's address and token.
 The widgets only show the controller's ``BackendManager`` (``managed/manager.py``, Qt-free) and call
 its actions; the phase decides the one button there is, so the artist never meets a state it cannot
 act on. Opens by itself when the managed backend needs a click (not installed, an update, a failure).
+
+A ``wss://`` remote server adds its certificate's rows: what is trusted (``server_trust.trust_view``,
+Qt-free), the fingerprint of a certificate to confirm, "Trust this certificate", "Forget" and a studio
+CA file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .qt import (
     QWidget,
 )
 from .sections import Section
+from .server_trust import TrustView, trust_view
 from .settings import BackendMode, GenerationSettings
 from .widgets import ComboBox, narrow
 
@@ -134,14 +139,74 @@ class BackendSection(Section):
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("only if the backend has one")
         self.connect_button = QPushButton("Connect")
-        self.connect_button.clicked.connect(lambda: controller.reconnect(self.url.text(), self.token.text()))
+        self.connect_button.clicked.connect(self._connect)
         address = QHBoxLayout()
         address.addWidget(self.url, 1)
         address.addWidget(self.connect_button)
         remote.addRow("Server", address)
         remote.addRow("Token", self.token)
+        remote.addRow(self._certificate_rows())
         column.addWidget(self.remote)
         self._shown: tuple | None = None
+
+    def _certificate_rows(self) -> QWidget:
+        """A wss:// server's certificate: what is trusted, and the artist's choices about it."""
+        self.trust_rows = QWidget()
+        rows = QVBoxLayout(self.trust_rows)
+        rows.setContentsMargins(0, 0, 0, 0)
+        self.certificate = QLabel()
+        self.certificate.setWordWrap(True)
+        self.certificate.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.fingerprint = QLabel()
+        self.fingerprint.setStyleSheet("font-family: monospace")
+        self.fingerprint.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.fingerprint.setToolTip("SHA-256: compare it with the one the server printed when it started")
+        self.trust_button = QPushButton("Trust this certificate")
+        self.trust_button.setToolTip("remember this certificate: any other one is refused from then on")
+        self.trust_button.clicked.connect(lambda: self.controller.trust_certificate())
+        self.forget_button = QPushButton("Forget")
+        self.forget_button.setToolTip("forget the trusted certificate: the server's next one is asked about")
+        self.forget_button.clicked.connect(lambda: self.controller.forget_certificate())
+        self.ca_file = QLineEdit()
+        self.ca_file.setPlaceholderText("a studio CA certificate (PEM), if one signs the server's")
+        self.ca_file.returnPressed.connect(self._connect)
+        self.pick_ca = QPushButton("…")
+        self.pick_ca.setToolTip("choose the studio CA's certificate file")
+        self.pick_ca.clicked.connect(self._pick_ca)
+        for widget in (self.certificate, self.fingerprint):
+            rows.addWidget(widget)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.trust_button)
+        buttons.addWidget(self.forget_button)
+        rows.addLayout(buttons)
+        ca_row = QHBoxLayout()
+        ca_row.addWidget(QLabel("CA file"))
+        ca_row.addWidget(self.ca_file, 1)
+        ca_row.addWidget(self.pick_ca)
+        rows.addLayout(ca_row)
+        return self.trust_rows
+
+    def _connect(self) -> None:
+        self.controller.reconnect(self.url.text(), self.token.text(), self.ca_file.text())
+
+    def _pick_ca(self) -> None:
+        path, _filter = QFileDialog.getOpenFileName(
+            self,
+            "The studio CA's certificate",
+            self.ca_file.text(),
+            "Certificates (*.pem *.crt);;All files (*)",
+        )
+        if path:
+            self.ca_file.setText(path)
+            self._connect()
+
+    def _show_trust(self, view: TrustView) -> None:
+        self.trust_rows.setVisible(view.shown)
+        self.certificate.setText(view.line)
+        self.fingerprint.setText(view.fingerprint)
+        self.fingerprint.setVisible(bool(view.fingerprint))
+        self.trust_button.setVisible(view.can_trust)
+        self.forget_button.setVisible(view.can_forget)
 
     # ------------------------------------------------------------------ settings <-> widgets
 
@@ -149,6 +214,7 @@ class BackendSection(Section):
         self.mode.setCurrentIndex(max(0, self.mode.findData(settings.backend_mode)))
         self.url.setText(settings.server_url)
         self.token.setText(settings.token)
+        self.ca_file.setText(settings.server_ca_file)
         known = {model.value: model for model in ManagedModel}
         chosen = known.get(settings.managed_model, ManagedModel.SDXL)  # an unknown saved value: SDXL
         self.model.setCurrentIndex(max(0, self.model.findData(chosen)))
@@ -192,10 +258,12 @@ class BackendSection(Section):
         phase = manager.phase if manager is not None else Phase.FAILED
         line = manager.line if manager is not None else "Failed: this copy of the plugin carries no backend"
         checking = manager is not None and manager.checking
-        shown = (managed_mode, phase, line, checking)
+        trust = trust_view(self.controller.settings, self.controller.session.untrusted)
+        shown = (managed_mode, phase, line, checking, trust)
         if shown == self._shown:
             return
         self._shown = shown
+        self._show_trust(trust)
         self.managed.setVisible(managed_mode)
         self.remote.setVisible(not managed_mode)
         self.state.setText(line)

@@ -7,6 +7,10 @@ package's threaded client (pure Python, vendored by the installer) works the
 same on Linux, Windows and macOS. This thread only does I/O; it never touches
 Qt or Krita: everything it learns becomes an event in a queue, which the UI
 thread drains with ``poll()`` from a timer.
+
+A ``wss://`` server's certificate is checked (``server_trust``) right after the handshake and before
+``hello``, which carries the token: a certificate the artist has yet to confirm, or one other than
+the pinned one, ends the attempt with nothing sent.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .deps import protocol
+from .server_trust import ServerTrust, Untrusted, check_peer, handshake_failure, peer_der, tls_options
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,9 @@ class ConnectionState(str, Enum):
     CONNECTED = "connected"
     UNAUTHORIZED = "unauthorized"
     """The server refused the token: no retries until the settings change."""
+    UNTRUSTED = "untrusted"
+    """The server's certificate is new (to confirm) or not the pinned one: nothing was sent, and no
+    retries until the settings change (``Untrusted`` says which certificate)."""
     STOPPED = "stopped"
 
 
@@ -53,7 +61,7 @@ class Received:
     item: protocol.ServerMessage | protocol.PixelFrame
 
 
-ConnectionEvent = StateChanged | Connected | Received
+ConnectionEvent = StateChanged | Connected | Received | Untrusted
 
 
 def _websockets_client():  # -> module; imported lazily so that errors are reported, not raised at import
@@ -65,10 +73,20 @@ def _websockets_client():  # -> module; imported lazily so that errors are repor
 class Connection:
     """One backend connection. Thread-safe: ``send_*`` and ``poll`` may be called from any thread."""
 
-    def __init__(self, url: str, token: str = "", client_name: str = "krita-instantstyle") -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str = "",
+        client_name: str = "krita-instantstyle",
+        trust: ServerTrust | None = None,
+    ) -> None:
         self.url = url
         self.token = token or None
         self.client_name = client_name
+        self.trust = trust or ServerTrust()
+        """What a ``wss://`` server's certificate must be (unused for ``ws://``)."""
+        self.untrusted: Untrusted | None = None
+        """The certificate refused last, while ``UNTRUSTED``."""
         self.state = ConnectionState.DISCONNECTED
         self.hello: protocol.ServerHello | None = None
         self._events: queue.Queue[ConnectionEvent] = queue.Queue()
@@ -132,7 +150,7 @@ class Connection:
                 attempt = 0  # it was connected: a backend restart starts the back-off afresh
             if self._stop.is_set():
                 break
-            if self.state is ConnectionState.UNAUTHORIZED:
+            if self.state in (ConnectionState.UNAUTHORIZED, ConnectionState.UNTRUSTED):
                 self._wake.clear()
                 self._wake.wait()  # until the settings change (a new Connection) or stop()
                 continue
@@ -156,12 +174,19 @@ class Connection:
                 open_timeout=5,
                 proxy=None,
                 user_agent_header=self.client_name,
+                **tls_options(self.url, self.trust, client.connect),
             )
-        except OSError as error:
-            return f"the backend at {self.url} is not reachable ({error.strerror or error})"
         except Exception as error:
-            return f"could not connect to {self.url}: {error}"
+            refused = handshake_failure(error, self.url, self.trust)
+            if refused is not None:
+                return self._refuse(refused)
+            if isinstance(error, OSError):
+                return f"the backend at {self.url} is not reachable ({error.strerror or error})"
+            return f"could not connect to {self.url}: {getattr(error, 'message', '') or error}"
         with ws:
+            refused = check_peer(peer_der(ws), self.url, self.trust)
+            if refused is not None:
+                return self._refuse(refused)  # before hello: the token never reaches that server
             try:
                 ws.send(protocol.encode_message(protocol.Hello(client=self.client_name, token=self.token)))
                 reply = protocol.decode_server_message(ws.recv(timeout=10))
@@ -184,6 +209,15 @@ class Connection:
             self._events.put(Connected(reply))
             self._set_state(ConnectionState.CONNECTED)
             return self._pump(ws, reply.limits.max_side)
+
+    def _refuse(self, refused: Untrusted) -> str | None:
+        """A TLS refusal: one for the artist to decide waits (``UNTRUSTED``), others are retried."""
+        if not refused.waits_for_the_artist:
+            return refused.message
+        self.untrusted = refused
+        self._events.put(refused)
+        self._set_state(ConnectionState.UNTRUSTED, refused.message)
+        return None
 
     def _drop_stale_outgoing(self) -> None:
         """Messages queued while disconnected belong to jobs the session already failed."""

@@ -23,6 +23,7 @@ from .live import CHECK_SECONDS, LiveWatch, live_settings, pick_preset
 from .live_layer import LiveLayer, signature
 from .managed_link import ManagedLink
 from .qt import QObject, QTimer, pyqtSignal
+from .server_trust import forget_certificate, server_trust, trust_certificate
 from .session import JobUpdate, Session, UpdateKind, drop_stale_previews
 from .settings import SETTINGS_GROUP, BackendMode, GenerationSettings, JobKind, load_settings, save_settings
 
@@ -49,7 +50,9 @@ class Controller(QObject):
         self.store = KritaStore()
         self.settings: GenerationSettings = load_settings(self.store)
         self.canvas = CanvasWriter()
-        self.session = Session(Connection(self.settings.server_url, self.settings.token))
+        self.session = Session(
+            Connection(self.settings.server_url, self.settings.token, trust=server_trust(self.settings))
+        )
         self.message = ""
         """The last thing the artist should read (errors included)."""
         self.settings_sources: list = []
@@ -93,18 +96,42 @@ class Controller(QObject):
             self._safely(self.canvas.remove_preview, job)
             self._safely(self.canvas.remove_arriving, job)
 
-    def reconnect(self, url: str, token: str) -> None:
-        """New server address or token: save them and start a fresh connection."""
+    def reconnect(self, url: str, token: str, ca_file: str | None = None) -> None:
+        """New server address, token or studio CA file: save them and start a fresh connection."""
         self.settings.server_url, self.settings.token = url.strip(), token.strip()
+        if ca_file is not None:
+            self.settings.server_ca_file = ca_file.strip()
         self.save()
         self.connect_to(self.settings.server_url, self.settings.token)
+
+    def trust_certificate(self) -> bool:
+        """ "Trust this certificate": pin the one the connection refused (its fingerprint was shown),
+        save, reconnect. False, with the reason said, when there is none to trust."""
+        try:
+            trust_certificate(self.settings, self.session.untrusted)
+        except ValueError as error:
+            self._say(str(error))
+            return False
+        self._trust_changed("trusting the server's certificate")
+        return True
+
+    def forget_certificate(self) -> None:
+        """ "Forget": no pinned certificate; the server's next one is shown to confirm again."""
+        forget_certificate(self.settings)
+        self._trust_changed("forgot the trusted certificate")
+
+    def _trust_changed(self, what: str) -> None:
+        self.save()
+        if self.settings.backend_mode is BackendMode.REMOTE:
+            self.connect_to(self.settings.server_url, self.settings.token)
+        self._say(what)
 
     def connect_to(self, url: str, token: str) -> None:
         """A fresh connection to ``url`` (the managed backend's address is not saved as a setting)."""
         self.stop_live()
         self.session.connection.stop(timeout=2.0)
         self._clear_canvas(self.session)
-        self.session = Session(Connection(url, token))
+        self.session = Session(Connection(url, token, trust=server_trust(self.settings, url)))
         self.session.connection.start()
         self.changed.emit()
 

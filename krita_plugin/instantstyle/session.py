@@ -18,6 +18,7 @@ from .errors import describe_error
 from .job_message import JobShape, SubmitError, auto_request, build_message, refuse, wants_refine
 from .jobs import Image, Job, JobInputs, JobState, ResultPart, Target
 from .model_family import with_family
+from .server_trust import Untrusted
 from .settings import GenerationSettings
 
 RESULT_FRAMES = (protocol.FrameKind.RESULT, protocol.FrameKind.RESULT_TILE)
@@ -70,6 +71,8 @@ class Session:
         self.history_size = history_size
         self.hello: protocol.ServerHello | None = None
         self.status = "not connected"
+        self.untrusted: Untrusted | None = None
+        """The server certificate the connection refused, for the artist to trust or not."""
         self._ids = itertools.count(1)
 
     @property
@@ -216,7 +219,12 @@ class Session:
         if isinstance(event, Connected):
             self.hello = event.hello
             return []
+        if isinstance(event, Untrusted):
+            self.untrusted = event
+            return []
         if isinstance(event, StateChanged):
+            if event.state is ConnectionState.CONNECTED:
+                self.untrusted = None
             return self._connection_changed(event)
         return self._received(event.item) if isinstance(event, Received) else []
 

@@ -85,6 +85,13 @@ class GenerationSettings:
     server_url: str = DEFAULT_URL
     """The remote server's address (``BackendMode.REMOTE``)."""
     token: str = ""
+    server_pin: str = ""
+    """A ``wss://`` server's certificate the artist confirmed (SHA-256 fingerprint): trusted on first
+    use, and any other certificate refused until the artist forgets it (``server_trust``)."""
+    server_pin_for: str = ""
+    """The address (host:port) ``server_pin`` was confirmed for: another server asks again."""
+    server_ca_file: str = ""
+    """A studio CA's certificate (PEM) that signs the server's: no confirmation needed."""
     managed_home: str = ""
     """The managed backend's folder; empty: beside Krita's resources (``managed.platforms``)."""
     managed_model: str = "sdxl"
