@@ -4,6 +4,9 @@ It sends a style image and a prompt, streams the previews and writes the
 final PNG: the README's demo and the reference for what the Krita plugin does.
 ``--serve-tiny`` starts a server on the embedded tiny model in the same
 process, so the whole round trip runs with one command.
+
+A ``wss://`` server is trusted through the system's CAs, a studio CA (``--ca FILE``) or a pinned
+certificate (``--pin FINGERPRINT``); its certificate is checked before ``hello`` carries the token.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -42,6 +46,16 @@ from protocol import (
     decode_server_message,
     encode_frame_header,
     encode_message,
+)
+from protocol.tls import (
+    CertificateProblem,
+    CertificateRefused,
+    ServerTrust,
+    explain_handshake_failure,
+    fingerprint,
+    is_tls_url,
+    peer_certificate,
+    plain_to_tls_hint,
 )
 
 _FORMATS = {"RGB": PixelFormat.RGB8, "RGBA": PixelFormat.RGBA8, "L": PixelFormat.GRAY8}
@@ -137,10 +151,24 @@ class InstantStyleClient:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(
-        cls, url: str, token: str | None = None, client: str = "backend.client"
+        cls,
+        url: str,
+        token: str | None = None,
+        client: str = "backend.client",
+        trust: ServerTrust | None = None,
     ) -> AsyncIterator[InstantStyleClient]:
+        """Raises ``CertificateRefused`` for a ``wss://`` server ``trust`` does not accept (with the
+        certificate's fingerprint when no authority vouches for it), before anything is sent."""
         limits = Limits()
-        async with connect(url, compression=None, max_size=limits.max_message_bytes, proxy=None) as ws:
+        trust = trust or ServerTrust()
+        tls = {"ssl": trust.context()} if is_tls_url(url) else {}
+        try:
+            ws = await connect(url, compression=None, max_size=limits.max_message_bytes, proxy=None, **tls)
+        except ssl.SSLError as error:
+            raise await _refusal(error, url, trust) from None
+        async with ws:
+            if tls:  # before hello: the token never reaches a server that is not the one trusted
+                trust.check(ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
             await ws.send(encode_message(Hello(client=client, token=token)))
             reply = decode_server_message(await ws.recv())
             if isinstance(reply, Error):
@@ -226,7 +254,8 @@ async def _demo(args: argparse.Namespace) -> int:
         url = server.url
     try:
         message, inputs = job_from_arguments(args, 1)  # the files are read before connecting
-        async with InstantStyleClient.connect(url, token=args.token) as client:
+        trust = getattr(args, "trust", None)
+        async with InstantStyleClient.connect(url, token=args.token, trust=trust) as client:
             model = client.hello.model
             print(f"connected to {url}: {model.label}{' [TEST MODEL]' if model.is_test_model else ''}")
             if not client.status.ready:
@@ -267,6 +296,23 @@ async def _demo(args: argparse.Namespace) -> int:
             await server.close()
 
 
+async def _refusal(error: ssl.SSLError, url: str, trust: ServerTrust) -> CertificateRefused:
+    """The failed handshake in one line; a certificate nobody vouches for with how to pin it."""
+    refused = explain_handshake_failure(error, url, trust)
+    if refused.problem is not CertificateProblem.UNKNOWN:
+        return refused
+    try:
+        seen = fingerprint(await asyncio.to_thread(peer_certificate, url))
+    except (OSError, ValueError):
+        return refused
+    return CertificateRefused(
+        refused.problem,
+        f"the server's certificate at {url} is not signed by a known authority (SHA-256 {seen}): if "
+        f"that is the fingerprint the server printed, pass --pin {seen}",
+        seen,
+    )
+
+
 def show_progress(item: ServerMessage | PixelFrame) -> None:
     """One line per event on stderr: the model's loading, queue position, then steps."""
     if isinstance(item, ModelStatus):
@@ -280,10 +326,14 @@ def show_progress(item: ServerMessage | PixelFrame) -> None:
 
 def connection_problem(url: str, error: BaseException) -> str:
     """What went wrong reaching the server, in one line."""
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidURI
 
+    if isinstance(error, CertificateRefused):
+        return error.message
     if isinstance(error, InvalidURI):
-        return f"{url} is not a WebSocket address (expected ws://HOST:PORT)"
+        return f"{url} is not a WebSocket address (expected ws://HOST:PORT or wss://HOST:PORT)"
+    if isinstance(error, InvalidMessage) and not is_tls_url(url):  # a TLS server hangs up on plain HTTP
+        return plain_to_tls_hint(url)
     if isinstance(error, ServerError):
         return f"the server refused the connection: {error.error.message}"
     if isinstance(error, ConnectionClosed):
@@ -299,15 +349,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="ws://127.0.0.1:8765")
     parser.add_argument("--serve-tiny", action="store_true", help="start a tiny-model server in this process")
     parser.add_argument("--token")
+    parser.add_argument("--ca", metavar="FILE", help="a studio CA certificate (PEM) that signs the server's")
+    parser.add_argument(
+        "--pin",
+        metavar="FINGERPRINT",
+        help="trust the wss:// server whose certificate has this SHA-256 fingerprint (the server prints it)",
+    )
     add_job_arguments(parser)
     args = parser.parse_args(argv)
     from websockets.exceptions import InvalidURI, WebSocketException
 
     try:
+        if (args.ca or args.pin) and not is_tls_url(args.url):
+            raise CertificateRefused(CertificateProblem.NOT_TLS, "--ca and --pin need a wss:// --url")
+        args.trust = ServerTrust(args.ca or "", args.pin or "")
+    except ValueError as error:  # a malformed --pin, or --ca/--pin without TLS
+        print(f"error: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    try:
         return asyncio.run(_demo(args))
     except FileNotFoundError as error:
         print(f"error: {error.filename}: no such file", file=sys.stderr)
-    except (OSError, InvalidURI, WebSocketException, ServerError) as error:
+    except (OSError, InvalidURI, WebSocketException, ServerError, CertificateRefused) as error:
         print(f"error: {connection_problem(args.url, error)}", file=sys.stderr)
     return 2
 
