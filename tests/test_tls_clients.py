@@ -267,7 +267,9 @@ def cli(capsys, url: str, *options: str) -> tuple[int, str]:
     return code, capsys.readouterr().err.strip()
 
 
-def test_the_headless_client_with_ca_pin_wrong_pin_and_an_unknown_certificate(engine, certs, capsys, tmp_path):
+def test_the_headless_client_with_ca_pin_wrong_pin_and_an_unknown_certificate(
+    engine, certs, capsys, tmp_path
+):
     out = str(tmp_path / "out.png")
     pin = certs["self_signed"].fingerprint
     with tls_server(engine, certs["ca_signed"]) as signed, tls_server(engine, certs["self_signed"]) as own:

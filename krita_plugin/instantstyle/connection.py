@@ -15,6 +15,7 @@ the pinned one, ends the attempt with nothing sent.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -172,8 +173,8 @@ class Connection:
                 compression=None,
                 max_size=limits.max_message_bytes,
                 open_timeout=5,
-                proxy=None,
                 user_agent_header=self.client_name,
+                **_no_proxy(client.connect),
                 **tls_options(self.url, self.trust, client.connect),
             )
         except Exception as error:
@@ -255,6 +256,12 @@ class Connection:
                 continue
             self._events.put(Received(item))
         return "stopped"
+
+
+def _no_proxy(connect) -> dict[str, None]:
+    """Connect directly, not through a proxy from the environment: ``proxy=None`` since websockets
+    15, which began using them (an older one, already in Krita, takes no such keyword)."""
+    return {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {}
 
 
 def _accept_messages_up_to(ws: object, size: int) -> None:
