@@ -4,6 +4,7 @@ hello throttling, tokens kept out of the logs, and ``serve``'s flags."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -397,6 +398,12 @@ def test_failed_hellos_from_one_address_are_slowed_and_others_are_not(engine):
             assert slower >= 1.2
             other, reply = await timed_hello(s.url, "203.0.113.2", "wrong-token-1")
             assert isinstance(reply, Error) and other < 0.5, "another address was slowed too"
+            # Several at once from a third address are answered one after another, not together.
+            for _ in range(3):
+                await timed_hello(s.url, "203.0.113.3", "wrong-token-1")
+            together = await asyncio.gather(*(timed_hello(s.url, "203.0.113.3", "x" * 8) for _ in range(3)))
+            waits = sorted(seconds for seconds, _ in together)
+            assert waits[0] >= 0.6 and waits[1] >= 1.8 and waits[2] >= 3.0, waits
             # The right token is still accepted (late), then the address is forgotten.
             late, reply = await timed_hello(s.url, "203.0.113.1", TOKEN)
             assert isinstance(reply, ServerHello) and late >= 1.2
@@ -408,16 +415,21 @@ def test_failed_hellos_from_one_address_are_slowed_and_others_are_not(engine):
     print(f"4th failed hello: {slowed:.2f} s, 5th: {slower:.2f} s")
 
 
-def test_the_hello_table_is_bounded_and_forgets_after_its_window():
+def test_the_hello_table_is_bounded_queues_an_address_and_forgets_after_its_window():
     now = [0.0]
     guard = HelloGuard(HelloPolicy(free_attempts=1, max_addresses=100), clock=lambda: now[0])
     for index in range(10_000):
         guard.attempt(f"10.0.{index // 256}.{index % 256}")
     assert len(guard) == 100
     assert guard.attempt("192.0.2.1") == 0.0
-    assert guard.attempt("192.0.2.1") == 0.5
-    assert [guard.attempt("192.0.2.1") for _ in range(5)][-1] == 4.0  # bounded
-    now[0] = 61.0
+    sequential = []
+    for _ in range(6):  # each retried after the previous answer: the delay doubles up to 4 s
+        sequential.append(guard.attempt("192.0.2.1"))
+        now[0] += sequential[-1]
+    assert sequential == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    at_once = [guard.attempt("192.0.2.2") for _ in range(12)]  # many connections at the same moment
+    assert at_once[:5] == [0.0, 0.5, 1.5, 3.5, 7.5] and at_once[-1] == 30.0  # queued, each wait bounded
+    now[0] += 61.0
     assert guard.attempt("192.0.2.1") == 0.0  # a new window
 
 

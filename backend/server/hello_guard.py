@@ -1,9 +1,10 @@
 """Slows down guessing the token: after a few ``hello`` attempts from one address within a window,
 that address's next hellos are answered only after a growing, bounded delay.
 
-An attempt counts when the hello arrives, before the token is checked, so that many connections
-opened at once are slowed as much as one after another; an accepted hello forgets its address (an
-artist who mistyped the token is not slowed once it is right). The table of addresses is bounded:
+An attempt counts when the hello arrives, before the token is checked, and an address's delayed
+answers come one after another (each ``delay`` after the previous one): many connections opened at
+once get no more answers a minute than one connection retrying. An accepted hello forgets its address
+(an artist who mistyped the token is not slowed once it is right). The table of addresses is bounded:
 beyond ``max_addresses`` the oldest entries are forgotten first, expired ones before live ones.
 """
 
@@ -24,6 +25,8 @@ class HelloPolicy:
     """The delay of the first hello over the allowance; it doubles with each further one ..."""
     max_delay_seconds: float = 4.0
     """... up to this."""
+    max_wait_seconds: float = 30.0
+    """The longest any one hello waits, however many of its address's are queued before it."""
     max_addresses: int = 4096
 
 
@@ -31,6 +34,8 @@ class HelloPolicy:
 class _Attempts:
     since: float
     count: int
+    answer_at: float = 0.0
+    """When this address's latest delayed hello is answered: the next one waits for it."""
 
 
 class HelloGuard:
@@ -47,7 +52,7 @@ class HelloGuard:
         now, policy = self.clock(), self.policy
         entry = self._table.get(address)
         if entry is None or now - entry.since > policy.window_seconds:
-            entry = _Attempts(now, 0)
+            entry = _Attempts(now, 0, entry.answer_at if entry is not None else 0.0)
         entry.count = min(entry.count + 1, 1_000_000)
         self._table[address] = entry
         self._table.move_to_end(address)
@@ -55,7 +60,9 @@ class HelloGuard:
         excess = entry.count - policy.free_attempts
         if excess <= 0:
             return 0.0
-        return min(policy.max_delay_seconds, policy.first_delay_seconds * 2.0 ** min(excess - 1, 30))
+        step = min(policy.max_delay_seconds, policy.first_delay_seconds * 2.0 ** min(excess - 1, 30))
+        entry.answer_at = min(max(now, entry.answer_at) + step, now + policy.max_wait_seconds)
+        return entry.answer_at - now
 
     def accepted(self, address: str) -> None:
         self._table.pop(address, None)
