@@ -168,7 +168,7 @@ class InstantStyleClient:
             raise await _refusal(error, url, trust) from None
         async with ws:
             if tls:  # before hello: the token never reaches a server that is not the one trusted
-                trust.check(ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
+                _check_pin(trust, ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
             await ws.send(encode_message(Hello(client=client, token=token)))
             reply = decode_server_message(await ws.recv())
             if isinstance(reply, Error):
@@ -294,6 +294,22 @@ async def _demo(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             await server.close()
+
+
+def _check_pin(trust: ServerTrust, der: bytes | None) -> None:
+    """The pinned certificate and no other, said in this command's terms (``--pin``)."""
+    try:
+        trust.check(der)
+    except CertificateRefused as refused:
+        if not refused.fingerprint:  # no certificate at all
+            raise
+        seen = refused.fingerprint
+        raise CertificateRefused(
+            refused.problem,
+            f"the server's certificate is not the one --pin names (it shows SHA-256 {seen}): if its "
+            f"owner replaced it, pass --pin {seen}; otherwise someone may be in between",
+            seen,
+        ) from None
 
 
 async def _refusal(error: ssl.SSLError, url: str, trust: ServerTrust) -> CertificateRefused:

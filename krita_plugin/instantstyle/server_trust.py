@@ -83,9 +83,10 @@ def forget_certificate(settings: GenerationSettings) -> None:
 
 
 def readable_fingerprint(fingerprint: str) -> str:
-    """A fingerprint on two lines of 16 bytes, easier to compare with the server's console by eye."""
+    """A fingerprint on four lines of 8 bytes: easier to compare with the server's console by eye, and
+    narrow enough for a docked docker (a word-wrapped label cannot break one 95-character word)."""
     parts = fingerprint.split(":")
-    return "\n".join(":".join(parts[i : i + 16]) for i in range(0, len(parts), 16))
+    return "\n".join(":".join(parts[i : i + 8]) for i in range(0, len(parts), 8))
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,14 @@ def check_peer(der: bytes | None, url: str, trust: tls.ServerTrust) -> Untrusted
     try:
         trust.check(der)
     except tls.CertificateRefused as refused:
-        return Untrusted(url, refused.problem, refused.message, refused.fingerprint)
+        # Said without the fingerprints (each one unbreakable word): the section shows the new one.
+        line = refused.message
+        if refused.fingerprint:
+            line = (
+                f"the certificate of {url} changed since you trusted it: if its owner replaced it, press "
+                "Forget and confirm the new one; otherwise someone may be in between"
+            )
+        return Untrusted(url, refused.problem, line, refused.fingerprint)
     return None
 
 
