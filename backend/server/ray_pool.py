@@ -88,6 +88,7 @@ def connect(settings: RaySettings) -> bool:
         raise RayUnavailable("--ray needs the 'ray' package: pip install 'ray==2.60.0'") from None
     if ray.is_initialized():
         return False
+    check_tls(settings)
     if settings.address not in ("local", "auto"):
         probe(settings.address)  # ray.init itself retries an unreachable address for minutes
     try:
@@ -100,6 +101,23 @@ def connect(settings: RaySettings) -> bool:
             f"cannot reach the Ray cluster at {settings.address}: {first_line(error)}"
         ) from None
     return True
+
+
+def check_tls(settings: RaySettings) -> None:
+    """With ``RAY_USE_TLS=1``, the certificate files Ray will use, or one line: Ray itself crashes or
+    retries for minutes on a missing file or a certificate its peers refuse (docs/SCALING.md)."""
+    from . import ray_tls
+
+    if not ray_tls.enabled():
+        return
+    node_ip = None
+    if settings.address == "local":  # the address this Ray's processes will dial each other on
+        from ray._private.services import get_node_ip_address
+
+        node_ip = get_node_ip_address()
+    reason = ray_tls.problem(node_ip=node_ip)
+    if reason is not None:
+        raise RayUnavailable(f"Ray's TLS (RAY_USE_TLS=1): {reason}")
 
 
 PROBE_SECONDS = 5.0
