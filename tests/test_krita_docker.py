@@ -50,6 +50,9 @@ BACKEND_FIELDS = {
     "managed_checkpoint",
     "managed_controlnet",
     "managed_speed_loras",
+    "server_pin",
+    "server_pin_for",
+    "server_ca_file",
 }
 
 
