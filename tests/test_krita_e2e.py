@@ -74,7 +74,10 @@ def lora_options(tiny_paths) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lora_engine(tiny_paths):
-    """The e2e backend's model with its LoRAs, for the pixels of jobs that use them."""
+    """The e2e backend's model exactly as it serves: its LoRAs loaded. Every e2e job's pixels are
+    compared with this engine's: with LoRAs loaded and disabled, a job without any still differed by
+    one level on one value of 12,288 from a model that never had them, on this AVX-512 CPU (the
+    adapters' layers wrap the plain ones), and equals the server's exactly."""
     from backend.engine.engine import InstantStyleEngine
     from backend.engine.loading import LoraSource
 
@@ -297,7 +300,7 @@ def test_plugin_installs_and_registers_in_real_krita(krita: KritaRun):
     assert startup["status"].startswith("connected") and "TEST/DEMO" in startup["status"]
 
 
-def test_stylize_layer_adds_the_exact_result_and_keeps_the_artists_layer(krita: KritaRun, engine):
+def test_stylize_layer_adds_the_exact_result_and_keeps_the_artists_layer(krita: KritaRun, lora_engine):
     stylize = krita.scenario("stylize")
     assert stylize["preview_seen"], "no preview layer appeared while the job ran"
     assert "InstantStyle preview" not in stylize["layers_after"]
@@ -312,7 +315,11 @@ def test_stylize_layer_adds_the_exact_result_and_keeps_the_artists_layer(krita: 
     # The layer holds exactly what the engine makes for the same request.
     source = krita.source()
     expected = expected_pixels(
-        engine, style_images=[StyleReference(source)], mode=Mode.IMG2IMG, init_image=source, strength=STRENGTH
+        lora_engine,
+        style_images=[StyleReference(source)],
+        mode=Mode.IMG2IMG,
+        init_image=source,
+        strength=STRENGTH,
     )
     layer = krita.rgba("layer.rgba")
     assert np.array_equal(layer[..., :3], expected) and (layer[..., 3] == 255).all()
@@ -320,7 +327,9 @@ def test_stylize_layer_adds_the_exact_result_and_keeps_the_artists_layer(krita: 
     assert Image.open(krita.artifacts / "canvas.png").size == (SIZE, SIZE)
 
 
-def test_the_preview_layer_shows_the_first_step_and_the_last_which_is_the_result(krita: KritaRun, engine):
+def test_the_preview_layer_shows_the_first_step_and_the_last_which_is_the_result(
+    krita: KritaRun, lora_engine
+):
     """The backend's preview budget always sends the first step (drawn at half size) and the last
     (the result itself); the plugin paints both, even when a short job's frames come in one tick."""
     stylize = krita.scenario("stylize")
@@ -332,7 +341,7 @@ def test_the_preview_layer_shows_the_first_step_and_the_last_which_is_the_result
     source = krita.source()
     previews = []
     request = {"prompt": PROMPT, "content_text": "stripes", "width": SIZE, "height": SIZE, "steps": STEPS}
-    result = engine.generate(
+    result = lora_engine.generate(
         GenerationRequest(
             **request,
             seed=SEED,
@@ -373,13 +382,13 @@ def test_a_16_bit_document_gets_an_exact_16_bit_result(krita: KritaRun):
     assert deep["equals_8_bit_result"]
 
 
-def test_two_weighted_references_blend_exactly_as_the_engine_does(krita: KritaRun, engine):
+def test_two_weighted_references_blend_exactly_as_the_engine_does(krita: KritaRun, lora_engine):
     two = krita.scenario("two_references")
     assert two == {"styles": ["active_layer", "file"], "weights": [1.0, 0.5]}
     source = krita.source()
     second = Image.open(krita.artifacts / "second-style.png").convert("RGB")
     expected = expected_pixels(
-        engine,
+        lora_engine,
         style_images=[StyleReference(source, 1.0), StyleReference(second, 0.5)],
         mode=Mode.IMG2IMG,
         init_image=source,
@@ -388,14 +397,14 @@ def test_two_weighted_references_blend_exactly_as_the_engine_does(krita: KritaRu
     assert np.array_equal(krita.rgba("two-refs-layer.rgba")[..., :3], expected)
 
 
-def test_stylizing_a_selection_inpaints_and_places_the_result_at_its_bounds(krita: KritaRun, engine):
+def test_stylizing_a_selection_inpaints_and_places_the_result_at_its_bounds(krita: KritaRun, lora_engine):
     selection = krita.scenario("selection")
     assert selection["target"] == [8, 24, 32, 32] and selection["job_size"] == [32, 32]
     assert selection["bounds"] == [8, 24, 32, 32]  # the new layer covers exactly the selection
     source = krita.rgba("source.rgba")
     crop = Image.fromarray(source[24:56, 8:40], "RGBA").convert("RGB")
     expected = expected_pixels(
-        engine,
+        lora_engine,
         style_images=[StyleReference(Image.fromarray(source, "RGBA").convert("RGB"))],
         mode=Mode.INPAINT,
         init_image=crop,
@@ -412,19 +421,23 @@ def test_stylizing_a_selection_inpaints_and_places_the_result_at_its_bounds(krit
     assert (layer[..., 3][outside] == 0).all()
 
 
-def test_generate_button_makes_a_new_image_in_the_layers_style(krita: KritaRun, engine):
+def test_generate_button_makes_a_new_image_in_the_layers_style(krita: KritaRun, lora_engine):
     new_image = krita.scenario("new_image")
     assert new_image == {"saved_kind": "new_image", "total": STEPS}  # txt2img runs every step
-    expected = expected_pixels(engine, style_images=[StyleReference(krita.source())])
+    expected = expected_pixels(lora_engine, style_images=[StyleReference(krita.source())])
     assert np.array_equal(krita.rgba("new-image-layer.rgba")[..., :3], expected)
 
 
-def test_keep_the_lines_restyles_through_the_controlnet(krita: KritaRun, engine):
+def test_keep_the_lines_restyles_through_the_controlnet(krita: KritaRun, lora_engine):
     keep = krita.scenario("keep_lines")
     assert keep["state"] == "done" and keep["total"] == STEPS and "control" in keep["modes"]
     source = krita.source()
     expected = expected_pixels(
-        engine, style_images=[StyleReference(source)], mode=Mode.CONTROL, init_image=source, control_scale=0.8
+        lora_engine,
+        style_images=[StyleReference(source)],
+        mode=Mode.CONTROL,
+        init_image=source,
+        control_scale=0.8,
     )
     assert np.array_equal(krita.rgba("keep-lines-layer.rgba")[..., :3], expected)
 
@@ -465,12 +478,12 @@ def test_a_sampler_and_a_lora_chosen_in_the_docker_reach_the_engine(krita: Krita
     assert np.array_equal(krita.rgba("lora-layer.rgba")[..., :3], expected)
 
 
-def test_the_precise_preset_chosen_in_the_docker_reaches_the_engine(krita: KritaRun, engine):
+def test_the_precise_preset_chosen_in_the_docker_reaches_the_engine(krita: KritaRun, lora_engine):
     precise = krita.scenario("precise")
     assert precise == {"state": "done", "preset": "precise", "layout_push": 1.5}
     source = krita.source()
     expected = expected_pixels(
-        engine,
+        lora_engine,
         style_images=[StyleReference(source)],
         mode=Mode.IMG2IMG,
         init_image=source,
@@ -481,7 +494,7 @@ def test_the_precise_preset_chosen_in_the_docker_reaches_the_engine(krita: Krita
     assert np.array_equal(krita.rgba("precise-layer.rgba")[..., :3], expected)
 
 
-def test_a_two_region_job_from_the_docker_styles_each_part_with_its_reference(krita: KritaRun, engine):
+def test_a_two_region_job_from_the_docker_styles_each_part_with_its_reference(krita: KritaRun, lora_engine):
     from backend.engine.regions import StyleRegion
 
     regions = krita.scenario("regions")
@@ -497,7 +510,7 @@ def test_a_two_region_job_from_the_docker_styles_each_part_with_its_reference(kr
     source = krita.source()
     second = Image.open(krita.artifacts / "second-style.png").convert("RGB")
     expected = expected_pixels(
-        engine,
+        lora_engine,
         style_images=[StyleReference(source)],
         regions=[
             StyleRegion(top, [StyleReference(second)], name="sky"),
@@ -507,7 +520,7 @@ def test_a_two_region_job_from_the_docker_styles_each_part_with_its_reference(kr
     assert np.array_equal(krita.rgba("regions-layer.rgba")[..., :3], expected)
 
 
-def test_a_sweep_makes_a_scored_group_and_keep_leaves_one_exact_layer(krita: KritaRun, engine):
+def test_a_sweep_makes_a_scored_group_and_keep_leaves_one_exact_layer(krita: KritaRun, lora_engine):
     sweep = krita.scenario("sweep")
     label = f"InstantStyle: {PROMPT}"
     cells = [
@@ -524,13 +537,13 @@ def test_a_sweep_makes_a_scored_group_and_keep_leaves_one_exact_layer(krita: Kri
     assert cells[2] in sweep["layers_after_keep"] and sweep["group"] not in sweep["layers_after_keep"]
     assert not [n for n in sweep["layers_after_keep"] if n in cells and n != cells[2]]
     expected = expected_pixels(
-        engine, style_images=[StyleReference(krita.source())], style_scale=1.0, content_scale=0.0
+        lora_engine, style_images=[StyleReference(krita.source())], style_scale=1.0, content_scale=0.0
     )
     assert np.array_equal(krita.rgba("sweep-kept.rgba")[..., :3], expected)
 
 
 def test_find_strength_maps_the_servers_search_and_a_clicked_point_paints_that_setting(
-    krita: KritaRun, engine, lora_engine
+    krita: KritaRun, lora_engine
 ):
     """The docker's Find strength on the tiny model: the map shows the server's points (the engine's
     own search of the same job: the backend's few-step preset runs it), the chosen one marked; the
@@ -572,7 +585,7 @@ def test_find_strength_maps_the_servers_search_and_a_clicked_point_paints_that_s
     name += "" if chosen.preset is BlockPreset.STYLE else f" {chosen.preset.value}"
     assert found["layer"] == f"InstantStyle: {PROMPT} (seed {SEED}) {name} (auto) [TEST MODEL]"
     expected = expected_pixels(
-        engine,
+        lora_engine,
         **job,
         style_scale=chosen.style_scale,
         content_scale=chosen.content_scale,
@@ -590,12 +603,12 @@ def test_find_strength_maps_the_servers_search_and_a_clicked_point_paints_that_s
     )
     assert found["point_layer"] in found["layers_after"] and found["layer"] in found["layers_after"]
     expected = expected_pixels(
-        engine, **job, style_scale=style_scale, content_scale=content_scale, preset=BlockPreset(preset)
+        lora_engine, **job, style_scale=style_scale, content_scale=content_scale, preset=BlockPreset(preset)
     )
     assert np.array_equal(krita.rgba("auto-point-layer.rgba")[..., :3], expected)
 
 
-def test_keep_lines_through_the_tile_controlnet_has_the_engines_pixels(krita: KritaRun, engine):
+def test_keep_lines_through_the_tile_controlnet_has_the_engines_pixels(krita: KritaRun, lora_engine):
     from protocol import ControlKind
 
     tile = krita.scenario("keep_tile")
@@ -603,7 +616,7 @@ def test_keep_lines_through_the_tile_controlnet_has_the_engines_pixels(krita: Kr
     assert tile["offered"] == ["edges", "tile"] and tile["keep_shown"], tile
     source = krita.source()
     expected = expected_pixels(
-        engine,
+        lora_engine,
         style_images=[StyleReference(source)],
         mode=Mode.CONTROL,
         init_image=source,
@@ -612,7 +625,7 @@ def test_keep_lines_through_the_tile_controlnet_has_the_engines_pixels(krita: Kr
     )
     assert np.array_equal(krita.rgba("keep-tile-layer.rgba")[..., :3], expected)
     edges = expected_pixels(
-        engine,
+        lora_engine,
         style_images=[StyleReference(source)],
         mode=Mode.CONTROL,
         init_image=source,

@@ -47,6 +47,8 @@ SCALE = float(os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"))
 BUDGETS = {"startup": 240, "stylize": 90, "screenshots": 30, "zip_import": 30, "live_supersede": 120}
 LIVE = "InstantStyle live"
 DEFAULT_BUDGET = 60
+NUDGE_SECONDS = 3.0
+"""How long a scenario waits for Krita to make its document and layer active before asking again."""
 
 
 def log(message):
@@ -109,6 +111,7 @@ class Runner:
     def begin(self, scenario, state):
         """Start ``scenario`` in ``state`` with its own budget."""
         self.scenario = scenario
+        self.activity = None
         self.started = time.monotonic()
         self.budget = BUDGETS.get(scenario, DEFAULT_BUDGET) * SCALE
         faulthandler.dump_traceback_later(self.budget + 30, file=self._stacks)
@@ -133,6 +136,8 @@ class Runner:
             elapsed = time.monotonic() - self.started
             controller = getattr(self, "controller", None)
             said = f" (the plugin said: {controller.message!r})" if controller is not None else ""
+            if getattr(self, "activity", None) and isinstance(error, TimeoutError):
+                said += f" (its last check of the active layer: {self.activity})"
             report["where"] = (
                 f"'{self.scenario}' stopped in {self.state.__name__} after {elapsed:.0f} s: "
                 f"{type(error).__name__}: {error}{said}"
@@ -296,16 +301,51 @@ class Runner:
             return None
         return jobs[-1], next(n for n in document.rootNode().childNodes() if n.name() == new_layers[0])
 
+    def painted_active(self, document):
+        """Whether ``document`` is the active one with its "Painted" layer active; if that has not
+        happened after a while, ask again, as an artist clicks the document's tab or the layer.
+
+        Krita applies a new view, ``setActiveNode`` and the activation of a layer the plugin just
+        added in later events, in an order that varies under load: a request made once can be
+        overtaken (the newly added layer becomes active after it). Asking every tick is no cure:
+        Krita 5.1 SAFE ASSERTs ("shape", kis_node_manager.cpp) on a node activated before its view's
+        canvas has the layer's shape, and crashed later in the session; so ask only every
+        ``NUDGE_SECONDS`` while it still does not hold.
+        """
+        active = self.app.activeDocument()
+        node = document.activeNode()
+        self.activity = (
+            f"active document {active.name() if active else None!r} (want {document.name()!r}), "
+            f"active node {node.name() if node else None!r} (want 'Painted'), "
+            f"connected {self.controller.session.connected}"
+        )
+        if active == document and node is not None and node.name() == "Painted":
+            self._waiting_for = None  # the next wait starts afresh
+            return True
+        now = time.monotonic()
+        if getattr(self, "_waiting_for", None) is not document:
+            self._waiting_for, self._next_nudge = document, now + NUDGE_SECONDS
+        if now < self._next_nudge or self.controller._in_tick:
+            return False
+        self._next_nudge = now + NUDGE_SECONDS
+        if active != document:
+            log(f"nudging: {self.activity}")
+            for view in self.window.views():
+                if view.document() == document:
+                    self.window.showView(view)
+            return False
+        painted = next((n for n in document.rootNode().childNodes() if n.name() == "Painted"), None)
+        if painted is not None:
+            log(f"nudging: {self.activity}")
+            document.setActiveNode(painted)
+        return False
+
     def when_active(self, scenario, document, act, then):
-        """Start ``scenario``: Krita applies a new view and setActiveNode asynchronously, so ``act``
-        once they took effect (and the backend is connected: scenario 13 reconnects), then wait in
-        ``then``."""
+        """Start ``scenario``: once ``document`` and its painted layer are active and the backend is
+        connected (scenario 13 reconnects), ``act``, then wait in ``then``."""
 
         def wait_active_layer():
-            node = document.activeNode()
-            if self.app.activeDocument() != document or node is None or node.name() != "Painted":
-                return
-            if not self.controller.session.connected:
+            if not self.painted_active(document) or not self.controller.session.connected:
                 return
             act()
             self.state = then
@@ -717,11 +757,7 @@ class Runner:
 
     def save_sky_selection(self):
         document = self.document_r
-        node = document.activeNode()
-        if self.app.activeDocument() != document:
-            return
-        if node is None or node.name() != "Painted":  # Krita made the new mask layer active meanwhile
-            document.setActiveNode(self.layer_r)
+        if not self.painted_active(document):  # Krita made the new mask layer active meanwhile
             return
         if document.selection() is None:
             return
@@ -848,8 +884,7 @@ class Runner:
         self.state = self.click_point_when_active
 
     def click_point_when_active(self):
-        node = self.document_f.activeNode()
-        if node is None or node.name() != "Painted" or self.controller._in_tick:
+        if not self.painted_active(self.document_f) or self.controller._in_tick:
             return
         from instantstyle.qt import QEvent, QMouseEvent, QPointF, Qt
 
@@ -1100,10 +1135,7 @@ class Runner:
 
     def live_when_connected(self):
         """Live on once the view is active and the backend is back (scenario 13 took it away)."""
-        node = self.document15.activeNode()
-        if self.app.activeDocument() != self.document15 or node is None or node.name() != "Painted":
-            return
-        if not self.controller.session.connected:
+        if not self.painted_active(self.document15) or not self.controller.session.connected:
             return
         self.docker().live_button.setChecked(True)
         self.state = self.live_then_close
@@ -1156,6 +1188,10 @@ elif os.environ.get("INSTANTSTYLE_E2E_FAMILY"):
     from .family import FamilyRunner
 
     _runner = FamilyRunner()
+elif os.environ.get("INSTANTSTYLE_E2E_TLS"):
+    from .tls import TlsRunner
+
+    _runner = TlsRunner()
 elif os.environ.get("INSTANTSTYLE_E2E_DOCKER"):
     from .docker_layout import DockerRunner
 
