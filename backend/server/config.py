@@ -12,11 +12,9 @@ from backend.engine.preview_budget import DEFAULT_PREVIEW_SHARE
 from protocol import Limits, ProtocolError
 from protocol.schema import from_json_object, to_json_object
 
+from .config_error import ConfigError
 from .hello_guard import HelloPolicy
-
-
-class ConfigError(ValueError):
-    """The server refuses to start with these settings."""
+from .proxy import normalize_path, parse_networks
 
 
 def is_loopback(host: str) -> bool:
@@ -131,8 +129,6 @@ class ServerConfig:
                 f"refusing plain ws:// on {self.host}: the token and every canvas would cross the network "
                 "in clear text; use --tls self-signed (or --tls-cert/--tls-key), or --insecure to accept that"
             )
-        from .proxy import normalize_path, parse_networks  # (proxy imports ConfigError from here)
-
         normalize_path(self.path)
         parse_networks(self.trusted_proxies)
         if self.ping_interval < 0 or self.ping_timeout < 0:

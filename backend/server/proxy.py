@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .config_error import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_PROXIES = 64
