@@ -109,7 +109,8 @@ class ServerTrust:
     ca_file: str = ""
     """A studio's CA certificate (PEM): the server's certificate must be signed by it, for its name."""
     pinned: str = ""
-    """A certificate fingerprint confirmed earlier: that certificate and no other (name not checked)."""
+    """A certificate fingerprint confirmed earlier: that certificate and no other (its name and dates
+    are not checked: like an SSH host key, it is trusted as the one the user confirmed)."""
 
     def __post_init__(self) -> None:
         if self.pinned:

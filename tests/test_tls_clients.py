@@ -212,6 +212,18 @@ def test_an_expired_certificate_is_one_line(engine, certs):
     assert f"the server's certificate at {url} has expired" in line and "\n" not in line
 
 
+def test_a_pinned_certificate_is_trusted_past_its_dates(engine, tmp_path):
+    """A pin is the certificate the artist confirmed, like an SSH host key: its dates are not checked
+    (a self-signed server's owner may never renew it), only that it is the same certificate."""
+    old = make_server_cert(tmp_path / "old", expired=True)
+    with tls_server(engine, old) as server:
+        session = start(server.url, TOKEN, ServerTrust(pinned=old.fingerprint))
+        try:
+            pump(session, lambda _u: session.connected)
+        finally:
+            session.connection.stop()
+
+
 def test_tls_on_one_side_only_is_one_line_each_way(engine, certs):
     with tls_server(engine, certs["self_signed"]) as tls, ServerThread(engine) as plain:
         plain_to_tls = tls.url.replace("wss://", "ws://")
