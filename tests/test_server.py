@@ -252,7 +252,9 @@ def test_security_configuration():
         ServerConfig(host="0.0.0.0").check()
     with pytest.raises(ConfigError, match="at least 8"):
         ServerConfig(token="short").check()
-    ServerConfig(host="0.0.0.0", token="a-long-secret").check()
+    with pytest.raises(ConfigError, match="clear text"):  # a token, but nothing to hide it
+        ServerConfig(host="0.0.0.0", token="a-long-secret").check()
+    ServerConfig(host="0.0.0.0", token="a-long-secret", insecure=True).check()
     config = ServerConfig(token="a-long-secret")
     assert (
         config.token_matches("a-long-secret")

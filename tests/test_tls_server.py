@@ -37,6 +37,7 @@ from protocol import (
     Error,
     ErrorCode,
     Hello,
+    ModelStatus,
     Ping,
     Pong,
     Result,
@@ -93,7 +94,10 @@ async def hello(url: str, trust: ServerTrust | None = None, token: str | None = 
         reply = decode_server_message(await ws.recv())
         if isinstance(reply, ServerHello):
             await ws.send(encode_message(Ping(7)))
-            assert decode_server_message(await ws.recv()) == Pong(7)
+            answer = decode_server_message(await ws.recv())
+            while isinstance(answer, ModelStatus):  # a server still loading announces each phase
+                answer = decode_server_message(await ws.recv())
+            assert answer == Pong(7)
         return reply
     finally:
         await ws.close()

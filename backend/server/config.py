@@ -66,9 +66,9 @@ class ServerConfig:
     tls_cert: str | None = None
     """PEM certificate (chain) to serve ``wss://`` with; with ``tls_key``."""
     tls_key: str | None = None
-    insecure: bool | None = None
-    """Plain ``ws://`` beyond loopback: True allows it (``--insecure``), False refuses it (the CLI's
-    default); None, for servers made in code, keeps the older token-only rule."""
+    insecure: bool = False
+    """Plain ``ws://`` beyond loopback: refused unless True (``--insecure``): the token and every
+    canvas would cross the network in clear text."""
     path: str | None = None
     """Serve the WebSocket at this path only (``/instantstyle``, a trailing slash allowed); others 404."""
     trusted_proxies: tuple[str, ...] = ()
@@ -124,7 +124,7 @@ class ServerConfig:
             raise ConfigError(f"the preview budget must be 0 to 100 %, got {self.preview_share * 100:g}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
-        if self.insecure is False and not self.tls_cert and not is_loopback(self.host):
+        if not self.insecure and not self.tls_cert and not is_loopback(self.host):
             raise ConfigError(
                 f"refusing plain ws:// on {self.host}: the token and every canvas would cross the network "
                 "in clear text; use --tls self-signed (or --tls-cert/--tls-key), or --insecure to accept that"
