@@ -112,7 +112,7 @@ def test_an_unknown_self_signed_certificate_is_shown_not_sent_to_then_trusted(en
         # The Backend section shows the fingerprint; "Trust this certificate" pins it for this server.
         chosen = GenerationSettings(server_url=server.url, token=TOKEN)
         view = trust_view(chosen, untrusted)
-        assert view.shown and view.can_trust and not view.can_forget
+        assert view.shown and view.can_trust and not view.can_forget and view.asks  # the section opens
         assert view.fingerprint == readable_fingerprint(certs["self_signed"].fingerprint)
         trust_certificate(chosen, untrusted)
         assert chosen.server_pin == certs["self_signed"].fingerprint
@@ -162,7 +162,7 @@ def test_a_changed_certificate_is_refused_before_hello_and_can_be_forgotten(engi
         assert "\n" not in session.status
         assert hellos_seen(caplog) == []
         view = trust_view(chosen, changed)
-        assert view.line == changed.message and view.can_forget and not view.can_trust
+        assert view.line == changed.message and view.can_forget and not view.can_trust and view.asks
         with pytest.raises(ValueError, match="no new server certificate"):
             trust_certificate(chosen, changed)
 
@@ -264,7 +264,7 @@ def test_the_pin_and_ca_file_round_trip_through_the_settings_store():
     store.write("server_pin", '"not a fingerprint"')
     assert server_trust(load_settings(store)).pinned == ""  # corrupt: asked again, no crash
     view = trust_view(loaded, None)
-    assert view.shown and view.can_forget and view.fingerprint.count("\n") == 3
+    assert view.shown and view.can_forget and view.fingerprint.count("\n") == 3 and not view.asks
     assert not trust_view(GenerationSettings(server_url="ws://127.0.0.1:8765"), None).shown
 
 

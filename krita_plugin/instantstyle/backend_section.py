@@ -290,3 +290,5 @@ class BackendSection(Section):
         self.file_row.setVisible(self.model.currentData() is ManagedModel.CHECKPOINT)
         if managed_mode and phase in NEEDS_A_CLICK:
             self.set_open(True)
+        if not managed_mode and trust.asks:
+            self.set_open(True)

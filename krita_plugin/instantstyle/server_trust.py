@@ -100,6 +100,8 @@ class TrustView:
     """In :func:`readable_fingerprint`'s form."""
     can_trust: bool = False
     can_forget: bool = False
+    asks: bool = False
+    """Only the artist can go on (a certificate to confirm, or a changed one): the section opens."""
 
 
 def trust_view(settings: GenerationSettings, untrusted: Untrusted | None) -> TrustView:
@@ -111,7 +113,9 @@ def trust_view(settings: GenerationSettings, untrusted: Untrusted | None) -> Tru
         line = untrusted.message
         if untrusted.can_be_trusted:
             line += "; trust it only if this fingerprint is the one the server printed"
-        return TrustView(True, line, fingerprint, untrusted.can_be_trusted, bool(pinned))
+        return TrustView(
+            True, line, fingerprint, untrusted.can_be_trusted, bool(pinned), untrusted.waits_for_the_artist
+        )
     if pinned:
         return TrustView(
             shown, "trusted certificate (confirmed by you)", readable_fingerprint(pinned), False, True

@@ -1,0 +1,166 @@
+"""A ``wss://`` backend with a self-signed certificate in real Krita (test hook, never shipped).
+
+Krita's own Python: its ``ssl``; the docker's Backend section shows the unknown certificate's
+fingerprint and sends nothing until the artist presses "Trust this certificate"; then a job runs over
+TLS; then the test restarts the server on the same port with another certificate: the plugin refuses
+it with the changed-certificate line and keeps the first pin. ``report.json`` in
+``INSTANTSTYLE_E2E_OUT``, then Krita quits. The test answers ``restart.json`` with ``restart.done``.
+"""
+
+import json
+import os
+import ssl
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from instantstyle.qt import QDockWidget, QTimer
+from krita import Krita
+
+from . import layer_names, new_document
+
+OUT = Path(os.environ["INSTANTSTYLE_E2E_OUT"])
+SIZE = 64
+BUDGET = 300 * float(os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"))
+report = {"steps": []}
+
+
+def log(message):
+    report["steps"].append(f"{time.monotonic():.2f} {message}")
+    (OUT / "report.json").write_text(json.dumps(report, indent=1))
+
+
+class TlsRunner:
+    def __init__(self):
+        self.app = Krita.instance()
+        self.started = time.monotonic()
+        self.state = self.wait_for_window
+        self.timer = QTimer()
+        self.timer.timeout.connect(self.tick)
+        self.timer.start(50)
+
+    def tick(self):
+        try:
+            report["where"] = f"in {self.state.__name__}"
+            if time.monotonic() - self.started > BUDGET:
+                raise TimeoutError(f"over its {BUDGET:.0f} s budget")
+            self.state()
+        except Exception as error:
+            controller = getattr(self, "controller", None)
+            said = f" (the plugin said: {controller.message!r})" if controller is not None else ""
+            report["where"] = f"stopped in {self.state.__name__}: {type(error).__name__}: {error}{said}"
+            report["traceback"] = traceback.format_exc()
+            self.finish()
+
+    def docker(self):
+        dockers = self.window.qwindow().findChildren(QDockWidget)
+        return next(d for d in dockers if d.objectName() == "instantstyle_docker")
+
+    def wait_for_window(self):
+        self.window = self.app.activeWindow()
+        if self.window is None:
+            return
+        self.app.setBatchmode(True)
+        from instantstyle.controller import controller
+
+        self.controller = controller()
+        report["ssl"] = {
+            "python": sys.version.split()[0],
+            "openssl": ssl.OPENSSL_VERSION,
+            "tls13": ssl.HAS_TLSv1_3,
+        }
+        self.document, self.layer = new_document(self.window, "tls", SIZE)
+        self.docker().show()
+        log("document ready")
+        self.state = self.wait_untrusted
+
+    def wait_untrusted(self):
+        untrusted = self.controller.session.untrusted
+        if untrusted is None or not untrusted.can_be_trusted:
+            return
+        docker = self.docker()
+        docker.refresh()
+        section = docker.backend_section
+        section.refresh()
+        report["untrusted"] = {
+            "problem": untrusted.problem.value,
+            "fingerprint": untrusted.fingerprint,
+            "connected": self.controller.session.connected,
+            "section_open": section.body.isVisibleTo(docker),
+            "line": section.certificate.text(),
+            "shown_fingerprint": section.fingerprint.text(),
+            "trust_button": section.trust_button.isVisibleTo(section),
+            "pin_before": self.controller.settings.server_pin,
+            "message": self.controller.message,
+        }
+        section.grab().save(str(OUT / "krita-trust.png"))
+        log("certificate shown; trusting it")
+        section.trust_button.click()  # as the artist does, having compared the fingerprint
+        self.state = self.wait_connected
+
+    def wait_connected(self):
+        if not self.controller.session.connected:
+            return
+        report["trusted"] = {
+            "pin": self.controller.settings.server_pin,
+            "pin_for": self.controller.settings.server_pin_for,
+            "status": self.controller.session.status,
+        }
+        self.layers_before = layer_names(self.document)
+        self.document.setActiveNode(self.layer)
+        self.state = self.stylize_when_active
+
+    def stylize_when_active(self):
+        node = self.document.activeNode()
+        if self.app.activeDocument() != self.document or node is None or node.name() != "Painted":
+            return
+        self.app.action("instantstyle_stylize_layer").trigger()
+        log(f"stylize triggered: {self.controller.message}")
+        self.state = self.wait_result
+
+    def wait_result(self):
+        jobs = list(self.controller.session.jobs.values())
+        names = layer_names(self.document)
+        new = [n for n in names if n not in self.layers_before and n != "InstantStyle preview"]
+        if not jobs or not jobs[-1].state.finished or not new or self.controller._in_tick:
+            return
+        report["stylize"] = {"state": jobs[-1].state.value, "new_layers": new}
+        (OUT / "restart.json").write_text("{}")  # the test restarts the server with another certificate
+        log("asked for a restart with another certificate")
+        self.state = self.wait_restarted
+
+    def wait_restarted(self):
+        if not (OUT / "restart.done").exists():
+            return
+        self.state = self.wait_changed
+
+    def wait_changed(self):
+        untrusted = self.controller.session.untrusted
+        if untrusted is None or untrusted.problem.value != "changed":
+            return
+        docker = self.docker()
+        docker.refresh()
+        section = docker.backend_section
+        section.refresh()
+        report["changed"] = {
+            "fingerprint": untrusted.fingerprint,
+            "line": section.certificate.text(),
+            "connected": self.controller.session.connected,
+            "trust_button": section.trust_button.isVisibleTo(section),
+            "pin": self.controller.settings.server_pin,
+            "message": self.controller.message,
+        }
+        section.grab().save(str(OUT / "krita-changed.png"))
+        self.finish()
+
+    def finish(self):
+        self.timer.stop()
+        report["finished"] = True
+        if "traceback" not in report:
+            report["where"] = "finished"
+        (OUT / "report.json").write_text(json.dumps(report, indent=1))
+        for document in self.app.documents():
+            document.setModified(False)
+            document.close()
+        QTimer.singleShot(200, lambda: self.app.action("file_quit").trigger())
