@@ -6,15 +6,19 @@
    step) against ``engine.generate`` directly, alternately, in one process:
    a ratio from one run.
 2. 1024x1024 RGBA result frames (4 MiB) over loopback with the server's
-   settings (no compression) and, for comparison, websockets' default deflate.
+   settings (no compression), the same over TLS (``wss://``, a self-signed
+   certificate pinned as the plugin pins it) and, for comparison, websockets'
+   default deflate.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,10 +33,12 @@ from backend.client import InstantStyleClient
 from backend.engine.engine import InstantStyleEngine
 from backend.engine.request import GenerationRequest, StyleReference
 from backend.server.app import InstantStyleServer
+from backend.server.certificates import ensure_self_signed
 from backend.server.config import ServerConfig
 from backend.server.worker import Job, JobFinished
 from backend.tiny.layouts import ensure_tiny_model
 from protocol import FrameKind, Generate, ModelInfo, PixelFormat, StyleImage, encode_frame_header
+from protocol.tls import ServerTrust
 
 
 async def streaming(args: argparse.Namespace) -> None:
@@ -88,19 +94,28 @@ async def streaming(args: argparse.Namespace) -> None:
     print(f"streaming overhead           : {(t / d - 1) * 100:+8.2f} %")
 
 
-async def throughput(compression: str | None, frames: int = 20) -> float:
+async def throughput(compression: str | None, frames: int = 20, tls: bool = False) -> float:
     payload = encode_frame_header(FrameKind.RESULT, 1, 0, 1024, 1024, PixelFormat.RGBA8) + bytes(
         Image.effect_noise((1024, 1024), 40).convert("RGBA").tobytes()
     )
+    server_tls, client_tls = None, None
+    if tls:
+        made = ensure_self_signed(Path(tempfile.mkdtemp()), ("127.0.0.1",))
+        server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_tls.load_cert_chain(made.cert, made.key)
+        client_tls = ServerTrust(pinned=made.fingerprint).context()
 
     async def handler(ws):
         for _ in range(frames):
             await ws.send(payload)
 
-    async with serve(handler, "127.0.0.1", 0, compression=compression, max_size=None) as server:
+    async with serve(
+        handler, "127.0.0.1", 0, compression=compression, max_size=None, ssl=server_tls
+    ) as server:
         port = server.sockets[0].getsockname()[1]
+        scheme = "wss" if tls else "ws"
         async with connect(
-            f"ws://127.0.0.1:{port}", compression=compression, max_size=None, proxy=None
+            f"{scheme}://127.0.0.1:{port}", compression=compression, max_size=None, proxy=None, ssl=client_tls
         ) as ws:
             start = time.perf_counter()
             for _ in range(frames):
@@ -116,9 +131,13 @@ def main() -> None:
     args = parser.parse_args()
     asyncio.run(streaming(args))
     raw = asyncio.run(throughput(None))
+    encrypted = asyncio.run(throughput(None, tls=True))
     deflate = asyncio.run(throughput("deflate", frames=5))
     size_mb = (1024 * 1024 * 4) / 1e6
     print(f"1024x1024 RGBA frame, no compression : {raw * 1000:7.2f} ms ({size_mb / raw:7.0f} MB/s)")
+    print(
+        f"1024x1024 RGBA frame, TLS (wss://)   : {encrypted * 1000:7.2f} ms ({size_mb / encrypted:7.0f} MB/s)"
+    )
     print(f"1024x1024 RGBA frame, deflate        : {deflate * 1000:7.2f} ms ({size_mb / deflate:7.0f} MB/s)")
 
 

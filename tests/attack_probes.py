@@ -103,8 +103,8 @@ class ServerProcess:
         return time.monotonic() - started
 
 
-async def a_normal_job(url: str) -> bool:
-    async with InstantStyleClient.connect(url, client="after-the-probe") as client:
+async def a_normal_job(url: str, token: str | None = None) -> bool:
+    async with InstantStyleClient.connect(url, token, client="after-the-probe") as client:
         await client.submit(generate_message(99, steps=2), {0: STYLE})
         outcome = await client.follow(99)
     return outcome.error is None and len(outcome.images) == 1

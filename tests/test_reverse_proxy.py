@@ -32,6 +32,7 @@ from tests.attack_probes import a_normal_job
 from tests.server_helpers import run, running_server
 
 PREFIX = "/instantstyle"
+TOKEN = "tok-behind-the-proxy-51"
 IDLE_TIMEOUT = 2
 """nginx's ``proxy_read_timeout`` here, in seconds (60 by default in real deployments)."""
 CLIENT_ADDRESS = "127.0.0.2"
@@ -50,7 +51,7 @@ http {{
     scgi_temp_path {root}/temp/scgi;
     server {{
         listen 127.0.0.1:{port};
-        location {prefix}/ {{
+        location {prefix} {{
             proxy_pass http://127.0.0.1:{upstream};
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
@@ -124,7 +125,7 @@ async def open_through(port: int, path: str = PREFIX + "/", **options):
 
 
 async def say_hello(ws) -> None:
-    await ws.send(encode_message(Hello(client="behind-nginx")))
+    await ws.send(encode_message(Hello(client="behind-nginx", token=TOKEN)))
     assert isinstance(decode_server_message(await ws.recv()), ServerHello)
 
 
@@ -132,14 +133,14 @@ def test_a_job_through_nginx_at_the_path_prefix_with_the_forwarded_address(engin
     caplog.set_level(logging.INFO)
 
     async def scenario():
-        async with running_server(engine, path=PREFIX, trusted_proxies=("127.0.0.1",)) as server:
+        async with running_server(engine, path=PREFIX, trusted_proxies=("127.0.0.1",), token=TOKEN) as server:
             with nginx(tmp_path, server.port) as port:
-                assert await a_normal_job(f"ws://127.0.0.1:{port}{PREFIX}/"), "a job through nginx failed"
+                assert await a_normal_job(f"ws://127.0.0.1:{port}{PREFIX}", TOKEN), "a job through nginx failed"
                 ws = await open_through(port)
                 await say_hello(ws)
                 addresses = {connection.address for connection in server.connections}
                 await ws.close()
-                # nginx's location /instantstyle/ passes /instantstyle/x on: the server answers 404.
+                # nginx passes every path under the prefix on; the server answers 404 to all but its own.
                 with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
                     await open_through(port, PREFIX + "/elsewhere")
                 assert refused.value.response.status_code == 404
@@ -153,7 +154,9 @@ def test_a_job_through_nginx_at_the_path_prefix_with_the_forwarded_address(engin
 async def idle_through_nginx(engine, folder: Path, ping_interval: float, idle: float) -> tuple[bool, float]:
     """Connect through nginx, say hello, stay idle for ``idle`` seconds: (still open and answering,
     seconds until it closed or ``idle``)."""
-    async with running_server(engine, path=PREFIX, ping_interval=ping_interval, ping_timeout=5) as server:
+    async with running_server(
+        engine, path=PREFIX, ping_interval=ping_interval, ping_timeout=5, token=TOKEN
+    ) as server:
         with nginx(folder, server.port) as port:
             ws = await open_through(port)
             await say_hello(ws)

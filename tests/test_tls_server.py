@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import websockets
+from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import connect
 
 from backend.cli import build_parser
@@ -225,8 +226,15 @@ def test_the_self_signed_certificate_is_kept_renewed_private_and_covers_loopback
         made = ensure_self_signed(folder, names)
         renewed = ensure_self_signed(folder, names, now=later)
         assert renewed.outcome is Renewal.EXPIRING and renewed.fingerprint != made.fingerprint
-    moved = ensure_self_signed(tmp_path, (*names, "studio-gpu.example"))
+    # Names that drift (DHCP, a VPN) keep the certificate artists pinned; an address the server is
+    # told to bind that it does not name makes a new one.
+    drifted = ensure_self_signed(tmp_path, (*names, "10.9.8.7"))
+    assert drifted.outcome is Renewal.KEPT and drifted.fingerprint == first.fingerprint
+    moved = ensure_self_signed(tmp_path, (*names, "studio-gpu.example"), required=("studio-gpu.example",))
     assert moved.outcome is Renewal.NAMES_CHANGED and "studio-gpu.example" in moved.names
+    assert moved.fingerprint != first.fingerprint
+    # A host name IDNA can carry is written in ASCII; one it cannot is left out, not a traceback.
+    assert "xn--hst-sna.example" in host_names("höst.example") and "" not in host_names("a..b")
     (tmp_path / "server.crt").write_text("not a certificate")
     assert ensure_self_signed(tmp_path, names).outcome is Renewal.UNREADABLE
     assert stat.S_IMODE(os.stat(tmp_path / "server.key").st_mode) == 0o600
@@ -323,9 +331,23 @@ def test_serve_flags_become_the_server_config(tmp_path, monkeypatch):
         "--path instantstyle": "expected a path",
         "--max-connections 0": "expected 1 or more",
         "--ping-interval -1": "0 (off) or more",
+        "--ping-timeout nan": "0 (off) or more",
+        # Behind a proxy the network reaches the server, loopback or not.
+        "--path /instantstyle": "need a token",
+        "--trusted-proxy 127.0.0.1": "need a token",
+        f"--tls-cert {tmp_path}/locked.crt --tls-key {tmp_path}/locked.key": "protected by a passphrase",
     }
+    locked = make_server_cert(tmp_path, "locked")  # its key then re-encrypted with a passphrase
+    key = serialization.load_pem_private_key(locked.key.read_bytes(), None)
+    encrypted = serialization.BestAvailableEncryption(b"a passphrase")
+    locked.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encrypted)
+    )
+    (tmp_path / "bom").write_bytes("\ufefftok-from-an-editor-7".encode("utf-8"))
+    assert config_from_args(parse(f"--token-file {tmp_path}/bom")).token == "tok-from-an-editor-7"
     for arguments, expected in mistakes.items():
         with pytest.raises(ConfigError) as error:
+            config_from_args(parse(arguments)).ssl_context() if "locked" in arguments else None
             config_from_args(parse(arguments)).check()
         assert expected in str(error.value) and len(str(error.value).splitlines()) == 1, arguments
 
@@ -335,7 +357,7 @@ def test_serve_flags_become_the_server_config(tmp_path, monkeypatch):
 
 def test_the_websocket_is_served_only_at_its_path(engine):
     async def scenario():
-        async with running_server(engine, path="/instantstyle") as server:
+        async with running_server(engine, path="/instantstyle", token=TOKEN) as server:
             base = server.url.removesuffix("/instantstyle")
             assert server.url.endswith(f":{server.port}/instantstyle")
             for good in ("/instantstyle", "/instantstyle/", "/instantstyle?v=1"):
@@ -351,10 +373,10 @@ def test_the_websocket_is_served_only_at_its_path(engine):
 
 def test_x_forwarded_for_counts_only_from_a_trusted_proxy(engine, caplog):
     async def address_seen(trusted: tuple[str, ...], header: str | None) -> str:
-        async with running_server(engine, trusted_proxies=trusted) as server:
+        async with running_server(engine, trusted_proxies=trusted, token=TOKEN) as server:
             headers = {"X-Forwarded-For": header} if header else None
             ws = await open_client(server.url, additional_headers=headers)
-            await ws.send(encode_message(Hello(client="via-proxy")))
+            await ws.send(encode_message(Hello(client="via-proxy", token=TOKEN)))
             assert isinstance(decode_server_message(await ws.recv()), ServerHello)
             (connection,) = server.connections
             await ws.close()
@@ -381,7 +403,8 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(engine, caplog):
 
 
 def test_failed_hellos_from_one_address_are_slowed_and_others_are_not(engine):
-    policy = HelloPolicy(free_attempts=3, window_seconds=60, first_delay_seconds=0.6, max_delay_seconds=1.2)
+    # Delays far above a loaded machine's round trip (which "not slowed" must stay under).
+    policy = HelloPolicy(free_attempts=3, window_seconds=60, first_delay_seconds=1.0, max_delay_seconds=2.0)
 
     async def timed_hello(url: str, address: str, token: str) -> tuple[float, object]:
         started = time.monotonic()
@@ -395,24 +418,24 @@ def test_failed_hellos_from_one_address_are_slowed_and_others_are_not(engine):
             for _ in range(3):
                 seconds, reply = await timed_hello(s.url, "203.0.113.1", "wrong-token-1")
                 assert isinstance(reply, Error) and reply.code is ErrorCode.UNAUTHORIZED
-                assert seconds < 0.5
+                assert seconds < 0.9
             slowed, reply = await timed_hello(s.url, "203.0.113.1", "wrong-token-1")
-            assert isinstance(reply, Error) and slowed >= 0.6
+            assert isinstance(reply, Error) and slowed >= 1.0
             slower, _ = await timed_hello(s.url, "203.0.113.1", "wrong-token-1")
-            assert slower >= 1.2
+            assert slower >= 2.0
             other, reply = await timed_hello(s.url, "203.0.113.2", "wrong-token-1")
-            assert isinstance(reply, Error) and other < 0.5, "another address was slowed too"
+            assert isinstance(reply, Error) and other < 0.9, "another address was slowed too"
             # Several at once from a third address are answered one after another, not together.
             for _ in range(3):
                 await timed_hello(s.url, "203.0.113.3", "wrong-token-1")
             together = await asyncio.gather(*(timed_hello(s.url, "203.0.113.3", "x" * 8) for _ in range(3)))
             waits = sorted(seconds for seconds, _ in together)
-            assert waits[0] >= 0.6 and waits[1] >= 1.8 and waits[2] >= 3.0, waits
+            assert waits[0] >= 1.0 and waits[1] >= 3.0 and waits[2] >= 5.0, waits
             # The right token is still accepted (late), then the address is forgotten.
             late, reply = await timed_hello(s.url, "203.0.113.1", TOKEN)
-            assert isinstance(reply, ServerHello) and late >= 1.2
+            assert isinstance(reply, ServerHello) and late >= 2.0
             quick, reply = await timed_hello(s.url, "203.0.113.1", TOKEN)
-            assert isinstance(reply, ServerHello) and quick < 0.5
+            assert isinstance(reply, ServerHello) and quick < 0.9
             return slowed, slower
 
     slowed, slower = run(scenario())
@@ -432,7 +455,15 @@ def test_the_hello_table_is_bounded_queues_an_address_and_forgets_after_its_wind
         now[0] += sequential[-1]
     assert sequential == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     at_once = [guard.attempt("192.0.2.2") for _ in range(12)]  # many connections at the same moment
-    assert at_once[:5] == [0.0, 0.5, 1.5, 3.5, 7.5] and at_once[-1] == 30.0  # queued, each wait bounded
+    # Queued one after another; those whose turn would come after 8 s are refused unread (None): a
+    # guesser's parallel connections get no more answers than one, and hold no slots waiting.
+    assert at_once[:5] == [0.0, 0.5, 1.5, 3.5, 7.5] and at_once[5:] == [None] * 7
+    now[0] += 4.0  # as the queue drains, a turn opens again
+    assert guard.attempt("192.0.2.2") == 7.5
+    # IPv6: a host picks any address of its /64, so the /64 is counted; another /64 is not.
+    assert [guard.attempt(f"2001:db8:1:2::{n:x}") for n in range(3)] == [0.0, 0.5, 1.5]
+    assert guard.attempt("2001:db8:1:3::1") == 0.0
+    assert guard.attempt("::ffff:192.0.2.9") == 0.0  # an IPv4 client seen through IPv6 is itself
     now[0] += 61.0
     assert guard.attempt("192.0.2.1") == 0.0  # a new window
 

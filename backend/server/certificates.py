@@ -78,14 +78,21 @@ def host_names(bind_host: str) -> tuple[str, ...]:
         for info in socket.getaddrinfo(hostname, None):
             names.add(str(info[4][0]).split("%")[0])  # an IPv6 scope (fe80::1%eth0) is no name
     canonical = {_canonical(name) for name in names if name}
-    return tuple(sorted(canonical)[:MAX_NAMES])
+    return tuple(sorted(canonical - {""})[:MAX_NAMES])
 
 
 def _canonical(name: str) -> str:
+    """An address in its standard form, a DNS name in lower-case ASCII (IDNA); "" for a name no
+    certificate can carry (a host name with characters IDNA refuses)."""
     try:
         return str(ipaddress.ip_address(name))
     except ValueError:
-        return name.strip().lower().rstrip(".")
+        pass
+    text = name.strip().lower().rstrip(".")
+    try:
+        return text.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
 
 
 def _alternative(name: str):
@@ -110,21 +117,33 @@ def _covered(cert) -> tuple[str, ...]:
 
 
 def ensure_self_signed(
-    folder: Path, names: tuple[str, ...], now: datetime.datetime | None = None
+    folder: Path,
+    names: tuple[str, ...],
+    now: datetime.datetime | None = None,
+    required: tuple[str, ...] = (),
 ) -> SelfSigned:
-    """The kept certificate in ``folder`` when it still fits ``names`` and is not near its end; else a
-    new one (the key file readable by its owner only)."""
+    """The kept certificate in ``folder`` unless it is near its end, unreadable, or misses one of the
+    ``required`` names (the address the server was told to bind); else a new one for ``names`` (the key
+    file readable by its owner only).
+
+    The other names may drift (DHCP, a VPN, IPv6 privacy addresses) without a new certificate: clients
+    pin its fingerprint and do not check names, and every new certificate is a "changed certificate"
+    warning to every artist, which would teach them to click it away."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    wanted = tuple(sorted({_canonical(name) for name in names}))
+    wanted = tuple(sorted({_canonical(name) for name in names} - {""}))
+    needed = tuple(sorted({_canonical(name) for name in required} - {""}))
     cert_path, key_path = folder / CERT_FILE, folder / KEY_FILE
-    outcome = _why_renew(cert_path, key_path, wanted, now)
+    outcome = _why_renew(cert_path, key_path, needed, now)
     if outcome is not Renewal.KEPT:
         _create(folder, wanted, now)
         log.info("made a self-signed TLS certificate in %s (%s)", folder, outcome.value)
-    return SelfSigned(cert_path, key_path, certificate_fingerprint(cert_path), outcome, wanted)
+    from cryptography import x509
+
+    covered = _covered(x509.load_pem_x509_certificate(cert_path.read_bytes()))
+    return SelfSigned(cert_path, key_path, certificate_fingerprint(cert_path), outcome, covered)
 
 
-def _why_renew(cert_path: Path, key_path: Path, wanted: tuple[str, ...], now: datetime.datetime) -> Renewal:
+def _why_renew(cert_path: Path, key_path: Path, needed: tuple[str, ...], now: datetime.datetime) -> Renewal:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -140,7 +159,7 @@ def _why_renew(cert_path: Path, key_path: Path, wanted: tuple[str, ...], now: da
     remaining = cert.not_valid_after_utc - now
     if remaining < datetime.timedelta(days=RENEW_DAYS) or cert.not_valid_before_utc > now:
         return Renewal.EXPIRING
-    if _covered(cert) != wanted:
+    if not set(needed) <= set(_covered(cert)):
         return Renewal.NAMES_CHANGED
     return Renewal.KEPT
 

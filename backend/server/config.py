@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -90,8 +91,13 @@ class ServerConfig:
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            context.load_cert_chain(self.tls_cert, self.tls_key)
+        try:  # a passphrase-protected key would prompt on the terminal, then fail unexplained
+            context.load_cert_chain(self.tls_cert, self.tls_key, password=_no_passphrase)
+        except _EncryptedKey:
+            raise ConfigError(
+                f"the TLS key {self.tls_key} is protected by a passphrase: give the server an unencrypted "
+                "key (readable by its user only)"
+            ) from None
         except (OSError, ssl.SSLError) as error:
             reason = getattr(error, "strerror", None) or error
             raise ConfigError(f"cannot use the TLS certificate {self.tls_cert}: {reason}") from None
@@ -131,7 +137,13 @@ class ServerConfig:
             )
         normalize_path(self.path)
         parse_networks(self.trusted_proxies)
-        if self.ping_interval < 0 or self.ping_timeout < 0:
+        if (self.trusted_proxies or self.path) and not self.token:
+            # Behind a proxy the server may sit on loopback, yet whoever reaches the proxy reaches it.
+            raise ConfigError(
+                "--trusted-proxy and --path are for a server behind a reverse proxy, which the network "
+                "reaches: they need a token (--token-file FILE, --token or INSTANTSTYLE_TOKEN)"
+            )
+        if not all(math.isfinite(x) and x >= 0 for x in (self.ping_interval, self.ping_timeout)):
             raise ConfigError("--ping-interval and --ping-timeout must be 0 (off) or more seconds")
         if self.max_connections < 1:
             raise ConfigError(f"--max-connections {self.max_connections}: expected 1 or more")
@@ -147,3 +159,12 @@ class ServerConfig:
         if self.token is None:
             return True
         return offered is not None and hmac.compare_digest(offered.encode(), self.token.encode())
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    """Asked for a key's passphrase: there is none to give (the server runs unattended)."""
+    raise _EncryptedKey

@@ -219,6 +219,10 @@ class Connection:
                 raise ProtocolError(ErrorCode.NOT_READY, "send hello before anything else")
             guard = self.context.hello_guard
             delay = guard.attempt(self.address)  # type: ignore[union-attr]
+            if delay is None:
+                raise ProtocolError(
+                    ErrorCode.NOT_READY, "too many hellos from this address lately: try again in a minute"
+                )
             if delay:  # many hellos from this address lately: a guesser gets few tries a minute
                 log.info("answering %s's hello in %.1f s (too many lately)", self.address, delay)
                 await asyncio.sleep(delay)

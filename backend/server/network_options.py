@@ -98,7 +98,8 @@ def network_settings(args: argparse.Namespace) -> NetworkSettings:
         from .certificates import default_tls_dir, ensure_self_signed, host_names
 
         folder = Path(args.tls_dir).expanduser() if args.tls_dir else default_tls_dir()
-        issued = ensure_self_signed(folder, host_names(args.host))
+        bind = () if args.host in ("", "0.0.0.0", "::", "*") else (args.host,)
+        issued = ensure_self_signed(folder, host_names(args.host), required=bind)
         cert, key = str(issued.cert), str(issued.key)
     elif getattr(args, "tls_dir", None):
         raise ConfigError("--tls-dir is for --tls self-signed")
@@ -125,7 +126,8 @@ def _token(args: argparse.Namespace) -> str | None:
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_TOKEN_FILE_BYTES)
-        token = data.decode("utf-8").splitlines()[0].strip() if data.strip() else ""
+        # utf-8-sig: an editor's byte-order mark is not part of the token.
+        token = data.decode("utf-8-sig").splitlines()[0].strip() if data.strip() else ""
     except OSError as error:
         raise ConfigError(f"--token-file {path}: cannot read it ({error.strerror or error})") from None
     except UnicodeDecodeError:

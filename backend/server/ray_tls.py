@@ -46,11 +46,13 @@ def problem(environ: Mapping[str, str] = os.environ, node_ip: str | None = None)
     cert, key, ca = (paths[name] for name in FILES)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_cert_chain(cert, key)
-    except ssl.SSLError as error:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except _EncryptedKey:
+        return f"RAY_TLS_SERVER_KEY={key}: protected by a passphrase, which Ray cannot be given"
+    except (ssl.SSLError, OSError) as error:
         return (
             f"RAY_TLS_SERVER_CERT={cert} and RAY_TLS_SERVER_KEY={key}: "
-            f"not a PEM certificate and its private key ({error.reason or error})"
+            f"not a PEM certificate and its private key ({getattr(error, 'reason', None) or error})"
         )
     try:
         context.load_verify_locations(cafile=ca)
@@ -122,3 +124,11 @@ def _names(cert, address: str) -> bool:
     return ip in names.get_values_for_type(x509.IPAddress) or address in names.get_values_for_type(
         x509.DNSName
     )
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey
