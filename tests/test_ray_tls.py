@@ -344,3 +344,13 @@ def test_the_check_names_each_certificate_ray_would_fail_on(pki, tmp_path):
     )
     expired = make_server_cert(tmp_path, "expired", ca=pki.ca_pair, expired=True)
     assert "expired on" in ray_tls.problem(pki.env(cert=expired.cert, key=expired.key))
+    # A passphrase-protected key: Ray cannot be given the passphrase; one line, no terminal prompt.
+    locked = tmp_path / "locked.key"
+    key = serialization.load_pem_private_key(Path(pki.env()["RAY_TLS_SERVER_KEY"]).read_bytes(), None)
+    encrypted = serialization.BestAvailableEncryption(b"a passphrase")
+    locked.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encrypted)
+    )
+    assert ray_tls.problem(pki.env(key=locked)) == (
+        f"RAY_TLS_SERVER_KEY={locked}: protected by a passphrase, which Ray cannot be given"
+    )
