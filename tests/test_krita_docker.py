@@ -36,6 +36,7 @@ from tests.test_krita_e2e import (
     install_with_hook,
     prepared,
     returning_artist,
+    served_engine,
     serving,
 )
 
@@ -82,6 +83,14 @@ class XdotoolServer(threading.Thread):
             self.ran.append([*arguments, f"rc={done.returncode}", done.stderr.strip()])
             (self.out / f"xdotool-{number}.done").write_text(str(done.returncode))
             number += 1
+
+
+@pytest.fixture(scope="module")
+def served_plus_engine(tiny_paths):
+    """The plus backend's model as it serves: with the e2e LoRAs loaded (see ``served_engine``)."""
+    from backend.tiny.layouts import TinyAdapter
+
+    return served_engine(tiny_paths, TinyAdapter.PLUS_SDXL_VIT_H)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +170,7 @@ def test_the_plus_adapters_backend_greys_content_out_and_says_why(docker_run):
     assert content["status"].endswith("plus IP-Adapter (no content subtraction)"), content
 
 
-def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_run, plus_engine):
+def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_run, served_plus_engine):
     report, artifacts = docker_run
     entry = part(report, "menu_entry")
     assert entry["attached"] == [True], entry  # one window, its layer view found
@@ -181,7 +190,7 @@ def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_ru
         np.frombuffer((artifacts / "source.rgba").read_bytes(), np.uint8).reshape(SIZE, SIZE, 4), "RGBA"
     ).convert("RGB")
     expected = expected_pixels(  # the artist's content text ("stripes") is not sent to a plus adapter
-        plus_engine,
+        served_plus_engine,
         style_images=[StyleReference(source)],
         mode=Mode.IMG2IMG,
         init_image=source,
@@ -196,7 +205,9 @@ def test_a_right_click_on_a_layer_offers_stylize_and_styles_that_layer(docker_ru
 CANVAS = (4096, 3072)
 
 
-def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(docker_run, plus_engine):
+def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(
+    docker_run, served_plus_engine
+):
     from PIL import Image
 
     from backend.engine.request import GenerationRequest, Refine
@@ -240,7 +251,7 @@ def test_a_large_layer_is_styled_at_its_own_resolution_with_the_engines_pixels(d
         refine=Refine(),
     )
     assert canvas["total_steps"] == request.total_steps
-    expected = plus_engine.generate(request).images[0]
+    expected = served_plus_engine.generate(request).images[0]
     assert np.array_equal(result[..., :3], expected)
     for big in artifacts.glob("canvas-*.r*"):  # 60 MiB: the comparison is what matters
         big.unlink()

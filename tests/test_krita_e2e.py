@@ -72,17 +72,17 @@ def lora_options(tiny_paths) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def lora_engine(tiny_paths):
-    """The e2e backend's model exactly as it serves: its LoRAs loaded. Every e2e job's pixels are
-    compared with this engine's: with LoRAs loaded and disabled, a job without any still differed by
-    one level on one value of 12,288 from a model that never had them, on this AVX-512 CPU (the
-    adapters' layers wrap the plain ones), and equals the server's exactly."""
+def served_engine(tiny_paths, adapter=None):
+    """The model exactly as ``serving`` serves it by default: its LoRAs loaded (``lora_options``).
+    Every job's pixels are compared with such an engine: with LoRAs loaded and disabled, a job without
+    any still differed by one level on one value of 12,288 from a model that never had them, on this
+    AVX-512 CPU (the adapters' layers wrap the plain ones), and equals the server's exactly."""
     from backend.engine.engine import InstantStyleEngine
     from backend.engine.loading import LoraSource
 
+    base = tiny_paths.spec("diffusers") if adapter is None else tiny_paths.spec("diffusers", adapter)
     spec = dataclasses.replace(
-        tiny_paths.spec("diffusers"),
+        base,
         loras=(
             LoraSource("style", str(tiny_paths.lora("style-peft"))),
             LoraSource("sdxl-lightning-4step", str(tiny_paths.lora("other-peft"))),
@@ -90,6 +90,12 @@ def lora_engine(tiny_paths):
         speed_presets=("lightning-4",),
     )
     return InstantStyleEngine.load(spec, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lora_engine(tiny_paths):
+    """The e2e backend's model as it serves (``served_engine``)."""
+    return served_engine(tiny_paths)
 
 
 @pytest.fixture(scope="module")

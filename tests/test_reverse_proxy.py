@@ -135,7 +135,8 @@ def test_a_job_through_nginx_at_the_path_prefix_with_the_forwarded_address(engin
     async def scenario():
         async with running_server(engine, path=PREFIX, trusted_proxies=("127.0.0.1",), token=TOKEN) as server:
             with nginx(tmp_path, server.port) as port:
-                assert await a_normal_job(f"ws://127.0.0.1:{port}{PREFIX}", TOKEN), "a job through nginx failed"
+                through = f"ws://127.0.0.1:{port}{PREFIX}"  # no trailing slash, as the docs' example
+                assert await a_normal_job(through, TOKEN), "a job through nginx failed"
                 ws = await open_through(port)
                 await say_hello(ws)
                 addresses = {connection.address for connection in server.connections}
