@@ -160,8 +160,16 @@ def test_server_shutdown_stops_the_actors(ray_cluster, tiny_paths):
             pass
 
     run(scenario(), timeout=60)
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(actor.ping.remote(), timeout=30)
+    # ray.kill reaches the actor through Ray's control plane while a call goes to the actor directly:
+    # on a loaded machine one call can still get through right after the kill (a CI run saw it).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ray.get(actor.ping.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            break
+        assert time.monotonic() < deadline, "the actor still answers 30 s after the server stopped"
+        time.sleep(0.2)
 
 
 def test_hello_before_the_pool_is_up_names_ray_and_the_worker_count(ray_cluster, tiny_paths):

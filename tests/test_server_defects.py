@@ -287,3 +287,27 @@ def test_a_traceback_follows_its_record_on_indented_escaped_lines():
     first, *rest = EscapingFormatter("%(message)s").format(record).split("\n")
     assert first == "internal error" and rest[-1].startswith("    FORGED") and rest[-1].endswith("\\x00")
     assert all(line.startswith("    ") for line in rest)
+
+
+def test_the_log_follows_stderr_even_after_the_stream_it_started_with_closed():
+    """An in-process ``python -m backend`` (a launcher, a test) configured logging while stderr was a
+    stream that later closed: later lines go to stderr as it is now, never a "Logging error"."""
+    import io
+    import logging
+    import sys
+
+    from backend.server.logs import configure_logging
+
+    before, handlers = sys.stderr, logging.getLogger().handlers[:]
+    first, now = io.StringIO(), io.StringIO()
+    try:
+        sys.stderr = first
+        configure_logging(logging.INFO)
+        first.close()
+        sys.stderr = now
+        logging.getLogger("backend.test").info("after the first stream closed")
+    finally:
+        sys.stderr = before
+        logging.getLogger().handlers[:] = handlers
+    assert "INFO backend.test: after the first stream closed" in now.getvalue()
+    assert "Logging error" not in now.getvalue()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -68,8 +69,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)  # JSON escapes every control character itself
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is written, not as it was when the handler was
+    made: a caller that swapped it meanwhile (a launcher, a test's capture since closed) still gets
+    the lines, never a "Logging error" from a closed stream (as the standard library's last-resort
+    handler does)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(level: int, json_lines: bool = False) -> None:
     """The process's one log handler: escaped console lines, or JSON objects."""
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else EscapingFormatter(CONSOLE_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
