@@ -6,51 +6,15 @@ block, ``up_blocks.1``) and the status line; then "Stylize Layer" on a painted l
 pixels. ``report.json`` in ``INSTANTSTYLE_E2E_OUT``, then Krita quits.
 """
 
-import json
-import os
-import time
-import traceback
-from pathlib import Path
-
-from instantstyle.qt import QDockWidget, QTimer
-from krita import Krita
-
 from . import layer_names, new_document, rgba
+from .hook_runner import OUT, HookRunner
 
-OUT = Path(os.environ["INSTANTSTYLE_E2E_OUT"])
 SIZE = 64
-BUDGET = 400 * float(os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"))
-report = {"steps": []}
 
 
-def log(message):
-    report["steps"].append(f"{time.monotonic():.2f} {message}")
-    (OUT / "report.json").write_text(json.dumps(report, indent=1))
-
-
-class FamilyRunner:
+class FamilyRunner(HookRunner):
     def __init__(self):
-        self.app = Krita.instance()
-        self.started = time.monotonic()
-        self.state = self.wait_for_window
-        self.timer = QTimer()
-        self.timer.timeout.connect(self.tick)
-        self.timer.start(50)
-
-    def tick(self):
-        try:
-            report["where"] = f"in {self.state.__name__}"
-            if time.monotonic() - self.started > BUDGET:
-                raise TimeoutError(f"over its {BUDGET:.0f} s budget")
-            self.state()
-        except Exception as error:
-            report["where"] = f"stopped in {self.state.__name__}: {type(error).__name__}: {error}"
-            report["traceback"] = traceback.format_exc()
-            self.finish()
-
-    def docker(self):
-        dockers = self.window.qwindow().findChildren(QDockWidget)
-        return next(d for d in dockers if d.objectName() == "instantstyle_docker")
+        super().__init__(budget=400)
 
     def wait_for_window(self):
         self.window = self.app.activeWindow()
@@ -63,7 +27,7 @@ class FamilyRunner:
         self.document, self.layer = new_document(self.window, "sd15", SIZE)
         self.source = bytes(self.layer.pixelData(0, 0, SIZE, SIZE))
         self.docker().show()
-        log("document ready")
+        self.log("document ready")
         self.state = self.wait_for_model
 
     def wait_for_model(self):
@@ -76,7 +40,7 @@ class FamilyRunner:
         form = docker.form
         form["preset"].setCurrentIndex(form["preset"].findData("custom"))
         custom = form["block_scales"].text() if hasattr(form["block_scales"], "text") else ""
-        report["family"] = {
+        self.report["family"] = {
             "family": features.family.value,
             "native_side": features.native_side,
             "preset_blocks": features.preset_blocks,
@@ -87,10 +51,10 @@ class FamilyRunner:
             "status": session.status,
         }
         form["preset"].setCurrentIndex(form["preset"].findData("style"))
-        log("features read")
+        self.log("features read")
         self.layers_before = layer_names(self.document)
         self.app.action("instantstyle_stylize_layer").trigger()
-        log(f"stylize triggered: {self.controller.message}")
+        self.log(f"stylize triggered: {self.controller.message}")
         self.state = self.wait_for_result
 
     def wait_for_result(self):
@@ -102,21 +66,10 @@ class FamilyRunner:
         result = next(n for n in self.document.rootNode().childNodes() if n.name() == new[0])
         (OUT / "source.rgba").write_bytes(rgba(self.source))
         (OUT / "layer.rgba").write_bytes(rgba(bytes(result.pixelData(0, 0, SIZE, SIZE))))
-        report["stylize"] = {
+        self.report["stylize"] = {
             "new_layers": new,
             "state": jobs[-1].state.value,
             "message": self.controller.message,
             "source_unchanged": bytes(self.layer.pixelData(0, 0, SIZE, SIZE)) == self.source,
         }
         self.finish()
-
-    def finish(self):
-        self.timer.stop()
-        report["finished"] = True
-        if "traceback" not in report:
-            report["where"] = "finished"
-        (OUT / "report.json").write_text(json.dumps(report, indent=1))
-        for document in self.app.documents():
-            document.setModified(False)
-            document.close()
-        QTimer.singleShot(200, lambda: self.app.action("file_quit").trigger())

@@ -7,55 +7,18 @@ it with the changed-certificate line and keeps the first pin. ``report.json`` in
 ``INSTANTSTYLE_E2E_OUT``, then Krita quits. The test answers ``restart.json`` with ``restart.done``.
 """
 
-import json
-import os
 import ssl
 import sys
-import time
-import traceback
-from pathlib import Path
-
-from instantstyle.qt import QDockWidget, QTimer
-from krita import Krita
 
 from . import layer_names, new_document
+from .hook_runner import OUT, HookRunner
 
-OUT = Path(os.environ["INSTANTSTYLE_E2E_OUT"])
 SIZE = 64
-BUDGET = 300 * float(os.environ.get("INSTANTSTYLE_E2E_BUDGET_SCALE", "1"))
-report = {"steps": []}
 
 
-def log(message):
-    report["steps"].append(f"{time.monotonic():.2f} {message}")
-    (OUT / "report.json").write_text(json.dumps(report, indent=1))
-
-
-class TlsRunner:
+class TlsRunner(HookRunner):
     def __init__(self):
-        self.app = Krita.instance()
-        self.started = time.monotonic()
-        self.state = self.wait_for_window
-        self.timer = QTimer()
-        self.timer.timeout.connect(self.tick)
-        self.timer.start(50)
-
-    def tick(self):
-        try:
-            report["where"] = f"in {self.state.__name__}"
-            if time.monotonic() - self.started > BUDGET:
-                raise TimeoutError(f"over its {BUDGET:.0f} s budget")
-            self.state()
-        except Exception as error:
-            controller = getattr(self, "controller", None)
-            said = f" (the plugin said: {controller.message!r})" if controller is not None else ""
-            report["where"] = f"stopped in {self.state.__name__}: {type(error).__name__}: {error}{said}"
-            report["traceback"] = traceback.format_exc()
-            self.finish()
-
-    def docker(self):
-        dockers = self.window.qwindow().findChildren(QDockWidget)
-        return next(d for d in dockers if d.objectName() == "instantstyle_docker")
+        super().__init__(budget=300)
 
     def wait_for_window(self):
         self.window = self.app.activeWindow()
@@ -65,14 +28,14 @@ class TlsRunner:
         from instantstyle.controller import controller
 
         self.controller = controller()
-        report["ssl"] = {
+        self.report["ssl"] = {
             "python": sys.version.split()[0],
             "openssl": ssl.OPENSSL_VERSION,
             "tls13": ssl.HAS_TLSv1_3,
         }
         self.document, self.layer = new_document(self.window, "tls", SIZE)
         self.docker().show()
-        log("document ready")
+        self.log("document ready")
         self.state = self.wait_untrusted
 
     def wait_untrusted(self):
@@ -83,7 +46,7 @@ class TlsRunner:
         docker.refresh()
         section = docker.backend_section
         section.refresh()
-        report["untrusted"] = {
+        self.report["untrusted"] = {
             "problem": untrusted.problem.value,
             "fingerprint": untrusted.fingerprint,
             "connected": self.controller.session.connected,
@@ -95,14 +58,14 @@ class TlsRunner:
             "message": self.controller.message,
         }
         section.grab().save(str(OUT / "krita-trust.png"))
-        log("certificate shown; trusting it")
+        self.log("certificate shown; trusting it")
         section.trust_button.click()  # as the artist does, having compared the fingerprint
         self.state = self.wait_connected
 
     def wait_connected(self):
         if not self.controller.session.connected:
             return
-        report["trusted"] = {
+        self.report["trusted"] = {
             "pin": self.controller.settings.server_pin,
             "pin_for": self.controller.settings.server_pin_for,
             "status": self.controller.session.status,
@@ -116,7 +79,7 @@ class TlsRunner:
         if self.app.activeDocument() != self.document or node is None or node.name() != "Painted":
             return
         self.app.action("instantstyle_stylize_layer").trigger()
-        log(f"stylize triggered: {self.controller.message}")
+        self.log(f"stylize triggered: {self.controller.message}")
         self.state = self.wait_result
 
     def wait_result(self):
@@ -125,9 +88,9 @@ class TlsRunner:
         new = [n for n in names if n not in self.layers_before and n != "InstantStyle preview"]
         if not jobs or not jobs[-1].state.finished or not new or self.controller._in_tick:
             return
-        report["stylize"] = {"state": jobs[-1].state.value, "new_layers": new}
+        self.report["stylize"] = {"state": jobs[-1].state.value, "new_layers": new}
         (OUT / "restart.json").write_text("{}")  # the test restarts the server with another certificate
-        log("asked for a restart with another certificate")
+        self.log("asked for a restart with another certificate")
         self.state = self.wait_restarted
 
     def wait_restarted(self):
@@ -143,7 +106,7 @@ class TlsRunner:
         docker.refresh()
         section = docker.backend_section
         section.refresh()
-        report["changed"] = {
+        self.report["changed"] = {
             "fingerprint": untrusted.fingerprint,
             "line": section.certificate.text(),
             "connected": self.controller.session.connected,
@@ -153,14 +116,3 @@ class TlsRunner:
         }
         section.grab().save(str(OUT / "krita-changed.png"))
         self.finish()
-
-    def finish(self):
-        self.timer.stop()
-        report["finished"] = True
-        if "traceback" not in report:
-            report["where"] = "finished"
-        (OUT / "report.json").write_text(json.dumps(report, indent=1))
-        for document in self.app.documents():
-            document.setModified(False)
-            document.close()
-        QTimer.singleShot(200, lambda: self.app.action("file_quit").trigger())
