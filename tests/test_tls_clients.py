@@ -7,6 +7,7 @@ right one; every refusal test connects with a WRONG token, so a hello sent would
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -271,12 +272,18 @@ def test_the_pin_and_ca_file_round_trip_through_the_settings_store():
 # ---------------------------------------------------------------------- backend.client
 
 
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
 def cli(capsys, url: str, *options: str) -> tuple[int, str]:
     from backend import client
 
     arguments = ["--url", url, "--style", str(CLI_STYLE), "--prompt", "x", "--width", "64", "--height", "64"]
     code = client.main([*arguments, "--steps", "2", "--token", TOKEN, *options])
-    return code, capsys.readouterr().err.strip()
+    # The in-process test servers log to the same stderr (an earlier in-process CLI run configured
+    # logging): the client's own output is every line that is not a log record.
+    lines = capsys.readouterr().err.strip().splitlines()
+    return code, "\n".join(line for line in lines if not LOG_RECORD.match(line))
 
 
 def test_the_headless_client_with_ca_pin_wrong_pin_and_an_unknown_certificate(
