@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from http import HTTPStatus
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -273,17 +273,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host,
         port=args.port,
-        token=network.token,
         limits=limits,
         preview_share=share,
-        tls_cert=network.tls_cert,
-        tls_key=network.tls_key,
-        insecure=network.insecure,
-        path=network.path,
-        trusted_proxies=network.trusted_proxies,
-        ping_interval=network.ping_interval,
-        ping_timeout=network.ping_timeout,
-        max_connections=network.max_connections,
+        **asdict(network),  # NetworkSettings' fields are ServerConfig's, by name
     )
 
 
