@@ -10,6 +10,7 @@ fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import types
@@ -61,8 +62,7 @@ def from_json_object(cls: type[T], data: object, path: str = "") -> T:
     """Build ``cls`` from a JSON object, raising ``ProtocolError`` on any mismatch."""
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.BAD_FIELD, f"{path or 'message'} must be a JSON object")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints, fields = _shape(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"unknown field {_join(path, shown(unknown[0]))}")
@@ -75,6 +75,13 @@ def from_json_object(cls: type[T], data: object, path: str = "") -> T:
             continue
         values[name] = _convert(hints[name], data[name], where, spec.metadata)
     return cls(**values)
+
+
+@functools.cache
+def _shape(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """A message class's resolved annotations and fields, worked out once: resolving the annotations
+    costs more than decoding a small message, and a client may send thousands."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
 
 
 def shown(text: str, limit: int = 60) -> str:

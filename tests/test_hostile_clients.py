@@ -343,3 +343,38 @@ def test_the_unsent_bytes_budget_holds_a_whole_sweep_result():
     sent = sum(len(item) for item in encode_event(1, JobFinished(result)) if isinstance(item, str | bytes))
     assert sent > cells * side * side * 3  # every picture is in it
     assert sent <= ServerConfig().outbox_budget
+
+
+def test_a_burst_of_small_messages_from_one_client_lets_the_others_take_turns(engine, monkeypatch):
+    """One socket read can hold thousands of pings, which websockets hands over without suspending:
+    the server takes another client's message between two of them, not after the whole burst (which
+    held the event loop, and a SIGTERM with it, for a second on a loaded CPU)."""
+    from backend.server.connection import Connection
+
+    handled: list[str] = []
+    handle = Connection._handle
+
+    async def recorded(self, message):
+        handled.append(self.name)
+        await handle(self, message)
+
+    monkeypatch.setattr(Connection, "_handle", recorded)
+    burst = 2000
+
+    async def scenario():
+        async with running_server(engine) as server, contextlib.AsyncExitStack() as stack:
+            flooder = await stack.enter_async_context(InstantStyleClient.connect(server.url, client="burst"))
+            other = await stack.enter_async_context(InstantStyleClient.connect(server.url, client="other"))
+            # Each send only writes to the socket (no suspension): all of them, and the other
+            # client's one ping, reach the server before it reads either socket.
+            for nonce in range(burst):
+                await flooder.connection.send(encode_message(Ping(nonce)))
+            await other.connection.send(encode_message(Ping(1)))
+            while len(handled) < burst + 1:
+                await asyncio.sleep(0.1)
+            await a_normal_job_succeeds(server.url)
+
+    run(scenario(), timeout=120)
+    place = handled.index("other")
+    assert handled[: burst + 1].count("burst") == burst  # every ping was handled
+    assert place < 50, f"the other client's ping was handled after {place} of the burst's"

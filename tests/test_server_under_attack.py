@@ -77,5 +77,6 @@ def test_sigterm_ends_the_server_within_3_s_with_every_probe_running(tmp_path):
         seconds, told = run(scenario(), timeout=120)
     finally:
         server.stop()
-    assert seconds < 3.0, f"SIGTERM took {seconds:.1f} s"
+    steps = [line for line in server.log.read_text().splitlines() if "backend.server.app:" in line]
+    assert seconds < 3.0, f"SIGTERM took {seconds:.1f} s; the server said: {steps[-3:]}"
     assert told.error is not None and told.error.code is ErrorCode.SHUTTING_DOWN

@@ -316,13 +316,24 @@ def _on_stop_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Cal
     """SIGINT/SIGTERM set ``stop`` and start the shutdown deadline (returned: for other reasons to stop).
 
     The graceful steps are each bounded; should the machine be too loaded to finish them in time, the
-    process still ends, and nothing is lost that a client was not already told about. (asyncio's own
-    handlers also wake an idle loop; a thread waiting in ``sigwait`` with the signals blocked elsewhere
-    missed signals that a library's earlier thread took, and the idle loop never woke.)
+    process still ends, and nothing is lost that a client was not already told about. The deadline
+    counts from the signal's arrival, noted by a Python-level handler that runs at once, even when the
+    event loop is busy and takes the signal later. (asyncio's own handlers also wake an idle loop; a
+    thread waiting in ``sigwait`` with the signals blocked elsewhere missed signals that a library's
+    earlier thread took, and the idle loop never woke.)
     """
+    arrived_at: list[float] = []
+
+    def noted(signum: int, frame: object) -> None:
+        # Only a list append: this runs between any two bytecodes of the main thread, where taking a
+        # lock (starting a thread) could deadlock. asyncio's wakeup fd still wakes the loop.
+        arrived_at.append(time.monotonic())
 
     def arrived() -> None:
-        deadline = threading.Timer(SHUTDOWN_DEADLINE_SECONDS, _exit_now, ("shutdown deadline reached",))
+        elapsed = time.monotonic() - arrived_at[0] if arrived_at else 0.0
+        deadline = threading.Timer(
+            max(0.0, SHUTDOWN_DEADLINE_SECONDS - elapsed), _exit_now, ("shutdown deadline reached",)
+        )
         deadline.daemon = True
         deadline.start()
         stop.set()
@@ -331,6 +342,7 @@ def _on_stop_signal(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Cal
         # On Windows there are no signal handlers: KeyboardInterrupt ends asyncio.run instead.
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, arrived)
+            signal.signal(signum, noted)  # in place of asyncio's no-op; its wakeup fd stays
     return arrived
 
 

@@ -147,6 +147,9 @@ class Connection:
         try:
             async for message in self.ws:  # type: ignore[attr-defined]
                 await self._handle(message)
+                # One read from the socket can hold thousands of small messages, which websockets
+                # hands over without suspending: let the other clients (and a SIGTERM) have a turn.
+                await asyncio.sleep(0)
         except Exception:  # a broken socket ends this client only
             log.debug("connection %s ended abruptly", self.name, exc_info=True)
         finally:
