@@ -4,7 +4,7 @@ The tiny model runs every code path at toy sizes; this runs them at SDXL's: the 
 encoders, the VAE, ViT-bigG and ViT-H image encoders with their IP-Adapters (70 layers), a canny
 ControlNet, TAESD-XL and a Kohya-layout LoRA named after the real UNet's blocks, all built on the meta
 device and materialised in bf16 (``backend/tiny/real_shapes.py``; ~15 GB, no download). One small job
-per mode (256², 2 steps) proves that every shape, key mapping and wrapper works at real sizes; after
+per mode (128², 2 steps) proves that every shape, key mapping and wrapper works at real sizes; after
 every job each component must still be bf16 on the CPU, and the output finite and of the right shape.
 """
 
@@ -41,7 +41,7 @@ from protocol.enums import BlockPreset, ImageAdapter, Mode
 from tests.conftest import noise_image
 
 DTYPE, CPU = torch.bfloat16, torch.device("cpu")
-SIZE, STEPS = 256, 2
+SIZE, STEPS = 128, 2
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder")
 SPEC = ModelSpec(label=FULL_LABEL, is_test_model=True)
 
@@ -138,7 +138,7 @@ def run(lane: Lane, request: GenerationRequest, name: str) -> tuple[GenerationRe
 def style_image_of(lane: Lane) -> np.ndarray:
     """The plain style job's picture (run here when this test runs alone), to compare others with."""
     if "style" not in lane.images:
-        run(lane, job(preview_side=128), "style")
+        run(lane, job(preview_side=SIZE // 2), "style")
     return lane.images["style"]
 
 
@@ -177,8 +177,8 @@ def test_txt2img_with_content_subtraction_and_tiny_autoencoder_previews(lane: La
     assert lane.engine.encoder.content_subtraction  # ViT-bigG and text_encoder_2: one 1280-d space
     # The preview budget (on, as in the server): the first step at half the asked side, the last
     # (step 2) the result itself at the asked side.
-    result, frames = run(lane, job(preview_side=128), "style")
-    assert [frame.rgb.shape for frame in frames] == [(64, 64, 3), (128, 128, 3)]
+    result, frames = run(lane, job(preview_side=SIZE // 2), "style")
+    assert [frame.rgb.shape for frame in frames] == [(SIZE // 4, SIZE // 4, 3), (SIZE // 2, SIZE // 2, 3)]
     assert all(frame.rgb.dtype == np.uint8 for frame in frames)
     result, frames = run(lane, job(preview_side=1024, seed=6), "style, full-size previews")
     assert [frame.rgb.shape for frame in frames] == [(SIZE // 2, SIZE // 2, 3), (SIZE, SIZE, 3)]
